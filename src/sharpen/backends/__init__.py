@@ -1,0 +1,13 @@
+"""Backends turn prompts into continuations. They know nothing of trees or tasks."""
+
+from sharpen.backends.base import Backend, Completion, SamplingParams
+
+__all__ = ["Backend", "Completion", "SamplingParams", "load_backend"]
+
+
+def load_backend(model: str, seed: int = 0, **kwargs) -> Backend:
+    """Resolve a model name, HF id or local directory and load the in-process HF backend."""
+    from sharpen.backends.hf import HFBackend
+    from sharpen.models import resolve_model
+
+    return HFBackend(resolve_model(model), seed=seed, **kwargs)

@@ -1,0 +1,64 @@
+"""The backend interface: batched sampling of k continuations for many prompts at once.
+
+Shaped so an OpenAI-compatible HTTP server (vLLM, SGLang, `transformers serve`) can implement it:
+prompts are plain strings, stopping is described by a delimiter and a mode, and every call is
+recorded in one `UsageMeter`. HF specifics stay in `hf.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sharpen.meter import UsageMeter
+
+FinishReason = Literal["step", "answer", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `stop_at="step"` ends a continuation at the first `delimiter`;
+    `stop_at="answer"` ends it when a line starting with `answer_prefix` is complete (or at EOS)."""
+
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop_at: Literal["step", "answer"] = "answer"
+    delimiter: str = "\n"
+    answer_prefix: str = "Answer:"
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Completion:
+    """One continuation. `text` ends with the delimiter when `finish_reason == "step"`.
+    `logprob` is the summed log-probability of `token_ids` under the model at temperature 1."""
+
+    text: str
+    token_ids: list[int]
+    num_tokens: int
+    finish_reason: FinishReason
+    logprob: float
+
+
+class Backend(Protocol):
+    meter: UsageMeter
+    name: str
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """Render chat messages into the prompt string that continuations extend."""
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt, `params.n` continuations."""
+
+    def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        """Log-probability of each candidate's first token right after each prompt
+        (used by the `self` scorer: P(Yes) of a yes/no judgement). Counts one generated token."""
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens in `text`."""

@@ -1,0 +1,222 @@
+"""In-process HF transformers backend: batched `model.generate` with per-row stopping at a step
+delimiter or at the end of the answer line, and token log-probabilities recorded on the fly."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from sharpen.backends.base import Completion, SamplingParams
+from sharpen.errors import ModelError
+from sharpen.meter import UsageMeter
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Placed first, so it sees raw logits. At each step it looks up the log-probability of the
+    token chosen at the previous step; `finish` picks up the last one."""
+
+    def __init__(self, prompt_len: int):
+        self.prompt_len = prompt_len
+        self.prev: torch.Tensor | None = None
+        self.picked: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prev is not None:
+            self.picked.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        if self.prev is not None and sequences.shape[1] - self.prompt_len > len(self.picked):
+            self.picked.append(self.prev.gather(1, sequences[:, -1:]).squeeze(1))
+        if not self.picked:
+            return torch.zeros(sequences.shape[0], 0)
+        return torch.stack(self.picked, dim=1)
+
+
+class _DelimiterStop(StoppingCriteria):
+    """Per-row stop. Only rows whose newest token contains the delimiter are inspected (a
+    vectorised lookup), so the check costs almost nothing on the other steps."""
+
+    def __init__(self, backend: HFBackend, params: SamplingParams, prompt_len: int, batch: int):
+        self.mask = backend._delimiter_mask(params.delimiter)
+        self.tok = backend.tokenizer
+        self.params = params
+        self.prompt_len = prompt_len
+        self.stopped_at = [-1] * batch  # number of generated tokens when the row stopped
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw) -> torch.BoolTensor:
+        hit = self.mask[input_ids[:, -1]]
+        n_gen = input_ids.shape[1] - self.prompt_len
+        done = torch.zeros_like(hit)
+        for row in torch.nonzero(hit).flatten().tolist():
+            if self.stopped_at[row] >= 0:
+                done[row] = True
+                continue
+            if self.params.stop_at == "step" or self._answer_line_done(input_ids[row, self.prompt_len :]):
+                self.stopped_at[row] = n_gen
+                done[row] = True
+        for row, at in enumerate(self.stopped_at):
+            if at >= 0:
+                done[row] = True
+        return done
+
+    def _answer_line_done(self, gen_ids: torch.Tensor) -> bool:
+        text = self.tok.decode(gen_ids, skip_special_tokens=True)
+        lines = text.split(self.params.delimiter)[:-1]  # completed lines only
+        prefix = self.params.answer_prefix.lower()
+        return any(line.strip().lower().startswith(prefix) for line in lines)
+
+
+class HFBackend:
+    """Batched generation with a transformers causal LM, on CPU or GPU."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        seed: int = 0,
+        max_batch: int = 32,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        path = str(path)
+        self.name = path
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype or (torch.bfloat16 if self.device == "cuda" else torch.float32)
+            ).to(self.device)
+        except (OSError, ValueError) as e:
+            raise ModelError(
+                f"cannot load model from {path}: {str(e).splitlines()[0]} "
+                "(fix: point --model at a directory with config.json, weights and a tokenizer)"
+            ) from None
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.max_batch = max_batch
+        self.meter = UsageMeter()
+        self._rng = random.Random(seed)
+        self._masks: dict[str, torch.Tensor] = {}
+
+    # -- prompts ---------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _delimiter_mask(self, delimiter: str) -> torch.Tensor:
+        if delimiter not in self._masks:
+            vocab = len(self.tokenizer)
+            pieces = self.tokenizer.batch_decode([[i] for i in range(vocab)])
+            mask = torch.tensor([delimiter in p for p in pieces], dtype=torch.bool)
+            size = self.model.get_output_embeddings().weight.shape[0]
+            if size > vocab:
+                mask = torch.cat([mask, torch.zeros(size - vocab, dtype=torch.bool)])
+            self._masks[delimiter] = mask.to(self.device)
+        return self._masks[delimiter]
+
+    # -- generation ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(params.n)]
+        # similar lengths batched together: less padding
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r][1]))
+        out: list[list[Completion]] = [[] for _ in prompts]
+        results: dict[int, Completion] = {}
+        base_seed = params.seed if params.seed is not None else self._rng.randrange(2**31)
+        for chunk_no, start in enumerate(range(0, len(order), self.max_batch)):
+            chunk = order[start : start + self.max_batch]
+            torch.manual_seed(base_seed + 7919 * chunk_no)
+            for r, c in zip(chunk, self._generate_batch([rows[r][1] for r in chunk], params), strict=True):
+                results[r] = c
+        for r in range(len(rows)):
+            out[rows[r][0]].append(results[r])
+        return out
+
+    def _generate_batch(self, texts: list[str], params: SamplingParams) -> list[Completion]:
+        t0 = time.perf_counter()
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        prompt_len = enc["input_ids"].shape[1]
+        recorder = _LogprobRecorder(prompt_len)
+        processors = [recorder]
+        if not params.greedy:
+            processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_p < 1.0:
+                processors.append(TopPLogitsWarper(params.top_p))
+        stop = _DelimiterStop(self, params, prompt_len, len(texts))
+        seqs = self.model.generate(
+            **enc,
+            max_new_tokens=params.max_tokens,
+            do_sample=not params.greedy,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            logits_processor=LogitsProcessorList(processors),
+            stopping_criteria=StoppingCriteriaList([stop]),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        token_lp = recorder.finish(seqs)
+        gen = seqs[:, prompt_len:].tolist()
+        eos_ids = self._eos_ids()
+        completions = []
+        for row, ids in enumerate(gen):
+            n, reason = len(ids), "length"
+            eos_at = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+            if stop.stopped_at[row] >= 0 and (eos_at is None or stop.stopped_at[row] <= eos_at):
+                n, reason = stop.stopped_at[row], params.stop_at
+            elif eos_at is not None:
+                n, reason = eos_at + 1, "eos"
+            ids = ids[:n]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if reason == "step" and params.delimiter in text:
+                text = text[: text.index(params.delimiter) + len(params.delimiter)]
+            completions.append(
+                Completion(text, ids, n, reason, float(token_lp[row, :n].sum()) if n else 0.0)
+            )
+        self.meter.record(
+            prompt_tokens=int(enc["attention_mask"].sum()),
+            generated_tokens=sum(c.num_tokens for c in completions),
+            seconds=time.perf_counter() - t0,
+        )
+        return completions
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        cand_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
+        out: list[dict[str, float]] = []
+        for start in range(0, len(prompts), self.max_batch):
+            t0 = time.perf_counter()
+            enc = self.tokenizer(
+                prompts[start : start + self.max_batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            logits = self.model(**enc).logits[:, -1, :].float()
+            lp = torch.log_softmax(logits, dim=-1)[:, cand_ids].tolist()
+            out.extend({c: v for c, v in zip(candidates, row, strict=True)} for row in lp)
+            self.meter.record(int(enc["attention_mask"].sum()), len(lp), time.perf_counter() - t0)
+        return out

