@@ -1,0 +1,3 @@
+from sharpen.cli import main
+
+main()

@@ -1,0 +1,154 @@
+"""Held-out evaluation: greedy accuracy, pass@k (unbiased estimator, Chen et al. 2021,
+arXiv 2107.03374), majority@K, tokens per solution and throughput."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sharpen.backends.base import Backend, SamplingParams
+from sharpen.io import JsonlAppender, atomic_write_json, read_jsonl
+from sharpen.tasks import Problem, Task
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) for n samples of which c are correct."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def ks_up_to(samples: int) -> list[int]:
+    ks, k = [], 1
+    while k <= samples:
+        ks.append(k)
+        k *= 2
+    if ks[-1] != samples:
+        ks.append(samples)
+    return ks
+
+
+def majority_answer(task: Task, answers: list[str | None]) -> str | None:
+    """The most common answer by the task's vote key (ties: first seen); None if none extracted."""
+    keyed = [(task.vote_key(a), a) for a in answers if a is not None]
+    if not keyed:
+        return None
+    counts = Counter(k for k, _ in keyed)
+    best = max(counts.values())
+    return next(a for k, a in keyed if counts[k] == best)
+
+
+@dataclass
+class EvalConfig:
+    samples: int = 8
+    temperature: float = 0.7
+    max_tokens: int = 128
+    seed: int = 0
+    greedy: bool = True
+    problems_per_call: int = 4  # problems batched into one generate call (x samples rows)
+
+
+def evaluate(
+    backend: Backend,
+    task: Task,
+    problems: list[Problem],
+    cfg: EvalConfig,
+    out_jsonl: str | Path | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate; per-problem rows are appended to `out_jsonl` as each batch finishes and problems
+    already present there are skipped (resume). Returns the metrics dict."""
+    done: dict[str, dict] = {}
+    if out_jsonl is not None and Path(out_jsonl).exists():
+        done = {r["id"]: r for r in read_jsonl(out_jsonl)}
+    todo = [p for p in problems if p.id not in done]
+    if on_progress and len(done):
+        on_progress(len(problems) - len(todo))
+    start_usage = backend.meter.snapshot()
+    t0 = time.perf_counter()
+    writer = JsonlAppender(out_jsonl) if out_jsonl is not None else None
+    try:
+        step = max(1, cfg.problems_per_call)
+        for i in range(0, len(todo), step):
+            chunk = todo[i : i + step]
+            prompts = [backend.chat_prompt(task.messages(p)) for p in chunk]
+            seed = cfg.seed * 1_000_003 + i
+            greedy = (
+                backend.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=cfg.max_tokens, seed=seed))
+                if cfg.greedy
+                else [[] for _ in chunk]
+            )
+            sampled = (
+                backend.generate(
+                    prompts,
+                    SamplingParams(n=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed + 1),
+                )
+                if cfg.samples
+                else [[] for _ in chunk]
+            )
+            for p, g, s in zip(chunk, greedy, sampled, strict=True):
+                row = _problem_row(task, p, g, s)
+                done[p.id] = row
+                if writer:
+                    writer.write(row)
+            if on_progress:
+                on_progress(len(chunk))
+    finally:
+        if writer:
+            writer.close()
+    usage = backend.meter.snapshot() - start_usage
+    rows = [done[p.id] for p in problems]
+    metrics = summarize(rows, cfg.samples)
+    metrics.update(
+        wall_seconds=round(time.perf_counter() - t0, 2),
+        tokens_per_second=round(usage.generated_tokens / usage.seconds, 1) if usage.seconds else None,
+        usage=usage.to_dict(),
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+        seed=cfg.seed,
+    )
+    return metrics
+
+
+def _problem_row(task: Task, p: Problem, greedy: list, sampled: list) -> dict:
+    answers = [task.extract(c.text) for c in sampled]
+    correct = [task.verify(p, a) for a in answers]
+    maj = majority_answer(task, answers)
+    row: dict[str, Any] = {
+        "id": p.id,
+        "question": p.question,
+        "reference": p.answer,
+        "samples": [
+            {"text": c.text, "answer": a, "correct": ok, "tokens": c.num_tokens, "finish": c.finish_reason}
+            for c, a, ok in zip(sampled, answers, correct, strict=True)
+        ],
+        "majority_answer": maj,
+        "majority_correct": task.verify(p, maj) if sampled else None,
+    }
+    if greedy:
+        ga = task.extract(greedy[0].text)
+        row["greedy"] = {"text": greedy[0].text, "answer": ga, "correct": task.verify(p, ga), "tokens": greedy[0].num_tokens}
+    return row
+
+
+def summarize(rows: list[dict], samples: int) -> dict[str, Any]:
+    n = len(rows)
+    m: dict[str, Any] = {"n": n, "samples": samples}
+    if n and "greedy" in rows[0]:
+        m["greedy"] = sum(r["greedy"]["correct"] for r in rows) / n
+    if n and samples:
+        for k in ks_up_to(samples):
+            m[f"pass@{k}"] = sum(pass_at_k(len(r["samples"]), sum(s["correct"] for s in r["samples"]), k) for r in rows) / n
+        m[f"majority@{samples}"] = sum(bool(r["majority_correct"]) for r in rows) / n
+        toks = [s["tokens"] for r in rows for s in r["samples"]]
+        m["mean_tokens"] = sum(toks) / len(toks)
+    return m
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    atomic_write_json(path, metrics)

@@ -1,0 +1,77 @@
+from sharpen.backends.base import SamplingParams
+from sharpen.backends.hf import HFBackend
+
+
+def test_batched_sampling_shapes_and_meter(tiny_backend):
+    b = tiny_backend
+    before = b.meter.snapshot()
+    prompts = ["What is 1 + 2?\n", "State the final answer: 9 - 4 - 1 =\n", "hi"]
+    outs = b.generate(prompts, SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=1))
+    assert [len(o) for o in outs] == [3, 3, 3]
+    used = b.meter.snapshot() - before
+    assert used.generated_tokens == sum(c.num_tokens for o in outs for c in o)
+    assert used.calls >= 1 and used.prompt_tokens > 0
+    for o in outs:
+        for c in o:
+            assert 0 < c.num_tokens <= 12
+            assert len(c.token_ids) == c.num_tokens
+            assert c.finish_reason in {"answer", "eos", "length"}
+            assert c.logprob <= 0.0
+
+
+def test_seed_reproducible_and_greedy_deterministic(tiny_backend):
+    b = tiny_backend
+    p = SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=7)
+    a = b.generate(["What is 3 + 4?\n"], p)
+    c = b.generate(["What is 3 + 4?\n"], p)
+    assert [x.token_ids for x in a[0]] == [x.token_ids for x in c[0]]
+    g = SamplingParams(n=2, temperature=0.0, max_tokens=10)
+    g1, g2 = b.generate(["1 + 1 =", "1 + 1 ="], g)
+    assert g1[0].token_ids == g1[1].token_ids == g2[0].token_ids
+
+
+def test_left_padding_does_not_change_greedy_output(tiny_backend):
+    """The same prompt alone or batched beside a much longer one gives the same greedy tokens."""
+    b = tiny_backend
+    g = SamplingParams(n=1, temperature=0.0, max_tokens=8)
+    alone = b.generate(["1 + 1 ="], g)[0][0]
+    batched = b.generate(["1 + 1 =", "What is 9 + 9? State the final answer: 9 - 4 - 1 = " * 3], g)[0][0]
+    assert alone.token_ids == batched.token_ids
+    assert abs(alone.logprob - batched.logprob) < 1e-3
+
+
+def test_logprob_matches_forward_pass(tiny_backend):
+    import torch
+
+    b = tiny_backend
+    prompt = "What is 2 + 2?\n"
+    c = b.generate([prompt], SamplingParams(n=1, temperature=1.0, max_tokens=6, seed=3))[0][0]
+    ids = b.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full = torch.tensor([ids + c.token_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(b.model(full).logits[0].float(), -1)
+    expected = sum(lp[len(ids) - 1 + j, t].item() for j, t in enumerate(c.token_ids))
+    assert abs(expected - c.logprob) < 1e-3
+
+
+def test_step_stop_at_delimiter(tiny_model_dir):
+    b = HFBackend(tiny_model_dir, seed=0)
+    # a delimiter that every token decodes to something containing: forces a stop after one token
+    mask_all = b._delimiter_mask("")
+    assert bool(mask_all.all())
+    outs = b.generate(["What is"], SamplingParams(n=4, temperature=1.0, max_tokens=20, stop_at="step", delimiter="", seed=0))
+    assert all(c.num_tokens == 1 and c.finish_reason in {"step", "eos"} for c in outs[0])
+    outs = b.generate(["What is"], SamplingParams(n=6, temperature=1.0, max_tokens=30, stop_at="step", seed=0))
+    for c in outs[0]:
+        if c.finish_reason == "step":
+            assert c.text.endswith("\n") and "\n" not in c.text[:-1]
+
+
+def test_next_token_logprobs(tiny_backend):
+    lp = tiny_backend.next_token_logprobs(["Is it right?", "x"], ["Yes", "No"])
+    assert len(lp) == 2 and set(lp[0]) == {"Yes", "No"} and all(v <= 0 for v in lp[0].values())
+
+
+def test_chat_prompt(tiny_backend):
+    p = tiny_backend.chat_prompt([{"role": "user", "content": "hi"}])
+    assert p.endswith("<|assistant|>") and "hi" in p
