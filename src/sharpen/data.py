@@ -1,0 +1,367 @@
+"""Dataset builders: pure functions from search trees to HF `datasets`, saved atomically.
+
+- `step_pairs`: step-level preference pairs from siblings (MCTS-DPO, Xie et al. 2024, arXiv 2405.00451):
+  same prefix, chosen = the child step with the higher value, rejected = a sibling with a lower value,
+  margin >= `min_margin`.
+- `step_dpo_pairs`: the Step-DPO recipe (Lai et al. 2024, arXiv 2406.18629): the first wrong step of
+  a failed solution against a correct continuation from the same prefix.
+- `step_labels`: each step with its value and a binary label at a threshold, for a PRM
+  (Math-Shepherd, arXiv 2312.08935).
+- `verified_traces`: correct full solutions, deduplicated, for rejection-sampling fine-tuning.
+
+Pairs are in TRL's DPO format (prompt, chosen, rejected) and traces in TRL's prompt-completion SFT
+format. The prompt of a step is the rendered prompt of the tree followed by the steps so far, each
+followed by "\\n"; a step completion is the step text followed by "\\n". Every row keeps its
+provenance: problem id, node ids, values, round and recipe.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from datasets import Dataset, Features, Value, load_from_disk
+from datasets import Sequence as HFSequence
+
+from sharpen.credit import ValueSource, values
+from sharpen.errors import ConfigError, TaskError
+from sharpen.io import read_jsonl
+from sharpen.tree import Tree
+
+DELIMITER = "\n"
+
+PAIR_FEATURES = Features(
+    {
+        "prompt": Value("string"),
+        "chosen": Value("string"),
+        "rejected": Value("string"),
+        "problem_id": Value("string"),
+        "prefix_node_id": Value("int64"),
+        "chosen_node_id": Value("int64"),
+        "rejected_node_id": Value("int64"),
+        "chosen_value": Value("float64"),
+        "rejected_value": Value("float64"),
+        "margin": Value("float64"),
+        "round": Value("int64"),
+        "recipe": Value("string"),
+    }
+)
+
+LABEL_FEATURES = Features(
+    {
+        "prompt": Value("string"),
+        "prefix_steps": HFSequence(Value("string")),
+        "step": Value("string"),
+        "value": Value("float64"),
+        "label": Value("int64"),
+        "path_values": HFSequence(Value("float64")),
+        "path_labels": HFSequence(Value("int64")),
+        "leaf": Value("bool"),
+        "terminal": Value("bool"),
+        "problem_id": Value("string"),
+        "node_id": Value("int64"),
+        "parent_id": Value("int64"),
+        "depth": Value("int64"),
+        "round": Value("int64"),
+        "recipe": Value("string"),
+    }
+)
+
+TRACE_FEATURES = Features(
+    {
+        "prompt": Value("string"),
+        "completion": Value("string"),
+        "answer": Value("string"),
+        "problem_id": Value("string"),
+        "node_id": Value("int64"),
+        "num_steps": Value("int64"),
+        "round": Value("int64"),
+        "recipe": Value("string"),
+    }
+)
+
+
+def base_prompt(tree: Tree) -> str:
+    """The rendered prompt the steps continue (the question when a tree has no rendered prompt)."""
+    return tree.prompt or tree.question
+
+
+def render_prefix(tree: Tree, prefix_steps: Sequence[str]) -> str:
+    """The prompt followed by the steps so far, each followed by the delimiter."""
+    return base_prompt(tree) + "".join(s + DELIMITER for s in prefix_steps)
+
+
+def _to_dataset(rows: list[dict], features: Features) -> Dataset:
+    # column-wise, so an empty dataset still has its schema
+    return Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _prefix_steps(tree: Tree, node_id: int) -> list[str]:
+    return [n.step for n in tree.path(node_id)]
+
+
+def _pair_row(tree: Tree, parent: int, c: int, r: int, vals: dict[int, float], round: int, recipe: str) -> dict:
+    cn, rn = tree.nodes[c], tree.nodes[r]
+    return {
+        "prompt": render_prefix(tree, _prefix_steps(tree, parent)),
+        "chosen": cn.step + DELIMITER,
+        "rejected": rn.step + DELIMITER,
+        "problem_id": tree.problem_id,
+        "prefix_node_id": parent,
+        "chosen_node_id": c,
+        "rejected_node_id": r,
+        "chosen_value": vals[c],
+        "rejected_value": vals[r],
+        "margin": vals[c] - vals[r],
+        "round": round,
+        "recipe": recipe,
+    }
+
+
+def step_pairs(
+    trees: Iterable[Tree],
+    min_margin: float = 0.1,
+    round: int = 0,
+    source: ValueSource = "mc",
+    pairing: Literal["best_worst", "all"] = "best_worst",
+) -> Dataset:
+    """Step preference pairs among siblings (MCTS-DPO): for every node with two or more valued
+    children, chosen = a child step with a higher value, rejected = a sibling with a lower value.
+
+    Args:
+        trees: search trees.
+        min_margin: smallest value gap chosen - rejected kept; equal values never pair, even at 0.
+        round: the loop round, stored as provenance.
+        source: where step values come from (see `sharpen.credit.values`).
+        pairing: "best_worst" (the paper: the highest- against the lowest-valued sibling, one pair
+            per prefix) or "all" (every sibling pair that clears the margin).
+    """
+    if pairing not in ("best_worst", "all"):
+        raise ConfigError(f"unknown pairing {pairing!r} (fix: best_worst or all)")
+    if min_margin < 0:
+        raise ConfigError(f"min_margin must be >= 0, got {min_margin}")
+    recipe = f"mcts-dpo/{pairing}"
+    rows: list[dict] = []
+    for tree in trees:
+        vals = values(tree, source)
+        for parent in tree.nodes:
+            kids = [c for c in parent.children if c in vals]
+            if len(kids) < 2:
+                continue
+            kids.sort(key=lambda c: (-vals[c], c))
+
+            def ok(c: int, r: int) -> bool:
+                m = vals[c] - vals[r]
+                return m > 0 and m >= min_margin and _norm(tree.nodes[c].step) != _norm(tree.nodes[r].step)
+
+            if pairing == "best_worst":
+                best = kids[0]
+                for r in reversed(kids[1:]):
+                    if ok(best, r):
+                        rows.append(_pair_row(tree, parent.id, best, r, vals, round, recipe))
+                        break
+            else:
+                seen: set[tuple[str, str]] = set()
+                for i, c in enumerate(kids):
+                    for r in kids[i + 1 :]:
+                        key = (_norm(tree.nodes[c].step), _norm(tree.nodes[r].step))
+                        if ok(c, r) and key not in seen:
+                            seen.add(key)
+                            rows.append(_pair_row(tree, parent.id, c, r, vals, round, recipe))
+    return _to_dataset(rows, PAIR_FEATURES)
+
+
+def _correct_below(tree: Tree) -> tuple[dict[int, int], dict[int, int]]:
+    """Per node: number of correct and of verified terminals in its subtree."""
+    good = {n.id: 0 for n in tree.nodes}
+    verified = {n.id: 0 for n in tree.nodes}
+    for n in tree.nodes:
+        if n.terminal and n.correct is not None:
+            m = n
+            while True:
+                verified[m.id] += 1
+                good[m.id] += int(bool(n.correct))
+                if m.parent is None:
+                    break
+                m = tree.nodes[m.parent]
+    return good, verified
+
+
+def step_dpo_pairs(
+    trees: Iterable[Tree],
+    threshold: float = 0.0,
+    round: int = 0,
+    source: ValueSource = "mc",
+) -> Dataset:
+    """Step-DPO pairs: for each failed solution (a verified terminal with correct=False), its first
+    wrong step (the first step whose value is <= `threshold`) is rejected against a correct
+    continuation from the same prefix: the highest-valued sibling with value > `threshold` that has a
+    correct terminal below it (or, in a tree without verified terminals below it, just value >
+    `threshold`). One pair per (prefix, wrong step), however many failed solutions share it.
+
+    Args:
+        trees: search trees.
+        threshold: a step with value <= threshold is wrong (0.0: the Monte Carlo value is zero).
+        round: the loop round, stored as provenance.
+        source: where step values come from (see `sharpen.credit.values`).
+    """
+    rows: list[dict] = []
+    for tree in trees:
+        vals = values(tree, source)
+        good, verified = _correct_below(tree)
+        done: set[int] = set()
+        for t in tree.nodes:
+            if not (t.terminal and t.correct is False):
+                continue
+            wrong = next((n for n in tree.path(t.id) if n.id in vals and vals[n.id] <= threshold), None)
+            if wrong is None or wrong.id in done or wrong.parent is None:
+                continue
+            done.add(wrong.id)
+            cands = [
+                s
+                for s in tree.nodes[wrong.parent].children
+                if s != wrong.id
+                and s in vals
+                and vals[s] > threshold
+                and (good[s] > 0 or verified[s] == 0)
+                and _norm(tree.nodes[s].step) != _norm(wrong.step)
+            ]
+            if not cands:
+                continue
+            best = min(cands, key=lambda s: (-vals[s], -good[s], s))
+            rows.append(_pair_row(tree, wrong.parent, best, wrong.id, vals, round, "step-dpo"))
+    return _to_dataset(rows, PAIR_FEATURES)
+
+
+def step_labels(
+    trees: Iterable[Tree],
+    threshold: float = 0.5,
+    round: int = 0,
+    source: ValueSource = "mc",
+) -> Dataset:
+    """One row per valued step: its prompt, the steps before it, the step, its value and the label
+    `value >= threshold` (Math-Shepherd's hard label at threshold > 0). `path_values` / `path_labels`
+    cover the whole path up to and including the step (-1.0 / -1 where a step has no value), and
+    `leaf` marks steps with no valued child: a PRM trains on leaf rows, one sequence per path.
+    """
+    rows: list[dict] = []
+    for tree in trees:
+        vals = values(tree, source)
+        for n in tree.nodes:
+            if n.parent is None or n.id not in vals:
+                continue
+            path = tree.path(n.id)
+            pv = [vals.get(m.id, -1.0) for m in path]
+            pl = [int(vals[m.id] >= threshold) if m.id in vals else -1 for m in path]
+            rows.append(
+                {
+                    "prompt": base_prompt(tree),
+                    "prefix_steps": [m.step for m in path[:-1]],
+                    "step": n.step,
+                    "value": vals[n.id],
+                    "label": int(vals[n.id] >= threshold),
+                    "path_values": pv,
+                    "path_labels": pl,
+                    "leaf": not any(c in vals for c in n.children),
+                    "terminal": n.terminal,
+                    "problem_id": tree.problem_id,
+                    "node_id": n.id,
+                    "parent_id": n.parent,
+                    "depth": n.depth,
+                    "round": round,
+                    "recipe": f"mc-labels@{threshold:g}",
+                }
+            )
+    return _to_dataset(rows, LABEL_FEATURES)
+
+
+def verified_traces(trees: Iterable[Tree], round: int = 0) -> Dataset:
+    """Correct full solutions (terminals with correct=True) in prompt-completion format, the steps
+    joined by the delimiter, deduplicated per problem by whitespace-normalised text (the first kept)."""
+    rows: list[dict] = []
+    for tree in trees:
+        seen: set[str] = set()
+        for n in tree.terminals():
+            if n.correct is not True:
+                continue
+            completion = tree.text(n.id, DELIMITER)
+            key = _norm(completion)
+            if not key or key in seen:
+                continue
+            seen.add(key)
+            rows.append(
+                {
+                    "prompt": base_prompt(tree),
+                    "completion": completion,
+                    "answer": n.answer or "",
+                    "problem_id": tree.problem_id,
+                    "node_id": n.id,
+                    "num_steps": n.depth,
+                    "round": round,
+                    "recipe": "verified-traces",
+                }
+            )
+    return _to_dataset(rows, TRACE_FEATURES)
+
+
+def load_trees(path: str | os.PathLike) -> list[Tree]:
+    """Trees from a JSONL file (one `Tree.to_dict()` per line) or every *.jsonl in a directory."""
+    p = Path(path)
+    files = sorted(p.rglob("*.jsonl")) if p.is_dir() else [p]
+    if not p.exists() or not files:
+        raise TaskError(f"no trees at {path} (fix: pass a trees.jsonl written by `sharpen search`)")
+    return [Tree.from_dict(d) for f in files for d in read_jsonl(f)]
+
+
+def save_dataset(ds: Dataset, path: str | os.PathLike) -> Path:
+    """`save_to_disk` into a temp dir next to `path`, then rename: the directory appears complete or
+    not at all (an existing one is replaced)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        # an empty dataset must still be written as one (empty) shard, or it cannot be loaded back
+        ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+            os.replace(out, old / "d")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_dataset_dir(path: str | os.PathLike, columns: Sequence[str] = ()) -> Dataset:
+    """A dataset saved by `save_dataset`, checked for the columns a trainer needs."""
+    p = Path(path)
+    if not (p / "dataset_info.json").exists() and not (p / "state.json").exists():
+        raise TaskError(f"{path} is not a saved dataset (fix: build it with `sharpen build ...`)")
+    ds = load_from_disk(str(p))
+    if not isinstance(ds, Dataset):
+        raise TaskError(f"{path} holds a DatasetDict, expected one Dataset")
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise TaskError(f"{path} lacks columns {missing} (fix: build it with the matching `sharpen build` kind)")
+    return ds
+
+
+def summary(ds: Dataset) -> dict[str, Any]:
+    """Row count and, for pairs / labels, a couple of numbers worth printing."""
+    out: dict[str, Any] = {"rows": len(ds)}
+    if len(ds) and "margin" in ds.column_names:
+        out["mean_margin"] = float(sum(ds["margin"]) / len(ds))
+    if len(ds) and "label" in ds.column_names:
+        out["positive_share"] = float(sum(ds["label"]) / len(ds))
+    return out
