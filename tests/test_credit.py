@@ -87,7 +87,10 @@ def test_first_wrong_step_none_when_correct_or_empty():
     assert first_wrong_step([], lambda h: 0.0) is None
     # known_wrong skips the check of the full solution
     calls = []
-    assert first_wrong_step(["a", "b"], lambda h: calls.append(h) or (0.0 if h >= 2 else 1.0), known_wrong=True) == 1
+    assert (
+        first_wrong_step(["a", "b"], lambda h: calls.append(h) or (0.0 if h >= 2 else 1.0), known_wrong=True)
+        == 1
+    )
     assert 2 not in calls
 
 

@@ -22,9 +22,9 @@ P = "<|user|>What is 1 + 2 + 3?<|end|>\n<|assistant|>"
 
 def two_level() -> Tree:
     """root ─ 1 "1 + 2 = 3" (0.8) ─ 3 "3 + 3 = 6" (0.9) ─ 6 "Answer: 6" ✓
-                                  └ 4 "3 + 3 = 7" (0.0) ─ 7 "Answer: 7" ✗
-            ├ 2 "1 + 2 = 4" (0.2) ─ 5 "Answer: 7" ✗
-            └ 8 "1 + 2 = 3" (0.5)   (same text as 1, no children)"""
+                          └ 4 "3 + 3 = 7" (0.0) ─ 7 "Answer: 7" ✗
+    ├ 2 "1 + 2 = 4" (0.2) ─ 5 "Answer: 7" ✗
+    └ 8 "1 + 2 = 3" (0.5)   (same text as 1, no children)"""
     t = Tree(problem_id="p1", question="What is 1 + 2 + 3?", prompt=P, reference="6")
     t.add(0, step="1 + 2 = 3", score=0.8)
     t.add(0, step="1 + 2 = 4", score=0.2)
@@ -49,10 +49,17 @@ def best_of_n() -> Tree:
 def test_step_pairs_best_worst():
     ds = step_pairs([two_level()], min_margin=0.1, round=2)
     rows = ds.to_list()
-    assert [(r["prefix_node_id"], r["chosen_node_id"], r["rejected_node_id"]) for r in rows] == [(0, 1, 2), (1, 3, 4)]
+    assert [(r["prefix_node_id"], r["chosen_node_id"], r["rejected_node_id"]) for r in rows] == [
+        (0, 1, 2),
+        (1, 3, 4),
+    ]
     r0, r1 = rows
     assert r0["prompt"] == P and r0["chosen"] == "1 + 2 = 3\n" and r0["rejected"] == "1 + 2 = 4\n"
-    assert r1["prompt"] == P + "1 + 2 = 3\n" and r1["chosen"] == "3 + 3 = 6\n" and r1["rejected"] == "3 + 3 = 7\n"
+    assert (
+        r1["prompt"] == P + "1 + 2 = 3\n"
+        and r1["chosen"] == "3 + 3 = 6\n"
+        and r1["rejected"] == "3 + 3 = 7\n"
+    )
     assert r1["chosen_value"] == 0.9 and r1["rejected_value"] == 0.0 and r1["margin"] == 0.9
     assert r0["round"] == 2 and r0["problem_id"] == "p1" and r0["recipe"] == "mcts-dpo/best_worst"
 

@@ -108,7 +108,9 @@ def _prefix_steps(tree: Tree, node_id: int) -> list[str]:
     return [n.step for n in tree.path(node_id)]
 
 
-def _pair_row(tree: Tree, parent: int, c: int, r: int, vals: dict[int, float], round: int, recipe: str) -> dict:
+def _pair_row(
+    tree: Tree, parent: int, c: int, r: int, vals: dict[int, float], round: int, recipe: str
+) -> dict:
     cn, rn = tree.nodes[c], tree.nodes[r]
     return {
         "prompt": render_prefix(tree, _prefix_steps(tree, parent)),
@@ -124,6 +126,11 @@ def _pair_row(tree: Tree, parent: int, c: int, r: int, vals: dict[int, float], r
         "round": round,
         "recipe": recipe,
     }
+
+
+def _pairable(tree: Tree, vals: dict[int, float], c: int, r: int, min_margin: float) -> bool:
+    m = vals[c] - vals[r]
+    return m > 0 and m >= min_margin and _norm(tree.nodes[c].step) != _norm(tree.nodes[r].step)
 
 
 def step_pairs(
@@ -158,14 +165,10 @@ def step_pairs(
                 continue
             kids.sort(key=lambda c: (-vals[c], c))
 
-            def ok(c: int, r: int) -> bool:
-                m = vals[c] - vals[r]
-                return m > 0 and m >= min_margin and _norm(tree.nodes[c].step) != _norm(tree.nodes[r].step)
-
             if pairing == "best_worst":
                 best = kids[0]
                 for r in reversed(kids[1:]):
-                    if ok(best, r):
+                    if _pairable(tree, vals, best, r, min_margin):
                         rows.append(_pair_row(tree, parent.id, best, r, vals, round, recipe))
                         break
             else:
@@ -173,7 +176,7 @@ def step_pairs(
                 for i, c in enumerate(kids):
                     for r in kids[i + 1 :]:
                         key = (_norm(tree.nodes[c].step), _norm(tree.nodes[r].step))
-                        if ok(c, r) and key not in seen:
+                        if _pairable(tree, vals, c, r, min_margin) and key not in seen:
                             seen.add(key)
                             rows.append(_pair_row(tree, parent.id, c, r, vals, round, recipe))
     return _to_dataset(rows, PAIR_FEATURES)
@@ -353,7 +356,9 @@ def load_dataset_dir(path: str | os.PathLike, columns: Sequence[str] = ()) -> Da
         raise TaskError(f"{path} holds a DatasetDict, expected one Dataset")
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise TaskError(f"{path} lacks columns {missing} (fix: build it with the matching `sharpen build` kind)")
+        raise TaskError(
+            f"{path} lacks columns {missing} (fix: build it with the matching `sharpen build` kind)"
+        )
     return ds
 
 
