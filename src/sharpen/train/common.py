@@ -1,0 +1,165 @@
+"""What every trainer shares: the output layout, device-dependent arguments, resuming, atomic saves.
+
+Output layout of every `sharpen train ...` run (`out/`):
+
+    out/checkpoints/checkpoint-N/   Trainer checkpoints (resume picks the newest)
+    out/adapter/                    the LoRA adapter + tokenizer (LoRA runs only)
+    out/merged/                     a plain HF model dir (model + tokenizer) that `--model` accepts
+    out/sharpen_train.json          the resolved config and the training metrics
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharpen.io import atomic_write_json
+
+
+@dataclass
+class LoraOptions:
+    """LoRA settings (peft)."""
+
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: str | list[str] = "all-linear"
+    """Which linear layers get adapters ("all-linear": every linear layer but the output head)."""
+
+    def peft_config(self, task_type: str = "CAUSAL_LM") -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type=task_type,
+        )
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation and bookkeeping options shared by every trainer."""
+
+    max_steps: int = 200
+    """Optimizer steps; <= 0 trains for `epochs` instead."""
+    epochs: float = 1.0
+    """Epochs over the data, used only when `max_steps` <= 0."""
+    batch_size: int = 4
+    """Rows per device per forward pass."""
+    grad_accum: int = 1
+    """Gradient accumulation steps (effective batch = batch_size * grad_accum)."""
+    learning_rate: float = 5e-5
+    """Peak learning rate (LoRA wants ~10x the full fine-tuning rate)."""
+    warmup_steps: float = 0.0
+    """Learning-rate warm-up: a number of steps, or a float < 1 for a share of the steps."""
+    max_length: int | None = 1024
+    """Longest tokenised sequence (prompt + completion); longer rows are truncated."""
+    logging_steps: int = 5
+    """Log the loss every this many steps."""
+    save_steps: int = 50
+    """Write a checkpoint every this many steps (resume starts from the newest)."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk."""
+    seed: int = 0
+    """Seed for data order and initialisation."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    lora: bool = True
+    """Train a LoRA adapter (peft); False = full fine-tuning."""
+    lora_options: LoraOptions = field(default_factory=LoraOptions)
+    """LoRA settings, used when `lora`."""
+    resume: bool = True
+    """Resume from the newest checkpoint in out/checkpoints when one exists."""
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trainer_kwargs(opts: TrainOptions, out: Path) -> dict[str, Any]:
+    """`TrainingArguments` fields common to TRL configs and transformers' Trainer. On CPU: fp32, no
+    mixed precision, `use_cpu`; on a GPU with bf16 support: bf16."""
+    import torch
+
+    cuda = has_cuda()
+    return {
+        "output_dir": str(out / "checkpoints"),
+        "max_steps": opts.max_steps if opts.max_steps > 0 else -1,
+        "num_train_epochs": opts.epochs,
+        "per_device_train_batch_size": opts.batch_size,
+        "per_device_eval_batch_size": opts.batch_size,
+        "gradient_accumulation_steps": opts.grad_accum,
+        "learning_rate": opts.learning_rate,
+        "warmup_steps": opts.warmup_steps,
+        "logging_steps": opts.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": opts.save_steps,
+        "save_total_limit": opts.save_total_limit,
+        "seed": opts.seed,
+        "report_to": "none",
+        "use_cpu": not cuda,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "fp16": False,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "gradient_checkpointing": opts.gradient_checkpointing,
+    }
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """The newest out/checkpoints/checkpoint-N, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpts = out / "checkpoints"
+    if not ckpts.is_dir():
+        return None
+    return get_last_checkpoint(str(ckpts))
+
+
+def save_dir_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_dir)`, then rename tmp_dir to `path` (replacing an old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        write(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            os.replace(path, old / "d")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def write_summary(
+    out: Path, kind: str, config: Any, metrics: dict[str, Any], extra: dict | None = None
+) -> None:
+    cfg = asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config)
+    atomic_write_json(
+        out / "sharpen_train.json", {"kind": kind, "config": cfg, "metrics": metrics, **(extra or {})}
+    )
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

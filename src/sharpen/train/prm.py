@@ -1,0 +1,230 @@
+"""A process reward model (PRM) as token classification (Math-Shepherd, arXiv 2312.08935): the
+input is the prompt followed by the steps, each followed by "\\n"; the label of a step (its Monte
+Carlo value >= threshold, from `sharpen.data.step_labels`) sits on the step's last token, the one
+holding its "\\n"; every other position is -100. Trained with transformers' `Trainer` on
+`AutoModelForTokenClassification` (num_labels=2) over the policy's backbone.
+
+`PRMModel.load(path).score(prompts, steps_lists)` gives P(label=1) at each step boundary: the
+`prm:<path>` scorer calls it.
+
+Output: out/checkpoints/, out/merged/ (model + tokenizer + sharpen_prm.json), out/sharpen_train.json.
+With LoRA the adapter is merged (the classification head is trained in full) and also kept in out/adapter/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharpen.data import load_dataset_dir
+from sharpen.errors import ModelError, TaskError
+from sharpen.io import atomic_write_json
+from sharpen.models import resolve_model
+from sharpen.train.common import (
+    TrainOptions,
+    last_checkpoint,
+    load_tokenizer,
+    save_dir_atomic,
+    trainer_kwargs,
+    write_summary,
+)
+
+DELIMITER = "\n"
+PRM_FORMAT = {
+    "kind": "sharpen-prm",
+    "version": 1,
+    "input": "prompt + ''.join(step + '\\n' for step in steps)",
+    "label_position": "the last token of each step (the token holding its '\\n')",
+    "labels": {"0": "step leads away from the answer", "1": "step keeps the answer reachable"},
+    "score": "softmax(logits)[..., 1] at each step's last token",
+    "delimiter": DELIMITER,
+}
+LABEL_COLUMNS = ("prompt", "prefix_steps", "step", "path_labels", "leaf")
+
+
+def encode(
+    tok: Any, prompt: str, steps: Sequence[str], max_length: int | None = None
+) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + steps and, for each step, the index of its last token (-1 when the step
+    was cut off by `max_length`)."""
+    text = prompt
+    ends = []
+    for s in steps:
+        text += s + DELIMITER
+        ends.append(len(text) - 1)  # the delimiter's character
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    positions: list[int] = []
+    t = 0
+    for e in ends:
+        while t < len(offsets) and offsets[t][1] <= e:
+            t += 1
+        positions.append(t if t < len(offsets) and offsets[t][0] <= e else -1)
+    if max_length is not None and len(ids) > max_length:
+        ids = ids[:max_length]
+        positions = [p if p < max_length else -1 for p in positions]
+    return ids, positions
+
+
+@dataclass
+class PRMTrainConfig:
+    """`sharpen train prm`: every option, documented."""
+
+    model: str
+    """Backbone: a built-in name, a local HF dir or an HF id (usually the policy)."""
+    data: str
+    """A step-labels dataset dir from `sharpen build labels`."""
+    out: str
+    """Output dir: checkpoints/, adapter/ (LoRA), merged/, sharpen_train.json."""
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-4))
+    """Optimisation, LoRA and checkpointing options."""
+
+
+def _examples(ds: Any, tok: Any, max_length: int | None) -> list[dict]:
+    """One example per leaf path: every valued step on it carries its label."""
+    out = []
+    for r in ds:
+        if not r["leaf"]:
+            continue
+        steps = list(r["prefix_steps"]) + [r["step"]]
+        ids, pos = encode(tok, r["prompt"], steps, max_length)
+        labels = [-100] * len(ids)
+        for p, lab in zip(pos, r["path_labels"], strict=True):
+            if p >= 0 and lab >= 0:
+                labels[p] = int(lab)
+        if any(lab != -100 for lab in labels):
+            out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return out
+
+
+def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import (
+        AutoModelForTokenClassification,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
+
+    out = Path(cfg.out)
+    path = resolve_model(cfg.model)
+    if dataset is None:
+        dataset = load_dataset_dir(cfg.data, LABEL_COLUMNS)
+    tok = load_tokenizer(path)
+    rows = _examples(dataset, tok, cfg.train.max_length)
+    if not rows:
+        raise TaskError(
+            f"{cfg.data} has no labelled steps (fix: build labels from trees scored by the oracle)"
+        )
+    model = AutoModelForTokenClassification.from_pretrained(
+        path,
+        num_labels=2,
+        dtype=torch.float32,
+        id2label={0: "bad", 1: "good"},
+        label2id={"bad": 0, "good": 1},
+    )
+    model.config.pad_token_id = tok.pad_token_id
+    if cfg.train.lora:
+        lora_cfg = cfg.train.lora_options.peft_config("TOKEN_CLS")
+        if lora_cfg.target_modules == "all-linear" or lora_cfg.target_modules == {"all-linear"}:
+            # the head ("score") is trained in full (peft's modules_to_save for TOKEN_CLS), so no adapter on it
+            lora_cfg.target_modules = sorted(
+                {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+                - {"score", "classifier"}
+            )
+        model = get_peft_model(model, lora_cfg)
+    args = TrainingArguments(**trainer_kwargs(cfg.train, out), remove_unused_columns=False)
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=DataCollatorForTokenClassification(tok),
+        processing_class=tok,
+    )
+
+
+def train_prm(cfg: PRMTrainConfig) -> Path:
+    """Train, resuming from the newest checkpoint; returns out/merged."""
+    out = Path(cfg.out)
+    trainer = build_trainer(cfg)
+    resume = last_checkpoint(out) if cfg.train.resume else None
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    tok, model = trainer.processing_class, trainer.model
+    if cfg.train.lora:
+        save_dir_atomic(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
+        model = model.merge_and_unload()
+    model = model.to("cpu")
+
+    def write(d: Path) -> None:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        atomic_write_json(d / "sharpen_prm.json", PRM_FORMAT)
+
+    merged = save_dir_atomic(out / "merged", write)
+    metrics = dict(result.metrics)
+    metrics.update(sequences=len(trainer.train_dataset), wall_seconds=seconds, resumed_from=resume)
+    write_summary(out, "prm", cfg, metrics)
+    return merged
+
+
+class PRMModel:
+    """A trained PRM: `score(prompts, steps_lists)` -> P(good) at each step boundary."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", max_length: int | None = None):
+        self.model, self.tokenizer, self.device, self.max_length = model, tokenizer, device, max_length
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, max_length: int | None = 2048) -> PRMModel:
+        import torch
+        from transformers import AutoModelForTokenClassification
+
+        p = Path(path)
+        if (p / "merged" / "sharpen_prm.json").exists():
+            p = p / "merged"  # the training output dir itself
+        if not (p / "sharpen_prm.json").exists():
+            raise ModelError(
+                f"{path} is not a sharpen PRM: no sharpen_prm.json (fix: pass out/merged of `sharpen train prm`)"
+            )
+        fmt = json.loads((p / "sharpen_prm.json").read_text())
+        if fmt.get("kind") != "sharpen-prm" or fmt.get("delimiter", DELIMITER) != DELIMITER:
+            raise ModelError(f"{p}/sharpen_prm.json describes an unknown format")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForTokenClassification.from_pretrained(p).to(device).eval()
+        return cls(model, load_tokenizer(p), device, max_length)
+
+    def score(
+        self, prompts: Sequence[str], steps_lists: Sequence[Sequence[str]], batch_size: int = 8
+    ) -> list[list[float]]:
+        """For each (prompt, steps): P(label=1) at the last token of each step (0.0 for a step cut off
+        by `max_length`)."""
+        import torch
+
+        if len(prompts) != len(steps_lists):
+            raise ValueError("prompts and steps_lists differ in length")
+        enc = [
+            encode(self.tokenizer, p, s, self.max_length) for p, s in zip(prompts, steps_lists, strict=True)
+        ]
+        out: list[list[float]] = []
+        pad = self.tokenizer.pad_token_id or 0
+        for i in range(0, len(enc), batch_size):
+            chunk = enc[i : i + batch_size]
+            width = max(max(len(ids) for ids, _ in chunk), 1)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, (x, _) in enumerate(chunk):  # right padding: positions stay as encoded
+                ids[j, : len(x)] = torch.tensor(x, dtype=torch.long)
+                mask[j, : len(x)] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu()
+            for j, (_, pos) in enumerate(chunk):
+                out.append([float(probs[j, p]) if p >= 0 else 0.0 for p in pos])
+        return out

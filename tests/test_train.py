@@ -1,0 +1,189 @@
+"""Trainers on the tiny model: 2-step DPO (LoRA and full), SFT and PRM runs save models that load
+and generate / score; resume; held-out metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sharpen.data import save_dataset, step_labels, step_pairs, verified_traces
+from sharpen.errors import ModelError, TaskError
+from sharpen.train.common import TrainOptions
+from sharpen.tree import Tree
+
+
+def _trees() -> list[Tree]:
+    trees = []
+    for i in range(4):
+        t = Tree(
+            problem_id=f"p{i}",
+            question=f"What is {i} + 2?",
+            prompt=f"<|user|>What is {i} + 2?<|end|>\n<|assistant|>",
+        )
+        a = t.add(0, step=f"{i} + 2 = {i + 2}", score=0.9)
+        t.add(a.id, step=f"Answer: {i + 2}", terminal=True, answer=str(i + 2), correct=True)
+        b = t.add(0, step=f"{i} + 2 = {i + 3}", score=0.1)
+        t.add(b.id, step=f"Answer: {i + 3}", terminal=True, answer=str(i + 3), correct=False)
+        trees.append(t)
+    return trees
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    trees = _trees()
+    return {
+        "pairs": str(save_dataset(step_pairs(trees), d / "pairs")),
+        "traces": str(save_dataset(verified_traces(trees), d / "traces")),
+        "labels": str(save_dataset(step_labels(trees), d / "labels")),
+    }
+
+
+def _opts(**kw) -> TrainOptions:
+    return TrainOptions(max_steps=kw.pop("max_steps", 2), batch_size=2, save_steps=1, logging_steps=1, **kw)
+
+
+def _generates(path: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    enc = tok("<|user|>What is 1 + 2?<|end|>\n<|assistant|>", return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_dpo_lora_saves_adapter_and_merged_and_resumes(tiny_model_dir, data_dirs, tmp_path):
+    from sharpen.train.dpo import DPOTrainConfig, build_trainer, train_dpo
+
+    out = tmp_path / "dpo"
+    cfg = DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], out=str(out), train=_opts())
+    merged = train_dpo(cfg)
+    assert merged == out / "merged" and (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    _generates(str(merged))
+    from sharpen.models import resolve_model
+
+    assert resolve_model(str(merged)) == merged  # `--model` accepts it
+    summary = json.loads((out / "sharpen_train.json").read_text())
+    assert summary["kind"] == "dpo" and summary["metrics"]["pairs"] == 4
+
+    # resume: a longer run picks up the last checkpoint
+    cfg.train.max_steps = 3
+    train_dpo(cfg)
+    summary = json.loads((out / "sharpen_train.json").read_text())
+    assert summary["metrics"]["resumed_from"].endswith("checkpoint-2")
+
+    # steps are not solution ends: no EOS after chosen / rejected
+    trainer = build_trainer(
+        DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], out=str(tmp_path / "x"))
+    )
+    eos = trainer.processing_class.eos_token_id
+    row = trainer.train_dataset[0]
+    assert row["chosen_ids"][-1] != eos and row["rejected_ids"][-1] != eos
+    trainer_eos = build_trainer(
+        DPOTrainConfig(
+            model=tiny_model_dir, data=data_dirs["pairs"], out=str(tmp_path / "y"), append_eos=True
+        )
+    )
+    assert trainer_eos.train_dataset[0]["chosen_ids"][-1] == eos
+
+
+def test_dpo_full_finetune_and_reward_accuracy(tiny_model_dir, data_dirs, tmp_path):
+    from datasets import load_from_disk
+
+    from sharpen.train.dpo import DPOTrainConfig, train_dpo
+    from sharpen.train.metrics import dpo_reward_accuracy
+
+    out = tmp_path / "dpo-full"
+    merged = train_dpo(
+        DPOTrainConfig(
+            model=tiny_model_dir,
+            data=data_dirs["pairs"],
+            out=str(out),
+            train=_opts(lora=False, learning_rate=1e-3),
+        )
+    )
+    assert not (out / "adapter").exists()
+    _generates(str(merged))
+    pairs = load_from_disk(data_dirs["pairs"])
+    before = dpo_reward_accuracy(tiny_model_dir, tiny_model_dir, pairs)
+    assert before["reward_accuracy"] == 0.0 and before["n"] == 4
+    after = dpo_reward_accuracy(merged, tiny_model_dir, pairs)
+    assert set(after) >= {"reward_accuracy", "reward_margin", "logp_accuracy"}
+    assert after["reward_margin"] > 0  # two steps at lr 1e-3 on the training pairs move the margin
+
+
+def test_empty_pairs_raise(tiny_model_dir, tmp_path):
+    from sharpen.train.dpo import DPOTrainConfig, train_dpo
+
+    empty = save_dataset(step_pairs([]), tmp_path / "empty")
+    with pytest.raises(TaskError):
+        train_dpo(DPOTrainConfig(model=tiny_model_dir, data=str(empty), out=str(tmp_path / "o")))
+
+
+def test_sft(tiny_model_dir, data_dirs, tmp_path):
+    from sharpen.train.sft import SFTTrainConfig, train_sft
+
+    out = tmp_path / "sft"
+    merged = train_sft(
+        SFTTrainConfig(model=tiny_model_dir, data=data_dirs["traces"], out=str(out), train=_opts())
+    )
+    assert (out / "adapter").is_dir() and (out / "checkpoints" / "checkpoint-2").is_dir()
+    _generates(str(merged))
+    assert json.loads((out / "sharpen_train.json").read_text())["metrics"]["traces"] == 4
+
+
+def test_prm_encode_puts_labels_on_newline_tokens(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from sharpen.train.prm import encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids, pos = encode(tok, "<|user|>What is 1 + 2?<|end|>\n<|assistant|>", ["1 + 2 = 3", "Answer: 3"])
+    assert len(pos) == 2 and pos[0] < pos[1] == len(ids) - 1
+    for p in pos:
+        assert "\n" in tok.decode([ids[p]])
+    _, cut = encode(tok, "<|user|>x", ["1 + 2 = 3", "Answer: 3"], max_length=4)
+    assert cut[-1] == -1
+
+
+def test_prm_trains_loads_scores(tiny_model_dir, data_dirs, tmp_path):
+    from datasets import load_from_disk
+
+    from sharpen.train.metrics import prm_auroc
+    from sharpen.train.prm import PRMModel, PRMTrainConfig, train_prm
+
+    out = tmp_path / "prm"
+    merged = train_prm(
+        PRMTrainConfig(model=tiny_model_dir, data=data_dirs["labels"], out=str(out), train=_opts())
+    )
+    fmt = json.loads((merged / "sharpen_prm.json").read_text())
+    assert fmt["kind"] == "sharpen-prm"
+    prm = PRMModel.load(out)  # the out dir or out/merged both work
+    scores = prm.score(
+        ["<|user|>What is 1 + 2?<|end|>\n<|assistant|>", "<|user|>x<|end|>\n<|assistant|>"],
+        [["1 + 2 = 3", "Answer: 3"], ["Answer: 1"]],
+    )
+    assert [len(s) for s in scores] == [2, 1] and all(0.0 <= v <= 1.0 for s in scores for v in s)
+    assert PRMModel.load(merged).score(["<|user|>x<|end|>\n<|assistant|>"], [["Answer: 1"]])[
+        0
+    ] == pytest.approx(scores[1])  # the head was saved, not re-initialised
+    res = prm_auroc(merged, load_from_disk(data_dirs["labels"]), n_boot=50)
+    assert 0.0 <= res["auroc"] <= 1.0 and res["n"] == 16
+    with pytest.raises(ModelError):
+        PRMModel.load(tiny_model_dir)
+
+
+def test_auroc():
+    from sharpen.train.metrics import auroc, auroc_with_ci
+
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert auroc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert auroc([0, 1], [0.5, 0.5]) == 0.5
+    assert auroc([0, 1, 0, 1], [0.1, 0.4, 0.5, 0.8]) == 0.75
+    assert math.isnan(auroc([1, 1], [0.2, 0.3]))
+    r = auroc_with_ci([0, 1] * 50, [0.2, 0.8] * 50, n_boot=200)
+    assert r["auroc"] == 1.0 and r["ci_low"] == 1.0 and r["n"] == 100
