@@ -1,0 +1,41 @@
+"""Step-level beam search guided by a scorer (Snell et al. 2024, "Scaling LLM Test-Time Compute
+Optimally", arXiv 2408.03314, beam search against a PRM; the BFS of Yao et al. 2023, "Tree of
+Thoughts", arXiv 2305.10601).
+
+    beams = [root]
+    while budget left and some beam is unfinished:
+        children = expand every unfinished beam with `expansions` next steps
+        score the children
+        beams = the `width` best of (finished beams + children)
+    answer = the best-scoring finished beam
+"""
+
+from __future__ import annotations
+
+from sharpen.process import Process
+from sharpen.search.common import finish, need_scorer, open_search, plan, value
+from sharpen.tasks import Problem
+from sharpen.tree import Tree
+
+
+def beam_search(
+    process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, width: int = 4, expansions: int = 4
+) -> Tree:
+    scorer = need_scorer(scorer, "beam")
+    tree, budget = open_search(process, problem, budget_tokens, seed, "beam")
+    beams = [tree.root.id]
+    while not budget.exhausted:
+        unfinished = [b for b in beams if not tree.nodes[b].terminal]
+        if not unfinished:
+            break
+        parents, k = plan(budget, scorer, unfinished, expansions, process.step_tokens)
+        children = [c for kids in process.expand(tree, parents, k, budget) for c in kids]
+        if not children:
+            break
+        scorer.score(tree, children, budget)
+        pool = [b for b in beams if tree.nodes[b].terminal] + children
+        beams = sorted(pool, key=lambda n: value(tree, n), reverse=True)[:width]  # stable: ties keep order
+    finished = [b for b in beams if tree.nodes[b].terminal] or [n.id for n in tree.terminals()]
+    chosen = max(finished or beams, key=lambda n: value(tree, n))
+    tree.meta["beams"] = beams
+    return finish(process, tree, budget, chosen)

@@ -1,0 +1,52 @@
+"""Best-of-N and self-consistency: sample whole solutions until the budget is spent.
+
+The tree has depth one: every child of the root is a complete solution.
+
+- `best_of_n`: the answer of the highest-scoring solution (a verifier reranks N samples;
+  Cobbe et al. 2021, arXiv 2110.14168).
+- `majority_vote`: self-consistency, the most common extracted answer (Wang et al. 2022,
+  arXiv 2203.11171). Needs no scorer.
+"""
+
+from __future__ import annotations
+
+from sharpen.budget import Budget
+from sharpen.process import Process
+from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
+from sharpen.tasks import Problem
+from sharpen.tree import Tree
+
+
+def sample_solutions(process: Process, scorer, tree: Tree, budget: Budget, batch: int) -> list[int]:
+    """Complete the root `batch` times per call (scoring each batch) until the budget is spent."""
+    solutions: list[int] = []
+    while not budget.exhausted:
+        roots, k = plan(budget, scorer, [tree.root.id], batch, process.rollout_tokens, terminal=True)
+        if not roots:
+            break
+        new = process.complete(tree, roots, k, budget)[0]
+        if not new:
+            break
+        if scorer is not None:
+            scorer.score(tree, new, budget)
+        solutions += new
+    return solutions
+
+
+def best_of_n(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, batch: int = 8) -> Tree:
+    scorer = need_scorer(scorer, "bon")
+    tree, budget = open_search(process, problem, budget_tokens, seed, "bon")
+    solutions = sample_solutions(process, scorer, tree, budget, batch)
+    scored = [s for s in solutions if tree.nodes[s].score is not None]
+    if scored:
+        chosen = max(scored, key=lambda s: value(tree, s))  # first of equals
+    else:  # the budget ran out before any score: fall back to the vote
+        chosen = weighted_vote(process, tree, solutions, [1.0] * len(solutions))
+    return finish(process, tree, budget, chosen)
+
+
+def majority_vote(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, batch: int = 8) -> Tree:
+    tree, budget = open_search(process, problem, budget_tokens, seed, "vote")
+    solutions = sample_solutions(process, None, tree, budget, batch)
+    chosen = weighted_vote(process, tree, solutions, [1.0] * len(solutions))
+    return finish(process, tree, budget, chosen)

@@ -1,0 +1,65 @@
+"""What every algorithm shares: opening a search, voting, and writing the result into the tree."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sharpen.budget import Budget, allot
+from sharpen.errors import ConfigError
+from sharpen.process import Process
+from sharpen.tasks import Problem
+from sharpen.tree import Tree
+
+
+def open_search(process: Process, problem: Problem, budget_tokens: int, seed: int, algo: str) -> tuple[Tree, Budget]:
+    tree = process.new_tree(problem, seed=seed)
+    tree.algo = algo
+    return tree, Budget(process.meter, budget_tokens)
+
+
+def need_scorer(scorer, algo: str):
+    if scorer is None:
+        raise ConfigError(f"{algo} needs a scorer (fix: --scorer self, rollout, prm:<path>, or oracle with --collect)")
+    return scorer
+
+
+def plan(
+    budget: Budget, scorer, node_ids: list[int], k: int, row_tokens: int, terminal: bool = False
+) -> tuple[list[int], int]:
+    """Which nodes to extend and with how many rows each, so that the budget holds the rows
+    (`row_tokens` each) and the scoring of every new node (`scorer.cost(terminal)`)."""
+    cost = row_tokens + (scorer.cost(terminal) if scorer is not None else 0)
+    served, k = allot(list(range(len(node_ids))), k, budget.rows(len(node_ids) * k, cost))
+    return [node_ids[i] for i in served], k
+
+
+def value(tree: Tree, node_id: int, default: float = 0.0) -> float:
+    s = tree.nodes[node_id].score
+    return default if s is None else s
+
+
+def weighted_vote(process: Process, tree: Tree, node_ids: list[int], weights: list[float]) -> int | None:
+    """The node carrying the answer with the largest total weight (first seen wins ties; within the
+    winning answer, the heaviest node). Nodes without an answer do not vote."""
+    total: dict[str, float] = defaultdict(float)
+    best: dict[str, int] = {}
+    for n, w in zip(node_ids, weights, strict=True):
+        key = process.vote_key(process.answer(tree, n))
+        if key is None:
+            continue
+        total[key] += w
+        if key not in best or w > weights[node_ids.index(best[key])]:
+            best[key] = n
+    if not total:
+        return None
+    top = max(total.values())
+    return best[next(k for k, v in total.items() if v == top)]
+
+
+def finish(process: Process, tree: Tree, budget: Budget, chosen: int | None) -> Tree:
+    """Record the chosen node's path and answer, and what was actually spent."""
+    if chosen is not None:
+        tree.chosen = [n.id for n in tree.path(chosen)]
+        tree.answer = process.answer(tree, chosen)
+    tree.usage = budget.report()
+    return tree

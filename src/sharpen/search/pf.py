@@ -1,0 +1,96 @@
+"""Particle filtering over steps (Puri et al. 2025, "A Probabilistic Inference Approach to
+Inference-Time Scaling of LLMs using Particle-Based Monte Carlo Methods", arXiv 2502.01618).
+
+    particles x^1..x^N = root
+    while budget left and some particle is unfinished:
+        extend every unfinished particle by one step:   x^i <- x^i + step ~ policy
+        score them:                                      r^i = scorer(x^i)
+        weights:                                         w^i = softmax(r / temperature)^i
+        among the unfinished particles U (weights renormalised over U):
+            ESS = 1 / sum_{i in U} (w^i)^2
+            if ESS < ess_threshold * |U|:  resample U from U with probabilities w   (multinomial)
+    answer = weighted vote of the finished particles' answers with weights w
+
+Finished particles stay finished: they are never extended, never resampled away and never copied
+into an unfinished slot (resampling draws only among the unfinished; its_hub issue #208 revived
+them). The PRM score of a partial solution judges the whole prefix, so weights are not multiplied
+across steps; Puri et al. resample every step (ess_threshold = 1 gives that).
+`tree.meta["particles"]` records the particle set after every step, `tree.meta["resampled"]` when.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from sharpen.errors import ConfigError
+from sharpen.process import Process
+from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
+from sharpen.tasks import Problem
+from sharpen.tree import Tree
+
+
+def softmax(xs: list[float], temperature: float) -> list[float]:
+    if not xs:
+        return []
+    m = max(xs)
+    es = [math.exp((x - m) / temperature) for x in xs]
+    z = sum(es)
+    return [e / z for e in es]
+
+
+def effective_sample_size(w: list[float]) -> float:
+    z = sum(w)
+    return 1.0 / sum((x / z) ** 2 for x in w) if z > 0 else 0.0
+
+
+def particle_filter(
+    process: Process,
+    scorer,
+    problem: Problem,
+    budget_tokens: int,
+    seed: int,
+    n: int = 4,
+    temperature: float = 0.5,
+    ess_threshold: float = 0.5,
+) -> Tree:
+    if n <= 0 or temperature <= 0 or not 0 <= ess_threshold <= 1:
+        raise ConfigError("pf: n > 0, temperature > 0 and 0 <= ess_threshold <= 1 (fix: e.g. n=4 temperature=0.5)")
+    scorer = need_scorer(scorer, "pf")
+    tree, budget = open_search(process, problem, budget_tokens, seed, "pf")
+    rng = random.Random(seed)
+    x = [tree.root.id] * n
+    tree.meta["particles"], tree.meta["resampled"] = [], []
+
+    def r(i: int) -> float:
+        return value(tree, x[i], default=0.5)
+
+    while not budget.exhausted:
+        unfinished = [i for i in range(n) if not tree.nodes[x[i]].terminal]
+        if not unfinished:
+            break
+        served, _ = plan(budget, scorer, unfinished, 1, process.step_tokens)  # particle indices
+        extended = process.expand(tree, [x[i] for i in served], 1, budget)
+        if not any(extended):
+            break
+        for i, kids in zip(served, extended, strict=True):
+            if kids:
+                x[i] = kids[0]
+        scorer.score(tree, [x[i] for i in unfinished], budget)
+
+        w = softmax([r(i) for i in range(n)], temperature)
+        U = [i for i in unfinished if not tree.nodes[x[i]].terminal]  # just-finished ones are frozen too
+        resampled = False
+        if U and effective_sample_size([w[i] for i in U]) < ess_threshold * len(U):
+            draws = rng.choices([x[i] for i in U], weights=[w[i] for i in U], k=len(U))
+            for i, d in zip(U, draws, strict=True):
+                x[i] = d
+            resampled = True
+        tree.meta["particles"].append(list(x))
+        tree.meta["resampled"].append(resampled)
+
+    finished = [i for i in range(n) if tree.nodes[x[i]].terminal]
+    voters = finished or list(range(n))
+    w = softmax([r(i) for i in voters], temperature)
+    chosen = weighted_vote(process, tree, [x[i] for i in voters], w)
+    return finish(process, tree, budget, chosen)

@@ -1,0 +1,176 @@
+"""Search algorithms on the toy random walk (fast, no model), and once on a tiny language model."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharpen.errors import ConfigError
+from sharpen.scorers import make_scorer
+from sharpen.search import ALGORITHMS, NEEDS_SCORER, get_algorithm
+from sharpen.search.mcts import step_children
+from sharpen.toy import DistanceScorer, RandomWalkProcess, make_problems
+
+H = 6
+PROBLEMS = make_problems(50, seed=1, horizon=H)
+
+
+def random_accuracy(proc: RandomWalkProcess) -> float:
+    hits = 0
+    for i, p in enumerate(PROBLEMS):
+        tree = proc.new_tree(p, seed=i)
+        (c,) = proc.complete(tree, [0], 1)[0]
+        hits += proc.verify(tree, tree.nodes[c].answer)
+    return hits / len(PROBLEMS)
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_each_algorithm_beats_random_sampling(algo):
+    proc = RandomWalkProcess(horizon=H)
+    baseline = random_accuracy(proc)
+    scorer = DistanceScorer(proc)
+    budget = 10 * H
+    hits = 0
+    for i, p in enumerate(PROBLEMS):
+        tree = ALGORITHMS[algo](proc, scorer, p, budget, seed=i)
+        assert tree.algo == algo and tree.usage["budget_tokens"] == budget
+        hits += proc.verify(tree, tree.answer)
+        if tree.answer is not None and tree.chosen:
+            assert proc.answer(tree, tree.chosen[-1]) == tree.answer
+    assert hits / len(PROBLEMS) > baseline + 0.1, (algo, hits / len(PROBLEMS), baseline)
+
+
+SCORER_SPECS = ["distance", "rollout:3", "rollout:2:pool", "oracle:2"]
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_budget_never_exceeded_by_more_than_one_row(algo):
+    proc = RandomWalkProcess(horizon=H)
+    for spec in SCORER_SPECS:
+        scorer = make_scorer(spec, proc, collect=True)
+        for budget in (1, 5, 17, 40, 93):
+            for seed in range(3):
+                tree = ALGORITHMS[algo](proc, scorer, PROBLEMS[seed], budget, seed=seed)
+                spent = tree.usage["generated_tokens"]
+                assert spent <= budget + proc.rollout_tokens, (spent, budget, spec)
+                if algo in ("beam", "pf", "mcts") and spec == "distance":
+                    assert spent <= budget + proc.step_tokens, (spent, budget)
+                assert spent == sum(n.num_tokens for n in tree.nodes) + _scoring_tokens(tree, spec)
+
+
+def _scoring_tokens(tree, spec):
+    """Tokens scorers spent, recomputed from the tree: what the meter says must be in the tree."""
+    if spec == "distance":
+        return sum(n.score is not None for n in tree.nodes)
+    return sum(H - n.meta.get("t", 0) for n in tree.nodes for _ in n.meta.get("rollouts", []))
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_same_seed_same_tree(algo):
+    proc = RandomWalkProcess(horizon=H)
+    scorer = make_scorer("rollout:2", proc)
+    a = ALGORITHMS[algo](proc, scorer, PROBLEMS[0], 60, seed=5).to_dict()
+    fresh = RandomWalkProcess(horizon=H)
+    b = ALGORITHMS[algo](fresh, make_scorer("rollout:2", fresh), PROBLEMS[0], 60, seed=5)
+    a.pop("usage"), (bd := b.to_dict()).pop("usage")
+    assert a == bd
+    others = [ALGORITHMS[algo](proc, scorer, PROBLEMS[0], 60, seed=s).to_dict() for s in (6, 7)]
+    assert any(o["nodes"] != a["nodes"] for o in others)
+
+
+class SpyProcess(RandomWalkProcess):
+    """Records every node that is asked to grow, and whether it was already finished."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.grew_finished: list[int] = []
+
+    def expand(self, tree, node_ids, k, budget=None):
+        self.grew_finished += [n for n in node_ids if tree.nodes[n].terminal]
+        return super().expand(tree, node_ids, k, budget)
+
+
+def test_particle_filter_never_revives_finished_particles():
+    # early_stop: walks end on reaching the target, so particles finish at different steps and the
+    # resampling (forced every step) always sees finished particles beside unfinished ones
+    proc = SpyProcess(horizon=H, p_good=0.6, early_stop=True)
+    scorer = DistanceScorer(proc, noise=0.3)
+    resampled = mixed = 0
+    for i, p in enumerate(PROBLEMS[:30]):
+        tree = ALGORITHMS["pf"](proc, scorer, p, 400, seed=i, n=6, temperature=0.1, ess_threshold=1.0)
+        snaps = tree.meta["particles"]
+        resampled += sum(tree.meta["resampled"])
+        for before, after in zip(snaps, snaps[1:], strict=False):
+            for slot, (x, y) in enumerate(zip(before, after, strict=True)):
+                if tree.nodes[x].terminal:
+                    assert y == x, f"slot {slot}: finished particle {x} replaced by {y}"
+                else:
+                    assert tree.nodes[y].parent == x or tree.nodes[y].depth == tree.nodes[x].depth + 1
+            fin = [tree.nodes[x].terminal for x in before]
+            mixed += any(fin) and not all(fin)
+        counts = [sum(tree.nodes[x].terminal for x in s) for s in snaps]
+        assert counts == sorted(counts)  # the finished set only grows
+    assert proc.grew_finished == []  # no finished particle was ever extended
+    assert resampled > 0 and mixed > 0
+
+
+def test_mcts_visit_counts_add_up():
+    for evaluate in ("scorer", "rollout"):
+        proc = RandomWalkProcess(horizon=H)
+        scorer = DistanceScorer(proc)
+        for i, p in enumerate(PROBLEMS[:10]):
+            tree = ALGORITHMS["mcts"](proc, scorer, p, 80, seed=i, k=3, c_puct=1.5, evaluate=evaluate)
+            assert tree.root.visits > 0
+            for node in tree.nodes:
+                kids = step_children(tree, node.id)
+                if not kids:
+                    continue
+                own = 0 if node.id == tree.root.id else 1
+                assert node.visits == own + sum(tree.nodes[c].visits for c in kids), (evaluate, node.id)
+                assert 0.0 <= node.q <= 1.0
+            if evaluate == "rollout":
+                assert any(n.meta.get("rollout") for n in tree.nodes)
+
+
+def test_mcts_final_by_value_and_config_errors():
+    proc = RandomWalkProcess(horizon=H)
+    tree = ALGORITHMS["mcts"](proc, DistanceScorer(proc), PROBLEMS[0], 60, seed=0, final="value")
+    assert tree.answer is not None
+    with pytest.raises(ConfigError):
+        ALGORITHMS["mcts"](proc, DistanceScorer(proc), PROBLEMS[0], 60, seed=0, evaluate="dream")
+
+
+def test_oracle_refused_without_collect():
+    proc = RandomWalkProcess(horizon=H)
+    with pytest.raises(ConfigError, match="--collect"):
+        make_scorer("oracle", proc)
+    oracle = make_scorer("oracle:3", proc, collect=True)
+    tree = ALGORITHMS["beam"](proc, oracle, PROBLEMS[0], 2000, seed=0)
+    assert proc.verify(tree, tree.answer)  # with ground truth beam search cannot miss at this budget
+
+
+def test_factory_and_registry_errors():
+    proc = RandomWalkProcess(horizon=H)
+    for bad in ("nope", "rollout:x", "rollout:0", "prm", "self"):
+        with pytest.raises(ConfigError):
+            make_scorer(bad, proc)
+    assert make_scorer("none", proc) is None
+    with pytest.raises(ConfigError):
+        get_algorithm("dfs")
+    for algo in NEEDS_SCORER:
+        with pytest.raises(ConfigError, match="scorer"):
+            ALGORITHMS[algo](proc, None, PROBLEMS[0], 30, seed=0)
+    assert ALGORITHMS["vote"](proc, None, PROBLEMS[0], 30, seed=0).answer is not None
+
+
+def test_search_modules_do_not_import_torch():
+    import ast
+    from pathlib import Path
+
+    import sharpen.search
+
+    for path in Path(sharpen.search.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("torch", "transformers", "sharpen.backends")), (path, name)
