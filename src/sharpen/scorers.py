@@ -168,16 +168,18 @@ class SelfScorer:
         return [tree.nodes[n].score for n in node_ids]
 
 
-def prm_text(question: str, steps: list[str], delimiter: str = "\n") -> str:
-    """The PRM input format (issue 4 trains on exactly this): the question, a blank line, then each
-    step followed by the delimiter. The label of a step sits on the last token of its delimiter."""
-    return question + delimiter + delimiter + "".join(s + delimiter for s in steps)
+def prm_text(prompt: str, steps: list[str], delimiter: str = "\n") -> str:
+    """The PRM input, the format `sharpen.train.prm` trains on: the tree's rendered prompt, then
+    each step followed by the delimiter. A step's label sits on the token holding its delimiter;
+    for the node's own (last) step that is the last token of this text."""
+    return prompt + "".join(s + delimiter for s in steps)
 
 
 class PRMScorer:
     """A learned process reward model: `AutoModelForTokenClassification` over `prm_text`; the value
     of a node is the positive-class probability (class 1; sigmoid when there is a single label) at
-    the last token of its step. One token per node is charged to the budget, like `self`."""
+    the last token of its step. One token per node is charged to the budget, like `self`.
+    `path` is a model directory or the output directory of `sharpen train prm` (its `merged/`)."""
 
     name = "prm"
 
@@ -188,6 +190,8 @@ class PRMScorer:
         self.process = process
         self.batch = batch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if (Path(path) / "merged" / "config.json").exists():
+            path = Path(path) / "merged"
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             self.model = AutoModelForTokenClassification.from_pretrained(str(path)).to(self.device).eval()
@@ -212,7 +216,8 @@ class PRMScorer:
         for start in range(0, len(todo), self.batch):
             chunk = todo[start : start + self.batch]
             t0 = time.perf_counter()
-            texts = [prm_text(tree.question, [n.step for n in tree.path(i)], self.delimiter) for i in chunk]
+            prompt = tree.prompt or tree.question
+            texts = [prm_text(prompt, [n.step for n in tree.path(i)], self.delimiter) for i in chunk]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             with torch.inference_mode():
                 logits = self.model(**enc).logits.float()

@@ -1,0 +1,107 @@
+"""The language-model process and its scorers on a tiny randomly initialised llama (fast, no
+download): the same algorithm code that searches the toy searches text."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharpen.scorers import PRMScorer, SelfScorer, make_scorer
+from sharpen.search import ALGORITHMS
+from sharpen.tasks import Problem, Task
+
+PROBLEM = Problem("add-2-3", "What is 2 + 3?", "5")
+
+
+class AddTask(Task):
+    name = "add"
+
+    def verify(self, problem, answer):
+        return self.vote_key(answer) == self.vote_key(problem.answer)
+
+
+@pytest.fixture()
+def lm_process(tiny_backend):
+    from sharpen.process import LMProcess
+
+    return LMProcess(tiny_backend, AddTask(), temperature=1.0, step_tokens=6, rollout_tokens=16, max_depth=3)
+
+
+def test_lm_process_expand_and_rollout(lm_process):
+    proc = lm_process
+    tree = proc.new_tree(PROBLEM, seed=1)
+    assert tree.prompt.endswith("<|assistant|>") and tree.reference == "5"
+    before = proc.meter.total.generated_tokens
+    (kids,) = proc.expand(tree, [0], 3)
+    assert len(kids) == 3
+    assert abs(sum(tree.nodes[c].prior for c in kids) - 1.0) < 1e-6
+    spent = proc.meter.total.generated_tokens - before
+    assert spent == sum(tree.nodes[c].num_tokens for c in kids)
+    for c in kids:
+        node = tree.nodes[c]
+        assert 0 < node.num_tokens <= 6 and node.logprob <= 0 and "\n" not in node.step
+        assert node.terminal == (node.finish_reason == "eos" or node.step.strip().lower().startswith("answer:"))
+    (rolls,) = proc.rollout(tree, [kids[0]], 2) if not tree.nodes[kids[0]].terminal else ([],)
+    assert all(r.num_tokens <= 16 for r in rolls)
+    # depth cap: every node at max_depth is terminal
+    deep = [kids[0]]
+    while deep and not tree.nodes[deep[0]].terminal:
+        deep = proc.expand(tree, deep, 1)[0]
+    assert deep and tree.nodes[deep[0]].terminal and tree.nodes[deep[0]].depth <= 3
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_algorithms_on_tiny_lm(lm_process, algo):
+    proc = lm_process
+    scorer = make_scorer("self", proc)
+    budget = 48
+    a = ALGORITHMS[algo](proc, scorer, PROBLEM, budget, seed=3)
+    assert a.usage["generated_tokens"] <= budget + proc.rollout_tokens
+    assert len(a.nodes) > 1 and a.algo == algo
+    b = ALGORITHMS[algo](proc, scorer, PROBLEM, budget, seed=3)
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("usage"), db.pop("usage")
+    assert da == db
+
+
+def test_self_and_rollout_scorers_on_tiny_lm(lm_process):
+    proc = lm_process
+    tree = proc.new_tree(PROBLEM, seed=0)
+    (kids,) = proc.expand(tree, [0], 2)
+    s = SelfScorer(proc)
+    before = proc.meter.total.generated_tokens
+    vals = s.score(tree, kids)
+    assert all(0.0 <= v <= 1.0 for v in vals)
+    assert proc.meter.total.generated_tokens - before == len(kids)
+    assert "Yes or No" in s.prompt(tree, kids[0])
+    r = make_scorer("rollout:2", proc)
+    assert all(v is None or 0.0 <= v <= 1.0 for v in r.score(tree, kids))
+
+
+def test_prm_scorer_with_tiny_token_classifier(lm_process, tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=tok.pad_token_id)
+    LlamaForTokenClassification(cfg).save_pretrained(tmp_path / "merged")
+    tok.save_pretrained(tmp_path / "merged")
+    proc = lm_process
+    scorer = make_scorer(f"prm:{tmp_path}", proc)
+    assert isinstance(scorer, PRMScorer)
+    tree = proc.new_tree(PROBLEM, seed=0)
+    (kids,) = proc.expand(tree, [0], 3)
+    before = proc.meter.total.generated_tokens
+    vals = scorer.score(tree, kids)
+    assert all(0.0 <= v <= 1.0 for v in vals)
+    assert proc.meter.total.generated_tokens - before == len(kids)
+    tree2 = ALGORITHMS["beam"](proc, scorer, PROBLEM, 40, seed=0, width=2, expansions=2)
+    assert tree2.usage["generated_tokens"] <= 40 + proc.rollout_tokens
+
+
+def test_prm_scorer_bad_path(lm_process, tmp_path):
+    from sharpen.errors import ModelError
+
+    with pytest.raises(ModelError):
+        make_scorer(f"prm:{tmp_path / 'nope'}", lm_process)
