@@ -123,6 +123,182 @@ def eval_cmd(
     out.print(f"run dir: {out_dir}")
 
 
+# -- data and training ------------------------------------------------------------------------
+build_app = typer.Typer(no_args_is_help=True, help="Datasets from search trees (HF datasets on disk).")
+train_app = typer.Typer(no_args_is_help=True, help="Train with TRL / transformers on built datasets.")
+app.add_typer(build_app, name="build")
+app.add_typer(train_app, name="train")
+TreesOpt = Annotated[Path, typer.Option("--trees", help="trees.jsonl from `sharpen search`")]
+DataOutOpt = Annotated[Path, typer.Option("--out", help="dataset directory to write")]
+
+
+def _load_trees(path: Path):
+    from sharpen.data import load_trees
+
+    if not path.exists():
+        raise ConfigError(f"trees file not found: {path} (fix: pass the trees.jsonl written by `sharpen search`)")
+    try:
+        return load_trees(path)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path} is not a trees file ({e}) (fix: pass the trees.jsonl written by `sharpen search`)") from None
+
+
+def _save_built(ds, out_dir: Path, kind: str) -> None:
+    from sharpen.data import save_dataset, summary
+
+    save_dataset(ds, out_dir)
+    out.print(f"{kind}: {summary(ds)} -> {out_dir}")
+
+
+@build_app.command("pairs")
+def build_pairs(
+    trees: TreesOpt,
+    out_dir: DataOutOpt,
+    recipe: Annotated[str, typer.Option(help="mcts-dpo (sibling steps by value) or step-dpo (first wrong step)")] = "mcts-dpo",
+    min_margin: Annotated[float, typer.Option(help="min value gap chosen - rejected (mcts-dpo)")] = 0.1,
+    source: Annotated[str, typer.Option(help="step values: mc, q, score or value")] = "mc",
+    round_: Annotated[int, typer.Option("--round")] = 0,
+) -> None:
+    """Step preference pairs (TRL DPO format) with provenance."""
+    from sharpen import data
+
+    if recipe not in ("mcts-dpo", "step-dpo"):
+        raise ConfigError(f"unknown --recipe {recipe!r} (fix: mcts-dpo or step-dpo)")
+    ts = _load_trees(trees)
+    ds = (data.step_pairs(ts, min_margin=min_margin, round=round_, source=source) if recipe == "mcts-dpo"
+          else data.step_dpo_pairs(ts, round=round_, source=source))
+    _save_built(ds, out_dir, "pairs")
+
+
+@build_app.command("labels")
+def build_labels(trees: TreesOpt, out_dir: DataOutOpt, threshold: float = 0.5, source: str = "mc",
+                 round_: Annotated[int, typer.Option("--round")] = 0) -> None:
+    """Step labels for a PRM: each step with its value and a binary label at a threshold."""
+    from sharpen import data
+
+    _save_built(data.step_labels(_load_trees(trees), threshold=threshold, round=round_, source=source), out_dir, "labels")
+
+
+@build_app.command("traces")
+def build_traces(trees: TreesOpt, out_dir: DataOutOpt, round_: Annotated[int, typer.Option("--round")] = 0) -> None:
+    """Verified, deduplicated full solutions for SFT (rejection-sampling fine-tuning)."""
+    from sharpen import data
+
+    _save_built(data.verified_traces(_load_trees(trees), round=round_), out_dir, "traces")
+
+
+def _train_options(max_steps: int, batch_size: int, lr: float, full: bool, seed: int):
+    from sharpen.train.common import TrainOptions
+
+    if max_steps < 1 or batch_size < 1 or lr <= 0:
+        raise ConfigError("--max-steps and --batch-size must be >= 1 and --lr > 0 (fix: positive values)")
+    return TrainOptions(max_steps=max_steps, batch_size=batch_size, learning_rate=lr, lora=not full, seed=seed,
+                        save_steps=max(1, min(50, max_steps // 4)))
+
+
+TrainModel = Annotated[str, typer.Option("--model", help="policy to train: built-in name, HF id or local dir")]
+TrainData = Annotated[Path, typer.Option("--data", help="dataset dir from `sharpen build`")]
+TrainOut = Annotated[Path, typer.Option("--out", help="output dir: checkpoints/, adapter/, merged/")]
+MaxSteps = Annotated[int, typer.Option("--max-steps")]
+FullFT = Annotated[bool, typer.Option("--full", help="full fine-tuning instead of LoRA")]
+
+
+def _check_train_inputs(model: str, data_dir: Path) -> None:
+    from sharpen.models import resolve_model
+
+    resolve_model(model)
+    if not data_dir.is_dir():
+        raise ConfigError(f"dataset dir not found: {data_dir} (fix: run `sharpen build ...` first)")
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
+                  batch_size: int = 8, lr: float = 5e-5, beta: float = 0.1, full: FullFT = False, seed: int = 0) -> None:
+    """Step-level DPO with TRL's DPOTrainer (LoRA by default; the reference is the policy before training)."""
+    quiet_libraries()
+    _check_train_inputs(model, data)
+    from sharpen.train.dpo import DPOTrainConfig, train_dpo
+
+    opts = _train_options(max_steps, batch_size, lr, full, seed)
+    with err.status(f"DPO on {data}, {max_steps} steps"):
+        merged = train_dpo(DPOTrainConfig(model=model, data=str(data), out=str(out_dir), beta=beta, train=opts))
+    out.print(f"merged model: {merged}  (use it with --model {merged})")
+
+
+@train_app.command("sft")
+def train_sft_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
+                  batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0) -> None:
+    """Rejection-sampling fine-tuning with TRL's SFTTrainer on verified traces."""
+    quiet_libraries()
+    _check_train_inputs(model, data)
+    from sharpen.train.sft import SFTTrainConfig, train_sft
+
+    opts = _train_options(max_steps, batch_size, lr, full, seed)
+    with err.status(f"SFT on {data}, {max_steps} steps"):
+        merged = train_sft(SFTTrainConfig(model=model, data=str(data), out=str(out_dir), train=opts))
+    out.print(f"merged model: {merged}  (use it with --model {merged})")
+
+
+@train_app.command("prm")
+def train_prm_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
+                  batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0) -> None:
+    """A process reward model: token classification on step-boundary tokens (transformers Trainer)."""
+    quiet_libraries()
+    _check_train_inputs(model, data)
+    from sharpen.train.prm import PRMTrainConfig, train_prm
+
+    opts = _train_options(max_steps, batch_size, lr, full, seed)
+    with err.status(f"PRM on {data}, {max_steps} steps"):
+        merged = train_prm(PRMTrainConfig(model=model, data=str(data), out=str(out_dir), train=opts))
+    out.print(f"PRM: {merged}  (use it with --scorer prm:{merged})")
+
+
+# -- the loop -------------------------------------------------------------------------------
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/)")],
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in its run dir")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<name>)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field: train.max_steps=5")] = None,
+) -> None:
+    """Rounds of collect -> build -> train -> evaluate; ends with a before/after table and the report."""
+    quiet_libraries()
+    from sharpen.loop.config import load_config
+    from sharpen.loop.runner import LoopRunner, prepare_run_dir
+    from sharpen.tasks import parse_task_args
+
+    overrides = parse_task_args(set_)  # same key=value grammar
+    cfg = load_config(config, overrides)
+    run_dir = out_dir or Path("runs") / cfg.name
+    from sharpen.models import resolve_model
+
+    resolve_model(cfg.model)
+    cfg = prepare_run_dir(cfg, run_dir, resume)
+    runner = LoopRunner(cfg, run_dir, progress=progress_bar, say=lambda s: err.print(s, highlight=False))
+    result = runner.run_all()
+    from sharpen.report import collect_facts, summary_table
+
+    rows = summary_table(collect_facts(run_dir))
+    table = Table(title=f"{cfg.name}: {cfg.recipe}, {cfg.rounds} rounds, held-out n={cfg.eval.n}")
+    for c in rows[0]:
+        table.add_column(c, justify="right")
+    for r in rows[1:]:
+        table.add_row(*r)
+    out.print(table)
+    p = result["paired"]
+    out.print(f"greedy accuracy round {p['from_round']} -> {p['to_round']}: {p['before']:.3f} -> {p['after']:.3f} "
+              f"({p['delta']:+.3f}, paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}])")
+    out.print(f"report: {result['report']}")
+
+
+@app.command("report")
+def report_cmd(run: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Write report.md and report.html (with plots) from a run directory alone."""
+    from sharpen.report import write_report
+
+    out.print(f"report: {write_report(run)}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)

@@ -66,16 +66,19 @@ def evaluate(
     done: dict[str, dict] = {}
     if out_jsonl is not None and Path(out_jsonl).exists():
         done = {r["id"]: r for r in read_jsonl(out_jsonl)}
-    todo = [p for p in problems if p.id not in done]
-    if on_progress and len(done):
-        on_progress(len(problems) - len(todo))
+    if on_progress and done:
+        on_progress(sum(p.id in done for p in problems))
     start_usage = backend.meter.snapshot()
     t0 = time.perf_counter()
     writer = JsonlAppender(out_jsonl) if out_jsonl is not None else None
     try:
+        # chunks and seeds are fixed by position in the full problem list, so a resumed run
+        # generates exactly what an uninterrupted one would have
         step = max(1, cfg.problems_per_call)
-        for i in range(0, len(todo), step):
-            chunk = todo[i : i + step]
+        for i in range(0, len(problems), step):
+            chunk = problems[i : i + step]
+            if all(p.id in done for p in chunk):
+                continue
             prompts = [backend.chat_prompt(task.messages(p)) for p in chunk]
             seed = cfg.seed * 1_000_003 + i
             greedy = (
@@ -91,13 +94,17 @@ def evaluate(
                 if cfg.samples
                 else [[] for _ in chunk]
             )
+            fresh = 0
             for p, g, s in zip(chunk, greedy, sampled, strict=True):
+                if p.id in done:
+                    continue
                 row = _problem_row(task, p, g, s)
                 done[p.id] = row
+                fresh += 1
                 if writer:
                     writer.write(row)
             if on_progress:
-                on_progress(len(chunk))
+                on_progress(fresh)
     finally:
         if writer:
             writer.close()

@@ -1,0 +1,76 @@
+"""Generated tokens/s of sharpen's HF backend against a bare `model.generate` loop on the same
+prompts, at batch 1, 8 and 32. The overhead target is <= 10%.
+
+    .venv/bin/python benchmarks/generate.py [--model smollm2-135m] [--max-tokens 64] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from sharpen.backends import load_backend
+from sharpen.backends.base import SamplingParams
+from sharpen.console import quiet_libraries
+from sharpen.tasks import load_task
+
+
+def bare_generate(backend, prompts, max_tokens, temperature, seed) -> tuple[int, float]:
+    tok, model = backend.tokenizer, backend.model
+    t0 = time.perf_counter()
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        seqs = model.generate(**enc, max_new_tokens=max_tokens, do_sample=True, temperature=temperature,
+                              top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
+    gen = seqs[:, enc["input_ids"].shape[1]:]
+    eos = tok.eos_token_id
+    n = 0
+    for row in gen.tolist():
+        n += next((j + 1 for j, t in enumerate(row) if t == eos), len(row))
+    return n, time.perf_counter() - t0
+
+
+def ours(backend, prompts, max_tokens, temperature, seed) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    outs = backend.generate(prompts, SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens,
+                                                    stop_at="answer", seed=seed))
+    return sum(c[0].num_tokens for c in outs), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batches", default="1,8,32")
+    args = ap.parse_args()
+    quiet_libraries()
+    backend = load_backend(args.model, max_batch=64)
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
+    problems = task.problems("test", 32)
+    prompts = [backend.chat_prompt(task.messages(p)) for p in problems]
+    ours(backend, prompts[:2], 8, 0.7, 0)  # warm-up
+    table = Table(title=f"generated tokens/s, {args.model}, T=0.7, max {args.max_tokens} tokens")
+    for col in ("batch", "bare generate", "sharpen backend", "overhead"):
+        table.add_column(col, justify="right")
+    for b in [int(x) for x in args.batches.split(",")]:
+        tot = {"bare": [0, 0.0], "ours": [0, 0.0]}
+        for r in range(args.rounds):
+            batch = prompts[:b] if b > 1 else prompts[r : r + 1]
+            for name, fn in (("bare", bare_generate), ("ours", ours)):
+                n, s = fn(backend, batch, args.max_tokens, 0.7, 100 + r)
+                tot[name][0] += n
+                tot[name][1] += s
+        bare_tps = tot["bare"][0] / tot["bare"][1]
+        our_tps = tot["ours"][0] / tot["ours"][1]
+        table.add_row(str(b), f"{bare_tps:.1f}", f"{our_tps:.1f}", f"{(bare_tps / our_tps - 1) * 100:+.1f}%")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

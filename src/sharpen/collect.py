@@ -1,0 +1,95 @@
+"""Run a search algorithm over many problems: one tree per problem, appended to a JSONL file and
+flushed as each problem finishes; problems already in the file are skipped (resume)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sharpen.io import JsonlAppender, read_jsonl
+from sharpen.tasks import Problem
+from sharpen.tree import Tree
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """Independent of order and of which problems were already done: resume gives the same trees."""
+    return (seed * 1_000_003 + int(hashlib.sha1(problem_id.encode()).hexdigest()[:8], 16)) % (2**31 - 1)
+
+
+def label_terminals(process: Any, tree: Tree) -> None:
+    """Ground truth for evaluation and training data: `correct` on the tree and every terminal.
+    Runs after the search, so no algorithm ever sees it."""
+    for node in tree.nodes:
+        if node.terminal:
+            node.correct = bool(process.verify(tree, node.answer))
+    tree.correct = bool(process.verify(tree, tree.answer))
+
+
+def search_problems(
+    process: Any,
+    scorer: Any,
+    algo: str,
+    problems: list[Problem],
+    budget: int,
+    seed: int = 0,
+    out_jsonl: str | Path | None = None,
+    algo_args: dict[str, Any] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Tree]:
+    from sharpen.search import ALGORITHMS
+
+    fn = ALGORITHMS[algo]
+    done: dict[str, Tree] = {}
+    if out_jsonl is not None and Path(out_jsonl).exists():
+        done = {d["problem_id"]: Tree.from_dict(d) for d in read_jsonl(out_jsonl)}
+    if on_progress and done:
+        on_progress(sum(p.id in done for p in problems))
+    writer = JsonlAppender(out_jsonl) if out_jsonl is not None else None
+    try:
+        for p in problems:
+            if p.id in done:
+                continue
+            s = problem_seed(seed, p.id)
+            random.seed(s)
+            tree = fn(process, scorer, p, budget, seed=s, **(algo_args or {}))
+            label_terminals(process, tree)
+            done[p.id] = tree
+            if writer:
+                writer.write(tree.to_dict())
+            if on_progress:
+                on_progress(1)
+    finally:
+        if writer:
+            writer.close()
+    return [done[p.id] for p in problems]
+
+
+def bootstrap_ci(values: list[float], iters: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean."""
+    import numpy as np
+
+    if not values:
+        return (float("nan"), float("nan"))
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(iters, len(x)))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:
+    acc = [1.0 if t.correct else 0.0 for t in trees]
+    spent = [t.usage.get("generated_tokens", 0) for t in trees]
+    lo, hi = bootstrap_ci(acc)
+    return {
+        "n": len(trees),
+        "budget": budget,
+        "accuracy": sum(acc) / max(1, len(acc)),
+        "accuracy_ci95": [lo, hi],
+        "mean_generated_tokens": sum(spent) / max(1, len(spent)),
+        "max_generated_tokens": max(spent, default=0),
+        "mean_nodes": sum(len(t.nodes) for t in trees) / max(1, len(trees)),
+        "answered": sum(t.answer is not None for t in trees) / max(1, len(trees)),
+    }

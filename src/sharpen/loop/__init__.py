@@ -1,0 +1,1 @@
+"""The self-improvement loop: collect -> build -> train -> evaluate, resumable, round after round."""

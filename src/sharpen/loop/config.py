@@ -1,0 +1,103 @@
+"""The loop's configuration: YAML validated by pydantic. Every default is written into the run dir.
+
+Recipes: `mcts-dpo` (MCTS trees -> step pairs -> DPO, arXiv 2405.00451), `step-dpo` (first wrong
+step vs a correct continuation -> DPO, arXiv 2406.18629), `rft` (best-of-N -> verified traces ->
+SFT, rejection-sampling fine-tuning), `prm-guided` (train a PRM each round and search with it as
+the scorer in the next, as in ReST-MCTS* arXiv 2406.03816 / rStar-Math arXiv 2501.04519).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sharpen.errors import ConfigError
+
+Recipe = Literal["mcts-dpo", "step-dpo", "rft", "prm-guided"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CollectConfig(_Strict):
+    algo: Literal["bon", "vote", "weighted", "beam", "mcts", "pf"] = Field("mcts", description="search algorithm on training problems")
+    scorer: str = Field("oracle", description="scorer spec: oracle | rollout | self | prm:<path>")
+    problems: int = Field(64, ge=1, description="training problems searched per round")
+    budget: int = Field(512, ge=1, description="generated-token budget per problem")
+    temperature: float = Field(0.8, ge=0.0)
+    step_tokens: int = Field(32, ge=1, description="max tokens of one step")
+    rollout_tokens: int = Field(64, ge=1, description="max tokens of one completion")
+    max_depth: int = Field(6, ge=1)
+    args: dict[str, Any] = Field(default_factory=dict, description="algorithm options (e.g. k, c_puct, rollouts)")
+
+
+class BuildConfig(_Strict):
+    min_margin: float = Field(0.2, ge=0.0, description="min value gap between chosen and rejected step")
+    label_threshold: float = Field(0.5, ge=0.0, le=1.0, description="PRM label = value >= threshold")
+
+
+class TrainConfig(_Strict):
+    max_steps: int = Field(20, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    beta: float = Field(0.1, gt=0, description="DPO beta")
+    lora: bool = Field(True, description="LoRA adapters (peft) instead of full fine-tuning")
+    lora_r: int = Field(16, ge=1)
+
+
+class EvalSection(_Strict):
+    n: int = Field(200, ge=1, description="held-out problems")
+    samples: int = Field(4, ge=0, description="sampled solutions per problem (pass@k, majority@k)")
+    temperature: float = Field(0.7, ge=0.0)
+    max_tokens: int = Field(64, ge=1)
+
+
+class LoopConfig(_Strict):
+    name: str = "run"
+    recipe: Recipe = "mcts-dpo"
+    model: str = "smollm2-135m"
+    task: str = "gym:chain_sum"
+    task_args: dict[str, Any] = Field(default_factory=lambda: {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
+    rounds: int = Field(2, ge=1)
+    seed: int = 0
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LoopConfig:
+    """Read YAML, apply dotted overrides (`{"train.max_steps": 5}`), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (fix: pass a YAML file, e.g. configs/demo.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}) (fix: check the indentation)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level (fix: key: value lines)")
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return validate(data, str(path))
+
+
+def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
+    try:
+        return LoopConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"{where}: {loc}: {first['msg']} (fix: see configs/ for valid examples)") from None
+
+
+def dump(cfg: LoopConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

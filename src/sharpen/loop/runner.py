@@ -1,0 +1,249 @@
+"""`sharpen run`: rounds of collect -> build -> train -> evaluate, resumable after kill -9.
+
+Round 0 evaluates the starting policy. Round r (1..R) searches training problems with round r-1's
+model (the oracle scorer is allowed here: this is training-data collection), builds datasets from
+the trees, trains with TRL, and evaluates the new policy on the same held-out problems. Each
+stage is recorded in the manifest when finished; a stage that was interrupted restarts, and
+collection/evaluation skip problems already written to their JSONL."""
+
+from __future__ import annotations
+
+import copy
+import gc
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from sharpen.errors import ConfigError
+from sharpen.io import atomic_write_json, atomic_write_text, read_jsonl
+from sharpen.loop.config import LoopConfig, dump
+from sharpen.loop.manifest import Manifest
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+Say = Callable[[str], None]
+
+
+def _no_progress(description: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
+    return nullcontext(lambda n=1: None)
+
+
+class LoopRunner:
+    def __init__(self, cfg: LoopConfig, run_dir: Path, progress: ProgressFactory | None = None, say: Say | None = None):
+        from sharpen.tasks import load_task
+
+        self.cfg = cfg
+        self.run = Path(run_dir)
+        self.progress = progress or _no_progress
+        self.say = say or (lambda s: None)
+        self.task = load_task(cfg.task, cfg.task_args)
+        self.test = self.task.problems("test", cfg.eval.n, seed=cfg.seed)
+        self.train_pool = self.task.problems("train", cfg.collect.problems * cfg.rounds, seed=cfg.seed)
+        self.manifest = Manifest(self.run)
+
+    # -- driver ----------------------------------------------------------------------------
+    def run_all(self) -> dict[str, Any]:
+        self._stage("round-0/eval", lambda: self.evaluate(0, self.cfg.model))
+        model = self.cfg.model
+        for r in range(1, self.cfg.rounds + 1):
+            self._stage(f"round-{r}/collect", lambda r=r, m=model: self.collect(r, m))
+            self._stage(f"round-{r}/build", lambda r=r: self.build(r))
+            self._stage(f"round-{r}/train", lambda r=r, m=model: self.train(r, m))
+            model = self.manifest.get(f"round-{r}/train")["model"]
+            self._stage(f"round-{r}/eval", lambda r=r, m=model: self.evaluate(r, m))
+        paired = self.paired(0, self.cfg.rounds)
+        atomic_write_json(self.run / "paired.json", paired)
+        from sharpen.report import write_report
+
+        report = write_report(self.run)
+        return {"paired": paired, "report": str(report), "model": model}
+
+    def _stage(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if self.manifest.done(name):
+            self.say(f"{name}: done already, skipped")
+            return
+        self.manifest.start(name)
+        info = fn()
+        artifacts = info.pop("artifacts", {})
+        self.manifest.finish(name, artifacts, **info)
+        gc.collect()
+
+    def _dir(self, r: int, stage: str) -> Path:
+        d = self.run / f"round-{r}" / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # -- stages ----------------------------------------------------------------------------
+    def evaluate(self, r: int, model: str) -> dict[str, Any]:
+        from sharpen.backends import load_backend
+        from sharpen.evaluate import EvalConfig, evaluate
+        from sharpen.report import distinct_correct
+
+        d = self._dir(r, "eval")
+        e = self.cfg.eval
+        backend = load_backend(model, seed=self.cfg.seed)
+        cfg = EvalConfig(samples=e.samples, temperature=e.temperature, max_tokens=e.max_tokens, seed=self.cfg.seed,
+                         problems_per_call=max(1, 32 // max(1, e.samples)))
+        with self.progress(f"round {r}: evaluate", len(self.test)) as advance:
+            metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl", on_progress=advance)
+        metrics["exploration"] = distinct_correct(d / "problems.jsonl")
+        metrics["model"] = model
+        atomic_write_json(d / "metrics.json", metrics)
+        self.say(f"round {r}: greedy {metrics.get('greedy', float('nan')):.3f}, pass@1 {metrics.get('pass@1', float('nan')):.3f}")
+        return {"artifacts": {"problems": f"round-{r}/eval/problems.jsonl", "metrics": f"round-{r}/eval/metrics.json"}}
+
+    def _scorer_spec(self, r: int) -> str:
+        if self.cfg.recipe == "prm-guided" and r > 1:
+            return "prm:" + str(self.run / f"round-{r - 1}" / "train" / "prm" / "merged")
+        return self.cfg.collect.scorer
+
+    def collect(self, r: int, model: str) -> dict[str, Any]:
+        from sharpen.backends import load_backend
+        from sharpen.collect import search_metrics, search_problems
+        from sharpen.process import LMProcess
+        from sharpen.scorers import make_scorer
+
+        c = self.cfg.collect
+        d = self._dir(r, "collect")
+        problems = self.train_pool[(r - 1) * c.problems : r * c.problems]
+        backend = load_backend(model, seed=self.cfg.seed)
+        process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
+                            rollout_tokens=c.rollout_tokens, max_depth=c.max_depth)
+        spec = self._scorer_spec(r)
+        scorer = make_scorer(spec, process, collect=True)
+        with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
+            trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
+                                    out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance)
+        metrics = search_metrics(trees, c.budget)
+        metrics.update(collect_monitors(trees), scorer=spec, model=model)
+        atomic_write_json(d / "metrics.json", metrics)
+        self.say(f"round {r}: collected {len(trees)} trees, search accuracy {metrics['accuracy']:.3f}")
+        return {"artifacts": {"trees": f"round-{r}/collect/trees.jsonl"}}
+
+    def build(self, r: int) -> dict[str, Any]:
+        from sharpen import data
+        from sharpen.tree import Tree
+
+        d = self._dir(r, "data")
+        trees = [Tree.from_dict(t) for t in read_jsonl(self.run / f"round-{r}" / "collect" / "trees.jsonl")]
+        if not self._scorer_spec(r).startswith("oracle"):
+            # only oracle scores are Monte Carlo values; otherwise credit comes from verified terminals
+            trees = [copy.deepcopy(t) for t in trees]
+            for t in trees:
+                for n in t.nodes:
+                    n.score = None
+        b = self.cfg.build
+        pairs = (data.step_dpo_pairs(trees, round=r) if self.cfg.recipe == "step-dpo"
+                 else data.step_pairs(trees, min_margin=b.min_margin, round=r))
+        sets = {"pairs": pairs, "labels": data.step_labels(trees, threshold=b.label_threshold, round=r),
+                "traces": data.verified_traces(trees, round=r)}
+        for name, ds in sets.items():
+            data.save_dataset(ds, d / name)
+        rows = {k: len(v) for k, v in sets.items()}
+        atomic_write_json(d / "summary.json", {"rows": rows, "recipe": self.cfg.recipe})
+        self.say(f"round {r}: data {rows}")
+        return {"artifacts": {k: f"round-{r}/data/{k}" for k in sets}, "rows": rows}
+
+    def train(self, r: int, model: str) -> dict[str, Any]:
+        from sharpen.train.common import TrainOptions
+
+        t = self.cfg.train
+        d = self._dir(r, "train")
+        data_dir = self.run / f"round-{r}" / "data"
+        rows = self.manifest.get(f"round-{r}/build").get("rows", {})
+        opts = TrainOptions(max_steps=t.max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
+                            lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, t.max_steps // 4), logging_steps=5)
+        opts.lora_options.r = t.lora_r
+        recipe = self.cfg.recipe
+        kind = {"mcts-dpo": "pairs", "step-dpo": "pairs", "rft": "traces", "prm-guided": "traces"}[recipe]
+        info: dict[str, Any] = {"kind": kind, "rows": rows.get(kind, 0)}
+        if recipe == "prm-guided" and rows.get("labels", 0):
+            from sharpen.train.prm import PRMTrainConfig, train_prm
+
+            with self._status(f"round {r}: train PRM on {rows['labels']} step labels"):
+                info["prm"] = str(train_prm(PRMTrainConfig(model=model, data=str(data_dir / "labels"), out=str(d / "prm"),
+                                                           train=copy.deepcopy(opts))))
+        if rows.get(kind, 0) == 0:
+            self.say(f"round {r}: no {kind} to train on; the policy is unchanged")
+            info["model"] = model
+        elif kind == "pairs":
+            from sharpen.train.dpo import DPOTrainConfig, train_dpo
+
+            with self._status(f"round {r}: DPO on {rows['pairs']} step pairs, {t.max_steps} steps"):
+                info["model"] = str(train_dpo(DPOTrainConfig(model=model, data=str(data_dir / "pairs"), out=str(d / "policy"),
+                                                             beta=t.beta, train=opts)))
+        else:
+            from sharpen.train.sft import SFTTrainConfig, train_sft
+
+            with self._status(f"round {r}: SFT on {rows['traces']} verified traces, {t.max_steps} steps"):
+                info["model"] = str(train_sft(SFTTrainConfig(model=model, data=str(data_dir / "traces"), out=str(d / "policy"),
+                                                             train=opts)))
+        atomic_write_json(d / "summary.json", info)
+        return {"artifacts": {"model": str(Path(info["model"]).relative_to(self.run))} if info["model"] != model else {},
+                **info}
+
+    def _status(self, text: str) -> AbstractContextManager:
+        self.say(text)
+        return nullcontext()
+
+    # -- summaries -------------------------------------------------------------------------
+    def paired(self, r0: int, r1: int, iters: int = 2000) -> dict[str, Any]:
+        """Greedy accuracy change between two rounds on the same held-out problems, with a
+        paired-bootstrap 95% interval."""
+        import numpy as np
+
+        def greedy(r: int) -> dict[str, float]:
+            rows = read_jsonl(self.run / f"round-{r}" / "eval" / "problems.jsonl")
+            return {row["id"]: float(row["greedy"]["correct"]) for row in rows}
+
+        a, b = greedy(r0), greedy(r1)
+        ids = [p.id for p in self.test if p.id in a and p.id in b]
+        diff = np.array([b[i] - a[i] for i in ids])
+        rng = np.random.default_rng(self.cfg.seed)
+        boots = diff[rng.integers(0, len(diff), size=(iters, len(diff)))].mean(axis=1) if len(diff) else np.zeros(1)
+        return {"from_round": r0, "to_round": r1, "n": len(ids), "before": float(np.mean([a[i] for i in ids])),
+                "after": float(np.mean([b[i] for i in ids])), "delta": float(diff.mean()) if len(diff) else 0.0,
+                "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+
+
+def collect_monitors(trees: list) -> dict[str, Any]:
+    """B-STaR's exploration (distinct correct solutions per problem) and exploitation (how well
+    the scorer ranks correct terminals above incorrect ones: AUROC of node scores)."""
+    distinct = []
+    pos, neg = [], []
+    for t in trees:
+        seen = set()
+        for n in t.terminals():
+            if n.correct:
+                seen.add(" ".join(t.text(n.id).split()))
+            if n.score is not None and n.correct is not None:
+                (pos if n.correct else neg).append(n.score)
+        distinct.append(len(seen))
+    return {"exploration": sum(distinct) / max(1, len(distinct)), "exploitation_auroc": auroc(pos, neg)}
+
+
+def auroc(pos: list[float], neg: list[float]) -> float | None:
+    """P(score of a random positive > a random negative), ties counted half."""
+    if not pos or not neg:
+        return None
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def prepare_run_dir(cfg: LoopConfig, run_dir: Path, resume: bool) -> LoopConfig:
+    """A new run writes its resolved config; a resumed one reads it back (the run's own config wins)."""
+    from sharpen.loop.config import validate
+
+    cfg_path = run_dir / "config.yaml"
+    if resume:
+        if not cfg_path.exists():
+            raise ConfigError(f"nothing to resume in {run_dir}: no config.yaml (fix: drop --resume to start the run)")
+        import yaml
+
+        return validate(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    if (run_dir / "manifest.json").exists():
+        raise ConfigError(f"{run_dir} already holds a run (fix: --resume to continue it, or another name/--out)")
+    if run_dir.exists() and any(p.name != "config.yaml" for p in run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} is not empty (fix: choose another run name or --out)")
+    atomic_write_text(cfg_path, dump(cfg))
+    return cfg

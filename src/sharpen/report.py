@@ -1,0 +1,205 @@
+"""`sharpen report RUN`: report.md, report.html and plots, rebuilt from the run directory alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sharpen.errors import ConfigError
+from sharpen.io import atomic_write_bytes, atomic_write_text, read_jsonl
+
+
+def _rounds(run: Path) -> list[int]:
+    return sorted(int(m.group(1)) for p in run.glob("round-*") if (m := re.fullmatch(r"round-(\d+)", p.name)))
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect_facts(run: Path) -> dict[str, Any]:
+    run = Path(run)
+    if not (run / "manifest.json").exists():
+        raise ConfigError(f"{run} is not a run directory: no manifest.json (fix: pass runs/<name>)")
+    facts: dict[str, Any] = {"run": str(run), "rounds": []}
+    cfg = run / "config.yaml"
+    facts["config"] = cfg.read_text() if cfg.exists() else ""
+    for r in _rounds(run):
+        rd = run / f"round-{r}"
+        entry: dict[str, Any] = {"round": r, "eval": _json(rd / "eval" / "metrics.json")}
+        entry["collect"] = _json(rd / "collect" / "metrics.json")
+        entry["data"] = _json(rd / "data" / "summary.json")
+        entry["train"] = _json(rd / "train" / "summary.json")
+        facts["rounds"].append(entry)
+    facts["paired"] = _json(run / "paired.json")
+    return facts
+
+
+def _plot_png(draw) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _accuracy_vs_tokens(run: Path, r: int) -> tuple[list[float], list[float]] | None:
+    """pass@k against k x mean tokens per solution, from the round's eval."""
+    m = _json(run / f"round-{r}" / "eval" / "metrics.json")
+    if not m or "mean_tokens" not in m:
+        return None
+    ks = sorted(int(k.split("@")[1]) for k in m if k.startswith("pass@"))
+    return [k * m["mean_tokens"] for k in ks], [m[f"pass@{k}"] for k in ks]
+
+
+def write_report(run: str | Path) -> Path:
+    run = Path(run)
+    facts = collect_facts(run)
+    rounds = [e for e in facts["rounds"] if e["eval"]]
+    plots: dict[str, bytes] = {}
+    if rounds:
+        xs = [e["round"] for e in rounds]
+
+        def acc(ax):
+            for key, label in (("greedy", "greedy"), ("pass@1", "pass@1 (sampled)")):
+                ys = [e["eval"].get(key) for e in rounds]
+                if all(y is not None for y in ys):
+                    ax.plot(xs, ys, marker="o", label=label)
+            maj = [k for k in rounds[0]["eval"] if k.startswith("majority@")]
+            if maj:
+                ax.plot(xs, [e["eval"].get(maj[0]) for e in rounds], marker="s", label=maj[0])
+            ax.set_xlabel("round")
+            ax.set_ylabel("held-out accuracy")
+            ax.set_xticks(xs)
+            ax.legend()
+
+        plots["accuracy_per_round.png"] = _plot_png(acc)
+        first, last = rounds[0]["round"], rounds[-1]["round"]
+        before, after = _accuracy_vs_tokens(run, first), _accuracy_vs_tokens(run, last)
+        if before and after:
+
+            def avt(ax):
+                ax.plot(*before, marker="o", label=f"round {first}")
+                ax.plot(*after, marker="o", label=f"round {last}")
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel("generated tokens per problem (k samples)")
+                ax.set_ylabel("pass@k")
+                ax.legend()
+
+            plots["accuracy_vs_tokens.png"] = _plot_png(avt)
+    data_rounds = [e for e in facts["rounds"] if e["data"]]
+    if data_rounds:
+
+        def counts(ax):
+            kinds = sorted({k for e in data_rounds for k in e["data"].get("rows", {})})
+            width = 0.8 / max(1, len(kinds))
+            for i, kind in enumerate(kinds):
+                ax.bar([e["round"] + i * width for e in data_rounds],
+                       [e["data"]["rows"].get(kind, 0) for e in data_rounds], width=width, label=kind)
+            ax.set_xlabel("round")
+            ax.set_ylabel("rows")
+            ax.legend()
+
+        plots["data_counts.png"] = _plot_png(counts)
+    for name, png in plots.items():
+        atomic_write_bytes(run / "plots" / name, png)
+    md = render_markdown(facts, list(plots))
+    atomic_write_text(run / "report.md", md)
+    atomic_write_text(run / "report.html", render_html(facts, plots))
+    return run / "report.html"
+
+
+def summary_table(facts: dict[str, Any]) -> list[list[str]]:
+    rows = [["round", "greedy", "pass@1", "majority", "tokens/sol", "pairs", "labels", "traces"]]
+    for e in facts["rounds"]:
+        ev, data = e["eval"] or {}, (e["data"] or {}).get("rows", {})
+        maj = next((v for k, v in ev.items() if k.startswith("majority@")), None)
+        rows.append([
+            str(e["round"]),
+            _f(ev.get("greedy")),
+            _f(ev.get("pass@1")),
+            _f(maj),
+            _f(ev.get("mean_tokens"), 1),
+            str(data.get("pairs", "")),
+            str(data.get("labels", "")),
+            str(data.get("traces", "")),
+        ])
+    return rows
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
+    rows = summary_table(facts)
+    lines = [f"# sharpen run: {facts['run']}", "", "## Held-out results per round", ""]
+    lines.append("| " + " | ".join(rows[0]) + " |")
+    lines.append("|" + "---|" * len(rows[0]))
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    p = facts.get("paired")
+    if p:
+        lines += ["", f"Greedy accuracy change, round {p['from_round']} -> {p['to_round']}: "
+                  f"{p['delta']:+.3f} (paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], n={p['n']})"]
+    mon = [e for e in facts["rounds"] if e["collect"]]
+    if mon:
+        lines += ["", "## Collection (B-STaR monitors)", "",
+                  "| round | search accuracy | tokens/problem | exploration (distinct correct / problem) | exploitation (scorer AUROC) |",
+                  "|---|---|---|---|---|"]
+        for e in mon:
+            c = e["collect"]
+            lines.append(f"| {e['round']} | {_f(c.get('accuracy'))} | {_f(c.get('mean_generated_tokens'), 0)} | "
+                         f"{_f(c.get('exploration'), 2)} | {_f(c.get('exploitation_auroc'))} |")
+    for name in plot_names:
+        lines += ["", f"![{name}](plots/{name})"]
+    lines += ["", "## Config", "", "```yaml", facts["config"].rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
+    rows = summary_table(facts)
+    table = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
+    for r in rows[1:]:
+        table += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+    table += "</table>"
+    imgs = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(n)}">'
+        f"<figcaption>{html.escape(n)}</figcaption></figure>"
+        for n, png in plots.items()
+    )
+    p = facts.get("paired")
+    paired = (
+        f"<p>Greedy accuracy change, round {p['from_round']} &rarr; {p['to_round']}: <b>{p['delta']:+.3f}</b> "
+        f"(paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], n={p['n']})</p>"
+        if p else ""
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>sharpen report</title>"
+        "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block;margin:8px}"
+        "pre{background:#f6f6f6;padding:8px}</style></head><body>"
+        f"<h1>sharpen run</h1><p>{html.escape(facts['run'])}</p><h2>Held-out results per round</h2>{table}{paired}"
+        f"<h2>Plots</h2>{imgs}<h2>Config</h2><pre>{html.escape(facts['config'])}</pre></body></html>"
+    )
+
+
+def distinct_correct(eval_jsonl: Path) -> float:
+    """B-STaR exploration: distinct correct sampled solutions per problem."""
+    rows = list(read_jsonl(eval_jsonl)) if eval_jsonl.exists() else []
+    if not rows:
+        return 0.0
+    return sum(len({" ".join(s["text"].split()) for s in r["samples"] if s["correct"]}) for r in rows) / len(rows)
