@@ -75,3 +75,17 @@ def test_next_token_logprobs(tiny_backend):
 def test_chat_prompt(tiny_backend):
     p = tiny_backend.chat_prompt([{"role": "user", "content": "hi"}])
     assert p.endswith("<|assistant|>") and "hi" in p
+
+
+def test_staged_generation_matches_one_pass(tiny_model_dir):
+    """Rows that leave the batch early do not change what the others generate."""
+    one = HFBackend(tiny_model_dir, seed=0, stage_tokens=1000)
+    staged = HFBackend(tiny_model_dir, seed=0, stage_tokens=3)
+    prompts = ["What is 1 + 2?\n", "State the final answer: 9 - 4 =\n", "1 +"]
+    g = SamplingParams(n=2, temperature=0.0, max_tokens=14)
+    a, b = one.generate(prompts, g), staged.generate(prompts, g)
+    for x, y in zip(a, b, strict=True):
+        for c1, c2 in zip(x, y, strict=True):
+            assert c1.token_ids == c2.token_ids and c1.finish_reason == c2.finish_reason
+            assert abs(c1.logprob - c2.logprob) < 1e-3
+    assert staged.meter.total.generated_tokens == one.meter.total.generated_tokens

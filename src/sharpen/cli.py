@@ -96,7 +96,7 @@ def eval_cmd(
     out_dir = _new_out_dir(out_dir, "eval")
     backend = load_backend(model, seed=seed, max_batch=batch)
     cfg = EvalConfig(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
-                     problems_per_call=max(1, batch // max(samples, 1)))
+                     problems_per_call=16)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "config.json", {"command": "eval", "model": model, "task": task,
                       "task_args": parse_task_args(task_arg), "n": n, **cfg.__dict__})
@@ -121,6 +121,183 @@ def eval_cmd(
     table.add_row("wall time (s)", f"{metrics['wall_seconds']}")
     out.print(table)
     out.print(f"run dir: {out_dir}")
+
+
+# -- search ---------------------------------------------------------------------------------
+AlgoArgOpt = Annotated[list[str] | None, typer.Option("--arg", help="algorithm option key=value (e.g. k=4, c_puct=1.5); repeatable")]
+
+
+def _search_setup(model, task, task_arg, n, seed, collect, temperature, step_tokens, rollout_tokens, max_depth, batch):
+    from sharpen.backends import load_backend
+    from sharpen.models import resolve_model
+    from sharpen.process import LMProcess
+    from sharpen.tasks import load_task, parse_task_args
+
+    if n < 1:
+        raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
+    the_task = load_task(task, parse_task_args(task_arg))
+    problems = the_task.problems("train" if collect else "test", n, seed=seed)
+    resolve_model(model)
+    backend = load_backend(model, seed=seed, max_batch=batch)
+    process = LMProcess(backend, the_task, temperature=temperature, step_tokens=step_tokens,
+                        rollout_tokens=rollout_tokens, max_depth=max_depth)
+    return the_task, problems, process
+
+
+def _parse_algo(spec: str, default_scorer: str) -> tuple[str, str]:
+    from sharpen.search import ALGORITHMS
+
+    algo, _, scorer = spec.partition("@")
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algo!r} (fix: one of {', '.join(ALGORITHMS)}; optionally algo@scorer)")
+    return algo, scorer or ("none" if algo == "vote" else default_scorer)
+
+
+SEARCH_DEFAULTS = {"temperature": 0.7, "step_tokens": 32, "rollout_tokens": 64, "max_depth": 6}
+
+
+@app.command("search")
+def search_cmd(
+    algo: Annotated[str, typer.Option(help="bon, vote, weighted, beam, mcts or pf")] = "mcts",
+    scorer: Annotated[str, typer.Option(help="self, rollout[:k], oracle[:k] (only with --collect), prm:<path>")] = "self",
+    budget: Annotated[int, typer.Option(help="generated tokens per problem, scorer tokens included")] = 512,
+    model: ModelOpt = "smollm2-135m",
+    task: TaskOpt = "gym:chain_sum",
+    task_arg: TaskArgOpt = None,
+    n: Annotated[int, typer.Option(help="problems")] = 20,
+    seed: int = 0,
+    collect: Annotated[bool, typer.Option("--collect", help="search the training split (allows the oracle scorer)")] = False,
+    arg: AlgoArgOpt = None,
+    temperature: float = SEARCH_DEFAULTS["temperature"],
+    step_tokens: Annotated[int, typer.Option(help="max tokens of one step")] = SEARCH_DEFAULTS["step_tokens"],
+    rollout_tokens: Annotated[int, typer.Option(help="max tokens of one completion")] = SEARCH_DEFAULTS["rollout_tokens"],
+    max_depth: int = SEARCH_DEFAULTS["max_depth"],
+    batch: int = 32,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/search-<time>)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object on stdout")] = False,
+) -> None:
+    """Search each problem under a token budget; trees.jsonl (one problem per line) and metrics.json."""
+    quiet_libraries()
+    from sharpen.collect import search_metrics, search_problems
+    from sharpen.io import atomic_write_json
+    from sharpen.scorers import make_scorer
+    from sharpen.tasks import parse_task_args
+
+    algo, scorer = _parse_algo(algo, scorer)
+    if budget < 1:
+        raise ConfigError("--budget must be >= 1 generated token (fix: e.g. --budget 512)")
+    algo_args = parse_task_args(arg)
+    the_task, problems, process = _search_setup(model, task, task_arg, n, seed, collect, temperature, step_tokens,
+                                                rollout_tokens, max_depth, batch)
+    the_scorer = make_scorer(scorer, process, collect=collect)
+    out_dir = _new_out_dir(out_dir, "search")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "config.json", {"command": "search", "algo": algo, "scorer": scorer, "budget": budget,
+                      "model": model, "task": task, "task_args": parse_task_args(task_arg), "n": n, "seed": seed,
+                      "collect": collect, "args": algo_args, "temperature": temperature, "step_tokens": step_tokens,
+                      "rollout_tokens": rollout_tokens, "max_depth": max_depth})
+    with progress_bar(f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
+        trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=out_dir / "trees.jsonl",
+                                algo_args=algo_args, on_progress=advance)
+    metrics = search_metrics(trees, budget) | {"algo": algo, "scorer": scorer, "out": str(out_dir)}
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=f"{algo} with {scorer} on {task}, budget {budget} tokens/problem")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("accuracy", f"{metrics['accuracy']:.3f} [{metrics['accuracy_ci95'][0]:.3f}, {metrics['accuracy_ci95'][1]:.3f}]")
+    table.add_row("mean generated tokens", f"{metrics['mean_generated_tokens']:.0f}")
+    table.add_row("max generated tokens", f"{metrics['max_generated_tokens']}")
+    table.add_row("mean nodes / tree", f"{metrics['mean_nodes']:.1f}")
+    out.print(table)
+    out.print(f"trees: {out_dir / 'trees.jsonl'}   view: sharpen view {out_dir / 'trees.jsonl'}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    algos: Annotated[str, typer.Option(help="comma list: algo or algo@scorer, e.g. vote,bon@self,mcts@rollout")] = "vote,bon,beam,mcts,pf",
+    budgets: Annotated[str, typer.Option(help="comma list of token budgets per problem")] = "256,512,1024,2048,4096",
+    scorer: Annotated[str, typer.Option(help="default scorer for algorithms that need one")] = "self",
+    model: ModelOpt = "smollm2-135m",
+    task: TaskOpt = "gym:chain_sum",
+    task_arg: TaskArgOpt = None,
+    n: Annotated[int, typer.Option(help="held-out problems")] = 100,
+    seed: int = 0,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="algo.key=value, e.g. mcts.k=4; repeatable")] = None,
+    temperature: float = SEARCH_DEFAULTS["temperature"],
+    step_tokens: int = SEARCH_DEFAULTS["step_tokens"],
+    rollout_tokens: int = SEARCH_DEFAULTS["rollout_tokens"],
+    max_depth: int = SEARCH_DEFAULTS["max_depth"],
+    batch: int = 32,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="sweep directory (default runs/sweep-<time>)")] = None,
+) -> None:
+    """Every algorithm at every budget on the same problems: sweep.json and accuracy_vs_tokens.png."""
+    quiet_libraries()
+    from sharpen.collect import search_metrics, search_problems
+    from sharpen.io import atomic_write_json
+    from sharpen.scorers import make_scorer
+    from sharpen.sweep import plot_sweep
+    from sharpen.tasks import parse_task_args
+
+    pairs = [_parse_algo(a.strip(), scorer) for a in algos.split(",") if a.strip()]
+    try:
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"bad --budgets {budgets!r} (fix: comma-separated integers, e.g. 256,512,1024)") from None
+    if not budget_list or min(budget_list) < 1 or not pairs:
+        raise ConfigError("--budgets and --algos must be non-empty, budgets >= 1 (fix: e.g. --budgets 256,512)")
+    algo_args: dict[str, dict] = {}
+    for key, value in parse_task_args(arg).items():
+        algo, dot, opt = key.partition(".")
+        if not dot:
+            raise ConfigError(f"bad --arg {key!r} for a sweep (fix: name the algorithm, e.g. --arg mcts.c_puct=1.5)")
+        algo_args.setdefault(algo, {})[opt] = value
+    _, problems, process = _search_setup(model, task, task_arg, n, seed, False, temperature, step_tokens,
+                                         rollout_tokens, max_depth, batch)
+    scorers = {s: make_scorer(s, process, collect=False) for _, s in pairs}
+    out_dir = _new_out_dir(out_dir, "sweep")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for budget in budget_list:
+        for algo, sc in pairs:
+            d = out_dir / f"{algo}@{sc.replace(':', '-').replace('/', '_')}" / f"budget-{budget}"
+            with progress_bar(f"{algo}@{sc} {budget} tok", len(problems)) as advance:
+                trees = search_problems(process, scorers[sc], algo, problems, budget, seed=seed,
+                                        out_jsonl=d / "trees.jsonl", algo_args=algo_args.get(algo, {}),
+                                        on_progress=advance)
+            m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl")}
+            atomic_write_json(d / "metrics.json", m)
+            results.append(m)
+            atomic_write_json(out_dir / "sweep.json", {"model": model, "task": task, "n": n, "seed": seed, "results": results})
+    png = plot_sweep(results, out_dir / "accuracy_vs_tokens.png", title=f"{model} on {task}, n={n}")
+    table = Table(title=f"accuracy vs generated tokens per problem (n={n}, 95% bootstrap CI)")
+    table.add_column("algorithm")
+    for b in budget_list:
+        table.add_column(f"{b}", justify="right")
+    for algo, sc in pairs:
+        row = [f"{algo}@{sc}"]
+        for b in budget_list:
+            m = next(r for r in results if r["algo"] == algo and r["scorer"] == sc and r["budget"] == b)
+            row.append(f"{m['accuracy']:.2f} ({m['mean_generated_tokens']:.0f} tok)")
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"sweep: {out_dir / 'sweep.json'}   plot: {png}")
+
+
+@app.command("view")
+def view_cmd(
+    trees: Annotated[Path, typer.Argument(help="trees.jsonl from `sharpen search`")],
+    out_html: Annotated[Path | None, typer.Option("--out", help="HTML file (default: next to the trees)")] = None,
+) -> None:
+    """One static HTML file that draws each problem's tree; needs no network."""
+    from sharpen.viewer import write_viewer
+
+    if not trees.is_file():
+        raise ConfigError(f"trees file not found: {trees} (fix: pass the trees.jsonl written by `sharpen search`)")
+    path = write_viewer(trees, out_html or trees.with_suffix(".html"))
+    out.print(f"viewer: {path}")
 
 
 # -- data and training ------------------------------------------------------------------------

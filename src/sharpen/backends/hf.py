@@ -51,12 +51,13 @@ class _DelimiterStop(StoppingCriteria):
     """Per-row stop. Only rows whose newest token contains the delimiter are inspected (a
     vectorised lookup), so the check costs almost nothing on the other steps."""
 
-    def __init__(self, backend: HFBackend, params: SamplingParams, prompt_len: int, batch: int):
+    def __init__(self, backend: HFBackend, params: SamplingParams, prompt_len: int, prefixes: list[str]):
         self.mask = backend._delimiter_mask(params.delimiter)
         self.tok = backend.tokenizer
         self.params = params
         self.prompt_len = prompt_len
-        self.stopped_at = [-1] * batch  # number of generated tokens when the row stopped
+        self.prefixes = prefixes  # text each row generated in earlier stages
+        self.stopped_at = [-1] * len(prefixes)  # number of generated tokens when the row stopped
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw) -> torch.BoolTensor:
         hit = self.mask[input_ids[:, -1]]
@@ -66,7 +67,7 @@ class _DelimiterStop(StoppingCriteria):
             if self.stopped_at[row] >= 0:
                 done[row] = True
                 continue
-            if self.params.stop_at == "step" or self._answer_line_done(input_ids[row, self.prompt_len :]):
+            if self.params.stop_at == "step" or self._answer_line_done(row, input_ids[row, self.prompt_len :]):
                 self.stopped_at[row] = n_gen
                 done[row] = True
         for row, at in enumerate(self.stopped_at):
@@ -74,8 +75,8 @@ class _DelimiterStop(StoppingCriteria):
                 done[row] = True
         return done
 
-    def _answer_line_done(self, gen_ids: torch.Tensor) -> bool:
-        text = self.tok.decode(gen_ids, skip_special_tokens=True)
+    def _answer_line_done(self, row: int, gen_ids: torch.Tensor) -> bool:
+        text = self.prefixes[row] + self.tok.decode(gen_ids, skip_special_tokens=True)
         lines = text.split(self.params.delimiter)[:-1]  # completed lines only
         prefix = self.params.answer_prefix.lower()
         return any(line.strip().lower().startswith(prefix) for line in lines)
@@ -89,6 +90,7 @@ class HFBackend:
         path: str | Path,
         seed: int = 0,
         max_batch: int = 32,
+        stage_tokens: int = 32,
         device: str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -110,6 +112,7 @@ class HFBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_batch = max_batch
+        self.stage_tokens = stage_tokens
         self.meter = UsageMeter()
         self._rng = random.Random(seed)
         self._masks: dict[str, torch.Tensor] = {}
@@ -145,59 +148,95 @@ class HFBackend:
         base_seed = params.seed if params.seed is not None else self._rng.randrange(2**31)
         for chunk_no, start in enumerate(range(0, len(order), self.max_batch)):
             chunk = order[start : start + self.max_batch]
-            torch.manual_seed(base_seed + 7919 * chunk_no)
-            for r, c in zip(chunk, self._generate_batch([rows[r][1] for r in chunk], params), strict=True):
+            batch = self._generate_batch([rows[r][1] for r in chunk], params, base_seed + 7919 * chunk_no)
+            for r, c in zip(chunk, batch, strict=True):
                 results[r] = c
         for r in range(len(rows)):
             out[rows[r][0]].append(results[r])
         return out
 
-    def _generate_batch(self, texts: list[str], params: SamplingParams) -> list[Completion]:
+    def _generate_batch(self, texts: list[str], params: SamplingParams, seed: int) -> list[Completion]:
+        """Generate in stages of `stage_tokens`: after each stage the finished rows leave the batch
+        and the rest continue from their exact token ids, so one long straggler no longer makes
+        every finished row of the batch run to `max_tokens` (HF `generate` keeps finished rows)."""
         t0 = time.perf_counter()
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        prompt_len = enc["input_ids"].shape[1]
-        recorder = _LogprobRecorder(prompt_len)
-        processors = [recorder]
+        prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        gen: list[list[int]] = [[] for _ in texts]
+        logprob = [0.0] * len(texts)
+        reason: list[str | None] = [None] * len(texts)
+        prompt_tokens = 0
+        active = list(range(len(texts)))
+        eos_ids = self._eos_ids()
+        stage_no = 0
+        while active:
+            remaining = params.max_tokens - len(gen[active[0]])
+            stage = remaining if len(active) == 1 or remaining <= 1.5 * self.stage_tokens else self.stage_tokens
+            torch.manual_seed(seed + 104_729 * stage_no)
+            stage_no += 1
+            new_ids, new_lp, stopped, n_prompt = self._run_stage(
+                [prompts[r] + gen[r] for r in active],
+                [self.tokenizer.decode(gen[r], skip_special_tokens=True) for r in active],
+                params,
+                stage,
+            )
+            prompt_tokens += n_prompt
+            still = []
+            for i, r in enumerate(active):
+                ids = new_ids[i]
+                eos_at = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+                n = len(ids)
+                if stopped[i] >= 0 and (eos_at is None or stopped[i] <= eos_at):
+                    n, reason[r] = stopped[i], params.stop_at
+                elif eos_at is not None:
+                    n, reason[r] = eos_at + 1, "eos"
+                gen[r] += ids[:n]
+                logprob[r] += float(new_lp[i, :n].sum()) if n else 0.0
+                if reason[r] is None:
+                    if len(gen[r]) >= params.max_tokens:
+                        reason[r] = "length"
+                    else:
+                        still.append(r)
+            active = still
+        completions = []
+        for r, ids in enumerate(gen):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if reason[r] == "step" and params.delimiter in text:
+                text = text[: text.index(params.delimiter) + len(params.delimiter)]
+            completions.append(Completion(text, ids, len(ids), reason[r] or "length", logprob[r]))
+        self.meter.record(
+            prompt_tokens=prompt_tokens,
+            generated_tokens=sum(c.num_tokens for c in completions),
+            seconds=time.perf_counter() - t0,
+        )
+        return completions
+
+    def _run_stage(
+        self, inputs: list[list[int]], prefixes: list[str], params: SamplingParams, max_new: int
+    ) -> tuple[list[list[int]], torch.Tensor, list[int], int]:
+        width = max(len(x) for x in inputs)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in inputs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in inputs], device=self.device)
+        recorder = _LogprobRecorder(width)
+        processors: list[LogitsProcessor] = [recorder]
         if not params.greedy:
             processors.append(TemperatureLogitsWarper(params.temperature))
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
-        stop = _DelimiterStop(self, params, prompt_len, len(texts))
+        stop = _DelimiterStop(self, params, width, prefixes)
         seqs = self.model.generate(
-            **enc,
-            max_new_tokens=params.max_tokens,
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
             do_sample=not params.greedy,
             temperature=1.0,
             top_k=0,
             top_p=1.0,
             logits_processor=LogitsProcessorList(processors),
             stopping_criteria=StoppingCriteriaList([stop]),
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=pad,
         )
-        token_lp = recorder.finish(seqs)
-        gen = seqs[:, prompt_len:].tolist()
-        eos_ids = self._eos_ids()
-        completions = []
-        for row, ids in enumerate(gen):
-            n, reason = len(ids), "length"
-            eos_at = next((j for j, t in enumerate(ids) if t in eos_ids), None)
-            if stop.stopped_at[row] >= 0 and (eos_at is None or stop.stopped_at[row] <= eos_at):
-                n, reason = stop.stopped_at[row], params.stop_at
-            elif eos_at is not None:
-                n, reason = eos_at + 1, "eos"
-            ids = ids[:n]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if reason == "step" and params.delimiter in text:
-                text = text[: text.index(params.delimiter) + len(params.delimiter)]
-            completions.append(
-                Completion(text, ids, n, reason, float(token_lp[row, :n].sum()) if n else 0.0)
-            )
-        self.meter.record(
-            prompt_tokens=int(enc["attention_mask"].sum()),
-            generated_tokens=sum(c.num_tokens for c in completions),
-            seconds=time.perf_counter() - t0,
-        )
-        return completions
+        return seqs[:, width:].tolist(), recorder.finish(seqs), stop.stopped_at, int(mask.sum())
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id

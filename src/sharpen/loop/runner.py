@@ -83,7 +83,7 @@ class LoopRunner:
         e = self.cfg.eval
         backend = load_backend(model, seed=self.cfg.seed)
         cfg = EvalConfig(samples=e.samples, temperature=e.temperature, max_tokens=e.max_tokens, seed=self.cfg.seed,
-                         problems_per_call=max(1, 32 // max(1, e.samples)))
+                         problems_per_call=32)
         with self.progress(f"round {r}: evaluate", len(self.test)) as advance:
             metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl", on_progress=advance)
         metrics["exploration"] = distinct_correct(d / "problems.jsonl")
