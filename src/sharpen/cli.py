@@ -173,6 +173,7 @@ def search_cmd(
     rollout_tokens: Annotated[int, typer.Option(help="max tokens of one completion")] = SEARCH_DEFAULTS["rollout_tokens"],
     max_depth: int = SEARCH_DEFAULTS["max_depth"],
     batch: int = 32,
+    parallel: Annotated[int, typer.Option(help="problems searched at once (lockstep batching)")] = 16,
     out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/search-<time>)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object on stdout")] = False,
 ) -> None:
@@ -195,10 +196,10 @@ def search_cmd(
     atomic_write_json(out_dir / "config.json", {"command": "search", "algo": algo, "scorer": scorer, "budget": budget,
                       "model": model, "task": task, "task_args": parse_task_args(task_arg), "n": n, "seed": seed,
                       "collect": collect, "args": algo_args, "temperature": temperature, "step_tokens": step_tokens,
-                      "rollout_tokens": rollout_tokens, "max_depth": max_depth})
+                      "rollout_tokens": rollout_tokens, "max_depth": max_depth, "parallel": parallel})
     with progress_bar(f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
         trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=out_dir / "trees.jsonl",
-                                algo_args=algo_args, on_progress=advance)
+                                algo_args=algo_args, on_progress=advance, parallel=parallel)
     metrics = search_metrics(trees, budget) | {"algo": algo, "scorer": scorer, "out": str(out_dir)}
     atomic_write_json(out_dir / "metrics.json", metrics)
     if as_json:
@@ -231,6 +232,7 @@ def sweep_cmd(
     rollout_tokens: int = SEARCH_DEFAULTS["rollout_tokens"],
     max_depth: int = SEARCH_DEFAULTS["max_depth"],
     batch: int = 32,
+    parallel: Annotated[int, typer.Option(help="problems searched at once (lockstep batching)")] = 16,
     out_dir: Annotated[Path | None, typer.Option("--out", help="sweep directory (default runs/sweep-<time>)")] = None,
 ) -> None:
     """Every algorithm at every budget on the same problems: sweep.json and accuracy_vs_tokens.png."""
@@ -266,7 +268,7 @@ def sweep_cmd(
             with progress_bar(f"{algo}@{sc} {budget} tok", len(problems)) as advance:
                 trees = search_problems(process, scorers[sc], algo, problems, budget, seed=seed,
                                         out_jsonl=d / "trees.jsonl", algo_args=algo_args.get(algo, {}),
-                                        on_progress=advance)
+                                        on_progress=advance, parallel=parallel)
             m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl")}
             atomic_write_json(d / "metrics.json", m)
             results.append(m)

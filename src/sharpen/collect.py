@@ -4,7 +4,6 @@ flushed as each problem finishes; problems already in the file are skipped (resu
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,10 @@ def search_problems(
     out_jsonl: str | Path | None = None,
     algo_args: dict[str, Any] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    parallel: int = 1,
 ) -> list[Tree]:
+    """`parallel` > 1 searches that many problems at once with lockstep batching (LM processes
+    only); problems are grouped by position, so a resumed run regroups exactly as before."""
     from sharpen.search import ALGORITHMS
 
     fn = ALGORITHMS[algo]
@@ -48,19 +50,39 @@ def search_problems(
     if on_progress and done:
         on_progress(sum(p.id in done for p in problems))
     writer = JsonlAppender(out_jsonl) if out_jsonl is not None else None
+    if parallel > 1 and not hasattr(process, "backend"):
+        parallel = 1
+
+    def search_one(p: Problem, proc: Any, sc: Any) -> Tree:
+        s = problem_seed(seed, p.id)
+        tree = fn(proc, sc, p, budget, seed=s, **(algo_args or {}))
+        label_terminals(proc, tree)
+        return tree
+
     try:
-        for p in problems:
-            if p.id in done:
+        for start in range(0, len(problems), max(1, parallel)):
+            group = problems[start : start + max(1, parallel)]
+            if all(p.id in done for p in group):
                 continue
-            s = problem_seed(seed, p.id)
-            random.seed(s)
-            tree = fn(process, scorer, p, budget, seed=s, **(algo_args or {}))
-            label_terminals(process, tree)
-            done[p.id] = tree
-            if writer:
-                writer.write(tree.to_dict())
+            if parallel > 1:
+                from sharpen.batching import LockstepBatcher, fork_search
+
+                def job(p: Problem):
+                    return lambda proxy: search_one(p, *fork_search(process, scorer, proxy))
+
+                trees = LockstepBatcher(process.backend).run([job(p) for p in group])
+            else:
+                trees = [search_one(p, process, scorer) for p in group]
+            fresh = 0
+            for p, tree in zip(group, trees, strict=True):
+                if p.id in done:
+                    continue
+                done[p.id] = tree
+                fresh += 1
+                if writer:
+                    writer.write(tree.to_dict())
             if on_progress:
-                on_progress(1)
+                on_progress(fresh)
     finally:
         if writer:
             writer.close()

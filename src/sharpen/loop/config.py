@@ -32,6 +32,7 @@ class CollectConfig(_Strict):
     step_tokens: int = Field(32, ge=1, description="max tokens of one step")
     rollout_tokens: int = Field(64, ge=1, description="max tokens of one completion")
     max_depth: int = Field(6, ge=1)
+    parallel: int = Field(16, ge=1, description="problems searched at once (lockstep batching)")
     args: dict[str, Any] = Field(default_factory=dict, description="algorithm options (e.g. k, c_puct, rollouts)")
 
 

@@ -113,7 +113,8 @@ class LoopRunner:
         scorer = make_scorer(spec, process, collect=True)
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
             trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
-                                    out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance)
+                                    out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
+                                    parallel=c.parallel)
         metrics = search_metrics(trees, c.budget)
         metrics.update(collect_monitors(trees), scorer=spec, model=model)
         atomic_write_json(d / "metrics.json", metrics)

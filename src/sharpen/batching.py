@@ -1,0 +1,182 @@
+"""Lockstep batching: search many problems at once without changing any algorithm.
+
+Each problem's search runs in its own thread against a `ProxyBackend`. When every live search is
+waiting on the backend, the pending calls are merged into one batched call per kind (same
+sampling settings), run on the real backend in the main thread, and split back. Because a merge
+happens only when *all* live searches are waiting, the composition of every batch, and so every
+sampled token, is the same from run to run: the same seeds give the same trees. Each proxy has
+its own `UsageMeter`, so every search's budget counts only its own tokens.
+
+This turns per-problem batches of 1-8 rows into batches of tens of rows, which is where a small
+model on a CPU (or any model on a GPU) gets its throughput.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from sharpen.backends.base import Backend, Completion, SamplingParams
+from sharpen.meter import UsageMeter
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Request:
+    kind: str  # "generate" | "logprobs"
+    prompts: list[str]
+    params: SamplingParams | None = None
+    candidates: tuple[str, ...] = ()
+    result: Any = None
+    done: bool = False
+
+
+class ProxyBackend:
+    """What one search sees: the backend interface, its own meter, calls merged by the batcher."""
+
+    def __init__(self, batcher: LockstepBatcher, slot: int):
+        self._batcher = batcher
+        self._slot = slot
+        self.meter = UsageMeter()
+        self.name = batcher.backend.name
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self._batcher.backend.chat_prompt(messages)
+
+    def count_tokens(self, text: str) -> int:
+        return self._batcher.backend.count_tokens(text)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        if not prompts:
+            return []
+        return self._batcher._submit(self._slot, _Request("generate", list(prompts), params))
+
+    def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        if not prompts:
+            return []
+        return self._batcher._submit(self._slot, _Request("logprobs", list(prompts), candidates=tuple(candidates)))
+
+
+class LockstepBatcher:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._cv = threading.Condition()
+        self._pending: dict[int, _Request] = {}
+        self._live: set[int] = set()
+
+    def run(self, jobs: list[Callable[[ProxyBackend], T]]) -> list[T]:
+        """Run each job (given its own proxy backend) concurrently; results in job order."""
+        results: list[Any] = [None] * len(jobs)
+        errors: list[BaseException | None] = [None] * len(jobs)
+        proxies = [ProxyBackend(self, i) for i in range(len(jobs))]
+
+        def work(i: int) -> None:
+            try:
+                results[i] = jobs[i](proxies[i])
+            except BaseException as e:  # re-raised in the caller's thread
+                errors[i] = e
+            finally:
+                with self._cv:
+                    self._live.discard(i)
+                    self._cv.notify_all()
+
+        with self._cv:
+            self._live = set(range(len(jobs)))
+            self._pending = {}
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: not self._live or all(i in self._pending for i in self._live))
+                if not self._live:
+                    break
+                batch = dict(sorted(self._pending.items()))
+                self._pending = {}
+            self._execute(batch, proxies)
+            with self._cv:
+                for req in batch.values():
+                    req.done = True
+                self._cv.notify_all()
+        for t in threads:
+            t.join()
+        for e in errors:
+            if e is not None:
+                raise e
+        return results
+
+    def _submit(self, slot: int, req: _Request) -> Any:
+        with self._cv:
+            self._pending[slot] = req
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: req.done)
+        if isinstance(req.result, BaseException):
+            raise req.result
+        return req.result
+
+    def _execute(self, batch: dict[int, _Request], proxies: list[ProxyBackend]) -> None:
+        groups: dict[Any, list[tuple[int, _Request]]] = {}
+        for slot, req in batch.items():
+            key = ("logprobs", req.candidates) if req.kind == "logprobs" else ("generate", replace(req.params, n=1, seed=None))
+            groups.setdefault(key, []).append((slot, req))
+        for key, members in groups.items():
+            try:
+                self._run_group(key, members, proxies)
+            except BaseException as e:
+                for _, req in members:
+                    req.result = e
+
+    def _run_group(self, key: Any, members: list[tuple[int, _Request]], proxies: list[ProxyBackend]) -> None:
+        before = self.backend.meter.snapshot()
+        t0 = time.perf_counter()
+        if key[0] == "logprobs":
+            flat = [p for _, req in members for p in req.prompts]
+            out = self.backend.next_token_logprobs(flat, list(key[1]))
+            pos = 0
+            for _, req in members:
+                req.result = out[pos : pos + len(req.prompts)]
+                pos += len(req.prompts)
+            gen_share = [len(req.prompts) for _, req in members]
+        else:
+            params: SamplingParams = key[1]
+            flat = [p for _, req in members for p in req.prompts for _ in range(req.params.n)]
+            seed = hash(tuple(-1 if req.params.seed is None else req.params.seed for _, req in members)) % (2**31 - 1)
+            out = self.backend.generate(flat, replace(params, seed=seed))
+            pos = 0
+            gen_share = []
+            for _, req in members:
+                res = []
+                for _ in req.prompts:
+                    res.append([out[pos + j][0] for j in range(req.params.n)])
+                    pos += req.params.n
+                req.result = res
+                gen_share.append(sum(c.num_tokens for r in res for c in r))
+        used = self.backend.meter.snapshot() - before
+        seconds = time.perf_counter() - t0
+        total = max(1, sum(gen_share))
+        prompts_total = max(1, sum(len(req.prompts) for _, req in members))
+        for (slot, req), g in zip(members, gen_share, strict=True):
+            proxies[slot].meter.record(
+                prompt_tokens=round(used.prompt_tokens * len(req.prompts) / prompts_total),
+                generated_tokens=g,
+                seconds=seconds * g / total,
+            )
+
+
+def fork_search(process: Any, scorer: Any, proxy: ProxyBackend) -> tuple[Any, Any]:
+    """A copy of an LM process (and its scorer) that talks to `proxy` and counts on its meter."""
+    import copy
+
+    p = copy.copy(process)
+    p.backend = proxy
+    p.meter = proxy.meter
+    s = None
+    if scorer is not None:
+        s = copy.copy(scorer)
+        if hasattr(s, "process"):
+            s.process = p
+    return p, s
