@@ -174,3 +174,15 @@ def test_search_modules_do_not_import_torch():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.startswith(("torch", "transformers", "sharpen.backends")), (path, name)
+
+
+def test_mcts_widens_when_every_child_is_terminal():
+    """One-step problems: MCTS keeps spending its budget by widening the root, up to max_children."""
+    from sharpen.search.mcts import mcts, step_children
+    from sharpen.toy import DistanceScorer, RandomWalkProcess, make_problems
+
+    proc = RandomWalkProcess(horizon=1)
+    problem = make_problems(1, horizon=1, seed=0)[0]
+    tree = mcts(proc, DistanceScorer(proc), problem, 40, seed=0, k=2, max_children=8)
+    assert len(step_children(tree, 0)) == 8
+    assert tree.root.visits == sum(tree.nodes[c].visits for c in step_children(tree, 0))

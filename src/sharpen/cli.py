@@ -322,9 +322,26 @@ def _load_trees(path: Path):
         raise ConfigError(f"{path} is not a trees file ({e}) (fix: pass the trees.jsonl written by `sharpen search`)") from None
 
 
-def _save_built(ds, out_dir: Path, kind: str) -> None:
+HoldoutOpt = Annotated[float, typer.Option("--holdout", help="share of problems held out into <out>-heldout (split by problem id)")]
+
+
+def _save_built(ds, out_dir: Path, kind: str, holdout: float = 0.0) -> None:
     from sharpen.data import save_dataset, summary
 
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigError(f"--holdout must be in [0, 1), got {holdout} (fix: e.g. --holdout 0.2)")
+    if holdout > 0:
+        import hashlib
+
+        def held(pid: str) -> bool:
+            return int(hashlib.sha1(pid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < holdout
+
+        flags = [held(pid) for pid in ds["problem_id"]]
+        ho = ds.select([i for i, f in enumerate(flags) if f])
+        ds = ds.select([i for i, f in enumerate(flags) if not f])
+        ho_dir = out_dir.with_name(out_dir.name + "-heldout")
+        save_dataset(ho, ho_dir)
+        out.print(f"{kind} (held out): {summary(ho)} -> {ho_dir}")
     save_dataset(ds, out_dir)
     out.print(f"{kind}: {summary(ds)} -> {out_dir}")
 
@@ -337,6 +354,7 @@ def build_pairs(
     min_margin: Annotated[float, typer.Option(help="min value gap chosen - rejected (mcts-dpo)")] = 0.1,
     source: Annotated[str, typer.Option(help="step values: mc, q, score or value")] = "mc",
     round_: Annotated[int, typer.Option("--round")] = 0,
+    holdout: HoldoutOpt = 0.0,
 ) -> None:
     """Step preference pairs (TRL DPO format) with provenance."""
     from sharpen import data
@@ -346,24 +364,26 @@ def build_pairs(
     ts = _load_trees(trees)
     ds = (data.step_pairs(ts, min_margin=min_margin, round=round_, source=source) if recipe == "mcts-dpo"
           else data.step_dpo_pairs(ts, round=round_, source=source))
-    _save_built(ds, out_dir, "pairs")
+    _save_built(ds, out_dir, "pairs", holdout)
 
 
 @build_app.command("labels")
 def build_labels(trees: TreesOpt, out_dir: DataOutOpt, threshold: float = 0.5, source: str = "mc",
-                 round_: Annotated[int, typer.Option("--round")] = 0) -> None:
+                 round_: Annotated[int, typer.Option("--round")] = 0, holdout: HoldoutOpt = 0.0) -> None:
     """Step labels for a PRM: each step with its value and a binary label at a threshold."""
     from sharpen import data
 
-    _save_built(data.step_labels(_load_trees(trees), threshold=threshold, round=round_, source=source), out_dir, "labels")
+    _save_built(data.step_labels(_load_trees(trees), threshold=threshold, round=round_, source=source), out_dir, "labels",
+                holdout)
 
 
 @build_app.command("traces")
-def build_traces(trees: TreesOpt, out_dir: DataOutOpt, round_: Annotated[int, typer.Option("--round")] = 0) -> None:
+def build_traces(trees: TreesOpt, out_dir: DataOutOpt, round_: Annotated[int, typer.Option("--round")] = 0,
+                 holdout: HoldoutOpt = 0.0) -> None:
     """Verified, deduplicated full solutions for SFT (rejection-sampling fine-tuning)."""
     from sharpen import data
 
-    _save_built(data.verified_traces(_load_trees(trees), round=round_), out_dir, "traces")
+    _save_built(data.verified_traces(_load_trees(trees), round=round_), out_dir, "traces", holdout)
 
 
 def _train_options(max_steps: int, batch_size: int, lr: float, full: bool, seed: int):
@@ -430,6 +450,44 @@ def train_prm_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_ste
     with err.status(f"PRM on {data}, {max_steps} steps"):
         merged = train_prm(PRMTrainConfig(model=model, data=str(data), out=str(out_dir), train=opts))
     out.print(f"PRM: {merged}  (use it with --scorer prm:{merged})")
+
+
+@train_app.command("eval")
+def train_eval_cmd(
+    kind: Annotated[str, typer.Argument(help="dpo (reward accuracy on pairs) or prm (AUROC on step labels)")],
+    model: Annotated[str, typer.Option("--model", help="trained policy dir (dpo) or PRM dir (prm)")],
+    data: TrainData,
+    ref: Annotated[str | None, typer.Option("--ref", help="reference policy (dpo): the policy before training")] = None,
+    beta: float = 0.1,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Held-out quality of a trained model: DPO reward accuracy, or PRM AUROC with a bootstrap 95% CI."""
+    quiet_libraries()
+    from sharpen.data import load_dataset_dir
+    from sharpen.models import resolve_model
+
+    if kind not in ("dpo", "prm"):
+        raise ConfigError(f"unknown kind {kind!r} (fix: dpo or prm)")
+    if not data.is_dir():
+        raise ConfigError(f"dataset dir not found: {data} (fix: run `sharpen build ... --holdout 0.2` first)")
+    if kind == "dpo":
+        from sharpen.train.metrics import dpo_reward_accuracy
+
+        policy = str(resolve_model(model))
+        metrics = dpo_reward_accuracy(policy, str(resolve_model(ref or model)), load_dataset_dir(data), beta=beta)
+    else:
+        from sharpen.train.metrics import prm_auroc
+
+        metrics = prm_auroc(model, load_dataset_dir(data))
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=f"{kind} on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)
 
 
 # -- the loop -------------------------------------------------------------------------------

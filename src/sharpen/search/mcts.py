@@ -14,6 +14,10 @@ used for reasoning in MCTS-DPO (Xie et al. 2024, arXiv 2405.00451) and rStar-Mat
                      Q = W / N  (node.visits, node.value_sum)
     answer: descend from the root by most visits (final="visits") or best Q (final="value")
 
+Progressive widening: a node whose children are all terminal or exhausted gets k more children
+(up to `max_children`) instead of being closed, so budget left over when short problems end in
+one step still buys search (the tree grows wider where it cannot grow deeper).
+
 Visit counts add up: an expanded node's visits = (1 if it was itself evaluated, i.e. is not the
 root) + its step children's visits + its re-selections as a terminal (never, since it has children).
 """
@@ -51,12 +55,14 @@ def mcts(
     evaluate: str = "scorer",
     final: str = "visits",
     max_iters: int = 10_000,
+    max_children: int | None = None,
 ) -> Tree:
     if evaluate not in ("scorer", "rollout") or final not in ("visits", "value"):
         raise ConfigError("mcts: evaluate must be 'scorer' or 'rollout', final must be 'visits' or 'value'")
     scorer = need_scorer(scorer, "mcts")
     tree, budget = open_search(process, problem, budget_tokens, seed, "mcts")
     closed: set[int] = set()  # subtrees with nothing left to expand
+    max_children = 4 * k if max_children is None else max(k, max_children)
 
     for _ in range(max_iters):
         if budget.exhausted or tree.root.id in closed:
@@ -67,13 +73,15 @@ def mcts(
             kids = [c for c in step_children(tree, path[-1]) if c not in closed]
             if not kids or tree.nodes[path[-1]].terminal:
                 break
+            if all(tree.nodes[c].terminal for c in kids) and len(step_children(tree, path[-1])) < max_children:
+                break  # only finished solutions below: widen here
             parent = path[-1]
             path.append(max(kids, key=lambda c, p=parent: puct(tree, p, c, c_puct)))
         leaf = tree.nodes[path[-1]]
         if leaf.terminal:
             values = [v for v in scorer.score(tree, [leaf.id], budget) if v is not None]  # cached: free
-        elif step_children(tree, leaf.id):  # expanded, every child closed
-            _close(tree, closed, path)
+        elif len(step_children(tree, leaf.id)) >= max_children:  # expanded, every child closed
+            _close(tree, closed, path, max_children)
             continue
         else:
             # 2. expand
@@ -81,6 +89,7 @@ def mcts(
             leaves, kk = plan(budget, scorer, [leaf.id], k, process.step_tokens + extra, terminal=extra > 0)
             if not leaves:
                 break
+            kk = min(kk, max_children - len(step_children(tree, leaf.id)))
             new = process.expand(tree, leaves, kk, budget)[0]
             if not new:
                 break
@@ -98,7 +107,7 @@ def mcts(
         for n in path:
             tree.nodes[n].visits += len(values)
             tree.nodes[n].value_sum += sum(values)
-        _close(tree, closed, path)
+        _close(tree, closed, path, max_children)
 
     chosen = _final(tree, final)
     return finish(process, tree, budget, chosen)
@@ -117,11 +126,12 @@ def _rollout_values(process: Process, tree: Tree, scorer, new: list[int], budget
     return [None if stands_for[c] is None else tree.nodes[stands_for[c]].score for c in new]
 
 
-def _close(tree: Tree, closed: set[int], path: list[int]) -> None:
-    """Close, bottom-up, nodes whose every step child is terminal or closed."""
+def _close(tree: Tree, closed: set[int], path: list[int], max_children: int) -> None:
+    """Close, bottom-up, nodes that cannot widen further and whose every step child is terminal
+    or closed."""
     for n in reversed(path):
         kids = step_children(tree, n)
-        if kids and all(tree.nodes[c].terminal or c in closed for c in kids):
+        if len(kids) >= max_children and all(tree.nodes[c].terminal or c in closed for c in kids):
             closed.add(n)
         else:
             break
