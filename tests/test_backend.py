@@ -89,3 +89,19 @@ def test_staged_generation_matches_one_pass(tiny_model_dir):
             assert c1.token_ids == c2.token_ids and c1.finish_reason == c2.finish_reason
             assert abs(c1.logprob - c2.logprob) < 1e-3
     assert staged.meter.total.generated_tokens == one.meter.total.generated_tokens
+
+
+def test_shared_prefix_cache_changes_nothing(tiny_model_dir):
+    """Rows sharing a long prefix (system prompt, examples) reuse its KV cache: same tokens out."""
+    plain = HFBackend(tiny_model_dir, seed=0, prefix_cache=False)
+    cached = HFBackend(tiny_model_dir, seed=0, prefix_cache=True)
+    shared = "What is 1 + 2?\\n1 + 2 = 3\\nAnswer: 3\\nState the final answer: 4 - 1 =\\n4 - 1 = 3\\n"
+    prompts = [shared + "What is 5 + 5?\\n", shared + "7 - 2 =", shared + "What is 3 + 3?\\n3 + 3 = "]
+    assert cached.count_tokens(shared) >= 16
+    for params in (SamplingParams(n=2, temperature=0.0, max_tokens=10), SamplingParams(n=3, temperature=1.0, max_tokens=10, seed=5)):
+        a, b = plain.generate(prompts, params), cached.generate(prompts, params)
+        for x, y in zip(a, b, strict=True):
+            for c1, c2 in zip(x, y, strict=True):
+                assert c1.token_ids == c2.token_ids
+                assert abs(c1.logprob - c2.logprob) < 1e-3
+    assert cached._prefix_kv  # the prefix was cached

@@ -31,6 +31,16 @@ def quiet_libraries() -> None:
         transformers.utils.logging.disable_progress_bar()
     except Exception:
         pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except Exception:
+        pass
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @contextmanager

@@ -82,6 +82,17 @@ class _DelimiterStop(StoppingCriteria):
         return any(line.strip().lower().startswith(prefix) for line in lines)
 
 
+def _common_prefix_len(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(0, n)):
+        t = first[i]
+        if any(r[i] != t for r in rows):
+            return i
+    return max(0, n)
+
+
 class HFBackend:
     """Batched generation with a transformers causal LM, on CPU or GPU."""
 
@@ -91,6 +102,7 @@ class HFBackend:
         seed: int = 0,
         max_batch: int = 32,
         stage_tokens: int = 32,
+        prefix_cache: bool = True,
         device: str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -113,6 +125,8 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_batch = max_batch
         self.stage_tokens = stage_tokens
+        self.prefix_cache = prefix_cache
+        self._prefix_kv: dict[tuple[int, ...], list] = {}
         self.meter = UsageMeter()
         self._rng = random.Random(seed)
         self._masks: dict[str, torch.Tensor] = {}
@@ -213,20 +227,33 @@ class HFBackend:
     def _run_stage(
         self, inputs: list[list[int]], prefixes: list[str], params: SamplingParams, max_new: int
     ) -> tuple[list[list[int]], torch.Tensor, list[int], int]:
-        width = max(len(x) for x in inputs)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in inputs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in inputs], device=self.device)
-        recorder = _LogprobRecorder(width)
+        shared = _common_prefix_len(inputs) if self.prefix_cache else 0
+        cache = self._expanded_prefix(inputs[0][:shared], len(inputs)) if shared >= 16 else None
+        if cache is None:
+            shared = 0
+        # [shared prefix][padding][row's own tokens]: padding in the middle is masked out and
+        # position ids come from the mask, so every row sees exactly its own sequence
+        width = max(len(x) - shared for x in inputs)
+        input_ids = torch.tensor(
+            [x[:shared] + [pad] * (width - len(x) + shared) + x[shared:] for x in inputs], device=self.device
+        )
+        mask = torch.tensor(
+            [[1] * shared + [0] * (width - len(x) + shared) + [1] * (len(x) - shared) for x in inputs],
+            device=self.device,
+        )
+        total = shared + width
+        recorder = _LogprobRecorder(total)
         processors: list[LogitsProcessor] = [recorder]
         if not params.greedy:
             processors.append(TemperatureLogitsWarper(params.temperature))
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
-        stop = _DelimiterStop(self, params, width, prefixes)
+        stop = _DelimiterStop(self, params, total, prefixes)
         seqs = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
+            past_key_values=cache,
             max_new_tokens=max_new,
             do_sample=not params.greedy,
             temperature=1.0,
@@ -236,7 +263,28 @@ class HFBackend:
             stopping_criteria=StoppingCriteriaList([stop]),
             pad_token_id=pad,
         )
-        return seqs[:, width:].tolist(), recorder.finish(seqs), stop.stopped_at, int(mask.sum())
+        prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
+        return seqs[:, total:].tolist(), recorder.finish(seqs), stop.stopped_at, prompt_tokens
+
+    def _expanded_prefix(self, prefix: list[int], rows: int):
+        """The KV cache of a prefix every row shares (the system prompt and few-shot examples),
+        computed once and kept, copied out to `rows` rows: the batch prefills only its suffixes."""
+        key = tuple(prefix[:-1])  # keep >= 1 uncached token per row for generate's first step
+        try:
+            from transformers import DynamicCache
+
+            if key not in self._prefix_kv:
+                if len(self._prefix_kv) >= 8:
+                    self._prefix_kv.pop(next(iter(self._prefix_kv)))
+                out = self.model(torch.tensor([list(key)], device=self.device), use_cache=True)
+                self._prefix_kv[key] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            cache = DynamicCache()
+            for i, (k, v) in enumerate(self._prefix_kv[key]):
+                cache.update(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous(), i)
+            return cache
+        except Exception:  # a model whose cache is not a plain per-layer KV: no sharing
+            self.prefix_cache = False
+            return None
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id

@@ -163,3 +163,11 @@ def load_tokenizer(path: str | Path) -> Any:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def quiet(trainer: Any) -> Any:
+    """No per-step log dicts on stdout (they stay in checkpoints' trainer_state.json)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer

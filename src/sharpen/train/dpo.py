@@ -23,6 +23,7 @@ from sharpen.train.common import (
     TrainOptions,
     last_checkpoint,
     load_tokenizer,
+    quiet,
     save_dir_atomic,
     trainer_kwargs,
     write_summary,
@@ -138,7 +139,7 @@ def save_outputs(trainer: Any, out: Path, lora: bool) -> Path:
 def train_dpo(cfg: DPOTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.out)
-    trainer = build_trainer(cfg)
+    trainer = quiet(build_trainer(cfg))
     resume = last_checkpoint(out) if cfg.train.resume else None
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

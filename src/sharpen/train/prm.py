@@ -28,6 +28,7 @@ from sharpen.train.common import (
     TrainOptions,
     last_checkpoint,
     load_tokenizer,
+    quiet,
     save_dir_atomic,
     trainer_kwargs,
     write_summary,
@@ -152,7 +153,7 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
 def train_prm(cfg: PRMTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.out)
-    trainer = build_trainer(cfg)
+    trainer = quiet(build_trainer(cfg))
     resume = last_checkpoint(out) if cfg.train.resume else None
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

@@ -12,7 +12,14 @@ from typing import Any
 from sharpen.data import load_dataset_dir
 from sharpen.errors import TaskError
 from sharpen.models import resolve_model
-from sharpen.train.common import TrainOptions, last_checkpoint, load_tokenizer, trainer_kwargs, write_summary
+from sharpen.train.common import (
+    TrainOptions,
+    last_checkpoint,
+    load_tokenizer,
+    quiet,
+    trainer_kwargs,
+    write_summary,
+)
 from sharpen.train.dpo import save_outputs
 
 TRACE_COLUMNS = ("prompt", "completion")
@@ -65,7 +72,7 @@ def build_trainer(cfg: SFTTrainConfig, dataset: Any | None = None) -> Any:
 def train_sft(cfg: SFTTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.out)
-    trainer = build_trainer(cfg)
+    trainer = quiet(build_trainer(cfg))
     resume = last_checkpoint(out) if cfg.train.resume else None
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
