@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from sharpen.errors import ConfigError
+from sharpen.loop.config import LoopConfig, dump, load_config, validate
+from sharpen.loop.runner import auroc
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.rounds >= 1 and cfg.eval.n >= 200
+    # every default is written out and reads back to the same config
+    assert validate(__import__("yaml").safe_load(dump(cfg))) == cfg
+
+
+def test_recipes_shipped():
+    assert {load_config(p).recipe for p in CONFIGS} >= {"mcts-dpo", "step-dpo", "rft", "prm-guided"}
+
+
+def test_overrides_and_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\ntrain: {max_steps: 3}\n")
+    cfg = load_config(p, {"train.max_steps": 7, "collect.budget": 99})
+    assert cfg.train.max_steps == 7 and cfg.collect.budget == 99 and cfg.name == "x"
+    with pytest.raises(ConfigError, match="collect.budgt"):
+        load_config(p, {"collect.budgt": 1})
+    with pytest.raises(ConfigError, match="recipe"):
+        validate({"recipe": "magic"})
+    p.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    assert LoopConfig().recipe == "mcts-dpo"
+
+
+def test_auroc():
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auroc([0.5], [0.5]) == 0.5
+    assert auroc([], [0.1]) is None
