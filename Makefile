@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sharpen-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo eval-demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# the main job: 2 rounds of MCTS-DPO, a before/after table and the path of report.html.
+# A finished demo is kept; `make demo` again continues an interrupted one, a fresh one after `rm -rf runs/demo`.
 demo: setup
 	$(BIN)/sharpen models prepare smollm2-135m
+	if [ -f runs/demo/manifest.json ]; then $(BIN)/sharpen run configs/demo.yaml --resume; \
+	else $(BIN)/sharpen run configs/demo.yaml; fi
+
+eval-demo: setup
 	$(BIN)/sharpen eval --model smollm2-135m --task gym:chain_sum \
 	  --task-arg min_terms=2 --task-arg max_terms=3 --task-arg min_digits=1 --task-arg max_digits=1 \
-	  --n 50 --samples 8 --temperature 0.7 --out runs/demo-eval
+	  --n 200 --samples 8 --temperature 0.7 --out runs/eval-chain_sum
 
 test: setup
 	$(BIN)/python -m pytest -q

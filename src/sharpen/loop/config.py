@@ -48,6 +48,7 @@ class TrainConfig(_Strict):
     beta: float = Field(0.1, gt=0, description="DPO beta")
     lora: bool = Field(True, description="LoRA adapters (peft) instead of full fine-tuning")
     lora_r: int = Field(16, ge=1)
+    precompute_ref: bool = Field(True, description="DPO: reference log-probs computed once before training")
 
 
 class EvalSection(_Strict):

@@ -172,7 +172,8 @@ class LoopRunner:
 
             with self._status(f"round {r}: DPO on {rows['pairs']} step pairs, {t.max_steps} steps"):
                 info["model"] = str(train_dpo(DPOTrainConfig(model=model, data=str(data_dir / "pairs"), out=str(d / "policy"),
-                                                             beta=t.beta, train=opts)))
+                                                             beta=t.beta, precompute_ref_log_probs=t.precompute_ref,
+                                                             train=opts)))
         else:
             from sharpen.train.sft import SFTTrainConfig, train_sft
 
