@@ -89,7 +89,8 @@ class LoopRunner:
         metrics["exploration"] = distinct_correct(d / "problems.jsonl")
         metrics["model"] = model
         atomic_write_json(d / "metrics.json", metrics)
-        self.say(f"round {r}: greedy {metrics.get('greedy', float('nan')):.3f}, pass@1 {metrics.get('pass@1', float('nan')):.3f}")
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("greedy", "pass@1") if k in metrics)
+        self.say(f"round {r}: {shown} (n={metrics['n']})")
         return {"artifacts": {"problems": f"round-{r}/eval/problems.jsonl", "metrics": f"round-{r}/eval/metrics.json"}}
 
     def _scorer_spec(self, r: int) -> str:
