@@ -312,6 +312,7 @@ DataOutOpt = Annotated[Path, typer.Option("--out", help="dataset directory to wr
 
 
 def _load_trees(path: Path):
+    quiet_libraries()
     from sharpen.data import load_trees
 
     if not path.exists():
