@@ -77,3 +77,21 @@ def test_eval_json_on_tiny_model(tmp_path, tiny_model_dir):
 def test_models_list(tmp_path):
     r = run(["models", "list"], cwd=tmp_path)
     assert r.returncode == 0 and "smollm2-135m" in r.stdout
+
+
+def test_train_sft_command_and_bad_data_dir(tmp_path, tiny_model_dir):
+    from datasets import Dataset
+
+    from sharpen.data import save_dataset
+
+    rows = {"prompt": ["What is 1 + 2?\n"] * 4, "completion": ["1 + 2 = 3\nAnswer: 3"] * 4,
+            "problem_id": ["p"] * 4, "node_id": [1] * 4, "num_steps": [2] * 4, "round": [0] * 4,
+            "recipe": ["rft"] * 4, "answer": ["3"] * 4}
+    save_dataset(Dataset.from_dict(rows), tmp_path / "traces")
+    r = run(["train", "sft", "--model", tiny_model_dir, "--data", str(tmp_path / "traces"), "--out",
+             str(tmp_path / "sft"), "--max-steps", "1", "--batch-size", "2"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sft" / "merged" / "config.json").exists()
+    r = run(["train", "dpo", "--model", tiny_model_dir, "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "d")],
+            cwd=tmp_path)
+    assert r.returncode == 2 and "dataset dir not found" in r.stderr and not (tmp_path / "d").exists()

@@ -411,46 +411,41 @@ def _check_train_inputs(model: str, data_dir: Path) -> None:
         raise ConfigError(f"dataset dir not found: {data_dir} (fix: run `sharpen build ...` first)")
 
 
+def _train(kind: str, model: str, data: Path, out_dir: Path, max_steps: int, batch_size: int, lr: float,
+           full: bool, seed: int, **extra) -> None:
+    """Validate, build the trainer's config, train with a spinner, say where the result is."""
+    quiet_libraries()
+    _check_train_inputs(model, data)
+    from sharpen.train import dpo, prm, sft
+
+    config_cls, train_fn = {"dpo": (dpo.DPOTrainConfig, dpo.train_dpo), "sft": (sft.SFTTrainConfig, sft.train_sft),
+                            "prm": (prm.PRMTrainConfig, prm.train_prm)}[kind]
+    opts = _train_options(max_steps, batch_size, lr, full, seed)
+    with err.status(f"{kind.upper()} on {data}, {max_steps} steps"):
+        merged = train_fn(config_cls(model=model, data=str(data), out=str(out_dir), train=opts, **extra))
+    use = f"--scorer prm:{merged}" if kind == "prm" else f"--model {merged}"
+    out.print(f"{kind} model: {merged}  (use it with {use})")
+
+
 @train_app.command("dpo")
 def train_dpo_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
                   batch_size: int = 8, lr: float = 5e-5, beta: float = 0.1, full: FullFT = False, seed: int = 0) -> None:
     """Step-level DPO with TRL's DPOTrainer (LoRA by default; the reference is the policy before training)."""
-    quiet_libraries()
-    _check_train_inputs(model, data)
-    from sharpen.train.dpo import DPOTrainConfig, train_dpo
-
-    opts = _train_options(max_steps, batch_size, lr, full, seed)
-    with err.status(f"DPO on {data}, {max_steps} steps"):
-        merged = train_dpo(DPOTrainConfig(model=model, data=str(data), out=str(out_dir), beta=beta, train=opts))
-    out.print(f"merged model: {merged}  (use it with --model {merged})")
+    _train("dpo", model, data, out_dir, max_steps, batch_size, lr, full, seed, beta=beta)
 
 
 @train_app.command("sft")
 def train_sft_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
                   batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0) -> None:
     """Rejection-sampling fine-tuning with TRL's SFTTrainer on verified traces."""
-    quiet_libraries()
-    _check_train_inputs(model, data)
-    from sharpen.train.sft import SFTTrainConfig, train_sft
-
-    opts = _train_options(max_steps, batch_size, lr, full, seed)
-    with err.status(f"SFT on {data}, {max_steps} steps"):
-        merged = train_sft(SFTTrainConfig(model=model, data=str(data), out=str(out_dir), train=opts))
-    out.print(f"merged model: {merged}  (use it with --model {merged})")
+    _train("sft", model, data, out_dir, max_steps, batch_size, lr, full, seed)
 
 
 @train_app.command("prm")
 def train_prm_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
                   batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0) -> None:
     """A process reward model: token classification on step-boundary tokens (transformers Trainer)."""
-    quiet_libraries()
-    _check_train_inputs(model, data)
-    from sharpen.train.prm import PRMTrainConfig, train_prm
-
-    opts = _train_options(max_steps, batch_size, lr, full, seed)
-    with err.status(f"PRM on {data}, {max_steps} steps"):
-        merged = train_prm(PRMTrainConfig(model=model, data=str(data), out=str(out_dir), train=opts))
-    out.print(f"PRM: {merged}  (use it with --scorer prm:{merged})")
+    _train("prm", model, data, out_dir, max_steps, batch_size, lr, full, seed)
 
 
 @train_app.command("eval")

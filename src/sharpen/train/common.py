@@ -171,3 +171,16 @@ def quiet(trainer: Any) -> Any:
 
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def fit(trainer: Any, out: Path, resume: bool) -> tuple[dict[str, Any], str | None]:
+    """Train (from the newest checkpoint in out/checkpoints when `resume`); returns the trainer's
+    metrics with wall seconds, and the checkpoint it resumed from."""
+    import time
+
+    start = last_checkpoint(out) if resume else None
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=start)
+    metrics = dict(result.metrics)
+    metrics.update(wall_seconds=time.perf_counter() - t0, resumed_from=start)
+    return metrics, start

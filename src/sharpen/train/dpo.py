@@ -11,7 +11,6 @@ policy to stop after the step. `append_eos=False` (default) strips it again afte
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from sharpen.errors import TaskError
 from sharpen.models import resolve_model
 from sharpen.train.common import (
     TrainOptions,
-    last_checkpoint,
+    fit,
     load_tokenizer,
     quiet,
     save_dir_atomic,
@@ -140,12 +139,8 @@ def train_dpo(cfg: DPOTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.out)
     trainer = quiet(build_trainer(cfg))
-    resume = last_checkpoint(out) if cfg.train.resume else None
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
+    metrics, _ = fit(trainer, out, cfg.train.resume)
     merged = save_outputs(trainer, out, cfg.train.lora)
-    metrics = dict(result.metrics)
-    metrics.update(pairs=len(trainer.train_dataset), wall_seconds=seconds, resumed_from=resume)
+    metrics["pairs"] = len(trainer.train_dataset)
     write_summary(out, "dpo", cfg, metrics)
     return merged

@@ -14,7 +14,6 @@ With LoRA the adapter is merged (the classification head is trained in full) and
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from sharpen.io import atomic_write_json
 from sharpen.models import resolve_model
 from sharpen.train.common import (
     TrainOptions,
-    last_checkpoint,
+    fit,
     load_tokenizer,
     quiet,
     save_dir_atomic,
@@ -154,10 +153,7 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.out)
     trainer = quiet(build_trainer(cfg))
-    resume = last_checkpoint(out) if cfg.train.resume else None
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
+    metrics, _ = fit(trainer, out, cfg.train.resume)
     tok, model = trainer.processing_class, trainer.model
     if cfg.train.lora:
         save_dir_atomic(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
@@ -170,8 +166,7 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
         atomic_write_json(d / "sharpen_prm.json", PRM_FORMAT)
 
     merged = save_dir_atomic(out / "merged", write)
-    metrics = dict(result.metrics)
-    metrics.update(sequences=len(trainer.train_dataset), wall_seconds=seconds, resumed_from=resume)
+    metrics["sequences"] = len(trainer.train_dataset)
     write_summary(out, "prm", cfg, metrics)
     return merged
 

@@ -4,7 +4,6 @@ trace is a whole solution."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from sharpen.errors import TaskError
 from sharpen.models import resolve_model
 from sharpen.train.common import (
     TrainOptions,
-    last_checkpoint,
+    fit,
     load_tokenizer,
     quiet,
     trainer_kwargs,
@@ -73,12 +72,8 @@ def train_sft(cfg: SFTTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.out)
     trainer = quiet(build_trainer(cfg))
-    resume = last_checkpoint(out) if cfg.train.resume else None
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
+    metrics, _ = fit(trainer, out, cfg.train.resume)
     merged = save_outputs(trainer, out, cfg.train.lora)
-    metrics = dict(result.metrics)
-    metrics.update(traces=len(trainer.train_dataset), wall_seconds=seconds, resumed_from=resume)
+    metrics["traces"] = len(trainer.train_dataset)
     write_summary(out, "sft", cfg, metrics)
     return merged
