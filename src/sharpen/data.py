@@ -18,8 +18,6 @@ provenance: problem id, node ids, values, round and recipe.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +27,7 @@ from datasets import Sequence as HFSequence
 
 from sharpen.credit import ValueSource, values
 from sharpen.errors import ConfigError, TaskError
-from sharpen.io import read_jsonl
+from sharpen.io import atomic_dir, read_jsonl
 from sharpen.tree import Tree
 
 DELIMITER = "\n"
@@ -325,25 +323,9 @@ def load_trees(path: str | os.PathLike) -> list[Tree]:
 
 
 def save_dataset(ds: Dataset, path: str | os.PathLike) -> Path:
-    """`save_to_disk` into a temp dir next to `path`, then rename: the directory appears complete or
-    not at all (an existing one is replaced)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        # an empty dataset must still be written as one (empty) shard, or it cannot be loaded back
-        ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
-            os.replace(out, old / "d")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    """`save_to_disk`, atomically (an existing directory is replaced)."""
+    # an empty dataset must still be written as one (empty) shard, or it cannot be loaded back
+    return atomic_dir(path, lambda tmp: ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None))
 
 
 def load_dataset_dir(path: str | os.PathLike, columns: Sequence[str] = ()) -> Dataset:

@@ -10,10 +10,6 @@ Output layout of every `sharpen train ...` run (`out/`):
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,25 +122,6 @@ def last_checkpoint(out: Path) -> str | None:
     if not ckpts.is_dir():
         return None
     return get_last_checkpoint(str(ckpts))
-
-
-def save_dir_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)`, then rename tmp_dir to `path` (replacing an old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        write(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
-            os.replace(path, old / "d")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def write_summary(

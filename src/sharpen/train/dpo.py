@@ -17,13 +17,13 @@ from typing import Any
 
 from sharpen.data import load_dataset_dir
 from sharpen.errors import TaskError
+from sharpen.io import atomic_dir
 from sharpen.models import resolve_model
 from sharpen.train.common import (
     TrainOptions,
     fit,
     load_tokenizer,
     quiet,
-    save_dir_atomic,
     trainer_kwargs,
     write_summary,
 )
@@ -124,7 +124,7 @@ def save_outputs(trainer: Any, out: Path, lora: bool) -> Path:
     tok = trainer.processing_class
     model = trainer.model
     if lora:
-        save_dir_atomic(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
+        atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
         model = model.merge_and_unload()
     model = model.to("cpu")
 
@@ -132,7 +132,7 @@ def save_outputs(trainer: Any, out: Path, lora: bool) -> Path:
         model.save_pretrained(d)
         tok.save_pretrained(d)
 
-    return save_dir_atomic(out / "merged", write)
+    return atomic_dir(out / "merged", write)
 
 
 def train_dpo(cfg: DPOTrainConfig) -> Path:

@@ -21,14 +21,13 @@ from typing import Any
 
 from sharpen.data import load_dataset_dir
 from sharpen.errors import ModelError, TaskError
-from sharpen.io import atomic_write_json
+from sharpen.io import atomic_dir, atomic_write_json
 from sharpen.models import resolve_model
 from sharpen.train.common import (
     TrainOptions,
     fit,
     load_tokenizer,
     quiet,
-    save_dir_atomic,
     trainer_kwargs,
     write_summary,
 )
@@ -156,7 +155,7 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     metrics, _ = fit(trainer, out, cfg.train.resume)
     tok, model = trainer.processing_class, trainer.model
     if cfg.train.lora:
-        save_dir_atomic(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
+        atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
         model = model.merge_and_unload()
     model = model.to("cpu")
 
@@ -165,7 +164,7 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
         tok.save_pretrained(d)
         atomic_write_json(d / "sharpen_prm.json", PRM_FORMAT)
 
-    merged = save_dir_atomic(out / "merged", write)
+    merged = atomic_dir(out / "merged", write)
     metrics["sequences"] = len(trainer.train_dataset)
     write_summary(out, "prm", cfg, metrics)
     return merged
