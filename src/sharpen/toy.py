@@ -108,42 +108,35 @@ class RandomWalkProcess:
         self._record(len(live) * k)
         return out
 
-    def complete(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in node_ids]
+    def _walks_to_end(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None):
+        """k random walks to the horizon from each node the budget allows:
+        {index in node_ids: (start position, start time, [(moves, logprob), ...])}."""
         live, k = self._plan(tree, node_ids, k, budget, self.rollout_tokens)
         if not live:
-            return out
+            return {}
         rng = random.Random(next_seed(tree))
-        target, spent = self._target(tree), 0
+        target, walks = self._target(tree), {}
         for i in live:
             pos, t = self.state(tree, node_ids[i])
-            kids = []
-            for _ in range(k):
-                moves, lp = self._walk(rng, pos, t, target, self.horizon - t)
+            walks[i] = (pos, t, [self._walk(rng, pos, t, target, self.horizon - t) for _ in range(k)])
+        self._record(sum(len(m) for _, _, ws in walks.values() for m, _ in ws))
+        return walks
+
+    def complete(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in node_ids]
+        for i, (pos, t, walks) in self._walks_to_end(tree, node_ids, k, budget).items():
+            for moves, lp in walks:
                 node = self._add(tree, node_ids[i], moves, lp, pos + sum(moves), t + len(moves))
                 node.meta["complete"] = True
-                kids.append(node.id)
-                spent += len(moves)
-            set_priors(tree, kids)
-            out[i] = kids
-        self._record(spent)
+                out[i].append(node.id)
+            set_priors(tree, out[i])
         return out
 
     def rollout(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[Rollout]]:
         out: list[list[Rollout]] = [[] for _ in node_ids]
-        live, k = self._plan(tree, node_ids, k, budget, self.rollout_tokens)
-        if not live:
-            return out
-        rng = random.Random(next_seed(tree))
-        target, spent = self._target(tree), 0
-        for i in live:
-            pos, t = self.state(tree, node_ids[i])
-            for _ in range(k):
-                moves, lp = self._walk(rng, pos, t, target, self.horizon - t)
-                end = pos + sum(moves)
-                out[i].append(Rollout(" ".join(f"{m:+d}" for m in moves), str(end), len(moves), lp, "eos"))
-                spent += len(moves)
-        self._record(spent)
+        for i, (pos, _, walks) in self._walks_to_end(tree, node_ids, k, budget).items():
+            out[i] = [Rollout(" ".join(f"{m:+d}" for m in moves), str(pos + sum(moves)), len(moves), lp, "eos")
+                      for moves, lp in walks]
         return out
 
     def answer(self, tree: Tree, node_id: int) -> str | None:
