@@ -10,6 +10,7 @@ Output layout of every `sharpen train ...` run (`out/`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,22 @@ def fit(trainer: Any, out: Path, resume: bool) -> tuple[dict[str, Any], str | No
     metrics = dict(result.metrics)
     metrics.update(wall_seconds=time.perf_counter() - t0, resumed_from=start)
     return metrics, start
+
+
+def save_outputs(trainer: Any, out: Path, lora: bool, extra: Callable[[Path], None] | None = None) -> Path:
+    """adapter/ (LoRA), then merged/: a plain model dir `--model` accepts; `extra(dir)` adds files."""
+    from sharpen.io import atomic_dir
+
+    tok, model = trainer.processing_class, trainer.model
+    if lora:
+        atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
+        model = model.merge_and_unload()
+    model = model.to("cpu")
+
+    def write(d: Path) -> None:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        if extra is not None:
+            extra(d)
+
+    return atomic_dir(out / "merged", write)

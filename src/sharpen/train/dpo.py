@@ -17,13 +17,13 @@ from typing import Any
 
 from sharpen.data import load_dataset_dir
 from sharpen.errors import TaskError
-from sharpen.io import atomic_dir
 from sharpen.models import resolve_model
 from sharpen.train.common import (
     TrainOptions,
     fit,
     load_tokenizer,
     quiet,
+    save_outputs,
     trainer_kwargs,
     write_summary,
 )
@@ -117,22 +117,6 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
         processing_class=tok,
         peft_config=cfg.train.lora_options.peft_config() if cfg.train.lora else None,
     )
-
-
-def save_outputs(trainer: Any, out: Path, lora: bool) -> Path:
-    """adapter/ (LoRA), then merged/: a plain model dir `--model` accepts."""
-    tok = trainer.processing_class
-    model = trainer.model
-    if lora:
-        atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
-        model = model.merge_and_unload()
-    model = model.to("cpu")
-
-    def write(d: Path) -> None:
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-
-    return atomic_dir(out / "merged", write)
 
 
 def train_dpo(cfg: DPOTrainConfig) -> Path:

@@ -21,13 +21,14 @@ from typing import Any
 
 from sharpen.data import load_dataset_dir
 from sharpen.errors import ModelError, TaskError
-from sharpen.io import atomic_dir, atomic_write_json
+from sharpen.io import atomic_write_json
 from sharpen.models import resolve_model
 from sharpen.train.common import (
     TrainOptions,
     fit,
     load_tokenizer,
     quiet,
+    save_outputs,
     trainer_kwargs,
     write_summary,
 )
@@ -153,18 +154,8 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     out = Path(cfg.out)
     trainer = quiet(build_trainer(cfg))
     metrics, _ = fit(trainer, out, cfg.train.resume)
-    tok, model = trainer.processing_class, trainer.model
-    if cfg.train.lora:
-        atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
-        model = model.merge_and_unload()
-    model = model.to("cpu")
-
-    def write(d: Path) -> None:
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-        atomic_write_json(d / "sharpen_prm.json", PRM_FORMAT)
-
-    merged = atomic_dir(out / "merged", write)
+    merged = save_outputs(trainer, out, cfg.train.lora,
+                          extra=lambda d: atomic_write_json(d / "sharpen_prm.json", PRM_FORMAT))
     metrics["sequences"] = len(trainer.train_dataset)
     write_summary(out, "prm", cfg, metrics)
     return merged

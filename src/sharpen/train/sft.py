@@ -16,10 +16,10 @@ from sharpen.train.common import (
     fit,
     load_tokenizer,
     quiet,
+    save_outputs,
     trainer_kwargs,
     write_summary,
 )
-from sharpen.train.dpo import save_outputs
 
 TRACE_COLUMNS = ("prompt", "completion")
 
