@@ -187,3 +187,21 @@ def test_auroc():
     assert math.isnan(auroc([1, 1], [0.2, 0.3]))
     r = auroc_with_ci([0, 1] * 50, [0.2, 0.8] * 50, n_boot=200)
     assert r["auroc"] == 1.0 and r["ci_low"] == 1.0 and r["n"] == 100
+
+
+def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
+    """A kill during the Trainer's save leaves checkpoint-N without trainer_state.json (written
+    last); resume must use the newest complete checkpoint and drop the partial one."""
+    from sharpen.train.common import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    ck = tmp_path / "checkpoints"
+    for n in (2, 4):
+        (ck / f"checkpoint-{n}").mkdir(parents=True)
+        (ck / f"checkpoint-{n}" / "trainer_state.json").write_text(json.dumps({"global_step": n}))
+    (ck / "checkpoint-6").mkdir()
+    (ck / "checkpoint-6" / "model.safetensors").write_text("partial")
+    (ck / "checkpoint-10").mkdir()
+    (ck / "checkpoint-10" / "trainer_state.json").write_text('{"global_st')
+    assert last_checkpoint(tmp_path) == str(ck / "checkpoint-4")
+    assert sorted(p.name for p in ck.iterdir()) == ["checkpoint-2", "checkpoint-4"]

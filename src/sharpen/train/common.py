@@ -10,6 +10,8 @@ Output layout of every `sharpen train ...` run (`out/`):
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,13 +118,28 @@ def trainer_kwargs(opts: TrainOptions, out: Path) -> dict[str, Any]:
 
 
 def last_checkpoint(out: Path) -> str | None:
-    """The newest out/checkpoints/checkpoint-N, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete out/checkpoints/checkpoint-N, or None.
+
+    The Trainer writes trainer_state.json last, so a checkpoint without a readable one was cut off
+    mid-save (a kill); it is removed and the one before it is used."""
+    import json
+    import shutil
 
     ckpts = out / "checkpoints"
     if not ckpts.is_dir():
         return None
-    return get_last_checkpoint(str(ckpts))
+    found = []
+    for d in ckpts.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if m and d.is_dir():
+            found.append((int(m.group(1)), d))
+    for _, d in sorted(found, reverse=True):
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            return str(d)
+        except (OSError, ValueError):
+            shutil.rmtree(d, ignore_errors=True)
+    return None
 
 
 def write_summary(
