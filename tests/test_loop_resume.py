@@ -58,13 +58,18 @@ def _final(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir):
+def ref_run(tmp_path_factory, tiny_model_dir) -> Path:
     tmp = tmp_path_factory.mktemp("ref")
     cfg = _config(tmp, tiny_model_dir)
     p = _run([str(cfg), "--out", str(tmp / "ref")], tmp)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
-    return _final(tmp / "ref")
+    return tmp / "ref"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ref_run):
+    return _final(ref_run)
 
 
 @pytest.mark.parametrize("kill_when", ["collect", "train"])
@@ -112,3 +117,51 @@ def test_run_refuses_existing_run_and_bad_config(tmp_path, tiny_model_dir):
     r = subprocess.run([sys.executable, "-m", "sharpen", "run", str(tmp_path / "nope.yaml")],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 2 and "config file not found" in r.stderr
+
+
+def _report(run: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "sharpen", "report", str(run), *args],
+                          capture_output=True, text=True, env=env, cwd=run.parent)
+
+
+def test_report_rebuilds_from_run_dir_and_logs_to_trackers(tmp_path, ref_run, monkeypatch):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(ref_run, run)
+    for name in ("report.html", "report.md"):
+        (run / name).unlink()
+    shutil.rmtree(run / "plots")
+    metrics = {r: json.loads((run / f"round-{r}/eval/metrics.json").read_text()) for r in (0, 1)}
+
+    r = _report(run, "--tracker", "tensorboard")
+    assert r.returncode == 0, r.stderr
+    assert (run / "report.html").exists() and (run / "plots" / "accuracy_per_round.png").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for _ in range(2):  # a second call replaces the event files: no scalar logged twice
+        ev = EventAccumulator(str(run / "tensorboard"))
+        ev.Reload()
+        greedy = ev.Scalars("eval/greedy")
+        assert [(e.step, round(e.value, 6)) for e in greedy] == [(k, round(m["greedy"], 6)) for k, m in metrics.items()]
+        assert "data/pairs" in ev.Tags()["scalars"]
+        assert _report(run, "--tracker", "tensorboard").returncode == 0
+
+    r = _report(run, "--tracker", "mlflow")
+    assert r.returncode == 0, r.stderr
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading the run's local file store
+    client = mlflow.MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
+    exp = client.get_experiment_by_name("sharpen")
+    (mrun,) = client.search_runs([exp.experiment_id])
+    hist = client.get_metric_history(mrun.info.run_id, "eval/pass_at_1")
+    assert sorted((h.step, round(h.value, 6)) for h in hist) == [(k, round(m["pass@1"], 6)) for k, m in metrics.items()]
+    assert mrun.data.params["recipe"] == "mcts-dpo"
+
+    r = _report(run, "--tracker", "wandb")
+    assert r.returncode == 2 and "tensorboard or mlflow" in r.stderr and "Traceback" not in r.stderr
+    r = _report(tmp_path / "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -205,3 +205,34 @@ def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
     (ck / "checkpoint-10" / "trainer_state.json").write_text('{"global_st')
     assert last_checkpoint(tmp_path) == str(ck / "checkpoint-4")
     assert sorted(p.name for p in ck.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_dpo_with_sft_term_raises_chosen_likelihood(tiny_model_dir, data_dirs, tmp_path):
+    """sft_weight adds TRL's "sft" loss (NLL on the chosen step) beside the DPO loss (RPO)."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sharpen.train.dpo import DPOTrainConfig, build_trainer, train_dpo
+
+    cfg = DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], out=str(tmp_path / "rpo"),
+                         sft_weight=0.5, train=_opts(lora=False, learning_rate=1e-3))
+    args = build_trainer(cfg).args
+    assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 0.5]
+    merged = train_dpo(cfg)
+
+    pairs = load_from_disk(data_dirs["pairs"])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def chosen_logp(path) -> float:
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        total = 0.0
+        for row in pairs:
+            p = tok(row["prompt"]).input_ids
+            ids = torch.tensor([p + tok(row["prompt"] + row["chosen"]).input_ids[len(p):]])
+            with torch.no_grad():
+                logits = model(ids).logits[0, :-1].log_softmax(-1)
+            total += logits[len(p) - 1:].gather(1, ids[0, len(p):, None]).sum().item()
+        return total
+
+    assert chosen_logp(merged) > chosen_logp(tiny_model_dir)

@@ -354,6 +354,7 @@ def build_pairs(
     recipe: Annotated[str, typer.Option(help="mcts-dpo (sibling steps by value) or step-dpo (first wrong step)")] = "mcts-dpo",
     min_margin: Annotated[float, typer.Option(help="min value gap chosen - rejected (mcts-dpo)")] = 0.1,
     source: Annotated[str, typer.Option(help="step values: mc, q, score or value")] = "mc",
+    pairing: Annotated[str, typer.Option(help="mcts-dpo: best_worst (one pair per prefix) or all sibling pairs")] = "best_worst",
     round_: Annotated[int, typer.Option("--round")] = 0,
     holdout: HoldoutOpt = 0.0,
 ) -> None:
@@ -363,7 +364,7 @@ def build_pairs(
     if recipe not in ("mcts-dpo", "step-dpo"):
         raise ConfigError(f"unknown --recipe {recipe!r} (fix: mcts-dpo or step-dpo)")
     ts = _load_trees(trees)
-    ds = (data.step_pairs(ts, min_margin=min_margin, round=round_, source=source) if recipe == "mcts-dpo"
+    ds = (data.step_pairs(ts, min_margin=min_margin, round=round_, source=source, pairing=pairing) if recipe == "mcts-dpo"
           else data.step_dpo_pairs(ts, round=round_, source=source))
     _save_built(ds, out_dir, "pairs", holdout)
 
@@ -429,9 +430,11 @@ def _train(kind: str, model: str, data: Path, out_dir: Path, max_steps: int, bat
 
 @train_app.command("dpo")
 def train_dpo_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
-                  batch_size: int = 8, lr: float = 5e-5, beta: float = 0.1, full: FullFT = False, seed: int = 0) -> None:
+                  batch_size: int = 8, lr: float = 5e-5, beta: float = 0.1,
+                  sft_weight: Annotated[float, typer.Option(help="NLL on the chosen step added to DPO (RPO); 0 = plain DPO")] = 0.0,
+                  full: FullFT = False, seed: int = 0) -> None:
     """Step-level DPO with TRL's DPOTrainer (LoRA by default; the reference is the policy before training)."""
-    _train("dpo", model, data, out_dir, max_steps, batch_size, lr, full, seed, beta=beta)
+    _train("dpo", model, data, out_dir, max_steps, batch_size, lr, full, seed, beta=beta, sft_weight=sft_weight)
 
 
 @train_app.command("sft")
@@ -487,15 +490,31 @@ def train_eval_cmd(
 
 
 # -- the loop -------------------------------------------------------------------------------
+TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="also log per-round numbers: tensorboard or mlflow")]
+
+
+def _check_tracker(tracker: str | None) -> None:
+    """Fail before any work when the tracker is unknown or its package is missing."""
+    if tracker is None:
+        return
+    from sharpen.tracking import TRACKERS, require
+
+    if tracker not in TRACKERS:
+        raise ConfigError(f"unknown --tracker {tracker!r} (fix: {' or '.join(TRACKERS)})")
+    require(tracker, {"tensorboard": "tensorboard", "mlflow": "mlflow"}[tracker])
+
+
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="YAML config (see configs/)")],
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in its run dir")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<name>)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field: train.max_steps=5")] = None,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Rounds of collect -> build -> train -> evaluate; ends with a before/after table and the report."""
     quiet_libraries()
+    _check_tracker(tracker)
     from sharpen.loop.config import load_config
     from sharpen.loop.runner import LoopRunner, prepare_run_dir
     from sharpen.tasks import parse_task_args
@@ -522,14 +541,23 @@ def run_cmd(
     out.print(f"greedy accuracy round {p['from_round']} -> {p['to_round']}: {p['before']:.3f} -> {p['after']:.3f} "
               f"({p['delta']:+.3f}, paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}])")
     out.print(f"report: {result['report']}")
+    if tracker:
+        from sharpen.tracking import log_to_tracker
+
+        out.print(f"{tracker}: {log_to_tracker(run_dir, tracker)}")
 
 
 @app.command("report")
-def report_cmd(run: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+def report_cmd(run: Annotated[Path, typer.Argument(help="a run directory")], tracker: TrackerOpt = None) -> None:
     """Write report.md and report.html (with plots) from a run directory alone."""
     from sharpen.report import write_report
 
+    _check_tracker(tracker)
     out.print(f"report: {write_report(run)}")
+    if tracker:
+        from sharpen.tracking import log_to_tracker
+
+        out.print(f"{tracker}: {log_to_tracker(run, tracker)}")
 
 
 def main() -> None:

@@ -148,6 +148,7 @@ def summarize(rows: list[dict], samples: int) -> dict[str, Any]:
     m: dict[str, Any] = {"n": n, "samples": samples}
     if n and "greedy" in rows[0]:
         m["greedy"] = sum(r["greedy"]["correct"] for r in rows) / n
+        m["greedy_tokens"] = sum(r["greedy"]["tokens"] for r in rows) / n
     if n and samples:
         for k in ks_up_to(samples):
             m[f"pass@{k}"] = sum(pass_at_k(len(r["samples"]), sum(s["correct"] for s in r["samples"]), k) for r in rows) / n

@@ -58,12 +58,21 @@ def _plot_png(draw) -> bytes:
 
 
 def _accuracy_vs_tokens(run: Path, r: int) -> tuple[list[float], list[float]] | None:
-    """pass@k against k x mean tokens per solution, from the round's eval."""
+    """Accuracy against generated tokens per problem, from the round's eval: the greedy solution
+    (one sample's tokens), then pass@k at k x mean tokens per sampled solution."""
     m = _json(run / f"round-{r}" / "eval" / "metrics.json")
-    if not m or "mean_tokens" not in m:
+    if not m or "greedy" not in m:
         return None
-    ks = sorted(int(k.split("@")[1]) for k in m if k.startswith("pass@"))
-    return [k * m["mean_tokens"] for k in ks], [m[f"pass@{k}"] for k in ks]
+    xs, ys = [], []
+    gt = m.get("greedy_tokens") or (m.get("usage", {}).get("generated_tokens", 0) / m["n"] if not m.get("samples") else None)
+    if gt:
+        xs.append(gt)
+        ys.append(m["greedy"])
+    if "mean_tokens" in m:
+        ks = sorted(int(k.split("@")[1]) for k in m if k.startswith("pass@"))
+        xs += [k * m["mean_tokens"] for k in ks]
+        ys += [m[f"pass@{k}"] for k in ks]
+    return (xs, ys) if xs else None
 
 
 def write_report(run: str | Path) -> Path:
@@ -93,11 +102,11 @@ def write_report(run: str | Path) -> Path:
         if before and after:
 
             def avt(ax):
-                ax.plot(*before, marker="o", label=f"round {first}")
-                ax.plot(*after, marker="o", label=f"round {last}")
+                ax.plot(*before, marker="o", label=f"round {first} (before)")
+                ax.plot(*after, marker="o", label=f"round {last} (after)")
                 ax.set_xscale("log", base=2)
-                ax.set_xlabel("generated tokens per problem (k samples)")
-                ax.set_ylabel("pass@k")
+                ax.set_xlabel("generated tokens per problem (greedy, then k samples)")
+                ax.set_ylabel("accuracy (greedy, then pass@k)")
                 ax.legend()
 
             plots["accuracy_vs_tokens.png"] = _plot_png(avt)

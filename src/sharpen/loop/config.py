@@ -38,6 +38,7 @@ class CollectConfig(_Strict):
 
 class BuildConfig(_Strict):
     min_margin: float = Field(0.2, ge=0.0, description="min value gap between chosen and rejected step")
+    pairing: Literal["best_worst", "all"] = Field("best_worst", description="mcts-dpo: best vs worst sibling, or every sibling pair over the margin")
     label_threshold: float = Field(0.5, ge=0.0, le=1.0, description="PRM label = value >= threshold")
 
 
@@ -48,7 +49,8 @@ class TrainConfig(_Strict):
     beta: float = Field(0.1, gt=0, description="DPO beta")
     lora: bool = Field(True, description="LoRA adapters (peft) instead of full fine-tuning")
     lora_r: int = Field(16, ge=1)
-    precompute_ref: bool = Field(True, description="DPO: reference log-probs computed once before training")
+    sft_weight: float = Field(0.0, ge=0, description="DPO: weight of an NLL term on the chosen step (RPO); 0 = plain DPO")
+    precompute_ref: bool | Literal["auto"] = Field("auto", description="DPO: reference log-probs computed once before training; auto = when each pair is seen twice or more")
 
 
 class EvalSection(_Strict):

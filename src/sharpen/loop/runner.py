@@ -136,7 +136,7 @@ class LoopRunner:
                     n.score = None
         b = self.cfg.build
         pairs = (data.step_dpo_pairs(trees, round=r) if self.cfg.recipe == "step-dpo"
-                 else data.step_pairs(trees, min_margin=b.min_margin, round=r))
+                 else data.step_pairs(trees, min_margin=b.min_margin, round=r, pairing=b.pairing))
         sets = {"pairs": pairs, "labels": data.step_labels(trees, threshold=b.label_threshold, round=r),
                 "traces": data.verified_traces(trees, round=r)}
         for name, ds in sets.items():
@@ -171,9 +171,13 @@ class LoopRunner:
         elif kind == "pairs":
             from sharpen.train.dpo import DPOTrainConfig, train_dpo
 
+            # precomputing costs one reference forward per pair; on the fly costs one per pair visit
+            precompute = (t.max_steps * t.batch_size >= 2 * rows["pairs"] if t.precompute_ref == "auto"
+                          else t.precompute_ref)
             with self._status(f"round {r}: DPO on {rows['pairs']} step pairs, {t.max_steps} steps"):
                 info["model"] = str(train_dpo(DPOTrainConfig(model=model, data=str(data_dir / "pairs"), out=str(d / "policy"),
-                                                             beta=t.beta, precompute_ref_log_probs=t.precompute_ref,
+                                                             beta=t.beta, sft_weight=t.sft_weight,
+                                                             precompute_ref_log_probs=precompute,
                                                              train=opts)))
         else:
             from sharpen.train.sft import SFTTrainConfig, train_sft

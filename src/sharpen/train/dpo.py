@@ -45,6 +45,9 @@ class DPOTrainConfig:
     """DPO's beta: strength of the KL pull towards the reference model."""
     loss_type: str = "sigmoid"
     """TRL loss type ("sigmoid" = the DPO paper's loss; "ipo", "hinge", ...)."""
+    sft_weight: float = 0.0
+    """Weight of an NLL term on the chosen step added to the DPO loss (RPO, Pang et al. 2024,
+    arXiv 2404.19733: TRL's loss_type ["sigmoid", "sft"]); 0 = plain DPO."""
     append_eos: bool = False
     """Append EOS to chosen/rejected (TRL's default). Off: a step does not end the solution."""
     precompute_ref_log_probs: bool = False
@@ -103,7 +106,8 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
     args = DPOConfig(
         **trainer_kwargs(cfg.train, out),
         beta=cfg.beta,
-        loss_type=[cfg.loss_type],
+        loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight > 0 else [cfg.loss_type],
+        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
         max_length=cfg.train.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         remove_unused_columns=False,
