@@ -11,7 +11,6 @@ Output layout of every `sharpen train ...` run (`out/`):
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
