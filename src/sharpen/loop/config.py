@@ -44,6 +44,7 @@ class BuildConfig(_Strict):
 
 class TrainConfig(_Strict):
     max_steps: int = Field(20, ge=1)
+    max_epochs: float | None = Field(None, gt=0, description="cap on passes over the round's data: steps = min(max_steps, ceil(max_epochs x rows / batch_size))")
     learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(8, ge=1)
     beta: float = Field(0.1, gt=0, description="DPO beta")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -153,12 +154,16 @@ class LoopRunner:
         d = self._dir(r, "train")
         data_dir = self.run / f"round-{r}" / "data"
         rows = self.manifest.get(f"round-{r}/build").get("rows", {})
-        opts = TrainOptions(max_steps=t.max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                            lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, t.max_steps // 4), logging_steps=5)
-        opts.lora_options.r = t.lora_r
         recipe = self.cfg.recipe
         kind = {"mcts-dpo": "pairs", "step-dpo": "pairs", "rft": "traces", "prm-guided": "traces"}[recipe]
-        info: dict[str, Any] = {"kind": kind, "rows": rows.get(kind, 0)}
+        steps = t.max_steps
+        if t.max_epochs is not None and rows.get(kind, 0):
+            # a round with little data must not be trained on for many epochs: it overfits
+            steps = max(1, min(steps, math.ceil(t.max_epochs * rows[kind] / t.batch_size)))
+        opts = TrainOptions(max_steps=steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
+                            lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, steps // 4), logging_steps=5)
+        opts.lora_options.r = t.lora_r
+        info: dict[str, Any] = {"kind": kind, "rows": rows.get(kind, 0), "steps": steps}
         if recipe == "prm-guided" and rows.get("labels", 0):
             from sharpen.train.prm import PRMTrainConfig, train_prm
 
@@ -172,9 +177,9 @@ class LoopRunner:
             from sharpen.train.dpo import DPOTrainConfig, train_dpo
 
             # precomputing costs one reference forward per pair; on the fly costs one per pair visit
-            precompute = (t.max_steps * t.batch_size >= 2 * rows["pairs"] if t.precompute_ref == "auto"
+            precompute = (steps * t.batch_size >= 2 * rows["pairs"] if t.precompute_ref == "auto"
                           else t.precompute_ref)
-            with self._status(f"round {r}: DPO on {rows['pairs']} step pairs, {t.max_steps} steps"):
+            with self._status(f"round {r}: DPO on {rows['pairs']} step pairs, {steps} steps"):
                 info["model"] = str(train_dpo(DPOTrainConfig(model=model, data=str(data_dir / "pairs"), out=str(d / "policy"),
                                                              beta=t.beta, sft_weight=t.sft_weight,
                                                              precompute_ref_log_probs=precompute,
@@ -182,7 +187,7 @@ class LoopRunner:
         else:
             from sharpen.train.sft import SFTTrainConfig, train_sft
 
-            with self._status(f"round {r}: SFT on {rows['traces']} verified traces, {t.max_steps} steps"):
+            with self._status(f"round {r}: SFT on {rows['traces']} verified traces, {steps} steps"):
                 info["model"] = str(train_sft(SFTTrainConfig(model=model, data=str(data_dir / "traces"), out=str(d / "policy"),
                                                              train=opts)))
         atomic_write_json(d / "summary.json", info)
