@@ -40,3 +40,13 @@ def test_auroc():
     assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auroc([0.5], [0.5]) == 0.5
     assert auroc([], [0.1]) is None
+
+
+def test_train_steps_capped_by_epochs():
+    from sharpen.loop.runner import train_steps
+
+    assert train_steps(12, None, 5, 8) == 12
+    assert train_steps(12, 1.5, 89, 8) == 12  # plenty of pairs: max_steps
+    assert train_steps(12, 1.5, 20, 8) == 4  # ceil(1.5 * 20 / 8)
+    assert train_steps(12, 1.5, 1, 8) == 1
+    assert train_steps(12, 1.5, 0, 8) == 12  # nothing to train on: the runner skips training

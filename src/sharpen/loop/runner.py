@@ -156,10 +156,7 @@ class LoopRunner:
         rows = self.manifest.get(f"round-{r}/build").get("rows", {})
         recipe = self.cfg.recipe
         kind = {"mcts-dpo": "pairs", "step-dpo": "pairs", "rft": "traces", "prm-guided": "traces"}[recipe]
-        steps = t.max_steps
-        if t.max_epochs is not None and rows.get(kind, 0):
-            # a round with little data must not be trained on for many epochs: it overfits
-            steps = max(1, min(steps, math.ceil(t.max_epochs * rows[kind] / t.batch_size)))
+        steps = train_steps(t.max_steps, t.max_epochs, rows.get(kind, 0), t.batch_size)
         opts = TrainOptions(max_steps=steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
                             lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, steps // 4), logging_steps=5)
         opts.lora_options.r = t.lora_r
@@ -216,6 +213,14 @@ class LoopRunner:
         return {"from_round": r0, "to_round": r1, "n": len(ids), "before": float(np.mean([a[i] for i in ids])),
                 "after": float(np.mean([b[i] for i in ids])), "delta": float(diff.mean()) if len(diff) else 0.0,
                 "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+
+
+def train_steps(max_steps: int, max_epochs: float | None, rows: int, batch_size: int) -> int:
+    """Optimizer steps for a round: `max_steps`, capped at `max_epochs` passes over its `rows`, so
+    a round that found little data is not trained on for many epochs (it overfits)."""
+    if max_epochs is None or rows <= 0:
+        return max_steps
+    return max(1, min(max_steps, math.ceil(max_epochs * rows / batch_size)))
 
 
 def collect_monitors(trees: list) -> dict[str, Any]:
