@@ -494,14 +494,17 @@ TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="also log per-
 
 
 def _check_tracker(tracker: str | None) -> None:
-    """Fail before any work when the tracker is unknown or its package is missing."""
-    if tracker is None:
-        return
-    from sharpen.tracking import TRACKERS, require
+    if tracker is not None:
+        from sharpen.tracking import check_tracker
 
-    if tracker not in TRACKERS:
-        raise ConfigError(f"unknown --tracker {tracker!r} (fix: {' or '.join(TRACKERS)})")
-    require(tracker, {"tensorboard": "tensorboard", "mlflow": "mlflow"}[tracker])
+        check_tracker(tracker)
+
+
+def _log_tracker(run: Path, tracker: str | None) -> None:
+    if tracker is not None:
+        from sharpen.tracking import log_to_tracker
+
+        out.print(f"{tracker}: {log_to_tracker(run, tracker)}")
 
 
 @app.command("run")
@@ -541,10 +544,7 @@ def run_cmd(
     out.print(f"greedy accuracy round {p['from_round']} -> {p['to_round']}: {p['before']:.3f} -> {p['after']:.3f} "
               f"({p['delta']:+.3f}, paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}])")
     out.print(f"report: {result['report']}")
-    if tracker:
-        from sharpen.tracking import log_to_tracker
-
-        out.print(f"{tracker}: {log_to_tracker(run_dir, tracker)}")
+    _log_tracker(run_dir, tracker)
 
 
 @app.command("report")
@@ -554,10 +554,7 @@ def report_cmd(run: Annotated[Path, typer.Argument(help="a run directory")], tra
 
     _check_tracker(tracker)
     out.print(f"report: {write_report(run)}")
-    if tracker:
-        from sharpen.tracking import log_to_tracker
-
-        out.print(f"{tracker}: {log_to_tracker(run, tracker)}")
+    _log_tracker(run, tracker)
 
 
 def main() -> None:

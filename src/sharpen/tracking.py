@@ -71,12 +71,18 @@ def require(module: str, package: str) -> Any:
         ) from None
 
 
+def check_tracker(tracker: str) -> None:
+    """Refuse, before any work, a tracker that is unknown or whose package is missing."""
+    if tracker not in TRACKERS:
+        raise ConfigError(f"unknown --tracker {tracker!r} (fix: {' or '.join(TRACKERS)})")
+    require(tracker, tracker)
+
+
 def log_to_tracker(run: str | Path, tracker: str) -> str:
     """Log the run dir's facts to `tracker`; returns where they went."""
     from sharpen.report import collect_facts
 
-    if tracker not in TRACKERS:
-        raise ConfigError(f"unknown --tracker {tracker!r} (fix: {' or '.join(TRACKERS)})")
+    check_tracker(tracker)
     run = Path(run)
     facts = collect_facts(run)
     scalars = round_scalars(facts)
