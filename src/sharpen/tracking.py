@@ -13,14 +13,13 @@ tracker can be filled after the fact, from a finished or a resumed run, and twic
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sharpen.errors import ConfigError
+from sharpen.io import atomic_dir
 
 TRACKERS = ("tensorboard", "mlflow")
 
@@ -96,20 +95,14 @@ def _tensorboard(run: Path, scalars: dict[int, dict[str, float]], params: dict[s
     require("tensorboard", "tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
-    final = run / "tensorboard"
-    tmp = Path(tempfile.mkdtemp(prefix=".tensorboard.", dir=run))
-    try:
-        with SummaryWriter(log_dir=str(tmp)) as w:
+    def write(d: Path) -> None:
+        with SummaryWriter(log_dir=str(d)) as w:
             w.add_text("config", "\n".join(f"    {k}: {v}" for k, v in params.items()), 0)
             for r in sorted(scalars):
                 for k, v in scalars[r].items():
                     w.add_scalar(k, v, global_step=r)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    final = atomic_dir(run / "tensorboard", write)
     return str(final)
 
 
