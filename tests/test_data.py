@@ -71,6 +71,28 @@ def test_step_pairs_all_skips_same_text_and_small_margin():
     assert got == {(1, 2), (3, 4)}
 
 
+def test_step_pairs_stopping_is_a_preference():
+    """The format ends with an answer line: an answer line trains on the end token, another step on
+    the delimiter, and a rejected step after which the model stopped keeps its end token, so going
+    on can be preferred over stopping at the same text."""
+    t = Tree(problem_id="stop", question="What is 7 + 4 - 6?", prompt=P, reference="5", meta={"eos": "<|end|>"})
+    go = t.add(0, step="7 + 4 = 11", score=1.0)
+    t.add(0, step="7 + 4 = 11", score=0.0, terminal=True, finish_reason="eos", answer="11", correct=False)
+    t.add(go.id, step="Answer: 5", score=1.0, terminal=True, finish_reason="answer", answer="5", correct=True)
+    t.add(go.id, step="Answer: 11", score=0.0, terminal=True, finish_reason="eos", answer="11", correct=False)
+    u = Tree(problem_id="one", question="What is 6 + 9?", prompt=P, reference="15", meta={"eos": "<|end|>"})
+    u.add(0, step="6 + 9 = 15", score=1.0, terminal=True, finish_reason="eos", answer="15", correct=True)
+    u.add(0, step="6 + 9 = 14", score=0.0, terminal=True, finish_reason="eos", answer="14", correct=False)
+    rows = step_pairs([t, u], min_margin=0.5, pairing="all").to_list()
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [
+        ("7 + 4 = 11\n", "7 + 4 = 11<|end|>"),
+        ("Answer: 5<|end|>", "Answer: 11<|end|>"),
+        ("6 + 9 = 15\n", "6 + 9 = 14<|end|>"),  # a correct stop without an answer line: go on instead
+    ]
+    t.meta.pop("eos")  # no recorded end token: every step ends with the delimiter, equal texts never pair
+    assert [r["chosen"] for r in step_pairs([t], min_margin=0.5, pairing="all").to_list()] == ["Answer: 5\n"]
+
+
 def test_step_pairs_margin_filters_everything():
     assert len(step_pairs([two_level()], min_margin=0.95)) == 0
 

@@ -30,6 +30,7 @@ def test_lm_process_expand_and_rollout(lm_process):
     proc = lm_process
     tree = proc.new_tree(PROBLEM, seed=1)
     assert tree.prompt.endswith("<|assistant|>") and tree.reference == "5"
+    assert tree.meta["eos"] == "<|end|>"  # the end token, for pairs about stopping
     before = proc.meter.total.generated_tokens
     (kids,) = proc.expand(tree, [0], 3)
     assert len(kids) == 3

@@ -90,6 +90,16 @@ def test_dpo_lora_saves_adapter_and_merged_and_resumes(tiny_model_dir, data_dirs
     )
     assert trainer_eos.train_dataset[0]["chosen_ids"][-1] == eos
 
+    # a step that ended the solution carries its end token: kept once, not doubled, not dropped
+    from datasets import Dataset
+
+    tok = trainer.processing_class
+    stop = Dataset.from_dict({"prompt": ["<|user|>What is 7 + 4 - 6?<|end|>\n<|assistant|>"],
+                              "chosen": ["7 + 4 = 11\n"], "rejected": ["7 + 4 = 11" + tok.eos_token]})
+    row = build_trainer(DPOTrainConfig(model=tiny_model_dir, data="-", out=str(tmp_path / "z")), stop).train_dataset[0]
+    assert row["chosen_ids"][-1] != eos and row["rejected_ids"][-1] == eos and row["rejected_ids"][-2] != eos
+    assert row["chosen_ids"][:-1] == row["rejected_ids"][:-1]
+
 
 def test_dpo_full_finetune_and_reward_accuracy(tiny_model_dir, data_dirs, tmp_path):
     from datasets import load_from_disk

@@ -43,6 +43,7 @@ class ProxyBackend:
         self._slot = slot
         self.meter = UsageMeter()
         self.name = batcher.backend.name
+        self.eos_text = getattr(batcher.backend, "eos_text", "")
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return self._batcher.backend.chat_prompt(messages)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets import Sequence as HFSequence
 
+from sharpen.answer import extract_answer
 from sharpen.credit import ValueSource, values
 from sharpen.errors import ConfigError, TaskError
 from sharpen.io import atomic_dir, read_jsonl
@@ -106,14 +107,28 @@ def _prefix_steps(tree: Tree, node_id: int) -> list[str]:
     return [n.step for n in tree.path(node_id)]
 
 
+def step_completion(tree: Tree, node_id: int, rejected: bool = False) -> str:
+    """A step as a DPO completion. The solution format ends with an `Answer:` line, so:
+    - an answer line ends with the end-of-solution token the tree recorded (`tree.meta["eos"]`);
+    - any other step ends with the delimiter: the solution goes on;
+    - except a *rejected* step after which the model stopped without an answer line: it keeps its
+      end token, so a pair can prefer going on ("7 + 4 = 11\\n") over stopping there ("7 + 4 = 11<eos>").
+    Without a recorded end token every step ends with the delimiter."""
+    n = tree.nodes[node_id]
+    eos = tree.meta.get("eos") or ""
+    if eos and n.terminal:
+        if extract_answer(n.step, fallback=False) is not None or (rejected and n.finish_reason == "eos"):
+            return n.step + eos
+    return n.step + DELIMITER
+
+
 def _pair_row(
     tree: Tree, parent: int, c: int, r: int, vals: dict[int, float], round: int, recipe: str
 ) -> dict:
-    cn, rn = tree.nodes[c], tree.nodes[r]
     return {
         "prompt": render_prefix(tree, _prefix_steps(tree, parent)),
-        "chosen": cn.step + DELIMITER,
-        "rejected": rn.step + DELIMITER,
+        "chosen": step_completion(tree, c),
+        "rejected": step_completion(tree, r, rejected=True),
         "problem_id": tree.problem_id,
         "prefix_node_id": parent,
         "chosen_node_id": c,
@@ -128,7 +143,7 @@ def _pair_row(
 
 def _pairable(tree: Tree, vals: dict[int, float], c: int, r: int, min_margin: float) -> bool:
     m = vals[c] - vals[r]
-    return m > 0 and m >= min_margin and _norm(tree.nodes[c].step) != _norm(tree.nodes[r].step)
+    return m > 0 and m >= min_margin and _norm(step_completion(tree, c)) != _norm(step_completion(tree, r, rejected=True))
 
 
 def step_pairs(
@@ -173,7 +188,7 @@ def step_pairs(
                 seen: set[tuple[str, str]] = set()
                 for i, c in enumerate(kids):
                     for r in kids[i + 1 :]:
-                        key = (_norm(tree.nodes[c].step), _norm(tree.nodes[r].step))
+                        key = (_norm(step_completion(tree, c)), _norm(step_completion(tree, r, rejected=True)))
                         if _pairable(tree, vals, c, r, min_margin) and key not in seen:
                             seen.add(key)
                             rows.append(_pair_row(tree, parent.id, c, r, vals, round, recipe))
@@ -233,7 +248,7 @@ def step_dpo_pairs(
                 and s in vals
                 and vals[s] > threshold
                 and (good[s] > 0 or verified[s] == 0)
-                and _norm(tree.nodes[s].step) != _norm(wrong.step)
+                and _norm(step_completion(tree, s)) != _norm(step_completion(tree, wrong.id, rejected=True))
             ]
             if not cands:
                 continue

@@ -122,7 +122,8 @@ class LMProcess:
     def new_tree(self, problem: Problem, seed: int = 0) -> Tree:
         self._problems[problem.id] = problem
         prompt = self.backend.chat_prompt(self.task.messages(problem))
-        return Tree(problem.id, problem.question, prompt=prompt, reference=problem.answer, meta={"seed": seed, "calls": 0})
+        meta = {"seed": seed, "calls": 0, "eos": getattr(self.backend, "eos_text", "")}
+        return Tree(problem.id, problem.question, prompt=prompt, reference=problem.answer, meta=meta)
 
     def expand(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[int]]:
         out: list[list[int]] = [[] for _ in node_ids]

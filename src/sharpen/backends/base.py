@@ -49,6 +49,9 @@ class Completion:
 class Backend(Protocol):
     meter: UsageMeter
     name: str
+    eos_text: str
+    """The text of the token that ends a solution ("" when unknown): a step pair whose step ended the
+    solution trains on this ending, so a preference can be about stopping as well as about the step."""
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """Render chat messages into the prompt string that continuations extend."""

@@ -132,6 +132,10 @@ class HFBackend:
         self._masks: dict[str, torch.Tensor] = {}
 
     # -- prompts ---------------------------------------------------------------------------
+    @property
+    def eos_text(self) -> str:
+        return self.tokenizer.eos_token or ""
+
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
