@@ -27,6 +27,13 @@ class CollectConfig(_Strict):
     algo: Literal["bon", "vote", "weighted", "beam", "mcts", "pf"] = Field("mcts", description="search algorithm on training problems")
     scorer: str = Field("oracle", description="scorer spec: oracle | rollout | self | prm:<path>")
     problems: int = Field(64, ge=1, description="training problems searched per round")
+    pool: int | None = Field(
+        None, ge=1,
+        description="draw each run's training problems at random from the first `pool` distinct training "
+        "problems (default: the first problems x rounds, in stream order). Set it as deep as the held-out "
+        "set reaches (about 4 x eval.n) so the few, often-repeated short problems do not dominate training "
+        "while the held-out set, distinct by construction, holds mostly long ones",
+    )
     budget: int = Field(512, ge=1, description="generated-token budget per problem")
     temperature: float = Field(0.8, ge=0.0)
     step_tokens: int = Field(32, ge=1, description="max tokens of one step")
@@ -97,11 +104,18 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
 
 def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
     try:
-        return LoopConfig.model_validate(data)
+        cfg = LoopConfig.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"{where}: {loc}: {first['msg']} (fix: see configs/ for valid examples)") from None
+    need = cfg.collect.problems * cfg.rounds
+    if cfg.collect.pool is not None and cfg.collect.pool < need:
+        raise ConfigError(
+            f"{where}: collect.pool={cfg.collect.pool} is smaller than collect.problems x rounds = {need} "
+            f"(fix: collect.pool >= {need}, or leave it out)"
+        )
+    return cfg
 
 
 def dump(cfg: LoopConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -39,7 +40,12 @@ class LoopRunner:
         self.say = say or (lambda s: None)
         self.task = load_task(cfg.task, cfg.task_args)
         self.test = self.task.problems("test", cfg.eval.n, seed=cfg.seed)
-        self.train_pool = self.task.problems("train", cfg.collect.problems * cfg.rounds, seed=cfg.seed)
+        need = cfg.collect.problems * cfg.rounds
+        if cfg.collect.pool is None:
+            self.train_pool = self.task.problems("train", need, seed=cfg.seed)
+        else:  # validated: pool >= need
+            pool = self.task.problems("train", cfg.collect.pool, seed=cfg.seed)
+            self.train_pool = random.Random(cfg.seed).sample(pool, need)
         self.manifest = Manifest(self.run)
 
     # -- driver ----------------------------------------------------------------------------
