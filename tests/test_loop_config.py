@@ -50,3 +50,22 @@ def test_train_steps_capped_by_epochs():
     assert train_steps(12, 1.5, 20, 8) == 4  # ceil(1.5 * 20 / 8)
     assert train_steps(12, 1.5, 1, 8) == 1
     assert train_steps(12, 1.5, 0, 8) == 12  # nothing to train on: the runner skips training
+
+
+def test_training_pool(tmp_path):
+    """collect.pool: a seeded random draw from a deeper pool of distinct training problems, disjoint
+    from the held-out set; a pool smaller than what the rounds need is a config error."""
+    from sharpen.loop.runner import LoopRunner
+
+    base = {"rounds": 2, "collect": {"problems": 10}, "eval": {"n": 50}}
+    with pytest.raises(ConfigError, match="collect.pool=15 is smaller than .* = 20"):
+        validate({**base, "collect": {"problems": 10, "pool": 15}})
+    plain = LoopRunner(validate(base), tmp_path / "a")
+    deep = LoopRunner(validate({**base, "collect": {"problems": 10, "pool": 400}}), tmp_path / "b")
+    again = LoopRunner(validate({**base, "collect": {"problems": 10, "pool": 400}}), tmp_path / "c")
+    ids = [p.id for p in deep.train_pool]
+    assert len(ids) == len(set(ids)) == 20 and ids == [p.id for p in again.train_pool]
+    assert ids != [p.id for p in plain.train_pool]
+    assert not set(ids) & {p.id for p in deep.test}
+    pool = {p.id for p in deep.task.problems("train", 400, seed=0)}
+    assert set(ids) <= pool
