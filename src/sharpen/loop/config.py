@@ -59,6 +59,9 @@ class TrainConfig(_Strict):
     lora_r: int = Field(16, ge=1)
     sft_weight: float = Field(0.0, ge=0, description="DPO: weight of an NLL term on the chosen step (RPO); 0 = plain DPO")
     precompute_ref: bool | Literal["auto"] = Field("auto", description="DPO: reference log-probs computed once before training; auto = when each pair is seen twice or more")
+    replay: bool = Field(False, description="train on this round's data plus every earlier round's (exact duplicates "
+                         "dropped): a round whose search finds little still trains on enough rows, and what earlier "
+                         "rounds taught is not unlearned")
 
 
 class EvalSection(_Strict):

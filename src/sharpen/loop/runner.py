@@ -154,14 +154,19 @@ class LoopRunner:
         return {"artifacts": {k: f"round-{r}/data/{k}" for k in sets}, "rows": rows}
 
     def train(self, r: int, model: str) -> dict[str, Any]:
+        from sharpen import data
         from sharpen.train.common import TrainOptions
 
         t = self.cfg.train
         d = self._dir(r, "train")
         data_dir = self.run / f"round-{r}" / "data"
-        rows = self.manifest.get(f"round-{r}/build").get("rows", {})
+        rows = dict(self.manifest.get(f"round-{r}/build").get("rows", {}))
         recipe = self.cfg.recipe
         kind = {"mcts-dpo": "pairs", "step-dpo": "pairs", "rft": "traces", "prm-guided": "traces"}[recipe]
+        train_data = data_dir / kind
+        if t.replay and r > 1:
+            train_data = self._replay(r, kind, d / "replay")
+            rows[kind] = len(data.load_dataset_dir(train_data))
         steps = train_steps(t.max_steps, t.max_epochs, rows.get(kind, 0), t.batch_size)
         opts = TrainOptions(max_steps=steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
                             lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, steps // 4), logging_steps=5)
@@ -183,7 +188,7 @@ class LoopRunner:
             precompute = (steps * t.batch_size >= 2 * rows["pairs"] if t.precompute_ref == "auto"
                           else t.precompute_ref)
             with self._status(f"round {r}: DPO on {rows['pairs']} step pairs, {steps} steps"):
-                info["model"] = str(train_dpo(DPOTrainConfig(model=model, data=str(data_dir / "pairs"), out=str(d / "policy"),
+                info["model"] = str(train_dpo(DPOTrainConfig(model=model, data=str(train_data), out=str(d / "policy"),
                                                              beta=t.beta, sft_weight=t.sft_weight,
                                                              precompute_ref_log_probs=precompute,
                                                              train=opts)))
@@ -191,11 +196,30 @@ class LoopRunner:
             from sharpen.train.sft import SFTTrainConfig, train_sft
 
             with self._status(f"round {r}: SFT on {rows['traces']} verified traces, {steps} steps"):
-                info["model"] = str(train_sft(SFTTrainConfig(model=model, data=str(data_dir / "traces"), out=str(d / "policy"),
+                info["model"] = str(train_sft(SFTTrainConfig(model=model, data=str(train_data), out=str(d / "policy"),
                                                              train=opts)))
         atomic_write_json(d / "summary.json", info)
         return {"artifacts": {"model": str(Path(info["model"]).relative_to(self.run))} if info["model"] != model else {},
                 **info}
+
+    def _replay(self, r: int, kind: str, out: Path) -> Path:
+        """This round's `kind` rows and every earlier round's, exact duplicates dropped (newest kept
+        first), saved as one dataset under `out`."""
+        from datasets import concatenate_datasets
+
+        from sharpen import data
+
+        sets = [data.load_dataset_dir(self.run / f"round-{q}" / "data" / kind) for q in range(r, 0, -1)]
+        both = concatenate_datasets(sets)
+        text_cols = [c for c in ("prompt", "chosen", "rejected", "completion") if c in both.column_names]
+        seen: set[tuple] = set()
+        keep = []
+        for i, row in enumerate(both.select_columns(text_cols)):
+            key = tuple(row[c] for c in text_cols)
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        return data.save_dataset(both.select(keep), out)
 
     def _status(self, text: str) -> AbstractContextManager:
         self.say(text)
