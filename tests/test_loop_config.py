@@ -69,3 +69,46 @@ def test_training_pool(tmp_path):
     assert not set(ids) & {p.id for p in deep.test}
     pool = {p.id for p in deep.task.problems("train", 400, seed=0)}
     assert set(ids) <= pool
+
+
+def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
+    from datasets import Dataset
+
+    from sharpen.data import load_dataset_dir, save_dataset
+    from sharpen.loop.runner import LoopRunner
+
+    runner = LoopRunner(validate({"rounds": 2, "collect": {"problems": 2}, "eval": {"n": 4}}), tmp_path)
+
+    def pairs(r: int, chosen: list[str]) -> None:
+        ds = Dataset.from_dict({"prompt": ["q\n"] * len(chosen), "chosen": chosen, "rejected": ["x\n"] * len(chosen),
+                                "round": [r] * len(chosen)})
+        save_dataset(ds, tmp_path / f"round-{r}" / "data" / "pairs")
+
+    pairs(1, ["a\n", "b\n"])
+    pairs(2, ["b\n", "c\n"])
+    out = runner._replay(2, "pairs", tmp_path / "round-2" / "train" / "replay")
+    got = load_dataset_dir(out)
+    assert got["chosen"] == ["b\n", "c\n", "a\n"] and got["round"] == [2, 2, 1]  # newest first, "b" once
+
+
+def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir):
+    import json
+
+    from sharpen.data import load_dataset_dir
+    from sharpen.loop.runner import LoopRunner
+
+    cfg = validate({
+        "recipe": "mcts-dpo", "model": tiny_model_dir, "rounds": 2, "seed": 3,
+        "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+        "collect": {"algo": "mcts", "scorer": "oracle", "problems": 4, "budget": 120, "step_tokens": 6,
+                    "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0},
+        "build": {"min_margin": 0.01},
+        "train": {"max_steps": 2, "batch_size": 2, "replay": True},
+        "eval": {"n": 4, "samples": 0, "max_tokens": 8},
+    })
+    LoopRunner(cfg, tmp_path).run_all()
+    summary = json.loads((tmp_path / "round-2" / "train" / "summary.json").read_text())
+    own = [len(load_dataset_dir(tmp_path / f"round-{r}" / "data" / "pairs")) for r in (1, 2)]
+    replay = load_dataset_dir(tmp_path / "round-2" / "train" / "replay")
+    assert summary["rows"] == len(replay) and own[1] <= len(replay) <= sum(own)
+    assert set(replay["round"]) <= {1, 2} and (own[0] == 0 or 1 in replay["round"])
