@@ -141,9 +141,18 @@ def _pair_row(
     }
 
 
-def _pairable(tree: Tree, vals: dict[int, float], c: int, r: int, min_margin: float) -> bool:
+def _pair_key(tree: Tree, c: int, r: int) -> tuple[str, str]:
+    """The pair's (chosen, rejected) completions, whitespace-normalised: equal texts never pair."""
+    return _norm(step_completion(tree, c)), _norm(step_completion(tree, r, rejected=True))
+
+
+def _pairable(tree: Tree, vals: dict[int, float], c: int, r: int, min_margin: float,
+              key: tuple[str, str] | None = None) -> bool:
     m = vals[c] - vals[r]
-    return m > 0 and m >= min_margin and _norm(step_completion(tree, c)) != _norm(step_completion(tree, r, rejected=True))
+    if not (m > 0 and m >= min_margin):
+        return False
+    chosen, rejected = key or _pair_key(tree, c, r)
+    return chosen != rejected
 
 
 def step_pairs(
@@ -188,8 +197,8 @@ def step_pairs(
                 seen: set[tuple[str, str]] = set()
                 for i, c in enumerate(kids):
                     for r in kids[i + 1 :]:
-                        key = (_norm(step_completion(tree, c)), _norm(step_completion(tree, r, rejected=True)))
-                        if _pairable(tree, vals, c, r, min_margin) and key not in seen:
+                        key = _pair_key(tree, c, r)
+                        if key not in seen and _pairable(tree, vals, c, r, min_margin, key):
                             seen.add(key)
                             rows.append(_pair_row(tree, parent.id, c, r, vals, round, recipe))
     return _to_dataset(rows, PAIR_FEATURES)
@@ -248,7 +257,7 @@ def step_dpo_pairs(
                 and s in vals
                 and vals[s] > threshold
                 and (good[s] > 0 or verified[s] == 0)
-                and _norm(step_completion(tree, s)) != _norm(step_completion(tree, wrong.id, rejected=True))
+                and len(set(_pair_key(tree, s, wrong.id))) == 2
             ]
             if not cands:
                 continue
