@@ -1,5 +1,6 @@
 """Greedy accuracy of sharpen eval / loop results on chain_sum, split by number of terms and sign of
-the answer, plus how many equation lines the three-term solutions have.
+the answer (with, when the eval drew samples, how many problems have any correct sample), plus how
+many equation lines the three-term solutions have.
 
     python docs/scripts/chain_sum_breakdown.py runs/demo/round-*/eval/problems.jsonl
 """
@@ -14,7 +15,7 @@ from collections import Counter, defaultdict
 
 def main(paths: list[str]) -> None:
     for path in paths:
-        acc: dict[tuple[int, bool], list[int]] = defaultdict(lambda: [0, 0])
+        acc: dict[tuple[int, bool], list[int]] = defaultdict(lambda: [0, 0, 0])
         lines: Counter[int] = Counter()
         with open(path) as f:
             for raw in f:
@@ -24,9 +25,13 @@ def main(paths: list[str]) -> None:
                 key = (terms, int(row["reference"]) < 0)
                 acc[key][0] += bool(row["greedy"]["correct"])
                 acc[key][1] += 1
+                acc[key][2] += any(s["correct"] for s in row.get("samples") or [])
                 if terms == 3:
                     lines[sum("=" in line for line in row["greedy"]["text"].split("\n"))] += 1
-        cells = " ".join(f"{t}-term {'neg' if neg else 'pos'} {c}/{n}" for (t, neg), (c, n) in sorted(acc.items()))
+        cells = " ".join(
+            f"{t}-term {'neg' if neg else 'pos'} {c}/{n}" + (f" (any sample {k}/{n})" if k else "")
+            for (t, neg), (c, n, k) in sorted(acc.items())
+        )
         print(f"{path}: {cells}; 3-term solutions by equation lines {dict(sorted(lines.items()))}")
 
 
