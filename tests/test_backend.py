@@ -105,3 +105,23 @@ def test_shared_prefix_cache_changes_nothing(tiny_model_dir):
                 assert c1.token_ids == c2.token_ids
                 assert abs(c1.logprob - c2.logprob) < 1e-3
     assert cached._prefix_kv  # the prefix was cached
+
+
+def test_duplicate_rows_prefilled_once_change_nothing(tiny_model_dir):
+    """k samples of one prompt are prefilled once and the cache copied out: same tokens and log-probs
+    as prefilling every row, with and without a shared prefix across prompts."""
+    plain = HFBackend(tiny_model_dir, seed=0, prefix_cache=False)
+    dedup = HFBackend(tiny_model_dir, seed=0, prefix_cache=True)
+    calls = []
+    forward = dedup.model.forward
+    dedup.model.forward = lambda *a, **kw: calls.append(kw.get("input_ids", a[0] if a else None).shape) or forward(*a, **kw)
+    long = "What is 1 + 2?\\n1 + 2 = 3\\nAnswer: 3\\nState the final answer: 4 - 1 =\\n4 - 1 = 3\\n"
+    for prompts in (["7 - 2 =", "What is 3 + 3?\\n3 + 3 = "], [long + "5 + 5 =", long + "9 - 1 ="]):
+        for params in (SamplingParams(n=3, temperature=0.0, max_tokens=8), SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=2)):
+            calls.clear()
+            a, b = plain.generate(prompts, params), dedup.generate(prompts, params)
+            for x, y in zip(a, b, strict=True):
+                for c1, c2 in zip(x, y, strict=True):
+                    assert c1.token_ids == c2.token_ids
+                    assert abs(c1.logprob - c2.logprob) < 1e-3 + 1e-4 * abs(c1.logprob)  # batch shape: float noise
+            assert any(shape[0] == len(prompts) for shape in calls)  # a prefill ran on the distinct rows only

@@ -247,6 +247,8 @@ class HFBackend:
             device=self.device,
         )
         total = shared + width
+        if self.prefix_cache:
+            cache = self._prefill_duplicates(inputs, input_ids, mask, cache, shared)
         recorder = _LogprobRecorder(total)
         processors: list[LogitsProcessor] = [recorder]
         if not params.greedy:
@@ -269,6 +271,34 @@ class HFBackend:
         )
         prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
         return seqs[:, total:].tolist(), recorder.finish(seqs), stop.stopped_at, prompt_tokens
+
+    def _prefill_duplicates(self, inputs: list[list[int]], input_ids: torch.Tensor, mask: torch.Tensor, cache, shared: int):
+        """k samples of one prompt are k identical rows: prefill each distinct row once and copy its
+        KV cache out to its duplicates, so generate's own prefill is a single token per row. Returns
+        the cache to pass to generate (unchanged when no row repeats)."""
+        first: dict[tuple[int, ...], int] = {}
+        owner = [first.setdefault(tuple(x), len(first)) for x in inputs]
+        total = input_ids.shape[1]
+        cached = shared - 1 if shared else 0  # _expanded_prefix leaves the prefix's last token uncached
+        if len(first) == len(inputs) or total - 1 <= cached:
+            return cache
+        from transformers import DynamicCache
+
+        uniq = torch.tensor([owner.index(j) for j in range(len(first))], device=self.device)
+        ucache = self._expanded_prefix(inputs[0][:shared], len(first)) if shared else None
+        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = self.model(
+            input_ids=input_ids[uniq, cached : total - 1],
+            attention_mask=mask[uniq, : total - 1],
+            position_ids=pos[uniq, cached : total - 1],
+            past_key_values=ucache,
+            use_cache=True,
+        )
+        rows = torch.tensor(owner, device=self.device)
+        full = DynamicCache()
+        for i, layer in enumerate(out.past_key_values.layers):
+            full.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
+        return full
 
     def _expanded_prefix(self, prefix: list[int], rows: int):
         """The KV cache of a prefix every row shares (the system prompt and few-shot examples),
