@@ -106,3 +106,22 @@ def test_prm_scorer_bad_path(lm_process, tmp_path):
 
     with pytest.raises(ModelError):
         make_scorer(f"prm:{tmp_path / 'nope'}", lm_process)
+
+
+def test_strict_answers_credit_only_answer_lines(tiny_backend):
+    """With strict answers a solution without an `Answer:` line has no answer (so it is never
+    verified correct); the lenient default falls back to "the answer is" / the last number."""
+    from sharpen.process import LMProcess
+
+    task = AddTask()
+    assert task.extract("2 + 3 = 5\nThe answer is 5.") == "5"
+    assert task.extract("2 + 3 = 5\nThe answer is 5.", strict=True) is None
+    assert task.extract("2 + 3 = 5\nAnswer: 5", strict=True) == "5"
+    strict = LMProcess(tiny_backend, task, temperature=1.0, step_tokens=6, rollout_tokens=16, max_depth=3,
+                       strict_answers=True)
+    tree = strict.new_tree(PROBLEM, seed=1)
+    node = tree.add(0, step="2 + 3 = 5", terminal=False)
+    assert strict.answer(tree, node.id) is None
+    (rollouts,) = strict.rollout(tree, [node.id], 3)
+    for r in rollouts:
+        assert r.answer == task.extract(r.text, strict=True)

@@ -89,7 +89,8 @@ class LMProcess:
 
     A node is terminal when its generation ended with EOS or a complete answer line, when its step
     is an `Answer:` line, or when it is at `max_depth`. Its answer is `task.extract` of the whole
-    solution text."""
+    solution text; with `strict_answers`, only an `Answer:` line counts, so search credits only
+    solutions in the format the prompt asks for (a format reward, as in rule-based RL rewards)."""
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class LMProcess:
         max_depth: int = 12,
         delimiter: str = "\n",
         answer_prefix: str = "Answer:",
+        strict_answers: bool = False,
     ):
         if step_tokens <= 0 or rollout_tokens <= 0 or max_depth <= 0:
             raise ConfigError("step_tokens, rollout_tokens and max_depth must be positive")
@@ -116,6 +118,7 @@ class LMProcess:
         self.max_depth = max_depth
         self.delimiter = delimiter
         self.answer_prefix = answer_prefix
+        self.strict_answers = strict_answers
         self._problems: dict[str, Problem] = {}
 
     # -- protocol ---------------------------------------------------------------------------
@@ -145,7 +148,7 @@ class LMProcess:
                     parent, step=step, token_ids=list(c.token_ids), num_tokens=c.num_tokens, logprob=c.logprob,
                     terminal=True, finish_reason=c.finish_reason, meta={"complete": True},
                 )
-                node.answer = self.task.extract(tree.text(node.id, self.delimiter))
+                node.answer = self._extract(tree.text(node.id, self.delimiter))
                 kids.append(node.id)
             set_priors(tree, kids)
             out[i] = kids
@@ -157,14 +160,14 @@ class LMProcess:
             head = self._solution_prefix(tree, node_ids[i])
             for c in comps:
                 text = head + c.text
-                out[i].append(Rollout(text, self.task.extract(text), c.num_tokens, c.logprob, c.finish_reason))
+                out[i].append(Rollout(text, self._extract(text), c.num_tokens, c.logprob, c.finish_reason))
         return out
 
     def answer(self, tree: Tree, node_id: int) -> str | None:
         node = tree.nodes[node_id]
         if node.terminal:
             return node.answer
-        return self.task.extract(tree.text(node_id, self.delimiter))
+        return self._extract(tree.text(node_id, self.delimiter))
 
     def vote_key(self, answer: str | None) -> str | None:
         return self.task.vote_key(answer)
@@ -173,6 +176,9 @@ class LMProcess:
         return self.task.verify(self.problem(tree), answer)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _extract(self, text: str) -> str | None:
+        return self.task.extract(text, strict=True) if self.strict_answers else self.task.extract(text)
+
     def problem(self, tree: Tree) -> Problem:
         if tree.problem_id not in self._problems:
             raise ConfigError(f"tree {tree.problem_id!r} was not made by this process (fix: use process.new_tree)")
@@ -208,7 +214,7 @@ class LMProcess:
             terminal=terminal, finish_reason=c.finish_reason,
         )
         if terminal:
-            node.answer = self.task.extract(tree.text(node.id, self.delimiter))
+            node.answer = self._extract(tree.text(node.id, self.delimiter))
         return node.id
 
 

@@ -62,8 +62,10 @@ class Task:
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return msgs + [{"role": "user", "content": problem.question}]
 
-    def extract(self, text: str) -> str | None:
-        return extract_answer(text)
+    def extract(self, text: str, strict: bool = False) -> str | None:
+        """The solution's answer; `strict`: only from an `Answer:` line (no fallback to "the answer
+        is" or the last number), so a solution in another format has no answer."""
+        return extract_answer(text, fallback=not strict)
 
     def vote_key(self, answer: str | None) -> str | None:
         return vote_key(answer)
