@@ -91,7 +91,8 @@ def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
     assert got["chosen"] == ["b\n", "c\n", "a\n"] and got["round"] == [2, 2, 1]  # newest first, "b" once
 
 
-def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("init", ["previous", "base"])
+def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init):
     import json
 
     from sharpen.data import load_dataset_dir
@@ -101,9 +102,10 @@ def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir):
         "recipe": "mcts-dpo", "model": tiny_model_dir, "rounds": 2, "seed": 3,
         "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
         "collect": {"algo": "mcts", "scorer": "oracle", "problems": 4, "budget": 120, "step_tokens": 6,
-                    "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0},
+                    "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0,
+                    "strict_format": False},  # a random tiny model writes no Answer: lines
         "build": {"min_margin": 0.01},
-        "train": {"max_steps": 2, "batch_size": 2, "replay": True},
+        "train": {"max_steps": 2, "batch_size": 2, "replay": True, "init": init},
         "eval": {"n": 4, "samples": 0, "max_tokens": 8},
     })
     LoopRunner(cfg, tmp_path).run_all()
@@ -112,3 +114,13 @@ def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir):
     replay = load_dataset_dir(tmp_path / "round-2" / "train" / "replay")
     assert summary["rows"] == len(replay) and own[1] <= len(replay) <= sum(own)
     assert set(replay["round"]) <= {1, 2} and (own[0] == 0 or 1 in replay["round"])
+    # round 2 collected with round 1's policy; its training started from the base model only with init=base
+    collected_with = json.loads((tmp_path / "round-2" / "collect" / "metrics.json").read_text())["model"]
+    round1 = json.loads((tmp_path / "round-1" / "train" / "summary.json").read_text())["model"]
+    assert collected_with == round1
+    assert summary["start"] == (tiny_model_dir if init == "base" else round1)
+
+
+def test_init_base_needs_replay():
+    with pytest.raises(ConfigError, match="train.replay"):
+        validate({"rounds": 2, "train": {"init": "base"}})

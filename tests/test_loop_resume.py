@@ -27,7 +27,8 @@ def _config(tmp_path: Path, model_dir: str) -> Path:
         "rounds": 1,
         "seed": 3,
         "collect": {"algo": "mcts", "scorer": "oracle", "problems": 6, "budget": 160, "step_tokens": 6,
-                    "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0},
+                    "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0,
+                    "strict_format": False},  # a random tiny model writes no Answer: lines
         "build": {"min_margin": 0.01},
         "train": {"max_steps": 4, "batch_size": 2},
         "eval": {"n": 6, "samples": 2, "max_tokens": 8},

@@ -36,6 +36,9 @@ def collect_facts(run: Path) -> dict[str, Any]:
         entry["train"] = _json(rd / "train" / "summary.json")
         facts["rounds"].append(entry)
     facts["paired"] = _json(run / "paired.json")
+    stages = (_json(run / "manifest.json") or {}).get("stages", {})
+    facts["stage_seconds"] = {name: st["finished"] - st["started"] for name, st in stages.items()
+                              if st.get("finished") and st.get("started")}
     return facts
 
 
@@ -173,6 +176,12 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
             c = e["collect"]
             lines.append(f"| {e['round']} | {_f(c.get('accuracy'))} | {_f(c.get('mean_generated_tokens'), 0)} | "
                          f"{_f(c.get('exploration'), 2)} | {_f(c.get('exploitation_auroc'))} |")
+    times = facts.get("stage_seconds") or {}
+    if times:
+        lines += ["", "## Stage times (wall seconds of the attempt that finished each stage)", "",
+                  "| stage | seconds |", "|---|---|"]
+        lines += [f"| {name} | {sec:.0f} |" for name, sec in times.items()]
+        lines.append(f"| all stages | {sum(times.values()):.0f} |")
     for name in plot_names:
         lines += ["", f"![{name}](plots/{name})"]
     lines += ["", "## Config", "", "```yaml", facts["config"].rstrip(), "```", ""]

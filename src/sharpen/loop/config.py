@@ -41,6 +41,12 @@ class CollectConfig(_Strict):
     max_depth: int = Field(6, ge=1)
     parallel: int = Field(16, ge=1, description="problems searched at once (lockstep batching)")
     args: dict[str, Any] = Field(default_factory=dict, description="algorithm options (e.g. k, c_puct, rollouts)")
+    strict_format: bool = Field(
+        True,
+        description="a collected solution counts as correct only with an `Answer:` line, as the prompt asks "
+        "(held-out evaluation keeps its lenient extraction). Without it, steps like 'The answer is 8.' earn "
+        "credit through the fallback extraction, win step pairs, and training drifts away from the format",
+    )
 
 
 class BuildConfig(_Strict):
@@ -62,6 +68,13 @@ class TrainConfig(_Strict):
     replay: bool = Field(False, description="train on this round's data plus every earlier round's (exact duplicates "
                          "dropped): a round whose search finds little still trains on enough rows, and what earlier "
                          "rounds taught is not unlearned")
+    init: Literal["previous", "base"] = Field(
+        "previous",
+        description="the model each round's training starts from: `previous` = the last round's policy (its "
+        "reference too, for DPO); `base` = the run's starting model, retrained each round on every round's data "
+        "so far (needs replay), as ReST-EM does (arXiv 2312.06585): data still comes from the newest policy, but "
+        "no round compounds the last one's over-optimisation",
+    )
 
 
 class EvalSection(_Strict):
@@ -112,6 +125,9 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"{where}: {loc}: {first['msg']} (fix: see configs/ for valid examples)") from None
+    if cfg.train.init == "base" and not cfg.train.replay and cfg.rounds > 1:
+        raise ConfigError(f"{where}: train.init=base without train.replay trains each round on its own data only "
+                          "and throws earlier rounds away (fix: train.replay: true, or train.init: previous)")
     need = cfg.collect.problems * cfg.rounds
     if cfg.collect.pool is not None and cfg.collect.pool < need:
         raise ConfigError(

@@ -55,7 +55,8 @@ class LoopRunner:
         for r in range(1, self.cfg.rounds + 1):
             self._stage(f"round-{r}/collect", lambda r=r, m=model: self.collect(r, m))
             self._stage(f"round-{r}/build", lambda r=r: self.build(r))
-            self._stage(f"round-{r}/train", lambda r=r, m=model: self.train(r, m))
+            start = self.cfg.model if self.cfg.train.init == "base" else model
+            self._stage(f"round-{r}/train", lambda r=r, m=start: self.train(r, m))
             model = self.manifest.get(f"round-{r}/train")["model"]
             self._stage(f"round-{r}/eval", lambda r=r, m=model: self.evaluate(r, m))
         paired = self.paired(0, self.cfg.rounds)
@@ -116,7 +117,7 @@ class LoopRunner:
         problems = self.train_pool[(r - 1) * c.problems : r * c.problems]
         backend = load_backend(model, seed=self.cfg.seed)
         process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
-                            rollout_tokens=c.rollout_tokens, max_depth=c.max_depth)
+                            rollout_tokens=c.rollout_tokens, max_depth=c.max_depth, strict_answers=c.strict_format)
         spec = self._scorer_spec(r)
         scorer = make_scorer(spec, process, collect=True)
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
@@ -171,7 +172,7 @@ class LoopRunner:
         opts = TrainOptions(max_steps=steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
                             lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, steps // 4), logging_steps=5)
         opts.lora_options.r = t.lora_r
-        info: dict[str, Any] = {"kind": kind, "rows": rows.get(kind, 0), "steps": steps}
+        info: dict[str, Any] = {"kind": kind, "rows": rows.get(kind, 0), "steps": steps, "start": model}
         if recipe == "prm-guided" and rows.get("labels", 0):
             from sharpen.train.prm import PRMTrainConfig, train_prm
 
