@@ -177,7 +177,7 @@ class LMProcess:
 
     # -- helpers ----------------------------------------------------------------------------
     def _extract(self, text: str) -> str | None:
-        return self.task.extract(text, strict=True) if self.strict_answers else self.task.extract(text)
+        return self.task.extract(text, strict=self.strict_answers)
 
     def problem(self, tree: Tree) -> Problem:
         if tree.problem_id not in self._problems:

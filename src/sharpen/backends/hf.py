@@ -233,7 +233,11 @@ class HFBackend:
     ) -> tuple[list[list[int]], torch.Tensor, list[int], int]:
         pad = self.tokenizer.pad_token_id
         shared = _common_prefix_len(inputs) if self.prefix_cache else 0
-        cache = self._expanded_prefix(inputs[0][:shared], len(inputs)) if shared >= 16 else None
+        # k samples of one prompt are k identical rows: the prefix cache is built for the distinct rows
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(tuple(x), len(distinct)) for x in inputs]
+        dedup = self.prefix_cache and len(distinct) < len(inputs)
+        cache = self._expanded_prefix(inputs[0][:shared], len(distinct) if dedup else len(inputs)) if shared >= 16 else None
         if cache is None:
             shared = 0
         # [shared prefix][padding][row's own tokens]: padding in the middle is masked out and
@@ -247,8 +251,8 @@ class HFBackend:
             device=self.device,
         )
         total = shared + width
-        if self.prefix_cache:
-            cache = self._prefill_duplicates(inputs, input_ids, mask, cache, shared)
+        if dedup and self.prefix_cache:  # (_expanded_prefix turns prefix_cache off for a cache it cannot share)
+            cache = self._prefill_distinct(owner, input_ids, mask, cache, shared)
         recorder = _LogprobRecorder(total)
         processors: list[LogitsProcessor] = [recorder]
         if not params.greedy:
@@ -272,31 +276,29 @@ class HFBackend:
         prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
         return seqs[:, total:].tolist(), recorder.finish(seqs), stop.stopped_at, prompt_tokens
 
-    def _prefill_duplicates(self, inputs: list[list[int]], input_ids: torch.Tensor, mask: torch.Tensor, cache, shared: int):
-        """k samples of one prompt are k identical rows: prefill each distinct row once and copy its
-        KV cache out to its duplicates, so generate's own prefill is a single token per row. Returns
-        the cache to pass to generate (unchanged when no row repeats)."""
-        first: dict[tuple[int, ...], int] = {}
-        owner = [first.setdefault(tuple(x), len(first)) for x in inputs]
-        total = input_ids.shape[1]
-        cached = shared - 1 if shared else 0  # _expanded_prefix leaves the prefix's last token uncached
-        if len(first) == len(inputs) or total - 1 <= cached:
-            return cache
+    def _prefill_distinct(self, owner: list[int], input_ids: torch.Tensor, mask: torch.Tensor, cache, shared: int):
+        """Prefill each distinct row once (row i is a copy of distinct row `owner[i]`; `cache` holds the
+        shared prefix for the distinct rows) and copy the KV cache out to every row, so generate's own
+        prefill is a single token per row."""
         from transformers import DynamicCache
 
-        uniq = torch.tensor([owner.index(j) for j in range(len(first))], device=self.device)
-        ucache = self._expanded_prefix(inputs[0][:shared], len(first)) if shared else None
-        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        out = self.model(
-            input_ids=input_ids[uniq, cached : total - 1],
-            attention_mask=mask[uniq, : total - 1],
-            position_ids=pos[uniq, cached : total - 1],
-            past_key_values=ucache,
-            use_cache=True,
-        )
+        total = input_ids.shape[1]
+        cached = shared - 1 if shared else 0  # _expanded_prefix leaves the prefix's last token uncached
+        firsts = torch.tensor([owner.index(j) for j in range(max(owner) + 1)], device=self.device)
+        if total - 1 > cached:
+            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            cache = self.model(
+                input_ids=input_ids[firsts, cached : total - 1],
+                attention_mask=mask[firsts, : total - 1],
+                position_ids=pos[firsts, cached : total - 1],
+                past_key_values=cache,
+                use_cache=True,
+            ).past_key_values
+        if cache is None:
+            return None
         rows = torch.tensor(owner, device=self.device)
         full = DynamicCache()
-        for i, layer in enumerate(out.past_key_values.layers):
+        for i, layer in enumerate(cache.layers):
             full.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
         return full
 
