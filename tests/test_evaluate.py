@@ -34,3 +34,18 @@ def test_evaluate_writes_rows_and_resumes(tiny_backend, tmp_path):
     m2 = evaluate(tiny_backend, task, problems, cfg, out_jsonl=path)
     assert tiny_backend.meter.snapshot().generated_tokens == before
     assert m2["pass@1"] == pytest.approx(m["pass@1"])
+
+
+def test_greedy_rows_do_not_depend_on_batch(tiny_model_dir, tmp_path):
+    """`eval.batch` is a speed knob: the greedy rows are the same at any batch size."""
+    from sharpen.backends import load_backend
+
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
+    problems = task.problems("test", 6)
+    rows = []
+    for batch in (1, 4):
+        backend = load_backend(tiny_model_dir, seed=0, max_batch=batch)
+        cfg = EvalConfig(samples=0, max_tokens=12, seed=0, problems_per_call=batch)
+        evaluate(backend, task, problems, cfg, out_jsonl=tmp_path / f"b{batch}.jsonl")
+        rows.append([r["greedy"] for r in read_jsonl(tmp_path / f"b{batch}.jsonl")])
+    assert len(rows[0]) == 6 and rows[0] == rows[1]

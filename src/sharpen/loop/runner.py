@@ -89,9 +89,9 @@ class LoopRunner:
 
         d = self._dir(r, "eval")
         e = self.cfg.eval
-        backend = load_backend(model, seed=self.cfg.seed)
+        backend = load_backend(model, seed=self.cfg.seed, max_batch=e.batch)
         cfg = EvalConfig(samples=e.samples, temperature=e.temperature, max_tokens=e.max_tokens, seed=self.cfg.seed,
-                         problems_per_call=32)
+                         problems_per_call=e.batch)
         with self.progress(f"round {r}: evaluate", len(self.test)) as advance:
             metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl", on_progress=advance)
         metrics["exploration"] = distinct_correct(d / "problems.jsonl")
