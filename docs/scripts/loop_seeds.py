@@ -36,8 +36,9 @@ def main() -> None:
     over = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     cfg = load_config(cfg_path, over)
     t = time.time()
-    res = LoopRunner(cfg, out, say=lambda s: print(s, flush=True)).run_all()
-    first = LoopRunner(cfg, out).paired(0, 1)
+    runner = LoopRunner(cfg, out, say=lambda s: print(s, flush=True))
+    res = runner.run_all()
+    first = runner.paired(0, 1)
     print("RESULT", cfg_path, json.dumps(over), json.dumps(res["paired"]), "r0->r1", json.dumps(first),
           f"{time.time() - t:.0f}s", flush=True)
 

@@ -82,8 +82,8 @@ class EvalSection(_Strict):
     samples: int = Field(4, ge=0, description="sampled solutions per problem (pass@k, majority@k)")
     temperature: float = Field(0.7, ge=0.0)
     max_tokens: int = Field(64, ge=1)
-    batch: int = Field(64, ge=1, description="problems per generate call and rows per forward pass (greedy results do "
-                       "not depend on it; on a 2-core CPU 64 ran 800 greedy problems in 57 s, 32 in 67 s)")
+    batch: int = Field(64, ge=1, description="problems per generate call and rows per forward pass: speed only, the "
+                       "greedy rows do not depend on it (benchmarks/eval_batch.py)")
 
 
 class LoopConfig(_Strict):
