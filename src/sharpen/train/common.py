@@ -78,6 +78,21 @@ class TrainOptions:
     """LoRA settings, used when `lora`."""
     resume: bool = True
     """Resume from the newest checkpoint in out/checkpoints when one exists."""
+    share_prefix: bool = True
+    """Run the prefix every row of a batch shares (system prompt, few-shot examples) once per
+    forward instead of once per row, and project only completion positions through the LM head
+    (`sharpen.train.prefix`). Exact, same values; off = TRL's own forward."""
+
+
+def prepare_model(model: Any, opts: TrainOptions) -> Any:
+    """Apply the speed options that leave the maths unchanged (`share_prefix`) to a freshly loaded
+    causal LM, before a TRL trainer wraps it (so its reference pass uses them too)."""
+    if opts.share_prefix:
+        from sharpen.train.prefix import backbone_of, score_completion_positions_only, share_prefix
+
+        share_prefix(backbone_of(model))
+        score_completion_positions_only()
+    return model
 
 
 def has_cuda() -> bool:

@@ -22,6 +22,7 @@ from sharpen.train.common import (
     TrainOptions,
     fit,
     load_tokenizer,
+    prepare_model,
     quiet,
     save_outputs,
     trainer_kwargs,
@@ -102,7 +103,7 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
             f"{cfg.data} has no pairs (fix: more search, or a smaller --min-margin when building)"
         )
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg.train)
     args = DPOConfig(
         **trainer_kwargs(cfg.train, out),
         beta=cfg.beta,
@@ -114,13 +115,16 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
     )
     cls = _trainer_class()
     cls.sharpen_append_eos = cfg.append_eos
-    return cls(
+    trainer = cls(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tok,
         peft_config=cfg.train.lora_options.peft_config() if cfg.train.lora else None,
     )
+    if trainer.ref_model is not None:  # full fine-tuning: TRL's frozen copy of the policy
+        prepare_model(trainer.ref_model, cfg.train)
+    return trainer
 
 
 def train_dpo(cfg: DPOTrainConfig) -> Path:

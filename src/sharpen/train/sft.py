@@ -15,6 +15,7 @@ from sharpen.train.common import (
     TrainOptions,
     fit,
     load_tokenizer,
+    prepare_model,
     quiet,
     save_outputs,
     trainer_kwargs,
@@ -53,7 +54,7 @@ def build_trainer(cfg: SFTTrainConfig, dataset: Any | None = None) -> Any:
     if len(dataset) == 0:
         raise TaskError(f"{cfg.data} has no traces (fix: more search, or a task the policy sometimes solves)")
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg.train)
     args = SFTConfig(
         **trainer_kwargs(cfg.train, out),
         max_length=cfg.train.max_length,
