@@ -40,6 +40,8 @@ class CollectConfig(_Strict):
     rollout_tokens: int = Field(64, ge=1, description="max tokens of one completion")
     max_depth: int = Field(6, ge=1)
     parallel: int = Field(16, ge=1, description="problems searched at once (lockstep batching)")
+    batch: int = Field(32, ge=1, description="rows per forward pass of the collecting backend (its max_batch): "
+                       "speed, but it also regroups the sampled rows, so the draw changes with it")
     args: dict[str, Any] = Field(default_factory=dict, description="algorithm options (e.g. k, c_puct, rollouts)")
     strict_format: bool = Field(
         True,

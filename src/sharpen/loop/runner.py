@@ -115,7 +115,7 @@ class LoopRunner:
         c = self.cfg.collect
         d = self._dir(r, "collect")
         problems = self.train_pool[(r - 1) * c.problems : r * c.problems]
-        backend = load_backend(model, seed=self.cfg.seed)
+        backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch)
         process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
                             rollout_tokens=c.rollout_tokens, max_depth=c.max_depth, strict_answers=c.strict_format)
         spec = self._scorer_spec(r)
