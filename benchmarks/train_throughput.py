@@ -1,7 +1,11 @@
 """Pairs/s of `sharpen train dpo` against TRL's DPOTrainer called directly on the same data
-(issue 4 asks for >= 0.9x). Both runs: same model, pairs, LoRA config, steps, batch size.
+(issue 4 asks for >= 0.9x), with and without sharpen's shared-prefix forward (`share_prefix`,
+`sharpen.train.prefix`). All runs: same model, pairs, LoRA config, steps, batch size. The prompts
+are the task's real ones (system prompt + two worked examples + the question), as in the loop.
 
     python benchmarks/train_throughput.py --model smollm2-135m --pairs 64 --steps 8
+
+TRL runs first: `share_prefix` switches TRL's LM head to completion-only scoring for the process.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -46,28 +51,27 @@ def main() -> None:
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
 
+    from sharpen.tasks import Problem, load_task
+
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
+
     def prompt_of(q: str) -> str:
-        return tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        msgs = task.messages(Problem(id=q, question=q, answer=""))
+        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     work = Path(tempfile.mkdtemp(prefix="sharpen-bench-"))
     data = save_dataset(step_pairs(_pairs(args.pairs, prompt_of)), work / "pairs")
     opts = TrainOptions(max_steps=args.steps, batch_size=args.batch_size, save_steps=10**9, logging_steps=10**9)
     rows = args.steps * args.batch_size
 
-    cfg = DPOTrainConfig(model=args.model, data=str(data), out=str(work / "sharpen"), train=opts)
-    trainer = build_trainer(cfg)
-    t0 = time.perf_counter()
-    trainer.train()
-    ours = rows / (time.perf_counter() - t0)
-
     from datasets import load_from_disk
 
     ds = load_from_disk(str(data)).select_columns(["prompt", "chosen", "rejected"])
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    kw = trainer_kwargs(opts, work / "trl")
+    beta = DPOTrainConfig(model="", data="", out="").beta
     direct = DPOTrainer(
         model=model,
-        args=DPOConfig(**kw, beta=cfg.beta, max_length=opts.max_length),
+        args=DPOConfig(**trainer_kwargs(opts, work / "trl"), beta=beta, max_length=opts.max_length),
         train_dataset=ds,
         processing_class=tok,
         peft_config=opts.lora_options.peft_config(),
@@ -75,7 +79,17 @@ def main() -> None:
     t0 = time.perf_counter()
     direct.train()
     theirs = rows / (time.perf_counter() - t0)
-    print(json.dumps({"sharpen_pairs_per_s": ours, "trl_pairs_per_s": theirs, "ratio": ours / theirs}, indent=2))
+
+    ours = {}
+    for share in (False, True):
+        o = replace(opts, share_prefix=share)
+        trainer = build_trainer(DPOTrainConfig(model=args.model, data=str(data), out=str(work / f"sharpen-{share}"), train=o))
+        t0 = time.perf_counter()
+        trainer.train()
+        ours[share] = rows / (time.perf_counter() - t0)
+    print(json.dumps({"trl_pairs_per_s": theirs, "sharpen_plain_pairs_per_s": ours[False],
+                      "sharpen_shared_prefix_pairs_per_s": ours[True], "ratio_plain": ours[False] / theirs,
+                      "ratio_shared_prefix": ours[True] / theirs}, indent=2))
 
 
 if __name__ == "__main__":
