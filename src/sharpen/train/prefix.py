@@ -8,7 +8,7 @@ prefix once at batch 1, copies its KV cache out to the rows, and runs only each 
 
 This is exact, not an approximation: the rows attend to the same keys and values as before, and
 since the copies are views of one computation, the backward pass sums every row's gradient into
-the prefix (the same total the per-row forward gives). `tests/test_train.py` checks that the
+the prefix (the same total the per-row forward gives). `tests/test_prefix.py` checks that the
 log-probs and the LoRA gradients match the plain forward.
 
 The policy's LoRA adapters are active in the prefix too, so the prefix is recomputed on every
@@ -18,11 +18,16 @@ call (it cannot be cached across steps); what is saved is the (rows - 1) copies 
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from typing import Any
 
 MIN_SHARED = 16
 """A shorter common prefix is not worth a second forward call."""
+
+_UNSPLITTABLE = ("position_ids", "past_key_values", "cache", "inputs_embeds", "cache_position",
+                 "output_hidden_states", "output_attentions")
+"""Forward arguments that, when set, mean the call is not a plain full-sequence pass."""
 
 
 def shared_prefix_len(input_ids: Any, attention_mask: Any | None) -> int:
@@ -51,22 +56,19 @@ def share_prefix(backbone: Any, min_shared: int = MIN_SHARED) -> Any:
     if getattr(backbone, "_sharpen_shares_prefix", False):
         return backbone
     original = backbone.forward
-    import inspect
-
     # transformers >= 5.2x names the KV cache `cache` (in and out); earlier, `past_key_values`
     cache_arg = "cache" if "cache" in inspect.signature(type(backbone).forward).parameters else "past_key_values"
 
     @functools.wraps(type(backbone).forward)
     def forward(self: Any, *args: Any, input_ids: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
         plain = functools.partial(original, *args, input_ids=input_ids, attention_mask=attention_mask)
-        blocked = ("position_ids", "past_key_values", "cache", "inputs_embeds", "cache_position", "output_hidden_states",
-                   "output_attentions")
-        if (args or input_ids is None or any(kwargs.get(k) is not None and kwargs.get(k) is not False for k in blocked)
+        if (args or input_ids is None or any(kwargs.get(k) is not None and kwargs.get(k) is not False for k in _UNSPLITTABLE)
                 or (self.training and getattr(self, "gradient_checkpointing", False))):
             return plain(**kwargs)
         p = shared_prefix_len(input_ids, attention_mask)
         if p < min_shared:
             return plain(**kwargs)
+        import torch
         from transformers import DynamicCache
 
         self._sharpen_shared_calls += 1
@@ -80,8 +82,6 @@ def share_prefix(backbone: Any, min_shared: int = MIN_SHARED) -> Any:
             cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), i)
         tail = original(input_ids=input_ids[:, p:], attention_mask=attention_mask, use_cache=True,
                         **{cache_arg: cache}, **kw)
-        import torch
-
         tail.last_hidden_state = torch.cat(
             [head.last_hidden_state.expand(rows, -1, -1), tail.last_hidden_state], dim=1)
         setattr(tail, cache_arg, None)
