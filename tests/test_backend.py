@@ -125,3 +125,32 @@ def test_duplicate_rows_prefilled_once_change_nothing(tiny_model_dir):
                     assert c1.token_ids == c2.token_ids
                     assert abs(c1.logprob - c2.logprob) < 1e-3 + 1e-4 * abs(c1.logprob)  # batch shape: float noise
             assert any(shape[0] == len(prompts) for shape in calls)  # a prefill ran on the distinct rows only
+
+
+def test_finished_rows_leave_the_batch_same_tokens_as_generate(tiny_model_dir):
+    """The decode loop drops rows that stopped (EOS, step delimiter, answer line) from the batch and
+    the KV cache, and still gives HF `generate`'s tokens: the same sampled draws for the rows that
+    run on, the same stops, the same log-probabilities up to float noise."""
+    hf_generate = HFBackend(tiny_model_dir, seed=0, drop_finished=False, stage_tokens=1000)
+    dropping = HFBackend(tiny_model_dir, seed=0, drop_finished=True, stage_tokens=1000)
+    sizes: list[int] = []
+    forward = dropping.model.forward
+    dropping.model.forward = lambda *a, **kw: sizes.append(kw["input_ids"].shape[0]) or forward(*a, **kw)
+    prompts = ["What is 1 + 2?\n", "State the final answer: 9 - 4 - 1 =\n", "7 +", "What is 6 + 3?\n6 + 3 = "]
+    cases = [
+        SamplingParams(n=4, temperature=1.0, max_tokens=20, seed=3),
+        SamplingParams(n=3, temperature=0.8, top_p=0.9, max_tokens=16, stop_at="step", seed=11),
+        SamplingParams(n=2, temperature=0.0, max_tokens=20),
+    ]
+    shrank, finishes = False, set()
+    for params in cases:
+        sizes.clear()
+        a, b = hf_generate.generate(prompts, params), dropping.generate(prompts, params)
+        for x, y in zip(a, b, strict=True):
+            for c1, c2 in zip(x, y, strict=True):
+                assert c1.token_ids == c2.token_ids and c1.text == c2.text
+                assert c1.finish_reason == c2.finish_reason
+                assert abs(c1.logprob - c2.logprob) < 1e-4 + 1e-5 * abs(c1.logprob)
+                finishes.add(c1.finish_reason)
+        shrank = shrank or min(sizes) < max(sizes)
+    assert shrank and len(finishes) > 1  # rows stopped at different points and left the batch early

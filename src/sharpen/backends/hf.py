@@ -1,8 +1,10 @@
-"""In-process HF transformers backend: batched `model.generate` with per-row stopping at a step
-delimiter or at the end of the answer line, and token log-probabilities recorded on the fly."""
+"""In-process HF transformers backend: batched decoding (its own loop, in which finished rows leave
+the batch, or `model.generate`) with per-row stopping at a step delimiter or at the end of the
+answer line, and token log-probabilities recorded on the fly."""
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from pathlib import Path
@@ -75,6 +77,15 @@ class _DelimiterStop(StoppingCriteria):
                 done[row] = True
         return done
 
+    def row_stops(self, row: int, gen_ids: list[int]) -> bool:
+        """Whether `row` stops after its newest token (the decode loop's per-row form of `__call__`)."""
+        if not self.mask[gen_ids[-1]]:
+            return False
+        if self.params.stop_at == "step" or self._answer_line_done(row, torch.tensor(gen_ids)):
+            self.stopped_at[row] = len(gen_ids)
+            return True
+        return False
+
     def _answer_line_done(self, row: int, gen_ids: torch.Tensor) -> bool:
         text = self.prefixes[row] + self.tok.decode(gen_ids, skip_special_tokens=True)
         lines = text.split(self.params.delimiter)[:-1]  # completed lines only
@@ -103,6 +114,7 @@ class HFBackend:
         max_batch: int = 32,
         stage_tokens: int = 32,
         prefix_cache: bool = True,
+        drop_finished: bool = True,
         device: str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -126,6 +138,10 @@ class HFBackend:
         self.max_batch = max_batch
         self.stage_tokens = stage_tokens
         self.prefix_cache = prefix_cache
+        # True: finished rows leave the batch (`_decode`); False: HF `generate`, which keeps them to the end
+        self.drop_finished = drop_finished
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._prefix_kv: dict[tuple[int, ...], list] = {}
         self.meter = UsageMeter()
         self._rng = random.Random(seed)
@@ -174,9 +190,9 @@ class HFBackend:
         return out
 
     def _generate_batch(self, texts: list[str], params: SamplingParams, seed: int) -> list[Completion]:
-        """Generate in stages of `stage_tokens`: after each stage the finished rows leave the batch
-        and the rest continue from their exact token ids, so one long straggler no longer makes
-        every finished row of the batch run to `max_tokens` (HF `generate` keeps finished rows)."""
+        """Generate in stages of `stage_tokens`: after each stage the rows go on from their exact
+        token ids with a fresh prefill (and the finished ones are gone, also when HF `generate`,
+        which keeps finished rows to the end of its call, does the decoding)."""
         t0 = time.perf_counter()
         prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         gen: list[list[int]] = [[] for _ in texts]
@@ -253,13 +269,17 @@ class HFBackend:
         total = shared + width
         if dedup and self.prefix_cache:  # (_expanded_prefix turns prefix_cache off for a cache it cannot share)
             cache = self._prefill_distinct(owner, input_ids, mask, cache, shared)
-        recorder = _LogprobRecorder(total)
-        processors: list[LogitsProcessor] = [recorder]
+        prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
+        processors: list[LogitsProcessor] = []
         if not params.greedy:
             processors.append(TemperatureLogitsWarper(params.temperature))
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
         stop = _DelimiterStop(self, params, total, prefixes)
+        if self.drop_finished:
+            ids, logprobs = self._decode(input_ids, mask, cache, processors, stop, max_new, not params.greedy)
+            return ids, logprobs, stop.stopped_at, prompt_tokens
+        recorder = _LogprobRecorder(total)
         seqs = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -269,12 +289,82 @@ class HFBackend:
             temperature=1.0,
             top_k=0,
             top_p=1.0,
-            logits_processor=LogitsProcessorList(processors),
+            logits_processor=LogitsProcessorList([recorder, *processors]),
             stopping_criteria=StoppingCriteriaList([stop]),
             pad_token_id=pad,
         )
-        prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
         return seqs[:, total:].tolist(), recorder.finish(seqs), stop.stopped_at, prompt_tokens
+
+    def _decode(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        cache,
+        processors: list[LogitsProcessor],
+        stop: _DelimiterStop,
+        max_new: int,
+        sample: bool,
+    ) -> tuple[list[list[int]], torch.Tensor]:
+        """The decode loop of `model.generate`, except that a row leaves the batch (and the KV cache)
+        once it stops, so the rows still going no longer carry the finished ones.
+
+        The draws are `generate`'s: `torch.multinomial` takes one exponential draw per (row,
+        vocabulary entry) of its table, so sampling from the full-size table, finished rows given a
+        dummy distribution, hands every running row the draw it had in `generate`. A smaller batch
+        can round the logits differently (CPU attention kernels split work by batch size), by about
+        1e-5 in a log-probability, so a draw that sits on such a tie could differ.
+        tests/test_backend.py compares tokens and log-probabilities with `generate`."""
+        n_rows = input_ids.shape[0]
+        eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=self.device)
+        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        past = cache.get_seq_length() if cache is not None else 0
+        step_ids, step_pos, attn = input_ids[:, past:], pos[:, past:], mask
+        batch = list(range(n_rows))  # the rows in the forward pass, in order
+        gen: list[list[int]] = [[] for _ in range(n_rows)]
+        logprobs = torch.zeros(n_rows, max_new)
+        for step in range(max_new):
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=attn,
+                position_ids=step_pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
+            )
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            scores = logits
+            for proc in processors:
+                scores = proc(step_ids, scores)
+            if not sample:
+                tokens = torch.argmax(scores, dim=-1)
+            elif len(batch) == n_rows:
+                tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                rows = torch.tensor(batch, device=self.device)
+                table = torch.zeros(n_rows, scores.shape[1], device=self.device)
+                table[:, 0] = 1.0
+                table[rows] = torch.softmax(scores, dim=-1)
+                tokens = torch.multinomial(table, num_samples=1).squeeze(1)[rows]
+            picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1).tolist()
+            ended = torch.isin(tokens, eos).tolist()
+            keep = []
+            for j, (row, tok) in enumerate(zip(batch, tokens.tolist(), strict=True)):
+                gen[row].append(tok)
+                logprobs[row, step] = picked[j]
+                if not ended[j] and not stop.row_stops(row, gen[row]):
+                    keep.append(j)
+            if not keep or step == max_new - 1:
+                break
+            if len(keep) < len(batch):
+                idx = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(idx)
+                batch = [batch[j] for j in keep]
+                attn, step_pos, tokens = attn[idx], step_pos[idx], tokens[idx]
+            attn = torch.cat([attn, attn.new_ones(len(batch), 1)], dim=1)
+            step_pos = step_pos[:, -1:] + 1
+            step_ids = tokens[:, None]
+        return gen, logprobs
 
     def _prefill_distinct(self, owner: list[int], input_ids: torch.Tensor, mask: torch.Tensor, cache, shared: int):
         """Prefill each distinct row once (row i is a copy of distinct row `owner[i]`; `cache` holds the
