@@ -217,21 +217,6 @@ def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
     assert sorted(p.name for p in ck.iterdir()) == ["checkpoint-2", "checkpoint-4"]
 
 
-def test_last_checkpoint_passes_over_another_step_plan(tmp_path):
-    """A checkpoint written by a run planned for 90 steps is not resumed by one planned for 70: its
-    learning-rate schedule belongs to the other plan (the newest matching one is used instead)."""
-    from sharpen.train.common import last_checkpoint
-
-    ck = tmp_path / "checkpoints"
-    for n, planned in ((20, 70), (66, 90)):
-        (ck / f"checkpoint-{n}").mkdir(parents=True)
-        (ck / f"checkpoint-{n}" / "trainer_state.json").write_text(json.dumps({"global_step": n, "max_steps": planned}))
-    assert last_checkpoint(tmp_path, 90) == str(ck / "checkpoint-66")
-    assert last_checkpoint(tmp_path, 70) == str(ck / "checkpoint-20")
-    assert last_checkpoint(tmp_path, 50) is None
-    assert last_checkpoint(tmp_path) == str(ck / "checkpoint-66")
-
-
 def test_dpo_with_sft_term_raises_chosen_likelihood(tiny_model_dir, data_dirs, tmp_path):
     """sft_weight adds TRL's "sft" loss (NLL on the chosen step) beside the DPO loss (RPO)."""
     import torch

@@ -131,13 +131,11 @@ def trainer_kwargs(opts: TrainOptions, out: Path) -> dict[str, Any]:
     }
 
 
-def last_checkpoint(out: Path, max_steps: int | None = None) -> str | None:
+def last_checkpoint(out: Path) -> str | None:
     """The newest complete out/checkpoints/checkpoint-N, or None.
 
     The Trainer writes trainer_state.json last, so a checkpoint without a readable one was cut off
-    mid-save (a kill); it is removed and the one before it is used. With `max_steps` (> 0), a
-    checkpoint of a run planned for another number of steps is passed over: its learning-rate
-    schedule decays towards that other end, so resuming from it would train neither plan."""
+    mid-save (a kill); it is removed and the one before it is used."""
     import json
     import shutil
 
@@ -151,13 +149,10 @@ def last_checkpoint(out: Path, max_steps: int | None = None) -> str | None:
             found.append((int(m.group(1)), d))
     for _, d in sorted(found, reverse=True):
         try:
-            state = json.loads((d / "trainer_state.json").read_text())
+            json.loads((d / "trainer_state.json").read_text())
+            return str(d)
         except (OSError, ValueError):
             shutil.rmtree(d, ignore_errors=True)
-            continue
-        if max_steps is not None and max_steps > 0 and state.get("max_steps", max_steps) != max_steps:
-            continue
-        return str(d)
     return None
 
 
@@ -192,7 +187,7 @@ def fit(trainer: Any, out: Path, resume: bool) -> tuple[dict[str, Any], str | No
     metrics with wall seconds, and the checkpoint it resumed from."""
     import time
 
-    start = last_checkpoint(out, trainer.args.max_steps) if resume else None
+    start = last_checkpoint(out) if resume else None
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=start)
     metrics = dict(result.metrics)
