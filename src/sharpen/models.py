@@ -13,6 +13,14 @@ from sharpen.errors import ModelError
 from sharpen.io import atomic_dir
 
 
+def cache_arg(forward) -> str:
+    """The name a transformers model's `forward` gives its KV cache: `cache` from transformers
+    5.2x on (in and out), `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SHARPEN_HOME", Path.home() / ".cache" / "sharpen"))
 

@@ -4,7 +4,6 @@ answer line, and token log-probabilities recorded on the fly."""
 
 from __future__ import annotations
 
-import inspect
 import random
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from transformers import (
 from sharpen.backends.base import Completion, SamplingParams
 from sharpen.errors import ModelError
 from sharpen.meter import UsageMeter
+from sharpen.models import cache_arg
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -63,30 +63,24 @@ class _DelimiterStop(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw) -> torch.BoolTensor:
         hit = self.mask[input_ids[:, -1]]
-        n_gen = input_ids.shape[1] - self.prompt_len
         done = torch.zeros_like(hit)
         for row in torch.nonzero(hit).flatten().tolist():
-            if self.stopped_at[row] >= 0:
-                done[row] = True
-                continue
-            if self.params.stop_at == "step" or self._answer_line_done(row, input_ids[row, self.prompt_len :]):
-                self.stopped_at[row] = n_gen
-                done[row] = True
+            if self.stopped_at[row] < 0:
+                self.stops_at_delimiter(row, input_ids[row, self.prompt_len :].tolist())
         for row, at in enumerate(self.stopped_at):
             if at >= 0:
                 done[row] = True
         return done
 
-    def row_stops(self, row: int, gen_ids: list[int]) -> bool:
-        """Whether `row` stops after its newest token (the decode loop's per-row form of `__call__`)."""
-        if not self.mask[gen_ids[-1]]:
-            return False
-        if self.params.stop_at == "step" or self._answer_line_done(row, torch.tensor(gen_ids)):
+    def stops_at_delimiter(self, row: int, gen_ids: list[int]) -> bool:
+        """`row`'s newest token holds the delimiter: whether the row stops there (every step when
+        `stop_at="step"`, else once its answer line is complete); records where it stopped."""
+        if self.params.stop_at == "step" or self._answer_line_done(row, gen_ids):
             self.stopped_at[row] = len(gen_ids)
             return True
         return False
 
-    def _answer_line_done(self, row: int, gen_ids: torch.Tensor) -> bool:
+    def _answer_line_done(self, row: int, gen_ids: list[int]) -> bool:
         text = self.prefixes[row] + self.tok.decode(gen_ids, skip_special_tokens=True)
         lines = text.split(self.params.delimiter)[:-1]  # completed lines only
         prefix = self.params.answer_prefix.lower()
@@ -140,8 +134,7 @@ class HFBackend:
         self.prefix_cache = prefix_cache
         # True: finished rows leave the batch (`_decode`); False: HF `generate`, which keeps them to the end
         self.drop_finished = drop_finished
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._cache_kwarg = cache_arg(type(self.model).forward)
         self._prefix_kv: dict[tuple[int, ...], list] = {}
         self.meter = UsageMeter()
         self._rng = random.Random(seed)
@@ -331,7 +324,7 @@ class HFBackend:
                 logits_to_keep=1,
                 **{self._cache_kwarg: cache},
             )
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            cache = getattr(out, self._cache_kwarg)
             logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
             scores = logits
             for proc in processors:
@@ -348,11 +341,12 @@ class HFBackend:
                 tokens = torch.multinomial(table, num_samples=1).squeeze(1)[rows]
             picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1).tolist()
             ended = torch.isin(tokens, eos).tolist()
+            hit = stop.mask[tokens].tolist()  # only rows whose new token holds the delimiter are checked
             keep = []
             for j, (row, tok) in enumerate(zip(batch, tokens.tolist(), strict=True)):
                 gen[row].append(tok)
                 logprobs[row, step] = picked[j]
-                if not ended[j] and not stop.row_stops(row, gen[row]):
+                if not ended[j] and not (hit[j] and stop.stops_at_delimiter(row, gen[row])):
                     keep.append(j)
             if not keep or step == max_new - 1:
                 break

@@ -18,9 +18,10 @@ call (it cannot be cached across steps); what is saved is the (rows - 1) copies 
 from __future__ import annotations
 
 import functools
-import inspect
 import types
 from typing import Any
+
+from sharpen.models import cache_arg
 
 MIN_SHARED = 16
 """A shorter common prefix is not worth a second forward call."""
@@ -56,8 +57,7 @@ def share_prefix(backbone: Any, min_shared: int = MIN_SHARED) -> Any:
     if getattr(backbone, "_sharpen_shares_prefix", False):
         return backbone
     original = backbone.forward
-    # transformers >= 5.2x names the KV cache `cache` (in and out); earlier, `past_key_values`
-    cache_arg = "cache" if "cache" in inspect.signature(type(backbone).forward).parameters else "past_key_values"
+    cache_kw = cache_arg(type(backbone).forward)
 
     @functools.wraps(type(backbone).forward)
     def forward(self: Any, *args: Any, input_ids: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
@@ -78,13 +78,13 @@ def share_prefix(backbone: Any, min_shared: int = MIN_SHARED) -> Any:
                         attention_mask=None if attention_mask is None else attention_mask[:1, :p],
                         use_cache=True, **kw)
         cache = DynamicCache()
-        for i, layer in enumerate(getattr(head, cache_arg).layers):
+        for i, layer in enumerate(getattr(head, cache_kw).layers):
             cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), i)
         tail = original(input_ids=input_ids[:, p:], attention_mask=attention_mask, use_cache=True,
-                        **{cache_arg: cache}, **kw)
+                        **{cache_kw: cache}, **kw)
         tail.last_hidden_state = torch.cat(
             [head.last_hidden_state.expand(rows, -1, -1), tail.last_hidden_state], dim=1)
-        setattr(tail, cache_arg, None)
+        setattr(tail, cache_kw, None)
         return tail
 
     backbone.forward = types.MethodType(forward, backbone)
