@@ -20,7 +20,7 @@ from sharpen.tree import Tree
 
 
 def make_tree(scored: bool = True) -> Tree:
-    t = Tree(problem_id="p1", question="What is 1 + 2?", prompt="Q: 1+2\n", reference="3")
+    t = Tree(problem_id="p1", scorer="oracle:4", question="What is 1 + 2?", prompt="Q: 1+2\n", reference="3")
     a = t.add(0, step="1 + 2 = 3", score=0.75 if scored else None)
     d = t.add(0, step="1 + 2 = 4", score=0.25 if scored else None)
     t.add(a.id, step="Answer: 3", terminal=True, answer="3", correct=True)

@@ -25,7 +25,7 @@ def two_level() -> Tree:
                           └ 4 "3 + 3 = 7" (0.0) ─ 7 "Answer: 7" ✗
     ├ 2 "1 + 2 = 4" (0.2) ─ 5 "Answer: 7" ✗
     └ 8 "1 + 2 = 3" (0.5)   (same text as 1, no children)"""
-    t = Tree(problem_id="p1", question="What is 1 + 2 + 3?", prompt=P, reference="6")
+    t = Tree(problem_id="p1", scorer="oracle:4", question="What is 1 + 2 + 3?", prompt=P, reference="6")
     t.add(0, step="1 + 2 = 3", score=0.8)
     t.add(0, step="1 + 2 = 4", score=0.2)
     t.add(1, step="3 + 3 = 6", score=0.9)
@@ -39,7 +39,7 @@ def two_level() -> Tree:
 
 def best_of_n() -> Tree:
     """One-step solutions: a depth-one tree."""
-    t = Tree(problem_id="p2", question="What is 2 + 2?", prompt="Q2\n", reference="4")
+    t = Tree(problem_id="p2", scorer="oracle:4", question="What is 2 + 2?", prompt="Q2\n", reference="4")
     t.add(0, step="Answer: 4", terminal=True, answer="4", correct=True)
     t.add(0, step="Answer: 5", terminal=True, answer="5", correct=False)
     t.add(0, step="Answer:  4", terminal=True, answer="4", correct=True)  # duplicate after normalising
@@ -75,12 +75,12 @@ def test_step_pairs_stopping_is_a_preference():
     """The format ends with an answer line: an answer line trains on the end token, another step on
     the delimiter, and a rejected step after which the model stopped keeps its end token, so going
     on can be preferred over stopping at the same text."""
-    t = Tree(problem_id="stop", question="What is 7 + 4 - 6?", prompt=P, reference="5", meta={"eos": "<|end|>"})
+    t = Tree(problem_id="stop", scorer="oracle:4", question="What is 7 + 4 - 6?", prompt=P, reference="5", meta={"eos": "<|end|>"})
     go = t.add(0, step="7 + 4 = 11", score=1.0)
     t.add(0, step="7 + 4 = 11", score=0.0, terminal=True, finish_reason="eos", answer="11", correct=False)
     t.add(go.id, step="Answer: 5", score=1.0, terminal=True, finish_reason="answer", answer="5", correct=True)
     t.add(go.id, step="Answer: 11", score=0.0, terminal=True, finish_reason="eos", answer="11", correct=False)
-    u = Tree(problem_id="one", question="What is 6 + 9?", prompt=P, reference="15", meta={"eos": "<|end|>"})
+    u = Tree(problem_id="one", scorer="oracle:4", question="What is 6 + 9?", prompt=P, reference="15", meta={"eos": "<|end|>"})
     u.add(0, step="6 + 9 = 15", score=1.0, terminal=True, finish_reason="eos", answer="15", correct=True)
     u.add(0, step="6 + 9 = 14", score=0.0, terminal=True, finish_reason="eos", answer="14", correct=False)
     rows = step_pairs([t, u], min_margin=0.5, pairing="all").to_list()
@@ -101,14 +101,14 @@ def test_step_pairs_one_step_solutions_and_all_equal():
     rows = step_pairs([best_of_n()], min_margin=0.5).to_list()
     assert [(r["chosen_node_id"], r["rejected_node_id"]) for r in rows] == [(1, 2)]
     assert rows[0]["prompt"] == "Q2\n"
-    t = Tree(problem_id="eq", question="q")
+    t = Tree(problem_id="eq", scorer="oracle:4", question="q")
     for s in ("a", "b", "c"):
         t.add(0, step=s, score=0.5)
     assert len(step_pairs([t], min_margin=0.0, pairing="all")) == 0
 
 
 def test_step_pairs_no_sibling_and_empty():
-    t = Tree(problem_id="chain", question="q")
+    t = Tree(problem_id="chain", scorer="oracle:4", question="q")
     a = t.add(0, step="a", score=0.5)
     t.add(a.id, step="Answer: 1", terminal=True, correct=True)
     assert len(step_pairs([t])) == 0
@@ -134,7 +134,7 @@ def test_step_dpo_pairs_one_step_and_edge_cases():
     rows = step_dpo_pairs([best_of_n()]).to_list()
     assert [(r["chosen_node_id"], r["rejected_node_id"]) for r in rows] == [(1, 2)]
     # no correct continuation anywhere: nothing
-    t = Tree(problem_id="bad", question="q")
+    t = Tree(problem_id="bad", scorer="oracle:4", question="q")
     t.add(0, step="Answer: 1", terminal=True, correct=False)
     t.add(0, step="Answer: 2", terminal=True, correct=False)
     assert len(step_dpo_pairs([t])) == 0

@@ -91,6 +91,22 @@ def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
     assert got["chosen"] == ["b\n", "c\n", "a\n"] and got["round"] == [2, 2, 1]  # newest first, "b" once
 
 
+def _changed_tensors(start: str, trained: str) -> list[str]:
+    """Names of the tensors `trained` holds that differ from `start`'s (safetensors weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    def weights(path: str) -> dict:
+        out: dict = {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            out |= load_file(str(f))
+        return out
+
+    a, b = weights(start), weights(trained)
+    assert a and set(a) <= set(b), (start, trained)
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
 @pytest.mark.parametrize("init", ["previous", "base"])
 def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init):
     import json
@@ -101,8 +117,9 @@ def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init)
     cfg = validate({
         "recipe": "mcts-dpo", "model": tiny_model_dir, "rounds": 2, "seed": 3,
         "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
-        "collect": {"algo": "mcts", "scorer": "oracle", "problems": 4, "budget": 120, "step_tokens": 6,
-                    "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0,
+        # 6 problems, 300 tokens, depth 2: enough oracle rollouts that each round finds step pairs
+        "collect": {"algo": "mcts", "scorer": "oracle:4", "problems": 6, "budget": 300, "step_tokens": 6,
+                    "rollout_tokens": 12, "max_depth": 2, "temperature": 1.0,
                     "strict_format": False},  # a random tiny model writes no Answer: lines
         "build": {"min_margin": 0.01},
         "train": {"max_steps": 2, "batch_size": 2, "replay": True, "init": init},
@@ -110,15 +127,24 @@ def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init)
     })
     LoopRunner(cfg, tmp_path).run_all()
     summary = json.loads((tmp_path / "round-2" / "train" / "summary.json").read_text())
-    own = [len(load_dataset_dir(tmp_path / f"round-{r}" / "data" / "pairs")) for r in (1, 2)]
-    replay = load_dataset_dir(tmp_path / "round-2" / "train" / "replay")
-    assert summary["rows"] == len(replay) and own[1] <= len(replay) <= sum(own)
-    assert set(replay["round"]) <= {1, 2} and (own[0] == 0 or 1 in replay["round"])
-    # round 2 collected with round 1's policy; its training started from the base model only with init=base
-    collected_with = json.loads((tmp_path / "round-2" / "collect" / "metrics.json").read_text())["model"]
     round1 = json.loads((tmp_path / "round-1" / "train" / "summary.json").read_text())["model"]
+    own = [len(load_dataset_dir(tmp_path / f"round-{r}" / "data" / "pairs")) for r in (1, 2)]
+    assert own[0] > 0 and own[1] > 0, own  # both rounds found pairs, so both trained
+    replay_dir = tmp_path / "round-2" / "train" / "replay"
+    replay = load_dataset_dir(replay_dir)
+    assert summary["rows"] == len(replay) and own[1] <= len(replay) <= sum(own)
+    assert set(replay["round"]) == {1, 2}
+    # round 1 trained a new policy; round 2 collected with it and trained on the replayed pairs from
+    # round 1's policy (init=previous) or the base model (init=base)
+    assert round1 != tiny_model_dir and _changed_tensors(tiny_model_dir, round1)
+    collected_with = json.loads((tmp_path / "round-2" / "collect" / "metrics.json").read_text())["model"]
     assert collected_with == round1
-    assert summary["start"] == (tiny_model_dir if init == "base" else round1)
+    start = tiny_model_dir if init == "base" else round1
+    assert summary["start"] == start and summary["model"] not in (start, tiny_model_dir, round1)
+    trainer = json.loads((Path(summary["model"]).parent / "sharpen_train.json").read_text())
+    assert trainer["config"]["model"] == start and trainer["config"]["data"] == str(replay_dir)
+    assert trainer["metrics"]["pairs"] == len(replay)
+    assert _changed_tensors(start, summary["model"])  # the round-2 policy moved from where it started
 
 
 def test_init_base_needs_replay():

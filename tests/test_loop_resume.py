@@ -26,7 +26,7 @@ def _config(tmp_path: Path, model_dir: str) -> Path:
         "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
         "rounds": 1,
         "seed": 3,
-        "collect": {"algo": "mcts", "scorer": "oracle", "problems": 6, "budget": 160, "step_tokens": 6,
+        "collect": {"algo": "mcts", "scorer": "oracle", "problems": 6, "budget": 400, "step_tokens": 6,
                     "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0,
                     "strict_format": False},  # a random tiny model writes no Answer: lines
         "build": {"min_margin": 0.01},
@@ -65,6 +65,8 @@ def ref_run(tmp_path_factory, tiny_model_dir) -> Path:
     p = _run([str(cfg), "--out", str(tmp / "ref")], tmp)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
+    # the run trains (a kill in the train stage interrupts real training, not a skipped stage)
+    assert json.loads((tmp / "ref" / "round-1" / "train" / "summary.json").read_text())["rows"] > 0
     return tmp / "ref"
 
 

@@ -100,11 +100,18 @@ def test_particle_filter_never_revives_finished_particles():
         snaps = tree.meta["particles"]
         resampled += sum(tree.meta["resampled"])
         for before, after in zip(snaps, snaps[1:], strict=False):
+            live = {x for x in before if not tree.nodes[x].terminal}
             for slot, (x, y) in enumerate(zip(before, after, strict=True)):
                 if tree.nodes[x].terminal:
                     assert y == x, f"slot {slot}: finished particle {x} replaced by {y}"
                 else:
-                    assert tree.nodes[y].parent == x or tree.nodes[y].depth == tree.nodes[x].depth + 1
+                    # an unfinished slot holds a one-step extension of a live particle (its own, or
+                    # one resampled from a live slot), or a live particle the budget left unextended:
+                    # never a finished particle
+                    node = tree.nodes[y]
+                    assert node.parent in live or y in live, f"slot {slot}: {y} does not grow a live particle"
+                    # a slot finishes only by its own step: a just-finished particle is not resampled
+                    assert not node.terminal or node.parent == x, f"slot {slot}: finished particle {y} copied in"
             fin = [tree.nodes[x].terminal for x in before]
             mixed += any(fin) and not all(fin)
         counts = [sum(tree.nodes[x].terminal for x in s) for s in snaps]
@@ -132,9 +139,41 @@ def test_mcts_visit_counts_add_up():
 
 
 def test_mcts_final_by_value_and_config_errors():
+    """final="value" descends from the root to the child with the best Q, final="visits" to the most
+    visited one; where that descent stops short of a finished solution, the best-scored finished
+    solution is taken. The final rule does not change the search, only the chosen path."""
+
+    def obeys(tree, key) -> bool:
+        def best(n):  # the children the rule may take (ties: any of them)
+            kids = step_children(tree, n)
+            top = max(key(tree.nodes[c]) for c in kids)
+            return [c for c in kids if key(tree.nodes[c]) == top]
+
+        def stops_short(n) -> bool:
+            return not tree.nodes[n].terminal and (not step_children(tree, n) or any(map(stops_short, best(n))))
+
+        n = tree.root.id
+        for c in tree.chosen:
+            if c not in best(n):  # left the rule: only for the fallback
+                end = tree.nodes[tree.chosen[-1]]
+                top = max(t.score or 0.0 for t in tree.terminals())
+                return stops_short(n) and end.terminal and (end.score or 0.0) == top
+            n = c
+        return tree.nodes[n].terminal
+
+    proc = RandomWalkProcess(horizon=3)  # at budget 120 the search reaches finished walks
+    differ = 0
+    for i, p in enumerate(make_problems(30, seed=1, horizon=3)):
+        by_value = ALGORITHMS["mcts"](proc, DistanceScorer(proc), p, 120, seed=i, final="value")
+        by_visits = ALGORITHMS["mcts"](proc, DistanceScorer(proc), p, 120, seed=i)
+        assert by_value.to_dict()["nodes"] == by_visits.to_dict()["nodes"]  # the same search
+        assert obeys(by_value, lambda n: n.value or 0.0), (i, by_value.chosen)  # Q, else the score
+        assert obeys(by_visits, lambda n: n.visits), (i, by_visits.chosen)
+        for tree in (by_value, by_visits):
+            assert tree.answer is not None and tree.answer == proc.answer(tree, tree.chosen[-1])
+        differ += by_value.chosen != by_visits.chosen
+    assert differ > 0  # the two rules were told apart
     proc = RandomWalkProcess(horizon=H)
-    tree = ALGORITHMS["mcts"](proc, DistanceScorer(proc), PROBLEMS[0], 60, seed=0, final="value")
-    assert tree.answer is not None
     with pytest.raises(ConfigError):
         ALGORITHMS["mcts"](proc, DistanceScorer(proc), PROBLEMS[0], 60, seed=0, evaluate="dream")
 

@@ -41,10 +41,22 @@ def test_lm_process_expand_and_rollout(lm_process):
         node = tree.nodes[c]
         assert 0 < node.num_tokens <= 6 and node.logprob <= 0 and "\n" not in node.step
         assert node.terminal == (node.finish_reason == "eos" or node.step.strip().lower().startswith("answer:"))
-    (rolls,) = proc.rollout(tree, [kids[0]], 2) if not tree.nodes[kids[0]].terminal else ([],)
-    assert all(r.num_tokens <= 16 for r in rolls)
+    # rollouts: k completions to the end from a node, metered, not added to the tree
+    node = tree.add(0, step="2 + 3 = 5", terminal=False)
+    size, before = len(tree.nodes), proc.meter.total.generated_tokens
+    (rolls,) = proc.rollout(tree, [node.id], 2)
+    assert len(rolls) == 2 and len(tree.nodes) == size
+    assert proc.meter.total.generated_tokens - before == sum(r.num_tokens for r in rolls)
+    for r in rolls:
+        assert 0 < r.num_tokens <= 16 and r.logprob < 0 and r.finish_reason in {"eos", "answer", "length"}
+        assert r.finish_reason != "length" or r.num_tokens == 16
+        assert r.text.startswith("2 + 3 = 5\n") and r.answer == AddTask().extract(r.text)
+    done = tree.add(0, step="Answer: 5", terminal=True, answer="5")
+    before = proc.meter.total.generated_tokens
+    assert proc.rollout(tree, [done.id], 2) == [[]]  # a finished solution has nothing to complete
+    assert proc.meter.total.generated_tokens == before
     # depth cap: every node at max_depth is terminal
-    deep = [kids[0]]
+    deep = [node.id]  # unfinished, so the walk down takes at least one step
     while deep and not tree.nodes[deep[0]].terminal:
         deep = proc.expand(tree, deep, 1)[0]
     assert deep and tree.nodes[deep[0]].terminal and tree.nodes[deep[0]].depth <= 3
@@ -74,8 +86,25 @@ def test_self_and_rollout_scorers_on_tiny_lm(lm_process):
     assert all(0.0 <= v <= 1.0 for v in vals)
     assert proc.meter.total.generated_tokens - before == len(kids)
     assert "Yes or No" in s.prompt(tree, kids[0])
+    # rollout:2: an unfinished node's value is the share of its 2 completions that agree with their
+    # own majority answer; a finished one is 1 with an answer, else 0
+    tree = proc.new_tree(PROBLEM, seed=0)  # unscored nodes (a scored node is not scored again)
+    (kids,) = proc.expand(tree, [0], 2)
+    kids += [tree.add(0, step="2 + 3 = 5").id, tree.add(0, step="Answer: 5", terminal=True, answer="5").id]
     r = make_scorer("rollout:2", proc)
-    assert all(v is None or 0.0 <= v <= 1.0 for v in r.score(tree, kids))
+    before = proc.meter.total.generated_tokens
+    vals = r.score(tree, kids)
+    spent = proc.meter.total.generated_tokens - before
+    inner = [c for c in kids if not tree.nodes[c].terminal]
+    assert 0 < spent <= 2 * proc.rollout_tokens * len(inner)
+    for c, v in zip(kids, vals, strict=True):
+        node = tree.nodes[c]
+        if node.terminal:
+            assert v == (1.0 if proc.vote_key(node.answer) is not None else 0.0)
+            continue
+        keys = [proc.vote_key(a) for a in node.meta["rollouts"]]
+        assert len(keys) == 2 and v == max((keys.count(k) for k in keys if k is not None), default=0) / 2
+    assert r.score(tree, kids) == vals and proc.meter.total.generated_tokens - before == spent  # cached
 
 
 def test_prm_scorer_with_tiny_token_classifier(lm_process, tiny_model_dir, tmp_path):
@@ -117,11 +146,19 @@ def test_strict_answers_credit_only_answer_lines(tiny_backend):
     assert task.extract("2 + 3 = 5\nThe answer is 5.") == "5"
     assert task.extract("2 + 3 = 5\nThe answer is 5.", strict=True) is None
     assert task.extract("2 + 3 = 5\nAnswer: 5", strict=True) == "5"
-    strict = LMProcess(tiny_backend, task, temperature=1.0, step_tokens=6, rollout_tokens=16, max_depth=3,
-                       strict_answers=True)
+    opts = dict(temperature=1.0, step_tokens=6, rollout_tokens=16, max_depth=3)
+    strict = LMProcess(tiny_backend, task, strict_answers=True, **opts)
+    lenient = LMProcess(tiny_backend, task, **opts)
     tree = strict.new_tree(PROBLEM, seed=1)
     node = tree.add(0, step="2 + 3 = 5", terminal=False)
-    assert strict.answer(tree, node.id) is None
+    said = tree.add(node.id, step="The answer is 5.", terminal=False)
+    line = tree.add(node.id, step="Answer: 5", terminal=False)
+    assert strict.answer(tree, node.id) is None and lenient.answer(tree, node.id) == "5"
+    assert strict.answer(tree, said.id) is None and lenient.answer(tree, said.id) == "5"
+    assert strict.answer(tree, line.id) == "5" == lenient.answer(tree, line.id)
+    assert strict.verify(tree, strict.answer(tree, line.id)) and not strict.verify(tree, strict.answer(tree, said.id))
     (rollouts,) = strict.rollout(tree, [node.id], 3)
+    assert len(rollouts) == 3
     for r in rollouts:
+        assert task.extract(r.text) is not None  # read leniently, every one has an answer (at least the 5)
         assert r.answer == task.extract(r.text, strict=True)

@@ -160,16 +160,37 @@ def test_prm_encode_puts_labels_on_newline_tokens(tiny_model_dir):
     assert cut[-1] == -1
 
 
-def test_prm_trains_loads_scores(tiny_model_dir, data_dirs, tmp_path):
-    from datasets import load_from_disk
+def _separable_trees(pairs) -> list[Tree]:
+    """"What is a + b?": the step computing a + b leads to the verified answer, the step computing
+    a - b to a wrong one, so step labels (from the verified terminals) separate "+" from "-"."""
+    trees = []
+    for a, b in pairs:
+        q = f"What is {a} + {b}?"
+        t = Tree(problem_id=f"s{a}-{b}", question=q, prompt=f"<|user|>{q}<|end|>\n<|assistant|>")
+        good = t.add(0, step=f"{a} + {b} = {a + b}")
+        t.add(good.id, step=f"Answer: {a + b}", terminal=True, answer=str(a + b), correct=True)
+        bad = t.add(0, step=f"{a} - {b} = {a - b}")
+        t.add(bad.id, step=f"Answer: {a - b}", terminal=True, answer=str(a - b), correct=False)
+        trees.append(t)
+    return trees
+
+
+def test_prm_trains_loads_scores(tiny_model_dir, tmp_path):
+    """A PRM trained on separable step labels ranks held-out good steps above bad ones (problems it
+    never saw), and loads back with its trained head."""
+    import random
 
     from sharpen.train.metrics import prm_auroc
     from sharpen.train.prm import PRMModel, PRMTrainConfig, train_prm
 
+    problems = [(a, b) for a in range(10) for b in range(10) if a != b]
+    random.Random(0).shuffle(problems)
+    train_labels = save_dataset(step_labels(_separable_trees(problems[:24])), tmp_path / "labels")
+    held_out = step_labels(_separable_trees(problems[24:36]))
+    assert {r["label"] for r in held_out} == {0, 1}
     out = tmp_path / "prm"
-    merged = train_prm(
-        PRMTrainConfig(model=tiny_model_dir, data=data_dirs["labels"], out=str(out), train=_opts())
-    )
+    opts = TrainOptions(max_steps=30, batch_size=8, learning_rate=2e-3, save_steps=10, logging_steps=10)
+    merged = train_prm(PRMTrainConfig(model=tiny_model_dir, data=str(train_labels), out=str(out), train=opts))
     fmt = json.loads((merged / "sharpen_prm.json").read_text())
     assert fmt["kind"] == "sharpen-prm"
     prm = PRMModel.load(out)  # the out dir or out/merged both work
@@ -181,8 +202,10 @@ def test_prm_trains_loads_scores(tiny_model_dir, data_dirs, tmp_path):
     assert PRMModel.load(merged).score(["<|user|>x<|end|>\n<|assistant|>"], [["Answer: 1"]])[
         0
     ] == pytest.approx(scores[1])  # the head was saved, not re-initialised
-    res = prm_auroc(merged, load_from_disk(data_dirs["labels"]), n_boot=50)
-    assert 0.0 <= res["auroc"] <= 1.0 and res["n"] == 16
+    res = prm_auroc(merged, held_out, n_boot=200)
+    assert res["n"] == len(held_out) == 48 and res["positives"] == 24
+    # an untrained head on this backbone ranks them at 0.5-0.8; trained, near 1
+    assert res["auroc"] >= 0.9 and res["ci_low"] > 0.75, res
     with pytest.raises(ModelError):
         PRMModel.load(tiny_model_dir)
 

@@ -1,3 +1,58 @@
-"""sharpen: search over reasoning steps, score them, train on what the search found, repeat."""
+"""sharpen: search over reasoning steps, score them, train on what the search found, repeat.
+
+The Python API (`sharpen.api`), importable from the package itself:
+
+    import sharpen
+
+    trees, metrics = sharpen.run_search(model="smollm2-135m", algo="mcts", scorer="rollout:2", budget=256, n=10)
+    metrics = sharpen.run_eval(model="smollm2-135m", n=50, config=sharpen.EvalConfig(samples=4))
+    result = sharpen.run("configs/demo.yaml", out="runs/demo")
+
+(`run_search`, `run_eval`, `run_sweep`, `build_data` and `train_model` are `sharpen.api`'s `search`,
+`evaluate`, `sweep`, `build` and `train`: the short names are taken by the modules `sharpen.search`,
+`sharpen.evaluate`, `sharpen.sweep` and `sharpen.train`.)
+
+Lower layers: `load_model` (a backend), `load_task`, `make_process` (what algorithms search),
+`sharpen.registry.algorithms()` / `scorers()` (what is registered, with typed options).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_API = {"load_model": "load_model", "load_task": "load_task", "make_process": "make_process", "run": "run",
+        "run_search": "search", "run_eval": "evaluate", "run_sweep": "sweep", "build_data": "build",
+        "train_model": "train"}
+_TYPES = {"EvalConfig": "sharpen.evaluate", "SearchSettings": "sharpen.process", "Tree": "sharpen.tree",
+          "algorithm": "sharpen.registry", "scorer": "sharpen.registry", "Options": "sharpen.registry"}
+
+if TYPE_CHECKING:
+    from sharpen.api import build as build_data
+    from sharpen.api import evaluate as run_eval
+    from sharpen.api import load_model, load_task, make_process, run
+    from sharpen.api import search as run_search
+    from sharpen.api import sweep as run_sweep
+    from sharpen.api import train as train_model
+    from sharpen.evaluate import EvalConfig
+    from sharpen.process import SearchSettings
+    from sharpen.registry import Options, algorithm, scorer
+    from sharpen.tree import Tree
+
+__all__ = [  # noqa: RUF022 (the API first, then the types)
+    "load_model", "load_task", "make_process", "run_search", "run_eval", "run_sweep", "run", "build_data",
+    "train_model",
+    "EvalConfig", "SearchSettings", "Tree", "Options", "algorithm", "scorer",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use, so `import sharpen` stays light (no torch until a model is loaded)."""
+    import importlib
+
+    if name in _API:
+        return getattr(importlib.import_module("sharpen.api"), _API[name])
+    if name in _TYPES:
+        return getattr(importlib.import_module(_TYPES[name]), name)
+    raise AttributeError(f"module 'sharpen' has no attribute {name!r}")

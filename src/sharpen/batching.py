@@ -1,10 +1,12 @@
-"""Lockstep batching: search many problems at once without changing any algorithm.
+"""Lockstep batching: search many problems at once without changing any algorithm or any tree.
 
 Each problem's search runs in its own thread against a `ProxyBackend`. When every live search is
 waiting on the backend, the pending calls are merged into one batched call per kind (same
 sampling settings), run on the real backend in the main thread, and split back. Because a merge
-happens only when *all* live searches are waiting, the composition of every batch, and so every
-sampled token, is the same from run to run: the same seeds give the same trees. Each proxy has
+happens only when *all* live searches are waiting, the composition of every batch is the same from
+run to run; and because every sampled row draws from its own random stream (its tree's seed, the
+call counter and the row index), a tree does not depend on its batch-mates at all: searched alone
+or with 80 others, a problem gets the same tree (up to float rounding of batched kernels). Each proxy has
 its own `UsageMeter`, so every search's budget counts only its own tokens.
 
 This turns per-problem batches of 1-8 rows into batches of tens of rows, which is where a small
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from sharpen.backends.base import Backend, Completion, SamplingParams
+from sharpen.backends.base import Backend, Completion, SamplingParams, prompt_seeds, row_seed
 from sharpen.meter import UsageMeter
 
 T = TypeVar("T")
@@ -31,6 +33,7 @@ class _Request:
     prompts: list[str]
     params: SamplingParams | None = None
     candidates: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()  # generate: each prompt's stream seed
     result: Any = None
     done: bool = False
 
@@ -39,8 +42,11 @@ class ProxyBackend:
     """What one search sees: the backend interface, its own meter, calls merged by the batcher."""
 
     def __init__(self, batcher: LockstepBatcher, slot: int):
+        import random
+
         self._batcher = batcher
         self._slot = slot
+        self._rng = random.Random(slot)  # only for calls that bring no seed
         self.meter = UsageMeter()
         self.name = batcher.backend.name
         self.eos_text = getattr(batcher.backend, "eos_text", "")
@@ -51,10 +57,11 @@ class ProxyBackend:
     def count_tokens(self, text: str) -> int:
         return self._batcher.backend.count_tokens(text)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds=None) -> list[list[Completion]]:
         if not prompts:
             return []
-        return self._batcher._submit(self._slot, _Request("generate", list(prompts), params))
+        pseeds = tuple(prompt_seeds(params, len(prompts), seeds, self._rng))
+        return self._batcher._submit(self._slot, _Request("generate", list(prompts), params, seeds=pseeds))
 
     def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
         if not prompts:
@@ -144,9 +151,11 @@ class LockstepBatcher:
             gen_share = [len(req.prompts) for _, req in members]
         else:
             params: SamplingParams = key[1]
+            # every sample becomes a one-sample row with its own stream (row_seed), so each search
+            # gets exactly the rows it would get from the backend alone
             flat = [p for _, req in members for p in req.prompts for _ in range(req.params.n)]
-            seed = hash(tuple(-1 if req.params.seed is None else req.params.seed for _, req in members)) % (2**31 - 1)
-            out = self.backend.generate(flat, replace(params, seed=seed))
+            seeds = [row_seed(s, j) for _, req in members for s in req.seeds for j in range(req.params.n)]
+            out = self.backend.generate(flat, replace(params, n=1, seed=None), seeds=seeds)
             pos = 0
             gen_share = []
             for _, req in members:
@@ -169,15 +178,7 @@ class LockstepBatcher:
 
 
 def fork_search(process: Any, scorer: Any, proxy: ProxyBackend) -> tuple[Any, Any]:
-    """A copy of an LM process (and its scorer) that talks to `proxy` and counts on its meter."""
-    import copy
-
-    p = copy.copy(process)
-    p.backend = proxy
-    p.meter = proxy.meter
-    s = None
-    if scorer is not None:
-        s = copy.copy(scorer)
-        if hasattr(s, "process"):
-            s.process = p
-    return p, s
+    """One search's view: the process on `proxy` (`process.fork`, counting on the proxy's meter)
+    and the scorer bound to that process (`scorer.bind`)."""
+    p = process.fork(proxy)
+    return p, (scorer.bind(p) if scorer is not None else None)

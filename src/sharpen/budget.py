@@ -1,11 +1,25 @@
 """A compute budget in generated tokens, read off a process's `UsageMeter`.
 
 Every algorithm spends the same unit, so accuracy-versus-compute comparisons are fair by
-construction. The guarantee: a search never spends more than `tokens + one row's max tokens`
-(a row is one step for step-level calls, one whole solution for completions and rollouts).
-It holds because every generating call asks `rows()` how many rows it may issue: the rows that
-surely fit (`remaining // row_tokens`), or one row when none surely fits; only that single row can
-overshoot, and after it `remaining` is 0 and no further rows are allowed.
+construction.
+
+Planning is at the *expected* cost of a row, measured as the search goes: for each kind of row
+("step", "answer" for completions and rollouts, "judge" for one-token verifier calls), the expected
+cost is (prior + tokens so far) / (1 + rows so far), i.e. the mean generated tokens per row with one
+pseudo-row at a prior: the length of a step / a solution in the prompt's worked examples when the
+process knows it (`LMProcess` does), else the row's maximum. So the first call of a kind plans at
+what the shown format costs, later ones at what rows of that kind actually cost in this search.
+Measurements are per search (per budget), so a tree never depends on other problems searched
+before or beside it.
+
+The guarantee: a search never spends more than `tokens + max_call_tokens`, where `max_call_tokens`
+is the largest `rows x max tokens per row` of any single call the budget allowed (a row is one step
+for step-level calls, one whole solution for completions and rollouts). It holds because a call is
+allowed only while `spent < tokens`, and a call of r rows can spend at most r x its row maximum.
+Planning at the expected cost makes that last call larger than planning at the worst case did (at
+most the requested rows, e.g. k of an expansion), and buys the configured number of candidates
+whenever the budget left covers them at their expected cost. What was actually spent beyond the
+budget is recorded as `overshoot` in every tree's usage.
 """
 
 from __future__ import annotations
@@ -15,12 +29,16 @@ from sharpen.meter import Usage, UsageMeter
 
 
 class Budget:
-    def __init__(self, meter: UsageMeter, tokens: int):
+    def __init__(self, meter: UsageMeter, tokens: int, prior: dict[str, float] | None = None):
         if tokens <= 0:
             raise BudgetError(f"budget must be a positive number of generated tokens, got {tokens} (fix: --budget 1024)")
         self.meter = meter
         self.tokens = int(tokens)
         self.start = meter.snapshot()
+        self.max_call_tokens = 0  # the largest rows x row maximum of one allowed call (the overshoot bound)
+        self._seen: dict[str, list[int]] = {}  # kind -> [rows, generated tokens]
+        self._pending: tuple[str, int, int] | None = None  # (kind, rows, generated tokens before the call)
+        self.prior = dict(prior or {})  # kind -> expected tokens of a row before any is measured
 
     @property
     def spent(self) -> int:
@@ -34,24 +52,56 @@ class Budget:
     def exhausted(self) -> bool:
         return self.spent >= self.tokens
 
-    def rows(self, requested: int, row_tokens: int) -> int:
-        """How many of `requested` rows, each costing at most `row_tokens`, may be issued now: as many
-        as surely fit, or a single one when not even one surely fits (the only overshoot)."""
+    # -- measuring rows --------------------------------------------------------------------
+    def _settle(self) -> None:
+        """Attribute the tokens generated since the last allowed call to that call's kind. Every
+        budgeted generating call asks `rows` first, so the meter delta between two asks is exactly
+        the previous call's tokens."""
+        if self._pending is not None:
+            kind, rows, before = self._pending
+            seen = self._seen.setdefault(kind, [0, 0])
+            seen[0] += rows
+            seen[1] += self.meter.total.generated_tokens - before
+            self._pending = None
+
+    def expected(self, kind: str, max_tokens: int) -> float:
+        """Expected generated tokens of one row of `kind` whose maximum is `max_tokens`."""
+        self._settle()
+        rows, tokens = self._seen.get(kind, (0, 0))
+        prior = min(max_tokens, self.prior.get(kind, max_tokens))
+        return max(1.0, (prior + tokens) / (1 + rows))
+
+    def fit(self, requested: int, row_cost: float) -> int:
+        """How many of `requested` rows of expected cost `row_cost` to plan for: as many as the budget
+        left covers at that cost, at least one while the budget is not spent."""
         if requested <= 0 or self.exhausted:
             return 0
-        return min(requested, max(1, self.remaining // max(1, row_tokens)))
+        return min(requested, max(1, int(self.remaining // max(1e-9, row_cost))))
+
+    def rows(self, requested: int, row_tokens: int, kind: str | None = None) -> int:
+        """How many of `requested` rows of `kind` (at most `row_tokens` each) may be issued now, at
+        their expected cost; the call is then measured (see `expected`)."""
+        kind = kind or f"max{row_tokens}"
+        n = self.fit(requested, self.expected(kind, row_tokens))
+        if n:
+            self.max_call_tokens = max(self.max_call_tokens, n * row_tokens)
+            self._pending = (kind, n, self.meter.total.generated_tokens)
+        return n
 
     def usage(self) -> Usage:
         """What was actually spent since the budget was opened."""
         return self.meter.snapshot() - self.start
 
     def report(self) -> dict:
-        return {"budget_tokens": self.tokens, **self.usage().to_dict()}
+        self._settle()
+        used = self.usage()
+        return {"budget_tokens": self.tokens, **used.to_dict(),
+                "overshoot": max(0, used.generated_tokens - self.tokens), "overshoot_bound": self.max_call_tokens}
 
 
-def allowed_rows(budget: Budget | None, requested: int, row_tokens: int) -> int:
+def allowed_rows(budget: Budget | None, requested: int, row_tokens: int, kind: str | None = None) -> int:
     """`budget.rows(...)`, or every row when there is no budget."""
-    return requested if budget is None else budget.rows(requested, row_tokens)
+    return requested if budget is None else budget.rows(requested, row_tokens, kind)
 
 
 def allot(items: list[int], k: int, rows: int) -> tuple[list[int], int]:

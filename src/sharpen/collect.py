@@ -38,24 +38,34 @@ def search_problems(
     algo_args: dict[str, Any] | None = None,
     on_progress: Callable[[int], None] | None = None,
     parallel: int = 1,
+    split: str | None = None,
+    scorer_spec: str | None = None,
 ) -> list[Tree]:
-    """`parallel` > 1 searches that many problems at once with lockstep batching (LM processes
-    only); problems are grouped by position, so a resumed run regroups exactly as before."""
-    from sharpen.search import ALGORITHMS
+    """Search every problem; each tree records its provenance: `algo`, `scorer` (`scorer_spec`,
+    else the scorer's name) and `split` (given, else the task's own split rule on the question).
+    `parallel` > 1 searches that many problems at once with lockstep batching (LM processes
+    only); a problem's tree does not depend on which problems share its batches."""
+    from sharpen.registry import get_algorithm
+    from sharpen.tasks import split_of
 
-    fn = ALGORITHMS[algo]
+    entry = get_algorithm(algo)
+    options = entry.parse(algo_args).model_dump()  # a typo fails here, before any work
+    fn = entry.fn
+    spec = scorer_spec if scorer_spec is not None else getattr(scorer, "name", None)
     done: dict[str, Tree] = {}
     if out_jsonl is not None and Path(out_jsonl).exists():
         done = {d["problem_id"]: Tree.from_dict(d) for d in read_jsonl(out_jsonl)}
     if on_progress and done:
         on_progress(sum(p.id in done for p in problems))
     writer = JsonlAppender(out_jsonl) if out_jsonl is not None else None
-    if parallel > 1 and not hasattr(process, "backend"):
+    if parallel > 1 and not hasattr(process, "fork"):
         parallel = 1
 
     def search_one(p: Problem, proc: Any, sc: Any) -> Tree:
         s = problem_seed(seed, p.id)
-        tree = fn(proc, sc, p, budget, seed=s, **(algo_args or {}))
+        tree = fn(proc, sc, p, budget, seed=s, **options)
+        tree.scorer = spec if entry.needs_scorer else None
+        tree.split = split or split_of(p.question)
         label_terminals(proc, tree)
         return tree
 
@@ -90,15 +100,10 @@ def search_problems(
 
 
 def bootstrap_ci(values: list[float], iters: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean."""
-    import numpy as np
+    """Percentile bootstrap interval of the mean: `sharpen.stats.bootstrap_ci` (kept importable here)."""
+    from sharpen.stats import bootstrap_ci as _bootstrap_ci
 
-    if not values:
-        return (float("nan"), float("nan"))
-    x = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(iters, len(x)))].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+    return _bootstrap_ci(values, iters=iters, seed=seed, alpha=alpha)
 
 
 def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:

@@ -45,20 +45,30 @@ def _terminal_correctness(tree: Tree) -> dict[int, list[float]]:
     return below
 
 
+def scores_are_monte_carlo(tree: Tree) -> bool:
+    """The one rule for reading `node.score` as a Monte Carlo value: only when the tree records that
+    the oracle scorer made its scores (the share of k verified rollouts). The `self` scorer's P(Yes),
+    a PRM's output or rollout agreement are guesses, not evidence; a tree that records no scorer
+    (written before trees recorded one) is not trusted either."""
+    return (tree.scorer or "").split(":", 1)[0] == "oracle"
+
+
 def mc_values(tree: Tree) -> dict[int, float]:
     """Monte Carlo value of every node that has one, root included.
 
     - a verified terminal: 1.0 if correct else 0.0 (its rollouts can only reach its own answer);
-    - else the oracle scorer's `node.score` (the share of k rollouts that reached the answer);
+    - else the oracle scorer's `node.score` (the share of k rollouts that reached the answer), when
+      `scores_are_monte_carlo(tree)`;
     - else the mean correctness of the verified terminals in its subtree;
     - else no entry (the node has no evidence either way).
     """
     below = _terminal_correctness(tree)
+    trust_scores = scores_are_monte_carlo(tree)
     out: dict[int, float] = {}
     for n in tree.nodes:
         if n.terminal and n.correct is not None:
             out[n.id] = 1.0 if n.correct else 0.0
-        elif n.score is not None:
+        elif trust_scores and n.score is not None:
             out[n.id] = float(n.score)
         elif below[n.id]:
             out[n.id] = sum(below[n.id]) / len(below[n.id])

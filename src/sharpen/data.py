@@ -11,8 +11,10 @@
 
 Pairs are in TRL's DPO format (prompt, chosen, rejected) and traces in TRL's prompt-completion SFT
 format. The prompt of a step is the rendered prompt of the tree followed by the steps so far, each
-followed by "\\n"; a step completion is the step text followed by "\\n". Every row keeps its
-provenance: problem id, node ids, values, round and recipe.
+followed by the tree's step delimiter (`tree.meta["delimiter"]`, "\\n" when a tree does not record
+one); a step completion is the step text followed by the delimiter. Step labels keep the steps
+unrendered and carry the delimiter in a `delimiter` column, so a PRM renders them the same way.
+Every row keeps its provenance: problem id, node ids, values, round and recipe.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from datasets import Sequence as HFSequence
 from sharpen.answer import extract_answer
 from sharpen.credit import ValueSource, values
 from sharpen.errors import ConfigError, TaskError
-from sharpen.io import atomic_dir, read_jsonl
+from sharpen.io import atomic_dir, read_records
 from sharpen.tree import Tree
 
 DELIMITER = "\n"
+"""The step delimiter of a tree that does not record one in `tree.meta["delimiter"]`."""
 
 PAIR_FEATURES = Features(
     {
@@ -67,6 +70,7 @@ LABEL_FEATURES = Features(
         "depth": Value("int64"),
         "round": Value("int64"),
         "recipe": Value("string"),
+        "delimiter": Value("string"),
     }
 )
 
@@ -89,9 +93,15 @@ def base_prompt(tree: Tree) -> str:
     return tree.prompt or tree.question
 
 
+def tree_delimiter(tree: Tree) -> str:
+    """The tree's step delimiter: the one its process split steps on (`DELIMITER` if unrecorded)."""
+    return tree.meta.get("delimiter") or DELIMITER
+
+
 def render_prefix(tree: Tree, prefix_steps: Sequence[str]) -> str:
-    """The prompt followed by the steps so far, each followed by the delimiter."""
-    return base_prompt(tree) + "".join(s + DELIMITER for s in prefix_steps)
+    """The prompt followed by the steps so far, each followed by the tree's delimiter."""
+    d = tree_delimiter(tree)
+    return base_prompt(tree) + "".join(s + d for s in prefix_steps)
 
 
 def _to_dataset(rows: list[dict], features: Features) -> Dataset:
@@ -110,7 +120,7 @@ def _prefix_steps(tree: Tree, node_id: int) -> list[str]:
 def step_completion(tree: Tree, node_id: int, rejected: bool = False) -> str:
     """A step as a DPO completion. The solution format ends with an `Answer:` line, so:
     - an answer line ends with the end-of-solution token the tree recorded (`tree.meta["eos"]`);
-    - any other step ends with the delimiter: the solution goes on;
+    - any other step ends with the tree's delimiter: the solution goes on;
     - except a *rejected* step after which the model stopped without an answer line: it keeps its
       end token, so a pair can prefer going on ("7 + 4 = 11\\n") over stopping there ("7 + 4 = 11<eos>").
     Without a recorded end token every step ends with the delimiter."""
@@ -119,7 +129,7 @@ def step_completion(tree: Tree, node_id: int, rejected: bool = False) -> str:
     if eos and n.terminal:
         if extract_answer(n.step, fallback=False) is not None or (rejected and n.finish_reason == "eos"):
             return n.step + eos
-    return n.step + DELIMITER
+    return n.step + tree_delimiter(tree)
 
 
 def _pair_row(
@@ -227,10 +237,12 @@ def step_dpo_pairs(
     source: ValueSource = "mc",
 ) -> Dataset:
     """Step-DPO pairs: for each failed solution (a verified terminal with correct=False), its first
-    wrong step (the first step whose value is <= `threshold`) is rejected against a correct
-    continuation from the same prefix: the highest-valued sibling with value > `threshold` that has a
-    correct terminal below it (or, in a tree without verified terminals below it, just value >
-    `threshold`). One pair per (prefix, wrong step), however many failed solutions share it.
+    wrong step (the first step whose value is <= `threshold` and that has no verified correct
+    terminal below it: a Monte Carlo value is a sample, a verified terminal is proof) is rejected
+    against a correct continuation from the same prefix: the highest-valued sibling with value >
+    `threshold` that has a correct terminal below it (or, in a tree without verified terminals
+    below it, just value > `threshold`). One pair per (prefix, wrong step), however many failed
+    solutions share it.
 
     Args:
         trees: search trees.
@@ -246,7 +258,12 @@ def step_dpo_pairs(
         for t in tree.nodes:
             if not (t.terminal and t.correct is False):
                 continue
-            wrong = next((n for n in tree.path(t.id) if n.id in vals and vals[n.id] <= threshold), None)
+            # a step with a verified correct terminal below it is not wrong, whatever its value: with
+            # `oracle:k` a value is k Bernoulli draws, so a good step can score 0
+            wrong = next(
+                (n for n in tree.path(t.id) if n.id in vals and vals[n.id] <= threshold and good[n.id] == 0),
+                None,
+            )
             if wrong is None or wrong.id in done or wrong.parent is None:
                 continue
             done.add(wrong.id)
@@ -276,6 +293,7 @@ def step_labels(
     `value >= threshold` (Math-Shepherd's hard label at threshold > 0). `path_values` / `path_labels`
     cover the whole path up to and including the step (-1.0 / -1 where a step has no value), and
     `leaf` marks steps with no valued child: a PRM trains on leaf rows, one sequence per path.
+    `delimiter` is the tree's step delimiter: the PRM input is prompt + every step followed by it.
     """
     rows: list[dict] = []
     for tree in trees:
@@ -303,6 +321,7 @@ def step_labels(
                     "depth": n.depth,
                     "round": round,
                     "recipe": f"mc-labels@{threshold:g}",
+                    "delimiter": tree_delimiter(tree),
                 }
             )
     return _to_dataset(rows, LABEL_FEATURES)
@@ -310,14 +329,14 @@ def step_labels(
 
 def verified_traces(trees: Iterable[Tree], round: int = 0) -> Dataset:
     """Correct full solutions (terminals with correct=True) in prompt-completion format, the steps
-    joined by the delimiter, deduplicated per problem by whitespace-normalised text (the first kept)."""
+    joined by the tree's delimiter, deduplicated per problem by whitespace-normalised text (the first kept)."""
     rows: list[dict] = []
     for tree in trees:
         seen: set[str] = set()
         for n in tree.terminals():
             if n.correct is not True:
                 continue
-            completion = tree.text(n.id, DELIMITER)
+            completion = tree.text(n.id, tree_delimiter(tree))
             key = _norm(completion)
             if not key or key in seen:
                 continue
@@ -341,9 +360,13 @@ def load_trees(path: str | os.PathLike) -> list[Tree]:
     """Trees from a JSONL file (one `Tree.to_dict()` per line) or every *.jsonl in a directory."""
     p = Path(path)
     files = sorted(p.rglob("*.jsonl")) if p.is_dir() else [p]
+    fix = "pass a trees.jsonl written by `sharpen search`"
     if not p.exists() or not files:
-        raise TaskError(f"no trees at {path} (fix: pass a trees.jsonl written by `sharpen search`)")
-    return [Tree.from_dict(d) for f in files for d in read_jsonl(f)]
+        raise TaskError(f"no trees at {path} (fix: {fix})")
+    trees = [t for f in files for t in read_records(f, Tree.from_dict, "a search tree", fix)]
+    if not trees:
+        raise TaskError(f"{path} holds no trees (fix: {fix})")
+    return trees
 
 
 def save_dataset(ds: Dataset, path: str | os.PathLike) -> Path:

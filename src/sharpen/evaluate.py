@@ -7,12 +7,15 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from sharpen.backends.base import Backend, SamplingParams
+from sharpen.collect import problem_seed
 from sharpen.io import JsonlAppender, atomic_write_json, read_jsonl
+from sharpen.registry import Options
 from sharpen.tasks import Problem, Task
 
 
@@ -43,14 +46,16 @@ def majority_answer(task: Task, answers: list[str | None]) -> str | None:
     return next(a for k, a in keyed if counts[k] == best)
 
 
-@dataclass
-class EvalConfig:
-    samples: int = 8
-    temperature: float = 0.7
-    max_tokens: int = 128
+class EvalConfig(Options):
+    """How `evaluate` runs; `sharpen eval` and a run config's `eval` section are built from these fields."""
+
+    samples: int = Field(8, ge=0, description="sampled solutions per problem (pass@k, majority@k); 0 = greedy only")
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature of the sampled solutions")
+    max_tokens: int = Field(128, ge=1, description="max generated tokens per solution")
     seed: int = 0
     greedy: bool = True
-    problems_per_call: int = 4  # problems batched into one generate call (x samples rows)
+    problems_per_call: int = Field(64, ge=1, description="problems per generate call (speed only: every "
+                                   "sampled row draws from its own random stream, so no row depends on it)")
 
 
 def evaluate(
@@ -80,16 +85,18 @@ def evaluate(
             if all(p.id in done for p in chunk):
                 continue
             prompts = [backend.chat_prompt(task.messages(p)) for p in chunk]
-            seed = cfg.seed * 1_000_003 + i
             greedy = (
-                backend.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=cfg.max_tokens, seed=seed))
+                backend.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=cfg.max_tokens))
                 if cfg.greedy
                 else [[] for _ in chunk]
             )
+            # each problem's samples come from its own streams (the seed and its id): the same
+            # whatever other problems share the call
             sampled = (
                 backend.generate(
                     prompts,
-                    SamplingParams(n=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed + 1),
+                    SamplingParams(n=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens),
+                    seeds=[problem_seed(cfg.seed, p.id) for p in chunk],
                 )
                 if cfg.samples
                 else [[] for _ in chunk]

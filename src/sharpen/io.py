@@ -8,7 +8,11 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sharpen.errors import TaskError
+
+T = TypeVar("T")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -101,24 +105,104 @@ class JsonlAppender:
 
 
 def _truncate_torn_tail(path: Path) -> None:
+    """Drop a torn last line before appending; a last line that is complete JSON but lacks its
+    newline (as `read_jsonl` reads it: a record) gets the newline instead."""
     if not path.exists():
         return
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         keep = data.rfind(b"\n") + 1
+        if _parse_line(data[keep:], first=keep == 0) not in (_TORN, _BLANK):
+            with open(path, "ab") as f:
+                f.write(b"\n")
+            return
         with open(path, "r+b") as f:
             f.truncate(keep)
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield complete records; a torn final line is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            line = line.strip()
-            if line:
-                yield json.loads(line)
+_BOM = b"\xef\xbb\xbf"
+_TORN, _BLANK = object(), object()
+_JSONL_FIX = "one JSON object per line, UTF-8 text"
+
+
+def _parse_line(raw: bytes, first: bool) -> Any:
+    """The JSON value of one line, _BLANK for a blank one, _TORN when it is not UTF-8 JSON."""
+    if first and raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    try:
+        text = raw.decode("utf-8").strip()
+        return json.loads(text) if text else _BLANK
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        return _TORN
+
+
+def jsonl_values(path: str | os.PathLike, fix: str = _JSONL_FIX, torn_tail: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) for each non-blank line, reading files as people have them: a
+    UTF-8 byte-order mark and CRLF line ends are fine. A line that is not UTF-8 or not JSON raises
+    a one-line TaskError naming the file and line, with `fix` as the hint. With `torn_tail`, a last
+    line without a newline that does not parse (a write cut short by a kill) is skipped silently;
+    a last line that parses is a complete record even without its newline."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise TaskError(f"{path}: cannot read ({e.strerror or e}) (fix: {fix})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            value = _parse_line(raw, first=lineno == 1)
+            if value is _TORN:
+                if torn_tail and not raw.endswith(b"\n"):
+                    return
+                raise TaskError(f"{path}:{lineno}: {_line_problem(raw, lineno == 1)} (fix: {fix})")
+            if value is not _BLANK:
+                yield lineno, value
+
+
+def _line_problem(raw: bytes, first: bool) -> str:
+    if first and raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if first and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            return "not UTF-8 text (UTF-16 text)"
+        return f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}; a binary file?)"
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg} at column {e.colno})"
+    return "not valid JSON"
+
+
+def _kind(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def jsonl_objects(path: str | os.PathLike, fix: str = _JSONL_FIX, torn_tail: bool = True) -> Iterator[tuple[int, dict]]:
+    """Like `jsonl_values`, but every line must hold a JSON object (else a TaskError)."""
+    for lineno, value in jsonl_values(path, fix, torn_tail):
+        if not isinstance(value, dict):
+            raise TaskError(f"{path}:{lineno}: expected a JSON object, got {_kind(value)} (fix: {fix})")
+        yield lineno, value
+
+
+def read_jsonl(path: str | os.PathLike, fix: str = _JSONL_FIX) -> Iterator[dict]:
+    """Yield complete records; a torn final line is skipped. Malformed lines raise TaskError."""
+    for _, obj in jsonl_objects(path, fix):
+        yield obj
+
+
+def read_records(path: str | os.PathLike, parse: Callable[[dict], T], what: str, fix: str) -> Iterator[T]:
+    """`parse(obj)` for each record of a JSONL file; a record `parse` rejects (wrong or missing
+    fields) raises a one-line TaskError: '<file>:<line>: not <what> (<why>) (fix: <fix>)'."""
+    for lineno, obj in jsonl_objects(path, fix):
+        try:
+            yield parse(obj)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            why = " ".join(str(e).split()) or type(e).__name__
+            raise TaskError(f"{path}:{lineno}: not {what} ({why}) (fix: {fix})") from None
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:

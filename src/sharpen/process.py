@@ -7,7 +7,9 @@ protocol and to a scorer, so a non-language process (`sharpen.toy.RandomWalkProc
 the same code as the language model (`LMProcess`).
 
 Randomness: `new_tree(problem, seed)` stores the seed in `tree.meta`; every generating call derives
-its own seed from it and a per-tree call counter, so the same seed gives the identical tree.
+its own seed from it and a per-tree call counter, and every row of the call its own random stream
+from that and the row's index (`sharpen.backends.base.row_seed`), so the same seed gives the
+identical tree, whichever other rows or problems share the backend's batches.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import Field
+
 from sharpen.answer import extract_answer
-from sharpen.backends.base import Backend, Completion, SamplingParams
+from sharpen.backends.base import Backend, Completion, SamplingParams, mix_seed
 from sharpen.budget import Budget, allot, allowed_rows
 from sharpen.errors import ConfigError
 from sharpen.meter import UsageMeter
+from sharpen.registry import Options
 from sharpen.tasks import Problem, Task
 from sharpen.tree import Tree
 
@@ -69,7 +74,7 @@ def next_seed(tree: Tree) -> int:
     """The seed for the tree's next generating call: the search seed and a per-tree call counter."""
     calls = tree.meta.get("calls", 0)
     tree.meta["calls"] = calls + 1
-    return (int(tree.meta.get("seed", 0)) * 1_000_003 + calls * 7_919) % (2**31 - 1)
+    return mix_seed(int(tree.meta.get("seed", 0)), calls)
 
 
 def set_priors(tree: Tree, child_ids: list[int]) -> None:
@@ -82,6 +87,18 @@ def set_priors(tree: Tree, child_ids: list[int]) -> None:
     z = sum(ws)
     for c, w in zip(child_ids, ws, strict=True):
         tree.nodes[c].prior = w / z
+
+
+class SearchSettings(Options):
+    """How a language-model process samples steps: shared by `sharpen search`/`sweep` and a run
+    config's `collect` section (one set of defaults)."""
+
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature of steps and completions")
+    step_tokens: int = Field(32, ge=1, description="max tokens of one step")
+    rollout_tokens: int = Field(64, ge=1, description="max tokens of one completion or rollout")
+    max_depth: int = Field(6, ge=1, description="steps after which a solution is cut off")
+    batch: int = Field(32, ge=1, description="rows per forward pass of the backend (speed only)")
+    parallel: int = Field(16, ge=1, description="problems searched at once (lockstep batching; speed only)")
 
 
 class LMProcess:
@@ -124,8 +141,10 @@ class LMProcess:
     # -- protocol ---------------------------------------------------------------------------
     def new_tree(self, problem: Problem, seed: int = 0) -> Tree:
         self._problems[problem.id] = problem
-        prompt = self.backend.chat_prompt(self.task.messages(problem))
-        meta = {"seed": seed, "calls": 0, "eos": getattr(self.backend, "eos_text", "")}
+        messages = self.task.messages(problem)
+        prompt = self.backend.chat_prompt(messages)
+        meta = {"seed": seed, "calls": 0, "eos": getattr(self.backend, "eos_text", ""), "delimiter": self.delimiter,
+                "row_prior": self._row_prior(messages)}
         return Tree(problem.id, problem.question, prompt=prompt, reference=problem.answer, meta=meta)
 
     def expand(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[int]]:
@@ -175,6 +194,42 @@ class LMProcess:
     def verify(self, tree: Tree, answer: str | None) -> bool:
         return self.task.verify(self.problem(tree), answer)
 
+    def _row_prior(self, messages: list[dict[str, str]]) -> dict[str, float]:
+        """What a row is expected to cost before any is measured (`Budget.expected`): the mean
+        tokens of a step ("step") and of a whole solution ("answer") in the prompt's worked examples
+        (the assistant turns), capped at `step_tokens` / `rollout_tokens`; empty without examples."""
+        shots = [m["content"] for m in messages if m.get("role") == "assistant" and m.get("content")]
+        lines = [ln for s in shots for ln in s.split(self.delimiter) if ln.strip()]
+        if not lines:
+            return {}
+        count = self.backend.count_tokens
+        step = sum(count(ln + self.delimiter) for ln in lines) / len(lines)
+        answer = sum(count(s) + 1 for s in shots) / len(shots)  # + the end-of-solution token
+        return {"step": min(step, self.step_tokens), "answer": min(answer, self.rollout_tokens)}
+
+    # -- what scorers and the batcher may ask of a language-model process -------------------
+    def fork(self, backend: Backend) -> LMProcess:
+        """The same process on another backend (and that backend's meter): one search's view of a
+        shared backend under lockstep batching."""
+        import copy
+
+        p = copy.copy(self)
+        p.backend, p.meter = backend, backend.meter
+        return p
+
+    def judge_prompt(self, tree: Tree, node_id: int, question: str) -> str:
+        """The problem, the solution so far as the assistant's turn, and `question` as a user turn
+        (the `self` scorer's yes/no judgement of the latest step)."""
+        msgs = self.task.messages(self.problem(tree)) + [
+            {"role": "assistant", "content": tree.text(node_id, self.delimiter)},
+            {"role": "user", "content": question},
+        ]
+        return self.backend.chat_prompt(msgs)
+
+    def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        """The backend's log-probability of each candidate's first token after each prompt."""
+        return self.backend.next_token_logprobs(prompts, candidates)
+
     # -- helpers ----------------------------------------------------------------------------
     def _extract(self, text: str) -> str | None:
         return self.task.extract(text, strict=self.strict_answers)
@@ -194,7 +249,7 @@ class LMProcess:
     def _generate(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None, stop_at: str):
         live = [i for i, nid in enumerate(node_ids) if not tree.nodes[nid].terminal]
         row_tokens = self.step_tokens if stop_at == "step" else self.rollout_tokens
-        live, k = allot(live, k, allowed_rows(budget, len(live) * k, row_tokens))
+        live, k = allot(live, k, allowed_rows(budget, len(live) * k, row_tokens, stop_at))
         if not live or k <= 0:
             return []
         params = SamplingParams(

@@ -18,7 +18,13 @@ def _rounds(run: Path) -> list[int]:
 
 
 def _json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except ValueError as e:  # not UTF-8, or not JSON
+        why = " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid JSON ({why}) (fix: restore the file, or rerun the run into a new --out)") from None
 
 
 def collect_facts(run: Path) -> dict[str, Any]:
@@ -31,7 +37,7 @@ def collect_facts(run: Path) -> dict[str, Any]:
     for r in _rounds(run):
         rd = run / f"round-{r}"
         entry: dict[str, Any] = {"round": r, "eval": _json(rd / "eval" / "metrics.json")}
-        entry["collect"] = _json(rd / "collect" / "metrics.json")
+        entry["collect"] = _collect_monitors(_json(rd / "collect" / "metrics.json"))
         entry["data"] = _json(rd / "data" / "summary.json")
         entry["train"] = _json(rd / "train" / "summary.json")
         facts["rounds"].append(entry)
@@ -40,6 +46,19 @@ def collect_facts(run: Path) -> dict[str, Any]:
     facts["stage_seconds"] = {name: st["finished"] - st["started"] for name, st in stages.items()
                               if st.get("finished") and st.get("started")}
     return facts
+
+
+def _collect_monitors(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A round's collect metrics, keeping `exploitation_auroc` only where it measured something:
+    with the oracle scorer the scorer is the verifier (AUROC 1.0 by construction), and without a
+    recorded scorer nothing says it was not the oracle."""
+    if m is None:
+        return None
+    m = dict(m)
+    scorer = m.get("scorer")
+    if m.get("exploitation_auroc") is None or not isinstance(scorer, str) or scorer.startswith("oracle"):
+        m.pop("exploitation_auroc", None)
+    return m
 
 
 def _plot_png(draw) -> bytes:
@@ -102,7 +121,8 @@ def write_report(run: str | Path) -> Path:
         plots["accuracy_per_round.png"] = _plot_png(acc)
         first, last = rounds[0]["round"], rounds[-1]["round"]
         before, after = _accuracy_vs_tokens(run, first), _accuracy_vs_tokens(run, last)
-        if before and after:
+        # a curve needs sampled points (pass@k): greedy alone is one dot per round, no trade-off
+        if first != last and before and after and len(before[0]) > 1 and len(after[0]) > 1:
 
             def avt(ax):
                 ax.plot(*before, marker="o", label=f"round {first} (before)")
@@ -136,6 +156,8 @@ def write_report(run: str | Path) -> Path:
 
 
 def summary_table(facts: dict[str, Any]) -> list[list[str]]:
+    """Header and one row per round. Columns no round measured (pass@1, majority and tokens per
+    sampled solution with `eval.samples: 0`; a kind of data no round built) are left out."""
     rows = [["round", "greedy", "pass@1", "majority", "tokens/sol", "pairs", "labels", "traces"]]
     for e in facts["rounds"]:
         ev, data = e["eval"] or {}, (e["data"] or {}).get("rows", {})
@@ -150,7 +172,8 @@ def summary_table(facts: dict[str, Any]) -> list[list[str]]:
             str(data.get("labels", "")),
             str(data.get("traces", "")),
         ])
-    return rows
+    keep = [i for i, name in enumerate(rows[0]) if name in ("round", "greedy") or any(r[i] for r in rows[1:])]
+    return [[r[i] for i in keep] for r in rows]
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -169,13 +192,17 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
                   f"{p['delta']:+.3f} (paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], n={p['n']})"]
     mon = [e for e in facts["rounds"] if e["collect"]]
     if mon:
-        lines += ["", "## Collection (B-STaR monitors)", "",
-                  "| round | search accuracy | tokens/problem | exploration (distinct correct / problem) | exploitation (scorer AUROC) |",
-                  "|---|---|---|---|---|"]
+        # exploitation only where a round measured it: not with the oracle scorer (see _collect_monitors)
+        auroc = any(e["collect"].get("exploitation_auroc") is not None for e in mon)
+        head = ["round", "search accuracy", "tokens/problem", "exploration (distinct correct / problem)"]
+        head += ["exploitation (scorer AUROC)"] if auroc else []
+        lines += ["", "## Collection (B-STaR monitors)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for e in mon:
             c = e["collect"]
-            lines.append(f"| {e['round']} | {_f(c.get('accuracy'))} | {_f(c.get('mean_generated_tokens'), 0)} | "
-                         f"{_f(c.get('exploration'), 2)} | {_f(c.get('exploitation_auroc'))} |")
+            cells = [str(e["round"]), _f(c.get("accuracy")), _f(c.get("mean_generated_tokens"), 0), _f(c.get("exploration"), 2)]
+            if auroc:
+                cells.append(_f(c.get("exploitation_auroc")) or "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
     times = facts.get("stage_seconds") or {}
     if times:
         lines += ["", "## Stage times (wall seconds of the attempt that finished each stage)", "",

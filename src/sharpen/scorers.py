@@ -20,11 +20,15 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
+
+from pydantic import Field
 
 from sharpen.budget import Budget, allowed_rows
-from sharpen.errors import ConfigError, ModelError
+from sharpen.errors import ConfigError
 from sharpen.process import LMProcess, Process
+from sharpen.registry import Options, parse_scorer
+from sharpen.registry import scorer as register_scorer
 from sharpen.tree import Tree
 
 
@@ -34,9 +38,10 @@ class Scorer(Protocol):
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         """Values in [0, 1] for `node_ids` (duplicates allowed), also written to `node.score`."""
 
-    def cost(self, terminal: bool) -> int:
-        """The most generated tokens scoring one (terminal or inner) node can spend, so that
-        algorithms can leave room in the budget to score what they generate."""
+    def cost(self, terminal: bool, budget: Budget | None = None) -> float:
+        """The generated tokens scoring one (terminal or inner) node is expected to spend: at the row
+        costs measured so far in `budget`'s search, or at their maximum without one. Algorithms
+        leave room in the budget to score what they generate."""
 
 
 def _todo(tree: Tree, node_ids: list[int]) -> list[int]:
@@ -67,8 +72,19 @@ class RolloutScorer:
         self.k = k
         self.pool = pool
 
-    def cost(self, terminal: bool) -> int:
-        return 0 if terminal else self.k * self.process.rollout_tokens
+    def bind(self, process: Process) -> RolloutScorer:
+        """The same scorer on another process (one search's fork under lockstep batching)."""
+        import copy
+
+        s = copy.copy(self)
+        s.process = process
+        return s
+
+    def cost(self, terminal: bool, budget: Budget | None = None) -> float:
+        if terminal:
+            return 0
+        row = self.process.rollout_tokens
+        return self.k * (budget.expected("answer", row) if budget is not None else row)
 
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
@@ -144,23 +160,20 @@ class SelfScorer:
         self.question = question
         self.yes, self.no = yes, no
 
-    def cost(self, terminal: bool) -> int:
+    def cost(self, terminal: bool, budget: Budget | None = None) -> float:
         return 1
 
+    def bind(self, process: LMProcess) -> SelfScorer:
+        return SelfScorer(process, self.question, self.yes, self.no)
+
     def prompt(self, tree: Tree, node_id: int) -> str:
-        p = self.process
-        msgs = p.task.messages(p.problem(tree))
-        msgs = msgs + [
-            {"role": "assistant", "content": tree.text(node_id, p.delimiter)},
-            {"role": "user", "content": self.question},
-        ]
-        return p.backend.chat_prompt(msgs)
+        return self.process.judge_prompt(tree, node_id, self.question)
 
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
-        todo = todo[: allowed_rows(budget, len(todo), 1)]
+        todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
         if todo:
-            lps = self.process.backend.next_token_logprobs([self.prompt(tree, n) for n in todo], [self.yes, self.no])
+            lps = self.process.next_token_logprobs([self.prompt(tree, n) for n in todo], [self.yes, self.no])
             for n, lp in zip(todo, lps, strict=True):
                 y, no = lp[self.yes], lp[self.no]
                 m = max(y, no)
@@ -176,88 +189,118 @@ def prm_text(prompt: str, steps: list[str], delimiter: str = "\n") -> str:
 
 
 class PRMScorer:
-    """A learned process reward model: `AutoModelForTokenClassification` over `prm_text`; the value
-    of a node is the positive-class probability (class 1; sigmoid when there is a single label) at
-    the last token of its step. One token per node is charged to the budget, like `self`.
-    `path` is a model directory or the output directory of `sharpen train prm` (its `merged/`)."""
+    """A learned process reward model, loaded and run by `sharpen.train.prm.PRMModel` (the one PRM
+    inference path): the value of a node is the positive-class probability (class 1; sigmoid when
+    there is a single label) at the last token of its step in `prm_text` of its path. One token per
+    node is charged to the budget, like `self`.
+    `path` is the output directory of `sharpen train prm` or its `merged/` (the steps are joined with
+    the delimiter the PRM was trained with, from its sharpen_prm.json), or any token-classification
+    model directory (then with the process's delimiter)."""
 
     name = "prm"
 
     def __init__(self, path: str | Path, process: Process, batch: int = 16, device: str | None = None):
-        import torch
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from sharpen.train.prm import PRMModel
 
         self.process = process
         self.batch = batch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if (Path(path) / "merged" / "config.json").exists():
-            path = Path(path) / "merged"
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModelForTokenClassification.from_pretrained(str(path)).to(self.device).eval()
-        except (OSError, ValueError) as e:
-            raise ModelError(
-                f"cannot load a PRM from {path}: {str(e).splitlines()[0]} "
-                "(fix: prm:<directory of a token-classification model trained by `sharpen train prm`>)"
-            ) from None
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"
-        self.delimiter = getattr(process, "delimiter", "\n")
+        self.prm = PRMModel.load(path, device=device, max_length=None, require_format=False,
+                                 delimiter=getattr(process, "delimiter", "\n"))
+        self.model, self.tokenizer, self.device = self.prm.model, self.prm.tokenizer, self.prm.device
+        self.delimiter = self.prm.delimiter
 
-    def cost(self, terminal: bool) -> int:
+    def bind(self, process: Process) -> PRMScorer:
+        """The same PRM (model shared, not reloaded) scoring for another process."""
+        import copy
+
+        s = copy.copy(self)
+        s.process = process
+        return s
+
+    def cost(self, terminal: bool, budget: Budget | None = None) -> float:
         return 1
 
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
-        import torch
-
         todo = _todo(tree, node_ids)
-        todo = todo[: allowed_rows(budget, len(todo), 1)]
+        todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
+        prompt = tree.prompt or tree.question
         for start in range(0, len(todo), self.batch):
             chunk = todo[start : start + self.batch]
             t0 = time.perf_counter()
-            prompt = tree.prompt or tree.question
-            texts = [prm_text(prompt, [n.step for n in tree.path(i)], self.delimiter) for i in chunk]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            with torch.inference_mode():
-                logits = self.model(**enc).logits.float()
-            last = enc["attention_mask"].sum(1) - 1  # right padding: the last real token
-            at = logits[torch.arange(len(chunk)), last]
-            probs = torch.sigmoid(at[:, 0]) if at.shape[-1] == 1 else torch.softmax(at, -1)[:, 1]
-            for i, v in zip(chunk, probs.tolist(), strict=True):
-                tree.nodes[i].score = float(v)
-            self.process.meter.record(int(enc["attention_mask"].sum()), len(chunk), time.perf_counter() - t0)
+            enc = self.prm.encode([prompt] * len(chunk), [[n.step for n in tree.path(i)] for i in chunk])
+            # a node's value sits on its own (last) step; the root, with no step yet, on the prompt's last token
+            enc = [(ids, pos[-1:] if pos else [len(ids) - 1]) for ids, pos in enc]
+            probs = self.prm.score_encoded(enc, batch_size=len(chunk))
+            for i, p in zip(chunk, probs, strict=True):
+                tree.nodes[i].score = p[0]
+            self.process.meter.record(sum(len(ids) for ids, _ in enc), len(chunk), time.perf_counter() - t0)
         return [tree.nodes[n].score for n in node_ids]
 
 
-SCORERS = ("self", "rollout", "oracle", "prm:<path>", "distance")
+class RolloutOptions(Options):
+    positional: ClassVar[tuple[str, ...]] = ("k",)
+    k: int = Field(4, ge=1, description="completions per scored node")
+    pool: bool = Field(False, description="agreement with the tree's pooled majority instead of the node's own")
+
+
+class OracleOptions(Options):
+    positional: ClassVar[tuple[str, ...]] = ("k",)
+    k: int = Field(4, ge=1, description="completions per scored node, each checked by the task's verifier")
+
+
+class SelfOptions(Options):
+    question: str = Field(SELF_QUESTION, description="the yes/no question put to the policy")
+
+
+class PRMOptions(Options):
+    positional: ClassVar[tuple[str, ...]] = ("path",)
+    path: str = Field(description="a PRM directory from `sharpen train prm`")
+    batch: int = Field(16, ge=1, description="nodes per PRM forward pass")
+
+
+class DistanceOptions(Options):
+    noise: float = Field(0.1, ge=0, description="std of the deterministic noise on the toy heuristic")
+
+
+@register_scorer("rollout", RolloutOptions)
+def _rollout(process: Process, o: RolloutOptions, collect: bool) -> Scorer:
+    """Agreement of k Monte Carlo completions (self-consistency as a value; no ground truth)."""
+    return RolloutScorer(process, o.k, o.pool)
+
+
+@register_scorer("oracle", OracleOptions, collect_only=True)
+def _oracle(process: Process, o: OracleOptions, collect: bool) -> Scorer:
+    """The task's verifier on k completions (training-data collection only)."""
+    return OracleScorer(process, o.k, collect=collect)
+
+
+@register_scorer("self", SelfOptions)
+def _self(process: Process, o: SelfOptions, collect: bool) -> Scorer:
+    """The policy's P(Yes) that its latest step is correct (MCTS-DPO self-evaluation)."""
+    return SelfScorer(process, question=o.question)  # type: ignore[arg-type]
+
+
+@register_scorer("prm", PRMOptions)
+def _prm(process: Process, o: PRMOptions, collect: bool) -> Scorer:
+    """A learned process reward model (`sharpen train prm`)."""
+    return PRMScorer(o.path, process, batch=o.batch)
+
+
+@register_scorer("distance", DistanceOptions)
+def _distance(process: Process, o: DistanceOptions, collect: bool) -> Scorer:
+    """The toy random walk's heuristic (tests and examples only)."""
+    from sharpen.toy import DistanceScorer, RandomWalkProcess
+
+    if not isinstance(process, RandomWalkProcess):
+        raise ConfigError("the distance scorer works only on the toy random walk (fix: choose another --scorer)")
+    return DistanceScorer(process, noise=o.noise)
 
 
 def make_scorer(spec: str | None, process: Process, collect: bool = False) -> Scorer | None:
-    """`self`, `rollout[:k][:pool]`, `oracle[:k]`, `prm:<path>`, `distance` (toy), or `none`/None."""
+    """A scorer from its spec (`sharpen.registry.parse_scorer`: `self`, `rollout[:k][:pool]`,
+    `oracle[:k]`, `prm:<path>`, `distance`, or any registered one), or None for `none`/None.
+    `collect` allows the scorers that read reference answers (training-data collection)."""
     if spec is None or spec == "none":
         return None
-    kind, _, arg = spec.partition(":")
-    if kind in ("rollout", "oracle"):
-        pool = arg == "pool" or arg.endswith(":pool")
-        arg = arg.removesuffix("pool").removesuffix(":")
-        try:
-            k = int(arg) if arg else 4
-        except ValueError:
-            raise ConfigError(f"bad scorer {spec!r} (fix: {kind}:<number of rollouts>, e.g. {kind}:4)") from None
-        if k <= 0:
-            raise ConfigError(f"bad scorer {spec!r} (fix: at least one rollout)")
-        return RolloutScorer(process, k, pool) if kind == "rollout" else OracleScorer(process, k, collect=collect)
-    if kind == "self":
-        return SelfScorer(process)  # type: ignore[arg-type]
-    if kind == "prm":
-        if not arg:
-            raise ConfigError("bad scorer 'prm' (fix: prm:<path to a trained PRM directory>)")
-        return PRMScorer(arg, process)
-    if kind == "distance":
-        from sharpen.toy import DistanceScorer, RandomWalkProcess
-
-        if not isinstance(process, RandomWalkProcess):
-            raise ConfigError("the distance scorer works only on the toy random walk (fix: choose another --scorer)")
-        return DistanceScorer(process)
-    raise ConfigError(f"unknown scorer {spec!r} (fix: one of {', '.join(SCORERS)})")
+    parsed = parse_scorer(spec)
+    return parsed.entry.factory(process, parsed.options, collect)

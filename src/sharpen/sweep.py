@@ -1,4 +1,5 @@
-"""Accuracy against generated tokens: the plot of a `sharpen sweep`."""
+"""`sharpen sweep`: every algorithm at every budget on the same problems, and the plot of accuracy
+against generated tokens."""
 
 from __future__ import annotations
 
@@ -6,7 +7,37 @@ import io
 from pathlib import Path
 from typing import Any
 
-from sharpen.io import atomic_write_bytes
+from sharpen.io import atomic_write_bytes, atomic_write_json
+
+
+def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[str, str | None]], budgets: list[int],
+              problems: list, out_dir: Path, seed: int = 0, options: dict[str, dict[str, Any]] | None = None,
+              parallel: int = 16, progress: Any = None, header: dict[str, Any] | None = None,
+              title: str = "") -> list[dict[str, Any]]:
+    """Search `problems` with each (algorithm, scorer) in `pairs` at each budget; every cell's trees
+    and metrics under `out_dir/<algo>@<scorer>/budget-<b>/`, all of them in `out_dir/sweep.json`
+    (rewritten after each cell), then `accuracy_vs_tokens.png`."""
+    from contextlib import nullcontext
+
+    from sharpen.collect import search_metrics, search_problems
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    for budget in budgets:
+        for algo, sc in pairs:
+            d = out_dir / f"{algo}@{(sc or 'none').replace(':', '-').replace('/', '_')}" / f"budget-{budget}"
+            bar = progress(f"{algo}@{sc} {budget} tok", len(problems)) if progress else nullcontext(None)
+            with bar as advance:
+                trees = search_problems(process, scorers.get(sc), algo, problems, budget, seed=seed,
+                                        out_jsonl=d / "trees.jsonl", algo_args=(options or {}).get(algo, {}),
+                                        on_progress=advance, parallel=parallel, split="test", scorer_spec=sc)
+            m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl")}
+            atomic_write_json(d / "metrics.json", m)
+            results.append(m)
+            atomic_write_json(out_dir / "sweep.json", {**(header or {}), "results": results})
+    plot_sweep(results, out_dir / "accuracy_vs_tokens.png", title=title)
+    return results
 
 
 def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -25,7 +56,7 @@ def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "")
         y = [r["accuracy"] for r in rs]
         lo = [r["accuracy"] - r["accuracy_ci95"][0] for r in rs]
         hi = [r["accuracy_ci95"][1] - r["accuracy"] for r in rs]
-        label = algo if algo == "vote" else f"{algo} ({scorer})"
+        label = algo if scorer in (None, "none") else f"{algo} ({scorer})"
         ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generated tokens per problem (actually spent)")

@@ -20,6 +20,7 @@ import yaml
 
 from sharpen.answer import extract_answer, vote_key
 from sharpen.errors import ConfigError, TaskError
+from sharpen.io import jsonl_objects
 
 Split = Literal["train", "test"]
 TEST_FRACTION = 0.2
@@ -46,6 +47,12 @@ def _qhash(question: str) -> str:
 
 def split_of(question: str) -> Split:
     return "test" if int(_qhash(question)[:8], 16) / 0xFFFFFFFF < TEST_FRACTION else "train"
+
+
+def heldout(problem_id: str, share: float) -> bool:
+    """Whether a problem falls in a held-out share of built data (a hash of its id), e.g. the
+    by-problem split of `sharpen build --holdout`: no problem's rows are on both sides."""
+    return int(hashlib.sha1(problem_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
 
 
 class Task:
@@ -145,25 +152,20 @@ class JsonlMathTask(Task):
             raise TaskError(f"data file not found: {self.path} (fix: pass {self.kind}:<path to a .jsonl file>)")
         qkey, akey = ("question", "answer") if self.kind == "gsm8k" else ("problem", "solution")
         rows = []
-        with open(self.path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise TaskError(f"{where}: not valid JSON (fix: one JSON object per line)") from None
-                if not isinstance(row, dict):
-                    raise TaskError(f"{where}: expected a JSON object (fix: one object per line)")
-                for key in (qkey, akey):
-                    if not isinstance(row.get(key), str):
-                        raise TaskError(f"{where}: missing {key!r} field (fix: {self.kind} rows need {qkey!r} and {akey!r})")
-                ref = self._reference(row[akey])
-                if ref is None:
-                    fix = "end the answer with '#### N'" if self.kind == "gsm8k" else "put the final answer in \\boxed{}"
-                    raise TaskError(f"{where}: no final answer in {akey!r} (fix: {fix})")
-                rows.append(Problem(f"{self.kind}-{_qhash(row[qkey])[:12]}", row[qkey], ref, {"line": lineno}))
+        fix_rows = f"one JSON object per line with {qkey!r} and {akey!r}, UTF-8 text"
+        for lineno, row in jsonl_objects(self.path, fix=fix_rows, torn_tail=False):
+            where = f"{self.path}:{lineno}"
+            for key in (qkey, akey):
+                if key not in row:
+                    raise TaskError(f"{where}: missing {key!r} field (fix: {self.kind} rows need {qkey!r} and {akey!r})")
+                if not isinstance(row[key], str):
+                    raise TaskError(f"{where}: field {key!r} is not a string (fix: {self.kind} rows need text "
+                                    f"in {qkey!r} and {akey!r})")
+            ref = self._reference(row[akey])
+            if ref is None:
+                fix = "end the answer with '#### N'" if self.kind == "gsm8k" else "put the final answer in \\boxed{}"
+                raise TaskError(f"{where}: no final answer in {akey!r} (fix: {fix})")
+            rows.append(Problem(f"{self.kind}-{_qhash(row[qkey])[:12]}", row[qkey], ref, {"line": lineno}))
         if not rows:
             raise TaskError(f"{self.path} has no rows (fix: one JSON object per line)")
         return rows

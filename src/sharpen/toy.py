@@ -79,9 +79,9 @@ class RandomWalkProcess:
     def _record(self, tokens: int) -> None:
         self.meter.record(prompt_tokens=0, generated_tokens=tokens, seconds=0.0)
 
-    def _plan(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None, row_tokens: int):
+    def _plan(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None, row_tokens: int, kind: str):
         live = [i for i, nid in enumerate(node_ids) if not tree.nodes[nid].terminal]
-        return allot(live, k, allowed_rows(budget, len(live) * k, row_tokens))
+        return allot(live, k, allowed_rows(budget, len(live) * k, row_tokens, kind))
 
     # -- protocol ---------------------------------------------------------------------------
     def new_tree(self, problem: Problem, seed: int = 0) -> Tree:
@@ -92,7 +92,7 @@ class RandomWalkProcess:
 
     def expand(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[int]]:
         out: list[list[int]] = [[] for _ in node_ids]
-        live, k = self._plan(tree, node_ids, k, budget, self.step_tokens)
+        live, k = self._plan(tree, node_ids, k, budget, self.step_tokens, "step")
         if not live:
             return out
         rng = random.Random(next_seed(tree))
@@ -111,7 +111,7 @@ class RandomWalkProcess:
     def _walks_to_end(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None):
         """k random walks to the horizon from each node the budget allows:
         {index in node_ids: (start position, start time, [(moves, logprob), ...])}."""
-        live, k = self._plan(tree, node_ids, k, budget, self.rollout_tokens)
+        live, k = self._plan(tree, node_ids, k, budget, self.rollout_tokens, "answer")
         if not live:
             return {}
         rng = random.Random(next_seed(tree))
@@ -168,12 +168,15 @@ class DistanceScorer:
         self.process = process
         self.noise = noise
 
-    def cost(self, terminal: bool) -> int:
+    def cost(self, terminal: bool, budget: Budget | None = None) -> float:
         return 1
+
+    def bind(self, process: RandomWalkProcess) -> DistanceScorer:
+        return DistanceScorer(process, self.noise)
 
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = list(dict.fromkeys(n for n in node_ids if tree.nodes[n].score is None))
-        todo = todo[: allowed_rows(budget, len(todo), 1)]
+        todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
         t0 = time.perf_counter()
         target = int(tree.reference)
         for n in todo:

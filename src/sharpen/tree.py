@@ -50,6 +50,8 @@ class Tree:
     reference: str | None = None  # the reference answer; search algorithms never read it
     nodes: list[Node] = field(default_factory=list)
     algo: str = ""
+    scorer: str | None = None  # the scorer spec the search used (None: none, e.g. vote)
+    split: str | None = None  # the split its problem was drawn from: "train" or "test" (None: unknown)
     answer: str | None = None  # the algorithm's final answer
     chosen: list[int] = field(default_factory=list)  # node ids of the chosen path (root excluded)
     correct: bool | None = None
@@ -97,3 +99,17 @@ class Tree:
         d = dict(d)
         d["nodes"] = [Node(**n) for n in d.get("nodes", [])]
         return cls(**d)
+
+
+def check_trainable(trees: list[Tree], where: str, allow_test: bool = False) -> None:
+    """Refuse to build training data from trees searched on test problems (their terminals are
+    labelled by the verifier, so the test set would leak into training)."""
+    from sharpen.errors import ConfigError
+
+    test = [t.problem_id for t in trees if t.split == "test"]
+    if test and not allow_test:
+        raise ConfigError(
+            f"{where}: {len(test)} of {len(trees)} trees were searched on test-split problems (e.g. {test[0]!r}); "
+            "training on them leaks the test set (fix: collect with `sharpen search --collect`, which searches "
+            "the training split, or pass --allow-test-split if you mean it)"
+        )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpen.errors import ConfigError
-from sharpen.io import atomic_write_text, read_jsonl
+from sharpen.io import atomic_write_text, read_records
 from sharpen.tree import Tree
 
 
@@ -46,11 +46,14 @@ def render_trees_html(trees: list[Tree], title: str) -> str:
 
 
 def write_viewer(trees_jsonl: str | Path, out_html: str | Path) -> Path:
-    """Read trees (one per JSONL line, a torn last line skipped) and write the viewer atomically."""
+    """Read trees (one per JSONL line, a torn last line skipped) and write the viewer atomically.
+    A file that is not a trees file (not JSON lines, not trees, empty) raises a one-line TaskError
+    or ConfigError naming the file and line, and no HTML is written."""
     trees_jsonl, out_html = Path(trees_jsonl), Path(out_html)
+    fix = "point at the trees.jsonl that `sharpen search` wrote"
     if not trees_jsonl.is_file():
-        raise ConfigError(f"no trees file at {trees_jsonl} (fix: point at the trees.jsonl that `sharpen search` wrote)")
-    trees = [Tree.from_dict(d) for d in read_jsonl(trees_jsonl)]
+        raise ConfigError(f"no trees file at {trees_jsonl} (fix: {fix})")
+    trees = list(read_records(trees_jsonl, Tree.from_dict, "a search tree", fix))
     if not trees:
         raise ConfigError(f"{trees_jsonl} holds no trees (fix: run a search first, or pick another file)")
     atomic_write_text(out_html, render_trees_html(trees, f"sharpen trees: {trees_jsonl.name}"))

@@ -7,6 +7,9 @@ recorded in one `UsageMeter`. HF specifics stay in `hf.py`.
 
 from __future__ import annotations
 
+import hashlib
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -56,8 +59,12 @@ class Backend(Protocol):
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """Render chat messages into the prompt string that continuations extend."""
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """For each prompt, `params.n` continuations."""
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """For each prompt, `params.n` continuations. Row j of prompt i samples from its own random
+        stream, `row_seed(seeds[i], j)` (see `prompt_seeds` for the default `seeds`), so a row's
+        tokens do not depend on which other rows share the call."""
 
     def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
         """Log-probability of each candidate's first token right after each prompt
@@ -65,3 +72,32 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens in `text`."""
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (order matters): independent streams for (tree seed, call, row)."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(int(p).to_bytes(16, "little", signed=True))
+    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
+
+
+def prompt_seeds(params: SamplingParams, n_prompts: int, seeds: Sequence[int] | None,
+                 rng: random.Random | None = None) -> list[int]:
+    """Each prompt's stream seed: the caller's `seeds`, else derived from `params.seed` and the
+    prompt's index, else drawn from `rng` (unseeded calls)."""
+    if seeds is not None:
+        if len(seeds) != n_prompts:
+            raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+        return [int(s) for s in seeds]
+    if params.seed is not None:
+        return [mix_seed(params.seed, i) for i in range(n_prompts)]
+    rng = rng or random.Random()
+    return [rng.randrange(2**63) for _ in range(n_prompts)]
+
+
+def row_seed(prompt_seed: int, sample: int) -> int:
+    """The stream seed of sample `sample` of a prompt whose seed is `prompt_seed`. Sample 0 keeps the
+    prompt's seed, so a caller can flatten k samples of a prompt into k prompts of one sample each
+    (seeds `row_seed(s, j)`) and get the very same rows (the lockstep batcher does)."""
+    return int(prompt_seed) if sample == 0 else mix_seed(prompt_seed, sample)

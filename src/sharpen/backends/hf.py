@@ -20,7 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from sharpen.backends.base import Completion, SamplingParams
+from sharpen.backends.base import Completion, SamplingParams, prompt_seeds, row_seed
 from sharpen.errors import ModelError
 from sharpen.meter import UsageMeter
 from sharpen.models import cache_arg
@@ -85,6 +85,30 @@ class _DelimiterStop(StoppingCriteria):
         lines = text.split(self.params.delimiter)[:-1]  # completed lines only
         prefix = self.params.answer_prefix.lower()
         return any(line.strip().lower().startswith(prefix) for line in lines)
+
+
+def sample_rows(scores: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row, row i drawn from its own `generators[i]`: the exponential race
+    argmax(p / E) with E ~ Exp(1) per vocabulary entry, which is how `torch.multinomial` draws one
+    sample, except that each row's draws come from its own stream, so a row's token depends only on
+    its own distribution and stream, never on its batch-mates."""
+    probs = torch.softmax(scores.float(), dim=-1)
+    q = torch.stack([torch.empty(probs.shape[1], device=probs.device).exponential_(generator=g) for g in generators])
+    return (probs / q).argmax(dim=-1)
+
+
+class _RowSampler(LogitsProcessor):
+    """Placed last in `generate`'s processors (run greedy): samples each row from its own stream
+    (`sample_rows`) and leaves only the drawn token, so `generate` and the decode loop draw alike."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        tokens = sample_rows(scores, self.generators)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0], device=scores.device), tokens] = 0.0
+        return out
 
 
 def _common_prefix_len(rows: list[list[int]]) -> int:
@@ -166,23 +190,25 @@ class HFBackend:
 
     # -- generation ------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(params.n)]
-        # similar lengths batched together: less padding
+    def generate(self, prompts: list[str], params: SamplingParams, seeds=None) -> list[list[Completion]]:
+        pseeds = prompt_seeds(params, len(prompts), seeds, self._rng)
+        rows = [(i, p, row_seed(pseeds[i], j)) for i, p in enumerate(prompts) for j in range(params.n)]
+        # similar lengths batched together: less padding (each row samples from its own stream,
+        # so the grouping changes no draw)
         order = sorted(range(len(rows)), key=lambda r: len(rows[r][1]))
         out: list[list[Completion]] = [[] for _ in prompts]
         results: dict[int, Completion] = {}
-        base_seed = params.seed if params.seed is not None else self._rng.randrange(2**31)
-        for chunk_no, start in enumerate(range(0, len(order), self.max_batch)):
+        for start in range(0, len(order), self.max_batch):
             chunk = order[start : start + self.max_batch]
-            batch = self._generate_batch([rows[r][1] for r in chunk], params, base_seed + 7919 * chunk_no)
+            batch = self._generate_batch([rows[r][1] for r in chunk], params, [rows[r][2] for r in chunk],
+                                         calls=int(start == 0))  # one call per request, however it is chunked
             for r, c in zip(chunk, batch, strict=True):
                 results[r] = c
         for r in range(len(rows)):
             out[rows[r][0]].append(results[r])
         return out
 
-    def _generate_batch(self, texts: list[str], params: SamplingParams, seed: int) -> list[Completion]:
+    def _generate_batch(self, texts: list[str], params: SamplingParams, seeds: list[int], calls: int = 1) -> list[Completion]:
         """Generate in stages of `stage_tokens`: after each stage the rows go on from their exact
         token ids with a fresh prefill (and the finished ones are gone, also when HF `generate`,
         which keeps finished rows to the end of its call, does the decoding)."""
@@ -194,17 +220,17 @@ class HFBackend:
         prompt_tokens = 0
         active = list(range(len(texts)))
         eos_ids = self._eos_ids()
-        stage_no = 0
+        # one random stream per row, kept across stages
+        gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         while active:
             remaining = params.max_tokens - len(gen[active[0]])
             stage = remaining if len(active) == 1 or remaining <= 1.5 * self.stage_tokens else self.stage_tokens
-            torch.manual_seed(seed + 104_729 * stage_no)
-            stage_no += 1
             new_ids, new_lp, stopped, n_prompt = self._run_stage(
                 [prompts[r] + gen[r] for r in active],
                 [self.tokenizer.decode(gen[r], skip_special_tokens=True) for r in active],
                 params,
                 stage,
+                [gens[r] for r in active],
             )
             prompt_tokens += n_prompt
             still = []
@@ -234,11 +260,13 @@ class HFBackend:
             prompt_tokens=prompt_tokens,
             generated_tokens=sum(c.num_tokens for c in completions),
             seconds=time.perf_counter() - t0,
+            calls=calls,
         )
         return completions
 
     def _run_stage(
-        self, inputs: list[list[int]], prefixes: list[str], params: SamplingParams, max_new: int
+        self, inputs: list[list[int]], prefixes: list[str], params: SamplingParams, max_new: int,
+        generators: list[torch.Generator],
     ) -> tuple[list[list[int]], torch.Tensor, list[int], int]:
         pad = self.tokenizer.pad_token_id
         shared = _common_prefix_len(inputs) if self.prefix_cache else 0
@@ -269,16 +297,19 @@ class HFBackend:
             if params.top_p < 1.0:
                 processors.append(TopPLogitsWarper(params.top_p))
         stop = _DelimiterStop(self, params, total, prefixes)
+        sampler = None if params.greedy else generators
         if self.drop_finished:
-            ids, logprobs = self._decode(input_ids, mask, cache, processors, stop, max_new, not params.greedy)
+            ids, logprobs = self._decode(input_ids, mask, cache, processors, stop, max_new, sampler)
             return ids, logprobs, stop.stopped_at, prompt_tokens
         recorder = _LogprobRecorder(total)
+        if sampler is not None:
+            processors.append(_RowSampler(sampler))
         seqs = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
             past_key_values=cache,
             max_new_tokens=max_new,
-            do_sample=not params.greedy,
+            do_sample=False,
             temperature=1.0,
             top_k=0,
             top_p=1.0,
@@ -296,17 +327,16 @@ class HFBackend:
         processors: list[LogitsProcessor],
         stop: _DelimiterStop,
         max_new: int,
-        sample: bool,
+        generators: list[torch.Generator] | None,
     ) -> tuple[list[list[int]], torch.Tensor]:
         """The decode loop of `model.generate`, except that a row leaves the batch (and the KV cache)
         once it stops, so the rows still going no longer carry the finished ones.
 
-        The draws are `generate`'s: `torch.multinomial` takes one exponential draw per (row,
-        vocabulary entry) of its table, so sampling from the full-size table, finished rows given a
-        dummy distribution, hands every running row the draw it had in `generate`. A smaller batch
-        can round the logits differently (CPU attention kernels split work by batch size), by about
-        1e-5 in a log-probability, so a draw that sits on such a tie could differ.
-        tests/test_backend.py compares tokens and log-probabilities with `generate`."""
+        Sampling (`generators` given, one per row) draws each row from its own stream
+        (`sample_rows`), as `generate` does here through `_RowSampler`, so both decoders draw the
+        same tokens. A smaller batch can round the logits differently (CPU attention kernels split
+        work by batch size), by about 1e-5 in a log-probability, so a draw that sits on such a tie
+        could differ. tests/test_backend.py compares tokens and log-probabilities with `generate`."""
         n_rows = input_ids.shape[0]
         eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=self.device)
         pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
@@ -329,16 +359,10 @@ class HFBackend:
             scores = logits
             for proc in processors:
                 scores = proc(step_ids, scores)
-            if not sample:
+            if generators is None:
                 tokens = torch.argmax(scores, dim=-1)
-            elif len(batch) == n_rows:
-                tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             else:
-                rows = torch.tensor(batch, device=self.device)
-                table = torch.zeros(n_rows, scores.shape[1], device=self.device)
-                table[:, 0] = 1.0
-                table[rows] = torch.softmax(scores, dim=-1)
-                tokens = torch.multinomial(table, num_samples=1).squeeze(1)[rows]
+                tokens = sample_rows(scores, [generators[r] for r in batch])
             picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1).tolist()
             ended = torch.isin(tokens, eos).tolist()
             hit = stop.mask[tokens].tolist()  # only rows whose new token holds the delimiter are checked

@@ -15,17 +15,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sharpen.errors import ConfigError
+from sharpen.evaluate import EvalConfig
+from sharpen.process import SearchSettings
 
-Recipe = Literal["mcts-dpo", "step-dpo", "rft", "prm-guided"]
+Recipe = str  # a name in sharpen.loop.recipes.RECIPES
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CollectConfig(_Strict):
-    algo: Literal["bon", "vote", "weighted", "beam", "mcts", "pf"] = Field("mcts", description="search algorithm on training problems")
-    scorer: str = Field("oracle", description="scorer spec: oracle | rollout | self | prm:<path>")
+class CollectConfig(SearchSettings):
+    algo: str = Field("mcts", description="search algorithm on training problems (`sharpen algos` lists them)")
+    scorer: str = Field("oracle", description="scorer spec: oracle[:k] | rollout[:k] | self | prm:<path> (`sharpen algos`)")
     problems: int = Field(64, ge=1, description="training problems searched per round")
     pool: int | None = Field(
         None, ge=1,
@@ -35,14 +37,8 @@ class CollectConfig(_Strict):
         "while the held-out set, distinct by construction, holds mostly long ones",
     )
     budget: int = Field(512, ge=1, description="generated-token budget per problem")
-    temperature: float = Field(0.8, ge=0.0)
-    step_tokens: int = Field(32, ge=1, description="max tokens of one step")
-    rollout_tokens: int = Field(64, ge=1, description="max tokens of one completion")
-    max_depth: int = Field(6, ge=1)
-    parallel: int = Field(16, ge=1, description="problems searched at once (lockstep batching)")
-    batch: int = Field(32, ge=1, description="rows per forward pass of the collecting backend (its max_batch): "
-                       "speed, but it also regroups the sampled rows, so the draw changes with it")
-    args: dict[str, Any] = Field(default_factory=dict, description="algorithm options (e.g. k, c_puct, rollouts)")
+    args: dict[str, Any] = Field(default_factory=dict, description="the algorithm's options (e.g. mcts: k, c_puct; "
+                                 "`sharpen algos` lists each algorithm's), checked when the config is loaded")
     strict_format: bool = Field(
         True,
         description="a collected solution counts as correct only with an `Answer:` line, as the prompt asks "
@@ -79,13 +75,17 @@ class TrainConfig(_Strict):
     )
 
 
+_E = EvalConfig.model_fields
+
+
 class EvalSection(_Strict):
+    """The loop's evaluation: `sharpen.evaluate.EvalConfig`'s fields and defaults, plus `n`."""
+
     n: int = Field(200, ge=1, description="held-out problems")
-    samples: int = Field(4, ge=0, description="sampled solutions per problem (pass@k, majority@k)")
-    temperature: float = Field(0.7, ge=0.0)
-    max_tokens: int = Field(64, ge=1)
-    batch: int = Field(64, ge=1, description="problems per generate call and rows per forward pass: speed only, the "
-                       "greedy rows do not depend on it (benchmarks/eval_batch.py)")
+    samples: int = _E["samples"]
+    temperature: float = _E["temperature"]
+    max_tokens: int = _E["max_tokens"]
+    batch: int = _E["problems_per_call"]
 
 
 class LoopConfig(_Strict):
@@ -107,17 +107,41 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (fix: pass a YAML file, e.g. configs/demo.yaml)")
+    # files as people have them: a UTF-8 byte-order mark and CRLF line ends are fine; anything
+    # else that is not UTF-8 YAML is a one-line error naming the file and the line
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e}) (fix: check the file's permissions)") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        what = "UTF-16 text" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else f"byte 0x{raw[e.start]:02x}; a binary file?"
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({what}) (fix: save the config as UTF-8 YAML)") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]}) (fix: check the indentation)") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        pos = getattr(e, "position", None)  # a ReaderError (e.g. a control character) has no mark
+        line = mark.line + 1 if mark is not None else text[:pos].count("\n") + 1 if pos is not None else None
+        where = f"{path}:{line}" if line else str(path)
+        problem = " ".join((getattr(e, "problem", None) or str(e).splitlines()[0]).split())
+        fix = "save it as plain UTF-8 text" if isinstance(e, yaml.reader.ReaderError) else "check the indentation"
+        raise ConfigError(f"{where}: not valid YAML ({problem}) (fix: {fix})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty or all comments (fix: key: value lines, e.g. a copy of configs/demo.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level (fix: key: value lines)")
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: cannot set {key}: {p} is not a section (fix: override a field of a section)")
         node[leaf] = value
     return validate(data, str(path))
 
@@ -129,6 +153,19 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"{where}: {loc}: {first['msg']} (fix: see configs/ for valid examples)") from None
+    from sharpen.loop.recipes import get_recipe
+    from sharpen.registry import get_algorithm, parse_scorer
+
+    try:
+        get_recipe(cfg.recipe)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: recipe: {e}") from None
+    try:
+        get_algorithm(cfg.collect.algo).parse(cfg.collect.args)
+        if cfg.collect.scorer != "none":
+            parse_scorer(cfg.collect.scorer)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: collect: {e}") from None
     if cfg.train.init == "base" and not cfg.train.replay and cfg.rounds > 1:
         raise ConfigError(f"{where}: train.init=base without train.replay trains each round on its own data only "
                           "and throws earlier rounds away (fix: train.replay: true, or train.init: previous)")

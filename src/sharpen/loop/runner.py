@@ -8,7 +8,6 @@ collection/evaluation skip problems already written to their JSONL."""
 
 from __future__ import annotations
 
-import copy
 import gc
 import math
 import random
@@ -17,10 +16,13 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from sharpen.credit import scores_are_monte_carlo
 from sharpen.errors import ConfigError
 from sharpen.io import atomic_write_json, atomic_write_text, read_jsonl
 from sharpen.loop.config import LoopConfig, dump
 from sharpen.loop.manifest import Manifest
+from sharpen.loop.recipes import get_recipe
+from sharpen.stats import auroc
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 Say = Callable[[str], None]
@@ -47,6 +49,7 @@ class LoopRunner:
             pool = self.task.problems("train", cfg.collect.pool, seed=cfg.seed)
             self.train_pool = random.Random(cfg.seed).sample(pool, need)
         self.manifest = Manifest(self.run)
+        self.recipe = get_recipe(cfg.recipe)
 
     # -- driver ----------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -91,7 +94,7 @@ class LoopRunner:
         e = self.cfg.eval
         backend = load_backend(model, seed=self.cfg.seed, max_batch=e.batch)
         cfg = EvalConfig(samples=e.samples, temperature=e.temperature, max_tokens=e.max_tokens, seed=self.cfg.seed,
-                         problems_per_call=e.batch)
+                         problems_per_call=e.batch, greedy=True)
         with self.progress(f"round {r}: evaluate", len(self.test)) as advance:
             metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl", on_progress=advance)
         metrics["exploration"] = distinct_correct(d / "problems.jsonl")
@@ -100,11 +103,6 @@ class LoopRunner:
         shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("greedy", "pass@1") if k in metrics)
         self.say(f"round {r}: {shown} (n={metrics['n']})")
         return {"artifacts": {"problems": f"round-{r}/eval/problems.jsonl", "metrics": f"round-{r}/eval/metrics.json"}}
-
-    def _scorer_spec(self, r: int) -> str:
-        if self.cfg.recipe == "prm-guided" and r > 1:
-            return "prm:" + str(self.run / f"round-{r - 1}" / "train" / "prm" / "merged")
-        return self.cfg.collect.scorer
 
     def collect(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.backends import load_backend
@@ -115,18 +113,17 @@ class LoopRunner:
         c = self.cfg.collect
         d = self._dir(r, "collect")
         problems = self.train_pool[(r - 1) * c.problems : r * c.problems]
-        # drop_finished=False: HF `generate`'s exact rounding. Steps are short, so letting finished rows
-        # leave the batch saved nothing here (258 s against 259 s for 40 problems), and exact rounding
-        # keeps collected trees the same across sharpen versions.
+        # drop_finished=False: HF `generate`. Steps are short, so letting finished rows leave the batch
+        # saved nothing here (258 s against 259 s for 40 problems); both decoders draw the same rows.
         backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
         process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
                             rollout_tokens=c.rollout_tokens, max_depth=c.max_depth, strict_answers=c.strict_format)
-        spec = self._scorer_spec(r)
+        spec = self.recipe.scorer_spec(self.cfg, self.run, r)
         scorer = make_scorer(spec, process, collect=True)
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
             trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
                                     out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
-                                    parallel=c.parallel)
+                                    parallel=c.parallel, split="train", scorer_spec=spec)
         metrics = search_metrics(trees, c.budget)
         metrics.update(collect_monitors(trees), scorer=spec, model=model)
         atomic_write_json(d / "metrics.json", metrics)
@@ -135,21 +132,13 @@ class LoopRunner:
 
     def build(self, r: int) -> dict[str, Any]:
         from sharpen import data
-        from sharpen.tree import Tree
+        from sharpen.tree import Tree, check_trainable
 
         d = self._dir(r, "data")
         trees = [Tree.from_dict(t) for t in read_jsonl(self.run / f"round-{r}" / "collect" / "trees.jsonl")]
-        if not self._scorer_spec(r).startswith("oracle"):
-            # only oracle scores are Monte Carlo values; otherwise credit comes from verified terminals
-            trees = [copy.deepcopy(t) for t in trees]
-            for t in trees:
-                for n in t.nodes:
-                    n.score = None
-        b = self.cfg.build
-        pairs = (data.step_dpo_pairs(trees, round=r) if self.cfg.recipe == "step-dpo"
-                 else data.step_pairs(trees, min_margin=b.min_margin, round=r, pairing=b.pairing))
-        sets = {"pairs": pairs, "labels": data.step_labels(trees, threshold=b.label_threshold, round=r),
-                "traces": data.verified_traces(trees, round=r)}
+        check_trainable(trees, f"round-{r}/collect/trees.jsonl")
+        # which scores count as Monte Carlo values is decided by `sharpen.credit.scores_are_monte_carlo`
+        sets = self.recipe.build(trees, self.cfg, r)
         for name, ds in sets.items():
             data.save_dataset(ds, d / name)
         rows = {k: len(v) for k, v in sets.items()}
@@ -165,8 +154,7 @@ class LoopRunner:
         d = self._dir(r, "train")
         data_dir = self.run / f"round-{r}" / "data"
         rows = dict(self.manifest.get(f"round-{r}/build").get("rows", {}))
-        recipe = self.cfg.recipe
-        kind = {"mcts-dpo": "pairs", "step-dpo": "pairs", "rft": "traces", "prm-guided": "traces"}[recipe]
+        kind = self.recipe.trains
         train_data = data_dir / kind
         if t.replay and r > 1:
             train_data = self._replay(r, kind, d / "replay")
@@ -176,16 +164,11 @@ class LoopRunner:
                             lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, steps // 4), logging_steps=5)
         opts.lora_options.r = t.lora_r
         info: dict[str, Any] = {"kind": kind, "rows": rows.get(kind, 0), "steps": steps, "start": model}
-        if recipe == "prm-guided" and rows.get("labels", 0):
-            from sharpen.train.prm import PRMTrainConfig, train_prm
-
-            with self._status(f"round {r}: train PRM on {rows['labels']} step labels"):
-                info["prm"] = str(train_prm(PRMTrainConfig(model=model, data=str(data_dir / "labels"), out=str(d / "prm"),
-                                                           train=copy.deepcopy(opts))))
+        info |= self.recipe.train_extra(self, r, model, data_dir, d, opts, rows)
         if rows.get(kind, 0) == 0:
             self.say(f"round {r}: no {kind} to train on; the policy is unchanged")
             info["model"] = model
-        elif kind == "pairs":
+        elif self.recipe.trainer == "dpo":
             from sharpen.train.dpo import DPOTrainConfig, train_dpo
 
             # precomputing costs one reference forward per pair; on the fly costs one per pair visit
@@ -235,18 +218,18 @@ class LoopRunner:
         paired-bootstrap 95% interval."""
         import numpy as np
 
+        from sharpen.stats import paired_bootstrap
+
         def greedy(r: int) -> dict[str, float]:
             rows = read_jsonl(self.run / f"round-{r}" / "eval" / "problems.jsonl")
             return {row["id"]: float(row["greedy"]["correct"]) for row in rows}
 
         a, b = greedy(r0), greedy(r1)
         ids = [p.id for p in self.test if p.id in a and p.id in b]
-        diff = np.array([b[i] - a[i] for i in ids])
-        rng = np.random.default_rng(self.cfg.seed)
-        boots = diff[rng.integers(0, len(diff), size=(iters, len(diff)))].mean(axis=1) if len(diff) else np.zeros(1)
-        return {"from_round": r0, "to_round": r1, "n": len(ids), "before": float(np.mean([a[i] for i in ids])),
-                "after": float(np.mean([b[i] for i in ids])), "delta": float(diff.mean()) if len(diff) else 0.0,
-                "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+        before, after = [a[i] for i in ids], [b[i] for i in ids]
+        delta, (lo, hi) = paired_bootstrap(before, after, iters=iters, seed=self.cfg.seed)
+        return {"from_round": r0, "to_round": r1, "n": len(ids), "before": float(np.mean(before)),
+                "after": float(np.mean(after)), "delta": delta, "ci95": [lo, hi]}
 
 
 def train_steps(max_steps: int, max_epochs: float | None, rows: int, batch_size: int) -> int:
@@ -259,7 +242,8 @@ def train_steps(max_steps: int, max_epochs: float | None, rows: int, batch_size:
 
 def collect_monitors(trees: list) -> dict[str, Any]:
     """B-STaR's exploration (distinct correct solutions per problem) and exploitation (how well
-    the scorer ranks correct terminals above incorrect ones: AUROC of node scores)."""
+    the scorer ranks correct terminals above incorrect ones: AUROC of node scores; None when the
+    scorer is the verifier itself, the oracle, whose AUROC is 1 by construction and means nothing)."""
     distinct = []
     pos, neg = [], []
     for t in trees:
@@ -270,15 +254,9 @@ def collect_monitors(trees: list) -> dict[str, Any]:
             if n.score is not None and n.correct is not None:
                 (pos if n.correct else neg).append(n.score)
         distinct.append(len(seen))
-    return {"exploration": sum(distinct) / max(1, len(distinct)), "exploitation_auroc": auroc(pos, neg)}
-
-
-def auroc(pos: list[float], neg: list[float]) -> float | None:
-    """P(score of a random positive > a random negative), ties counted half."""
-    if not pos or not neg:
-        return None
-    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
-    return wins / (len(pos) * len(neg))
+    oracle = any(scores_are_monte_carlo(t) for t in trees)
+    return {"exploration": sum(distinct) / max(1, len(distinct)),
+            "exploitation_auroc": None if oracle else auroc(pos, neg)}
 
 
 def prepare_run_dir(cfg: LoopConfig, run_dir: Path, resume: bool) -> LoopConfig:

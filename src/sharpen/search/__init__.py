@@ -1,47 +1,31 @@
 """Search algorithms: each grows one `Tree` under a budget in generated tokens, talking only to a
 process (`sharpen.process`) and a scorer (`sharpen.scorers`). Every one has the signature
 
-    fn(process, scorer, problem, budget_tokens, seed, **cfg) -> Tree
+    fn(process, scorer, problem, budget_tokens, seed, **options) -> Tree
 
+validates its options with its own options class, registers itself with `sharpen.registry.algorithm`,
 and fills `tree.answer`, `tree.chosen`, `tree.algo` and `tree.usage` (what was actually spent).
+A new algorithm is one new module in this package: it is found and registered on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from sharpen.errors import ConfigError
+from sharpen.registry import algorithms, get_algorithm
 from sharpen.search.beam import beam_search
 from sharpen.search.bon import best_of_n, majority_vote
 from sharpen.search.mcts import mcts
 from sharpen.search.pf import particle_filter
 from sharpen.search.weighted import weighted_vote_search
-from sharpen.tree import Tree
 
-Algorithm = Callable[..., Tree]
-
-ALGORITHMS: dict[str, Algorithm] = {
-    "bon": best_of_n,
-    "vote": majority_vote,
-    "weighted": weighted_vote_search,
-    "beam": beam_search,
-    "mcts": mcts,
-    "pf": particle_filter,
-}
-
-# algorithms that need a scorer (vote ignores it)
-NEEDS_SCORER = {"bon", "weighted", "beam", "mcts", "pf"}
-
-
-def get_algorithm(name: str) -> Algorithm:
-    if name not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {name!r} (fix: one of {', '.join(ALGORITHMS)})")
-    return ALGORITHMS[name]
-
+# name -> function and the names that need a scorer, of every registered algorithm (built-ins and
+# modules of this package; `sharpen.registry.algorithms()` also holds later registrations)
+ALGORITHMS = {name: entry.fn for name, entry in algorithms().items()}
+NEEDS_SCORER = {name for name, entry in algorithms().items() if entry.needs_scorer}
 
 __all__ = [
     "ALGORITHMS",
     "NEEDS_SCORER",
+    "algorithms",
     "best_of_n",
     "majority_vote",
     "weighted_vote_search",

@@ -12,15 +12,25 @@ Thoughts", arXiv 2305.10601).
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from sharpen.process import Process
+from sharpen.registry import Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
 
 
-def beam_search(
-    process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, width: int = 4, expansions: int = 4
-) -> Tree:
+class BeamOptions(Options):
+    width: int = Field(4, ge=1, description="beams kept after each step")
+    expansions: int = Field(4, ge=1, description="next steps sampled per unfinished beam")
+
+
+@algorithm("beam", BeamOptions)
+def beam_search(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, **options) -> Tree:
+    """Step-level beam search guided by a scorer (Snell et al. 2024; Tree of Thoughts BFS)."""
+    o = BeamOptions.parse(options, "algorithm beam")
+    width, expansions = o.width, o.expansions
     scorer = need_scorer(scorer, "beam")
     tree, budget = open_search(process, problem, budget_tokens, seed, "beam")
     beams = [tree.root.id]
@@ -28,7 +38,7 @@ def beam_search(
         unfinished = [b for b in beams if not tree.nodes[b].terminal]
         if not unfinished:
             break
-        parents, k = plan(budget, scorer, unfinished, expansions, process.step_tokens)
+        parents, k = plan(budget, scorer, unfinished, expansions, {"step": process.step_tokens})
         children = [c for kids in process.expand(tree, parents, k, budget) for c in kids]
         if not children:
             break

@@ -10,8 +10,11 @@ The tree has depth one: every child of the root is a complete solution.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from sharpen.budget import Budget
 from sharpen.process import Process
+from sharpen.registry import Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
@@ -21,7 +24,7 @@ def sample_solutions(process: Process, scorer, tree: Tree, budget: Budget, batch
     """Complete the root `batch` times per call (scoring each batch) until the budget is spent."""
     solutions: list[int] = []
     while not budget.exhausted:
-        roots, k = plan(budget, scorer, [tree.root.id], batch, process.rollout_tokens, terminal=True)
+        roots, k = plan(budget, scorer, [tree.root.id], batch, {"answer": process.rollout_tokens}, terminal=True)
         if not roots:
             break
         new = process.complete(tree, roots, k, budget)[0]
@@ -33,10 +36,17 @@ def sample_solutions(process: Process, scorer, tree: Tree, budget: Budget, batch
     return solutions
 
 
-def best_of_n(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, batch: int = 8) -> Tree:
+class SampleOptions(Options):
+    batch: int = Field(8, ge=1, description="solutions sampled per call until the budget is spent")
+
+
+@algorithm("bon", SampleOptions)
+def best_of_n(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, **options) -> Tree:
+    """Best-of-N: the highest-scoring of N sampled solutions (Cobbe et al. 2021)."""
+    o = SampleOptions.parse(options, "algorithm bon")
     scorer = need_scorer(scorer, "bon")
     tree, budget = open_search(process, problem, budget_tokens, seed, "bon")
-    solutions = sample_solutions(process, scorer, tree, budget, batch)
+    solutions = sample_solutions(process, scorer, tree, budget, o.batch)
     scored = [s for s in solutions if tree.nodes[s].score is not None]
     if scored:
         chosen = max(scored, key=lambda s: value(tree, s))  # first of equals
@@ -45,8 +55,11 @@ def best_of_n(process: Process, scorer, problem: Problem, budget_tokens: int, se
     return finish(process, tree, budget, chosen)
 
 
-def majority_vote(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, batch: int = 8) -> Tree:
+@algorithm("vote", SampleOptions, needs_scorer=False)
+def majority_vote(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, **options) -> Tree:
+    """Self-consistency: the most common answer of sampled solutions (Wang et al. 2022); no scorer."""
+    o = SampleOptions.parse(options, "algorithm vote")
     tree, budget = open_search(process, problem, budget_tokens, seed, "vote")
-    solutions = sample_solutions(process, None, tree, budget, batch)
+    solutions = sample_solutions(process, None, tree, budget, o.batch)
     chosen = weighted_vote(process, tree, solutions, [1.0] * len(solutions))
     return finish(process, tree, budget, chosen)

@@ -14,7 +14,7 @@ from sharpen.tree import Tree
 def open_search(process: Process, problem: Problem, budget_tokens: int, seed: int, algo: str) -> tuple[Tree, Budget]:
     tree = process.new_tree(problem, seed=seed)
     tree.algo = algo
-    return tree, Budget(process.meter, budget_tokens)
+    return tree, Budget(process.meter, budget_tokens, prior=tree.meta.get("row_prior"))
 
 
 def need_scorer(scorer, algo: str):
@@ -24,12 +24,15 @@ def need_scorer(scorer, algo: str):
 
 
 def plan(
-    budget: Budget, scorer, node_ids: list[int], k: int, row_tokens: int, terminal: bool = False
+    budget: Budget, scorer, node_ids: list[int], k: int, rows: dict[str, int], terminal: bool = False
 ) -> tuple[list[int], int]:
-    """Which nodes to extend and with how many rows each, so that the budget holds the rows
-    (`row_tokens` each) and the scoring of every new node (`scorer.cost(terminal)`)."""
-    cost = row_tokens + (scorer.cost(terminal) if scorer is not None else 0)
-    served, k = allot(list(range(len(node_ids))), k, budget.rows(len(node_ids) * k, cost))
+    """Which nodes to extend and with how many rows each, so that the budget left covers, at their
+    expected costs (`Budget.expected`, measured as the search goes), the rows (`rows`: kind -> max
+    tokens of one row, e.g. {"step": step_tokens}; several kinds when one candidate costs a step and
+    a rollout) and the scoring of every new node (`scorer.cost(terminal, budget)`)."""
+    cost = sum(budget.expected(kind, max_tokens) for kind, max_tokens in rows.items())
+    cost += scorer.cost(terminal, budget) if scorer is not None else 0
+    served, k = allot(list(range(len(node_ids))), k, budget.fit(len(node_ids) * k, cost))
     return [node_ids[i] for i in served], k
 
 

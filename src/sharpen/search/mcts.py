@@ -9,9 +9,10 @@ used for reasoning in MCTS-DPO (Xie et al. 2024, arXiv 2405.00451) and rStar-Mat
         2. expand:   s_L gets k children, P = the step's policy probability among its siblings
         3. evaluate: v = scorer(child), or with evaluate="rollout" the scorer's value of one
                      completion from the child to a terminal (attached to the tree, meta.rollout)
-                     (a terminal s_L is evaluated by its own score)
         4. backup:   every node on the path gets N += 1 and W += v per evaluated child;
                      Q = W / N  (node.visits, node.value_sum)
+                     a terminal child is backed up this once and then closed: selection never
+                     returns to a finished solution, so the budget goes to unexplored nodes
     answer: descend from the root by most visits (final="visits") or best Q (final="value")
 
 Progressive widening: a node whose children are all terminal or exhausted gets k more children
@@ -19,18 +20,31 @@ Progressive widening: a node whose children are all terminal or exhausted gets k
 one step still buys search (the tree grows wider where it cannot grow deeper).
 
 Visit counts add up: an expanded node's visits = (1 if it was itself evaluated, i.e. is not the
-root) + its step children's visits + its re-selections as a terminal (never, since it has children).
+root) + its step children's visits; a terminal has exactly 1 (or 0 if never scored).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from sharpen.errors import ConfigError
+from pydantic import Field
+
 from sharpen.process import Process
+from sharpen.registry import Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
+
+
+class MCTSOptions(Options):
+    k: int = Field(4, ge=1, description="candidate steps per expansion")
+    c_puct: float = Field(1.0, ge=0, description="exploration constant of PUCT")
+    evaluate: Literal["scorer", "rollout"] = Field(
+        "scorer", description="value a new child by the scorer, or by the scorer's value of one completion from it")
+    final: Literal["visits", "value"] = Field("visits", description="descend from the root by most visits or best Q")
+    max_iters: int = Field(10_000, ge=1, description="selection-expansion iterations at most")
+    max_children: int | None = Field(None, ge=1, description="progressive widening cap per node (default 4 x k)")
 
 
 def step_children(tree: Tree, node_id: int) -> list[int]:
@@ -44,25 +58,16 @@ def puct(tree: Tree, parent: int, child: int, c_puct: float) -> float:
     return q + c_puct * a.prior * math.sqrt(s.visits) / (1 + a.visits)
 
 
-def mcts(
-    process: Process,
-    scorer,
-    problem: Problem,
-    budget_tokens: int,
-    seed: int,
-    k: int = 4,
-    c_puct: float = 1.0,
-    evaluate: str = "scorer",
-    final: str = "visits",
-    max_iters: int = 10_000,
-    max_children: int | None = None,
-) -> Tree:
-    if evaluate not in ("scorer", "rollout") or final not in ("visits", "value"):
-        raise ConfigError("mcts: evaluate must be 'scorer' or 'rollout', final must be 'visits' or 'value'")
+@algorithm("mcts", MCTSOptions)
+def mcts(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, **options) -> Tree:
+    """Monte Carlo tree search over steps with PUCT selection (MCTS-DPO, rStar-Math)."""
+    o = MCTSOptions.parse(options, "algorithm mcts")
+    k, c_puct, evaluate, final = o.k, o.c_puct, o.evaluate, o.final
     scorer = need_scorer(scorer, "mcts")
     tree, budget = open_search(process, problem, budget_tokens, seed, "mcts")
-    closed: set[int] = set()  # subtrees with nothing left to expand
-    max_children = 4 * k if max_children is None else max(k, max_children)
+    closed: set[int] = set()  # finished solutions and subtrees with nothing left to expand
+    max_children = 4 * k if o.max_children is None else max(k, o.max_children)
+    max_iters = o.max_iters
 
     for _ in range(max_iters):
         if budget.exhausted or tree.root.id in closed:
@@ -78,15 +83,17 @@ def mcts(
             parent = path[-1]
             path.append(max(kids, key=lambda c, p=parent: puct(tree, p, c, c_puct)))
         leaf = tree.nodes[path[-1]]
-        if leaf.terminal:
-            values = [v for v in scorer.score(tree, [leaf.id], budget) if v is not None]  # cached: free
-        elif len(step_children(tree, leaf.id)) >= max_children:  # expanded, every child closed
+        if leaf.terminal:  # only the root can be reached terminal: children close when backed up
+            closed.add(leaf.id)
+            _close(tree, closed, path, max_children)
+            continue
+        if len(step_children(tree, leaf.id)) >= max_children:  # expanded, every child closed
             _close(tree, closed, path, max_children)
             continue
         else:
             # 2. expand
-            extra = process.rollout_tokens if evaluate == "rollout" else 0
-            leaves, kk = plan(budget, scorer, [leaf.id], k, process.step_tokens + extra, terminal=extra > 0)
+            rows = {"step": process.step_tokens} | ({"answer": process.rollout_tokens} if evaluate == "rollout" else {})
+            leaves, kk = plan(budget, scorer, [leaf.id], k, rows, terminal=evaluate == "rollout")
             if not leaves:
                 break
             kk = min(kk, max_children - len(step_children(tree, leaf.id)))
@@ -103,6 +110,8 @@ def mcts(
                 if v is not None:
                     tree.nodes[c].visits, tree.nodes[c].value_sum = 1, v
                     values.append(v)
+                if tree.nodes[c].terminal:
+                    closed.add(c)  # backed up once, below, and never selected again
         # 4. backup
         for n in path:
             tree.nodes[n].visits += len(values)

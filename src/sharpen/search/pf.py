@@ -23,8 +23,10 @@ from __future__ import annotations
 import math
 import random
 
-from sharpen.errors import ConfigError
+from pydantic import Field
+
 from sharpen.process import Process
+from sharpen.registry import Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
@@ -44,18 +46,17 @@ def effective_sample_size(w: list[float]) -> float:
     return 1.0 / sum((x / z) ** 2 for x in w) if z > 0 else 0.0
 
 
-def particle_filter(
-    process: Process,
-    scorer,
-    problem: Problem,
-    budget_tokens: int,
-    seed: int,
-    n: int = 4,
-    temperature: float = 0.5,
-    ess_threshold: float = 0.5,
-) -> Tree:
-    if n <= 0 or temperature <= 0 or not 0 <= ess_threshold <= 1:
-        raise ConfigError("pf: n > 0, temperature > 0 and 0 <= ess_threshold <= 1 (fix: e.g. n=4 temperature=0.5)")
+class PFOptions(Options):
+    n: int = Field(4, ge=1, description="particles")
+    temperature: float = Field(0.5, gt=0, description="softmax temperature turning scores into weights")
+    ess_threshold: float = Field(0.5, ge=0, le=1, description="resample when ESS < this x unfinished particles (1: every step)")
+
+
+@algorithm("pf", PFOptions)
+def particle_filter(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, **options) -> Tree:
+    """Particle filtering over steps (Puri et al. 2025); finished particles are never revived."""
+    o = PFOptions.parse(options, "algorithm pf")
+    n, temperature, ess_threshold = o.n, o.temperature, o.ess_threshold
     scorer = need_scorer(scorer, "pf")
     tree, budget = open_search(process, problem, budget_tokens, seed, "pf")
     rng = random.Random(seed)
@@ -69,7 +70,7 @@ def particle_filter(
         unfinished = [i for i in range(n) if not tree.nodes[x[i]].terminal]
         if not unfinished:
             break
-        served, _ = plan(budget, scorer, unfinished, 1, process.step_tokens)  # particle indices
+        served, _ = plan(budget, scorer, unfinished, 1, {"step": process.step_tokens})  # particle indices
         extended = process.expand(tree, [x[i] for i in served], 1, budget)
         if not any(extended):
             break

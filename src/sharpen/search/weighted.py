@@ -10,18 +10,20 @@ al. 2024 "Large Language Monkeys", arXiv 2407.21787).
 from __future__ import annotations
 
 from sharpen.process import Process
-from sharpen.search.bon import sample_solutions
+from sharpen.registry import algorithm
+from sharpen.search.bon import SampleOptions, sample_solutions
 from sharpen.search.common import finish, need_scorer, open_search, value, weighted_vote
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
 
 
-def weighted_vote_search(
-    process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, batch: int = 8
-) -> Tree:
+@algorithm("weighted", SampleOptions)
+def weighted_vote_search(process: Process, scorer, problem: Problem, budget_tokens: int, seed: int, **options) -> Tree:
+    """Verifier-weighted vote: the answer with the largest sum of scores (Li et al. 2023)."""
+    o = SampleOptions.parse(options, "algorithm weighted")
     scorer = need_scorer(scorer, "weighted")
     tree, budget = open_search(process, problem, budget_tokens, seed, "weighted")
-    solutions = sample_solutions(process, scorer, tree, budget, batch)
+    solutions = sample_solutions(process, scorer, tree, budget, o.batch)
     weights = [value(tree, s) for s in solutions]
     chosen = weighted_vote(process, tree, solutions, weights) if any(weights) else None
     if chosen is None:  # every score was 0 or missing: plain vote

@@ -88,11 +88,21 @@ def prepare_model(model: Any, opts: TrainOptions) -> Any:
     """Apply the speed options that leave the maths unchanged (`share_prefix`) to a freshly loaded
     causal LM, before a TRL trainer wraps it (so its reference pass uses them too)."""
     if opts.share_prefix:
-        from sharpen.train.prefix import backbone_of, score_completion_positions_only, share_prefix
+        from sharpen.train.prefix import backbone_of, share_prefix
 
         share_prefix(backbone_of(model))
-        score_completion_positions_only()
     return model
+
+
+def prepare_trainer(trainer: Any, opts: TrainOptions) -> Any:
+    """The trainer's half of `share_prefix`: TRL's fused LM head projects only completion
+    positions, in this trainer's loss and reference passes only
+    (`sharpen.train.prefix.score_completion_positions_only`)."""
+    if opts.share_prefix:
+        from sharpen.train.prefix import score_completion_positions_only
+
+        score_completion_positions_only(trainer)
+    return trainer
 
 
 def has_cuda() -> bool:

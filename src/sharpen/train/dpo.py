@@ -6,7 +6,12 @@ base model with the adapters disabled; with full fine-tuning, TRL loads a frozen
 
 One deviation from TRL's defaults, on purpose: TRL appends EOS to every non-conversational
 completion, but a step is not the end of a solution, so a pair `(prompt, step)` must not teach the
-policy to stop after the step. `append_eos=False` (default) strips it again after TRL tokenises.
+policy to stop after the step. TRL (1.16) has no option for that, so with `append_eos=False`
+(default) each completion gets one EOS of our own before the dataset goes in (TRL's appending is
+then a no-op), and that one token is dropped again from the tokenised rows: by the preference
+collator passed through DPOTrainer's public `data_collator` argument while the constructor
+precomputes reference log-probs, then in `trainer.train_dataset` itself. A step that ends in EOS on
+purpose (`sharpen.data.step_completion`: a rejected step after which the model stopped) keeps it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sharpen.train.common import (
     fit,
     load_tokenizer,
     prepare_model,
+    prepare_trainer,
     quiet,
     save_outputs,
     trainer_kwargs,
@@ -57,41 +63,54 @@ class DPOTrainConfig:
     """Optimisation, LoRA and checkpointing options."""
 
 
-def _trainer_class() -> Any:
-    from trl import DPOTrainer
+def _add_eos(eos: str) -> Any:
+    def add(ex: dict) -> dict:
+        return {"chosen": ex["chosen"] + eos, "rejected": ex["rejected"] + eos}
 
-    class StepDPOTrainer(DPOTrainer):
-        """DPOTrainer that, unless asked, leaves completions without a trailing EOS."""
+    return add
 
-        sharpen_append_eos: bool = False
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # type: ignore[override]
-            if self.sharpen_append_eos:
-                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-            eos, eos_id = self._tokenizer.eos_token, self._tokenizer.eos_token_id
+def _strip_eos(eos_id: int) -> Any:
+    """Drops the one EOS `_add_eos` gave a tokenised row's completions (never a completion's only token)."""
 
-            # end each completion with EOS so TRL's `add_eos` is a no-op, then drop that one token
-            def add(ex: dict) -> dict:
-                return {"chosen": ex["chosen"] + eos, "rejected": ex["rejected"] + eos}
+    def strip(ex: dict) -> dict:
+        c, r = ex["chosen_ids"], ex["rejected_ids"]
+        return {
+            "chosen_ids": c[:-1] if c and c[-1] == eos_id and len(c) > 1 else c,
+            "rejected_ids": r[:-1] if r and r[-1] == eos_id and len(r) > 1 else r,
+        }
 
-            def strip(ex: dict) -> dict:
-                c, r = ex["chosen_ids"], ex["rejected_ids"]
-                return {
-                    "chosen_ids": c[:-1] if c and c[-1] == eos_id and len(c) > 1 else c,
-                    "rejected_ids": r[:-1] if r and r[-1] == eos_id and len(r) > 1 else r,
-                }
+    return strip
 
-            dataset = super()._prepare_dataset(dataset.map(add), processing_class, args, dataset_name)
-            return dataset.map(strip)
 
-    return StepDPOTrainer
+def _step_collator(tok: Any, args: Any, strip_eos: bool) -> Any:
+    """TRL's preference collator, as DPOTrainer builds it when given none; with `strip_eos` it first
+    applies `_strip_eos` to each row."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    base = DataCollatorForPreference(
+        pad_token_id=tok.pad_token_id,
+        max_length=args.max_length,
+        truncation_mode=args.truncation_mode,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+    )
+    if not strip_eos:
+        return base
+    strip = _strip_eos(tok.eos_token_id)
+
+    def collate(examples: list[dict]) -> dict:
+        return base([{**ex, **strip(ex)} for ex in examples])
+
+    return collate
 
 
 def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
     """The configured TRL trainer (exposed for benchmarks and tests)."""
     import torch
     from transformers import AutoModelForCausalLM
-    from trl import DPOConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from sharpen.train.prefix import completion_positions_only
 
     out = Path(cfg.out)
     path = resolve_model(cfg.model)
@@ -113,18 +132,28 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         remove_unused_columns=False,
     )
-    cls = _trainer_class()
-    cls.sharpen_append_eos = cfg.append_eos
-    trainer = cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tok,
-        peft_config=cfg.train.lora_options.peft_config() if cfg.train.lora else None,
-    )
+    if not cfg.append_eos:
+        dataset = dataset.map(_add_eos(tok.eos_token))
+    # what DPOTrainer does itself when it builds the collator: the model agrees with the tokenizer on padding
+    model.config.get_text_config().pad_token_id = tok.pad_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    with completion_positions_only(cfg.train.share_prefix):  # covers the reference pass of precomputing
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+            data_collator=_step_collator(tok, args, strip_eos=not cfg.append_eos),
+            peft_config=cfg.train.lora_options.peft_config() if cfg.train.lora else None,
+        )
+    if not cfg.append_eos:
+        # the rows as trained on, then the plain collator: the reference log-probs TRL precomputes in
+        # the constructor were taken through the stripping one, so they match these rows
+        trainer.train_dataset = trainer.train_dataset.map(_strip_eos(tok.eos_token_id))
+        trainer.data_collator = _step_collator(tok, args, strip_eos=False)
     if trainer.ref_model is not None:  # full fine-tuning: TRL's frozen copy of the policy
         prepare_model(trainer.ref_model, cfg.train)
-    return trainer
+    return prepare_trainer(trainer, cfg.train)
 
 
 def train_dpo(cfg: DPOTrainConfig) -> Path:

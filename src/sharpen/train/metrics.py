@@ -4,7 +4,7 @@
   log pi_ref(y|x)); accuracy = share of pairs where r(chosen) > r(rejected) (TRL's
   `rewards/accuracies`). Before training pi = pi_ref, so every reward is 0 and the accuracy is 0;
   `logp_accuracy` (log pi(chosen) > log pi(rejected), no reference) is comparable before and after.
-- PRM AUROC on held-out step labels with a bootstrap 95% interval (numpy only).
+- PRM AUROC on held-out step labels with a bootstrap 95% interval (`sharpen.stats`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sharpen import stats
 from sharpen.errors import TaskError
 
 
@@ -94,45 +95,29 @@ def dpo_reward_accuracy(
 
 
 def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve = P(score of a positive > score of a negative), ties counting 1/2
-    (the Mann-Whitney U statistic with average ranks). NaN when only one class is present."""
+    """`sharpen.stats.auroc` over (label, score) pairs: P(score of a positive > score of a
+    negative), ties counting 1/2. NaN when only one class is present."""
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=float)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    a = stats.auroc(s[y], s[~y])
+    return float("nan") if a is None else a
 
 
 def auroc_with_ci(
     labels: Sequence[int], scores: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, float]:
-    """AUROC and a percentile bootstrap interval (resampling steps with replacement)."""
+    """AUROC and a percentile bootstrap interval (`sharpen.stats.bootstrap_ci`, resampling steps
+    with replacement; one-class resamples dropped)."""
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=float)
-    point = auroc(y, s)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        a = auroc(y[idx], s[idx])
-        if not np.isnan(a):
-            boots.append(a)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2]) if boots else (float("nan"),) * 2
+    lo, hi = stats.bootstrap_ci(
+        np.column_stack([y, s]), iters=n_boot, seed=seed, alpha=1 - level,
+        stat=lambda rows: auroc(rows[:, 0], rows[:, 1]),
+    )
     return {
-        "auroc": point,
-        "ci_low": float(lo),
-        "ci_high": float(hi),
+        "auroc": auroc(y, s),
+        "ci_low": lo,
+        "ci_high": hi,
         "n": int(len(y)),
         "positives": int(y.sum()),
     }

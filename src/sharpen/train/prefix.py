@@ -17,8 +17,10 @@ call (it cannot be cached across steps); what is saved is the (rows - 1) copies 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from sharpen.models import cache_arg
@@ -99,15 +101,54 @@ def backbone_of(model: Any) -> Any:
     return inner.base_model
 
 
-def score_completion_positions_only() -> None:
-    """TRL's fused LM head projects only the positions that have a label (the completion) on
-    CUDA/XPU, but every position elsewhere, to keep tile shapes fixed for compilers (Neuron). On
-    CPU that projects the whole prompt through the 49k-token vocabulary for nothing; this makes
-    the compact path the rule everywhere. Same values: the skipped positions are masked to 0 either
-    way. A no-op when TRL no longer has the switch."""
+def _always(device: Any) -> bool:
+    return True
+
+
+@contextlib.contextmanager
+def completion_positions_only(enabled: bool = True) -> Iterator[None]:
+    """While active, TRL's fused LM head projects only the positions that have a label (the
+    completion) on every device. TRL does that on CUDA/XPU but projects every position elsewhere, to
+    keep tile shapes fixed for compilers (Neuron); on CPU that pushes the whole prompt through the
+    49k-token vocabulary for nothing. Same values: the skipped positions are masked to 0 either way.
+
+    TRL has no public switch for this (TRL 1.16: `trl.trainer.utils._use_triton(device)` decides,
+    read at call time by the fused head's forward), so the module function is swapped for the
+    duration of the block and TRL's own restored after it. A no-op when `enabled` is False or TRL
+    no longer has that function."""
     try:
         from trl.trainer import utils
     except ImportError:  # pragma: no cover
+        utils = None
+    original = getattr(utils, "_use_triton", None)
+    if not enabled or original is None:
+        yield
         return
-    if hasattr(utils, "_use_triton"):
-        utils._use_triton = lambda device: True
+    utils._use_triton = _always
+    try:
+        yield
+    finally:
+        utils._use_triton = original
+
+
+def score_completion_positions_only(trainer: Any) -> Any:
+    """Confine `completion_positions_only` to one trainer: its loss (training and evaluation) and
+    reference log-prob passes run inside it, nothing else in the process does. (Build the trainer
+    inside `completion_positions_only()` too when it precomputes reference log-probs, which TRL
+    does in the constructor.) Returns the trainer."""
+
+    def confined(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with completion_positions_only():
+                return method(*args, **kwargs)
+
+        return call
+
+    for name in ("compute_loss", "compute_ref_log_probs"):
+        method = getattr(trainer, name, None)
+        if method is not None and not getattr(method, "_sharpen_completion_only", False):
+            wrapped = confined(method)
+            wrapped._sharpen_completion_only = True
+            setattr(trainer, name, wrapped)
+    return trainer

@@ -1,11 +1,15 @@
 """A process reward model (PRM) as token classification (Math-Shepherd, arXiv 2312.08935): the
-input is the prompt followed by the steps, each followed by "\\n"; the label of a step (its Monte
-Carlo value >= threshold, from `sharpen.data.step_labels`) sits on the step's last token, the one
-holding its "\\n"; every other position is -100. Trained with transformers' `Trainer` on
-`AutoModelForTokenClassification` (num_labels=2) over the policy's backbone.
+input is the prompt followed by the steps, each followed by the step delimiter of the trees the
+labels came from (the `delimiter` column of `sharpen.data.step_labels`, "\\n" for label sets built
+without one); the label of a step (its Monte Carlo value >= threshold) sits on the step's last
+token, the one holding its delimiter's last character (the one before it when that token also
+holds the next step's first word); every other position is -100. Trained
+with transformers' `Trainer` on `AutoModelForTokenClassification` (num_labels=2) over the policy's
+backbone.
 
 `PRMModel.load(path).score(prompts, steps_lists)` gives P(label=1) at each step boundary: the
-`prm:<path>` scorer calls it.
+`prm:<path>` scorer (`sharpen.scorers.PRMScorer`) and `sharpen.train.metrics.prm_auroc` call it. The
+delimiter the PRM was trained with is recorded in sharpen_prm.json and used when scoring.
 
 Output: out/checkpoints/, out/merged/ (model + tokenizer + sharpen_prm.json), out/sharpen_train.json.
 With LoRA the adapter is merged (the classification head is trained in full) and also kept in out/adapter/.
@@ -34,36 +38,52 @@ from sharpen.train.common import (
 )
 
 DELIMITER = "\n"
-PRM_FORMAT = {
-    "kind": "sharpen-prm",
-    "version": 1,
-    "input": "prompt + ''.join(step + '\\n' for step in steps)",
-    "label_position": "the last token of each step (the token holding its '\\n')",
-    "labels": {"0": "step leads away from the answer", "1": "step keeps the answer reachable"},
-    "score": "softmax(logits)[..., 1] at each step's last token",
-    "delimiter": DELIMITER,
-}
+"""The step delimiter of label rows without a `delimiter` column and of PRMs whose format file
+does not name one."""
+
+
+def prm_format(delimiter: str = DELIMITER) -> dict[str, Any]:
+    """The contents of sharpen_prm.json for a PRM trained on steps ending with `delimiter`."""
+    return {
+        "kind": "sharpen-prm",
+        "version": 1,
+        "input": "prompt + ''.join(step + delimiter for step in steps)",
+        "label_position": "the last token of each step (the one holding its delimiter's last character)",
+        "labels": {"0": "step leads away from the answer", "1": "step keeps the answer reachable"},
+        "score": "softmax(logits)[..., 1] at each step's last token",
+        "delimiter": delimiter,
+    }
+
+
+PRM_FORMAT = prm_format(DELIMITER)
 LABEL_COLUMNS = ("prompt", "prefix_steps", "step", "path_labels", "leaf")
 
 
 def encode(
-    tok: Any, prompt: str, steps: Sequence[str], max_length: int | None = None
+    tok: Any, prompt: str, steps: Sequence[str], max_length: int | None = None, delimiter: str = DELIMITER
 ) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + steps and, for each step, the index of its last token (-1 when the step
-    was cut off by `max_length`)."""
+    """Token ids of prompt + every step followed by `delimiter` and, for each step, the index of its
+    last token: the one holding the delimiter's last character, or the token before it when that one
+    also holds the next step's first word (-1 when the step was cut off by `max_length`)."""
     text = prompt
-    ends = []
+    starts, ends = [], []
     for s in steps:
-        text += s + DELIMITER
-        ends.append(len(text) - 1)  # the delimiter's character
+        starts.append(len(text))
+        text += s + delimiter
+        ends.append(len(text) - 1)  # the delimiter's last character
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     positions: list[int] = []
     t = 0
-    for e in ends:
+    for start, e in zip(starts, ends, strict=True):
         while t < len(offsets) and offsets[t][1] <= e:
             t += 1
-        positions.append(t if t < len(offsets) and offsets[t][0] <= e else -1)
+        if t < len(offsets) and offsets[t][0] <= e and text[e + 1 : offsets[t][1]].strip():
+            # the token holding the delimiter's end also holds the next step's first word (a delimiter
+            # ending in a space, " Answer"): the last token before it, which sees nothing of that step
+            positions.append(t - 1 if t > 0 and offsets[t - 1][1] > start else -1)
+        else:
+            positions.append(t if t < len(offsets) and offsets[t][0] <= e else -1)
     if max_length is not None and len(ids) > max_length:
         ids = ids[:max_length]
         positions = [p if p < max_length else -1 for p in positions]
@@ -84,6 +104,22 @@ class PRMTrainConfig:
     """Optimisation, LoRA and checkpointing options."""
 
 
+def _row_delimiter(row: dict) -> str:
+    return row.get("delimiter") or DELIMITER
+
+
+def dataset_delimiter(ds: Any) -> str:
+    """The one step delimiter of a step-labels dataset's leaf rows (`DELIMITER` for label sets
+    built before rows carried one). A PRM learns one input format, so mixed delimiters are refused."""
+    found = {_row_delimiter(r) for r in ds if r["leaf"]}
+    if len(found) > 1:
+        raise TaskError(
+            f"step labels with different step delimiters {sorted(found)} (fix: train a PRM on labels from "
+            "trees searched with one delimiter)"
+        )
+    return found.pop() if found else DELIMITER
+
+
 def _examples(ds: Any, tok: Any, max_length: int | None) -> list[dict]:
     """One example per leaf path: every valued step on it carries its label."""
     out = []
@@ -91,7 +127,7 @@ def _examples(ds: Any, tok: Any, max_length: int | None) -> list[dict]:
         if not r["leaf"]:
             continue
         steps = list(r["prefix_steps"]) + [r["step"]]
-        ids, pos = encode(tok, r["prompt"], steps, max_length)
+        ids, pos = encode(tok, r["prompt"], steps, max_length, _row_delimiter(r))
         labels = [-100] * len(ids)
         for p, lab in zip(pos, r["path_labels"], strict=True):
             if p >= 0 and lab >= 0:
@@ -117,6 +153,7 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
     if dataset is None:
         dataset = load_dataset_dir(cfg.data, LABEL_COLUMNS)
     tok = load_tokenizer(path)
+    delimiter = dataset_delimiter(dataset)
     rows = _examples(dataset, tok, cfg.train.max_length)
     if not rows:
         raise TaskError(
@@ -140,13 +177,15 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
             )
         model = get_peft_model(model, lora_cfg)
     args = TrainingArguments(**trainer_kwargs(cfg.train, out), remove_unused_columns=False)
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         data_collator=DataCollatorForTokenClassification(tok),
         processing_class=tok,
     )
+    trainer.sharpen_prm_delimiter = delimiter  # recorded in sharpen_prm.json by `train_prm`
+    return trainer
 
 
 def train_prm(cfg: PRMTrainConfig) -> Path:
@@ -155,49 +194,86 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     trainer = quiet(build_trainer(cfg))
     metrics, _ = fit(trainer, out, cfg.train.resume)
     merged = save_outputs(trainer, out, cfg.train.lora,
-                          extra=lambda d: atomic_write_json(d / "sharpen_prm.json", PRM_FORMAT))
+                          extra=lambda d: atomic_write_json(d / "sharpen_prm.json",
+                                                            prm_format(trainer.sharpen_prm_delimiter)))
     metrics["sequences"] = len(trainer.train_dataset)
     write_summary(out, "prm", cfg, metrics)
     return merged
 
 
 class PRMModel:
-    """A trained PRM: `score(prompts, steps_lists)` -> P(good) at each step boundary."""
+    """A trained PRM: `score(prompts, steps_lists)` -> P(good) at each step boundary, the input
+    rendered with the delimiter it was trained with (`delimiter`)."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", max_length: int | None = None):
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", max_length: int | None = None,
+                 delimiter: str = DELIMITER):
         self.model, self.tokenizer, self.device, self.max_length = model, tokenizer, device, max_length
+        self.delimiter = delimiter
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, max_length: int | None = 2048) -> PRMModel:
+    def load(
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        max_length: int | None = 2048,
+        require_format: bool = True,
+        delimiter: str = DELIMITER,
+    ) -> PRMModel:
+        """The PRM in `path`: out/merged of `sharpen train prm`, or that out dir itself.
+
+        Args:
+            device: "cuda" when available, else "cpu", by default.
+            max_length: longest input; a step cut off scores 0.0 (None: no limit).
+            require_format: refuse a directory without sharpen_prm.json. False also accepts any
+                token-classification model directory (its `merged/` when it has one), read with
+                `delimiter`.
+            delimiter: the step delimiter when the directory has no sharpen_prm.json; one that has
+                records the delimiter the PRM was trained with, and that one is used.
+        """
         import torch
         from transformers import AutoModelForTokenClassification
 
         p = Path(path)
-        if (p / "merged" / "sharpen_prm.json").exists():
+        if (p / "merged" / "sharpen_prm.json").exists() or (
+            not require_format and (p / "merged" / "config.json").exists()
+        ):
             p = p / "merged"  # the training output dir itself
-        if not (p / "sharpen_prm.json").exists():
+        if (p / "sharpen_prm.json").exists():
+            fmt = json.loads((p / "sharpen_prm.json").read_text())
+            delimiter = fmt.get("delimiter", DELIMITER)
+            if fmt.get("kind") != "sharpen-prm" or not isinstance(delimiter, str) or not delimiter:
+                raise ModelError(f"{p}/sharpen_prm.json describes an unknown format")
+        elif require_format:
             raise ModelError(
                 f"{path} is not a sharpen PRM: no sharpen_prm.json (fix: pass out/merged of `sharpen train prm`)"
             )
-        fmt = json.loads((p / "sharpen_prm.json").read_text())
-        if fmt.get("kind") != "sharpen-prm" or fmt.get("delimiter", DELIMITER) != DELIMITER:
-            raise ModelError(f"{p}/sharpen_prm.json describes an unknown format")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModelForTokenClassification.from_pretrained(p).to(device).eval()
-        return cls(model, load_tokenizer(p), device, max_length)
+        try:
+            tokenizer = load_tokenizer(str(p))
+            model = AutoModelForTokenClassification.from_pretrained(str(p)).to(device).eval()
+        except (OSError, ValueError) as e:
+            raise ModelError(
+                f"cannot load a PRM from {path}: {str(e).splitlines()[0]} "
+                "(fix: a directory of a token-classification model trained by `sharpen train prm`)"
+            ) from None
+        return cls(model, tokenizer, device, max_length, delimiter)
 
-    def score(
-        self, prompts: Sequence[str], steps_lists: Sequence[Sequence[str]], batch_size: int = 8
-    ) -> list[list[float]]:
-        """For each (prompt, steps): P(label=1) at the last token of each step (0.0 for a step cut off
-        by `max_length`)."""
-        import torch
-
+    def encode(self, prompts: Sequence[str], steps_lists: Sequence[Sequence[str]]) -> list[tuple[list[int], list[int]]]:
+        """`encode` of each (prompt, steps) with this PRM's delimiter and max_length: token ids and
+        the position of each step's last token (-1 when cut off)."""
         if len(prompts) != len(steps_lists):
             raise ValueError("prompts and steps_lists differ in length")
-        enc = [
-            encode(self.tokenizer, p, s, self.max_length) for p, s in zip(prompts, steps_lists, strict=True)
+        return [
+            encode(self.tokenizer, p, s, self.max_length, self.delimiter)
+            for p, s in zip(prompts, steps_lists, strict=True)
         ]
+
+    def score_encoded(self, enc: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8) -> list[list[float]]:
+        """For each (token ids, positions) from `encode`: P(label=1) at each position (0.0 at -1),
+        `batch_size` sequences per forward pass, right-padded. P(label=1) is the softmax's class 1,
+        or the sigmoid of the logit for a single-label head."""
+        import torch
+
         out: list[list[float]] = []
         pad = self.tokenizer.pad_token_id or 0
         for i in range(0, len(enc), batch_size):
@@ -206,11 +282,24 @@ class PRMModel:
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for j, (x, _) in enumerate(chunk):  # right padding: positions stay as encoded
-                ids[j, : len(x)] = torch.tensor(x, dtype=torch.long)
+                ids[j, : len(x)] = torch.tensor(list(x), dtype=torch.long)
                 mask[j, : len(x)] = 1
-            with torch.no_grad():
+            with torch.inference_mode():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu()
-            for j, (_, pos) in enumerate(chunk):
-                out.append([float(probs[j, p]) if p >= 0 else 0.0 for p in pos])
+            at = [(j, p) for j, (_, pos) in enumerate(chunk) for p in pos if p >= 0]
+            probs: list[float] = []
+            if at:  # only the step boundaries: the logits there, then their probabilities
+                rows, cols = zip(*at, strict=True)
+                sel = logits[list(rows), list(cols)].float()
+                probs = (torch.sigmoid(sel[:, 0]) if sel.shape[-1] == 1 else torch.softmax(sel, -1)[:, 1]).tolist()
+            k = iter(probs)
+            for _, pos in chunk:
+                out.append([next(k) if p >= 0 else 0.0 for p in pos])
         return out
+
+    def score(
+        self, prompts: Sequence[str], steps_lists: Sequence[Sequence[str]], batch_size: int = 8
+    ) -> list[list[float]]:
+        """For each (prompt, steps): P(label=1) at the last token of each step (0.0 for a step cut off
+        by `max_length`)."""
+        return self.score_encoded(self.encode(prompts, steps_lists), batch_size)

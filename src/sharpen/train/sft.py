@@ -16,6 +16,7 @@ from sharpen.train.common import (
     fit,
     load_tokenizer,
     prepare_model,
+    prepare_trainer,
     quiet,
     save_outputs,
     trainer_kwargs,
@@ -60,13 +61,14 @@ def build_trainer(cfg: SFTTrainConfig, dataset: Any | None = None) -> Any:
         max_length=cfg.train.max_length,
         completion_only_loss=cfg.completion_only_loss,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tok,
         peft_config=cfg.train.lora_options.peft_config() if cfg.train.lora else None,
     )
+    return prepare_trainer(trainer, cfg.train)
 
 
 def train_sft(cfg: SFTTrainConfig) -> Path:

@@ -1,0 +1,336 @@
+"""The Python API: what the `sharpen` commands do, as functions a notebook can call.
+
+    import sharpen
+
+    trees, metrics = sharpen.run_search(algo="mcts", scorer="rollout:2", budget=256, n=10)
+    print(metrics["accuracy"], trees[0].answer)
+    sharpen.run_eval(model="smollm2-135m", n=50, config=sharpen.EvalConfig(samples=4))
+    sharpen.run("configs/demo.yaml", out="runs/demo")
+
+Every function validates its inputs before it loads a model or writes a file, and raises the typed
+errors of `sharpen.errors` (the CLI turns them into one line and exit code 2).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sharpen.errors import ConfigError
+from sharpen.evaluate import EvalConfig
+from sharpen.process import SearchSettings
+
+Progress = Callable[[int], None]
+
+
+def _bar(progress: Any, description: str, total: int):
+    """`progress(description, total)` (a context manager yielding advance(n)), or a silent one."""
+    from contextlib import nullcontext
+
+    return progress(description, total) if progress is not None else nullcontext(None)
+
+
+def load_model(model: str = "smollm2-135m", seed: int = 0, **backend_options: Any):
+    """A backend for a built-in model name, an HF id or a local model directory."""
+    from sharpen.backends import load_backend
+
+    return load_backend(model, seed=seed, **backend_options)
+
+
+def load_task(spec: str = "gym:chain_sum", **task_args: Any):
+    """`gym:<dataset>`, `gsm8k:<file.jsonl>` or `math:<file.jsonl>`, with the dataset's options."""
+    from sharpen.tasks import load_task as _load
+
+    return _load(spec, task_args)
+
+
+def new_out_dir(out: str | Path | None, prefix: str) -> Path:
+    """`out`, or runs/<prefix>-<time>; refuses a path that is a file."""
+    out_dir = Path(out) if out is not None else Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file (fix: pass a directory path)")
+    return out_dir
+
+
+def make_process(backend, task, settings: SearchSettings | None = None, strict_answers: bool = False):
+    """The language-model process that search algorithms talk to."""
+    from sharpen.process import LMProcess
+
+    s = settings or SearchSettings()
+    return LMProcess(backend, task, temperature=s.temperature, step_tokens=s.step_tokens,
+                     rollout_tokens=s.rollout_tokens, max_depth=s.max_depth, strict_answers=strict_answers)
+
+
+def _problems(task, collect: bool, n: int, seed: int):
+    if n < 1:
+        raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
+    split = "train" if collect else "test"
+    return split, task.problems(split, n, seed=seed)
+
+
+def _check_search(algo: str, scorer: str | None, options: dict[str, Any] | None, budget: int, collect: bool):
+    from sharpen.registry import get_algorithm, parse_scorer
+
+    entry = get_algorithm(algo)
+    entry.parse(options)
+    if budget < 1:
+        raise ConfigError("--budget must be >= 1 generated token (fix: e.g. --budget 512)")
+    if entry.needs_scorer and scorer in (None, "none"):
+        raise ConfigError(f"{algo} needs a scorer (fix: --scorer self, rollout, prm:<path>, or oracle with --collect)")
+    if scorer not in (None, "none"):
+        spec = parse_scorer(scorer)
+        if spec.entry.collect_only and not collect:
+            raise ConfigError(
+                f"the {spec.name} scorer reads reference answers, so it may only be used to collect training data "
+                "(fix: pass --collect, which searches the training split, or choose another --scorer)")
+    return entry
+
+
+def search(
+    model: str = "smollm2-135m",
+    task: str = "gym:chain_sum",
+    algo: str = "mcts",
+    scorer: str | None = "self",
+    budget: int = 512,
+    n: int = 20,
+    seed: int = 0,
+    collect: bool = False,
+    options: dict[str, Any] | None = None,
+    settings: SearchSettings | None = None,
+    task_args: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    progress: Any = None,
+) -> tuple[list, dict[str, Any]]:
+    """Search `n` held-out problems (training problems with `collect`, which also allows the oracle
+    scorer) under `budget` generated tokens each. Returns the trees and the metrics; with `out`, the
+    run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json."""
+    from sharpen.collect import search_metrics, search_problems
+    from sharpen.io import atomic_write_json
+    from sharpen.models import resolve_model
+    from sharpen.scorers import make_scorer
+
+    settings = settings or SearchSettings()
+    entry = _check_search(algo, scorer, options, budget, collect)
+    scorer = scorer if entry.needs_scorer else None
+    the_task = load_task(task, **(task_args or {}))
+    split, problems = _problems(the_task, collect, n, seed)
+    resolve_model(model)
+    out_dir = new_out_dir(out, "search") if out is not None else None
+    process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
+    the_scorer = make_scorer(scorer, process, collect=collect)
+    jsonl = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "config.json", {
+            "command": "search", "algo": algo, "scorer": scorer, "budget": budget, "model": model, "task": task,
+            "task_args": task_args or {}, "n": n, "seed": seed, "collect": collect, "args": options or {},
+            **settings.model_dump()})
+        jsonl = out_dir / "trees.jsonl"
+    with _bar(progress, f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
+        trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=jsonl,
+                                algo_args=options, on_progress=advance, parallel=settings.parallel,
+                                split=split, scorer_spec=scorer)
+    metrics = search_metrics(trees, budget) | {"algo": algo, "scorer": scorer, "split": split}
+    if out_dir is not None:
+        metrics["out"] = str(out_dir)
+        atomic_write_json(out_dir / "metrics.json", metrics)
+    return trees, metrics
+
+
+def evaluate(
+    model: str = "smollm2-135m",
+    task: str = "gym:chain_sum",
+    n: int = 50,
+    config: EvalConfig | None = None,
+    task_args: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    progress: Any = None,
+    batch: int = 32,
+) -> dict[str, Any]:
+    """Greedy accuracy, pass@k, majority@K, tokens and throughput on `n` held-out problems."""
+    from sharpen.evaluate import evaluate as _evaluate
+    from sharpen.evaluate import write_metrics
+    from sharpen.io import atomic_write_json
+    from sharpen.models import resolve_model
+
+    cfg = config or EvalConfig()
+    the_task = load_task(task, **(task_args or {}))
+    _, problems = _problems(the_task, False, n, cfg.seed)
+    resolve_model(model)  # validates before anything is written
+    out_dir = new_out_dir(out, "eval") if out is not None else None
+    if batch < 1:
+        raise ConfigError("--batch must be >= 1 (fix: e.g. --batch 32)")
+    backend = load_model(model, seed=cfg.seed, max_batch=batch)
+    jsonl = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "config.json", {"command": "eval", "model": model, "task": task,
+                          "task_args": task_args or {}, "n": n, **cfg.model_dump()})
+        jsonl = out_dir / "problems.jsonl"
+    with _bar(progress, f"eval {task}", len(problems)) as advance:
+        metrics = _evaluate(backend, the_task, problems, cfg, out_jsonl=jsonl, on_progress=advance)
+    metrics.update(model=model, task=task)
+    if out_dir is not None:
+        metrics["out"] = str(out_dir)
+        write_metrics(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def sweep(
+    algos: list[str],
+    budgets: list[int],
+    scorer: str = "self",
+    model: str = "smollm2-135m",
+    task: str = "gym:chain_sum",
+    n: int = 100,
+    seed: int = 0,
+    options: dict[str, dict[str, Any]] | None = None,
+    settings: SearchSettings | None = None,
+    task_args: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    progress: Any = None,
+) -> tuple[list[dict[str, Any]], Path]:
+    """Every `algo` or `algo@scorer` at every budget on the same held-out problems; returns one
+    metrics dict per (algorithm, budget) and the sweep directory (sweep.json, accuracy_vs_tokens.png)."""
+    from sharpen.models import resolve_model
+    from sharpen.registry import parse_algo_spec
+    from sharpen.scorers import make_scorer
+    from sharpen.sweep import run_sweep
+
+    settings = settings or SearchSettings()
+    pairs = [parse_algo_spec(a, scorer) for a in algos if a.strip()]
+    if not budgets or min(budgets) < 1 or not pairs:
+        raise ConfigError("--budgets and --algos must be non-empty, budgets >= 1 (fix: e.g. --budgets 256,512)")
+    options = options or {}
+    for algo in options:
+        if algo not in {a for a, _ in pairs}:
+            raise ConfigError(f"--arg names {algo!r}, which is not swept (fix: one of {', '.join(a for a, _ in pairs)})")
+    for algo, sc in pairs:
+        _check_search(algo, sc, options.get(algo), min(budgets), collect=False)
+    the_task = load_task(task, **(task_args or {}))
+    _, problems = _problems(the_task, False, n, seed)
+    resolve_model(model)
+    out_dir = new_out_dir(out, "sweep")
+    process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
+    scorers = {sc: make_scorer(sc, process) for _, sc in pairs}
+    results = run_sweep(process, scorers, pairs, budgets, problems, out_dir, seed=seed, options=options,
+                        parallel=settings.parallel, progress=progress,
+                        header={"model": model, "task": task, "n": n, "seed": seed},
+                        title=f"{model} on {task}, n={n}")
+    return results, out_dir
+
+
+BUILDERS = ("pairs", "labels", "traces")
+
+
+def build(
+    kind: str,
+    trees: str | Path,
+    out: str | Path,
+    holdout: float = 0.0,
+    allow_test_split: bool = False,
+    **options: Any,
+) -> list[tuple[str, dict[str, Any], Path]]:
+    """Build `pairs` (options: recipe mcts-dpo|step-dpo, min_margin, source, pairing, round),
+    `labels` (threshold, source, round) or `traces` (round) from a trees file and save them; with
+    `holdout`, that share of problems (by id) goes to `<out>-heldout`. Trees searched on the test
+    split are refused unless `allow_test_split`. Returns (name, summary, path) per saved dataset."""
+    from sharpen import data
+    from sharpen.tasks import heldout
+    from sharpen.tree import check_trainable
+
+    if kind not in BUILDERS:
+        raise ConfigError(f"unknown dataset kind {kind!r} (fix: one of {', '.join(BUILDERS)})")
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigError(f"--holdout must be in [0, 1), got {holdout} (fix: e.g. --holdout 0.2)")
+    recipe = options.pop("recipe", "mcts-dpo")
+    if recipe not in ("mcts-dpo", "step-dpo"):
+        raise ConfigError(f"unknown --recipe {recipe!r} (fix: mcts-dpo or step-dpo)")
+    path = Path(trees)
+    if not path.is_file():
+        raise ConfigError(f"trees file not found: {path} (fix: pass the trees.jsonl written by `sharpen search`)")
+    ts = data.load_trees(path)
+    check_trainable(ts, str(path), allow_test=allow_test_split)
+    if kind == "pairs" and recipe == "step-dpo":
+        options.pop("min_margin", None), options.pop("pairing", None)
+        ds = data.step_dpo_pairs(ts, **options)
+    else:
+        ds = {"pairs": data.step_pairs, "labels": data.step_labels, "traces": data.verified_traces}[kind](ts, **options)
+    out = Path(out)
+    saved = []
+    if holdout > 0:
+        flags = [heldout(pid, holdout) for pid in ds["problem_id"]]
+        held = ds.select([i for i, f in enumerate(flags) if f])
+        ds = ds.select([i for i, f in enumerate(flags) if not f])
+        saved.append((f"{kind} (held out)", data.summary(held), data.save_dataset(held, out.with_name(out.name + "-heldout"))))
+    saved.append((kind, data.summary(ds), data.save_dataset(ds, out)))
+    return saved
+
+
+TRAINERS = ("dpo", "sft", "prm")
+
+
+def train(kind: str, model: str, data: str | Path, out: str | Path, max_steps: int = 100, batch_size: int = 8,
+          lr: float = 5e-5, full: bool = False, seed: int = 0, **extra: Any) -> Path:
+    """Train a policy with DPO (`extra`: beta, sft_weight) or SFT, or a PRM, on a built dataset;
+    returns the merged model directory."""
+    from sharpen.models import resolve_model
+    from sharpen.train.common import TrainOptions
+
+    if kind not in TRAINERS:
+        raise ConfigError(f"unknown trainer {kind!r} (fix: one of {', '.join(TRAINERS)})")
+    if max_steps < 1 or batch_size < 1 or lr <= 0:
+        raise ConfigError("--max-steps and --batch-size must be >= 1 and --lr > 0 (fix: positive values)")
+    resolve_model(model)
+    if not Path(data).is_dir():
+        raise ConfigError(f"dataset dir not found: {data} (fix: run `sharpen build ...` first)")
+    from sharpen.train import dpo, prm, sft
+
+    config_cls, train_fn = {"dpo": (dpo.DPOTrainConfig, dpo.train_dpo), "sft": (sft.SFTTrainConfig, sft.train_sft),
+                            "prm": (prm.PRMTrainConfig, prm.train_prm)}[kind]
+    opts = TrainOptions(max_steps=max_steps, batch_size=batch_size, learning_rate=lr, lora=not full, seed=seed,
+                        save_steps=max(1, min(50, max_steps // 4)))
+    return Path(train_fn(config_cls(model=model, data=str(data), out=str(out), train=opts, **extra)))
+
+
+def train_eval(kind: str, model: str, data: str | Path, ref: str | None = None, beta: float = 0.1) -> dict[str, Any]:
+    """Held-out quality of a trained model: DPO reward accuracy on pairs, or PRM AUROC (bootstrap 95% CI)."""
+    from sharpen.data import load_dataset_dir
+    from sharpen.models import resolve_model
+
+    if kind not in ("dpo", "prm"):
+        raise ConfigError(f"unknown kind {kind!r} (fix: dpo or prm)")
+    if not Path(data).is_dir():
+        raise ConfigError(f"dataset dir not found: {data} (fix: run `sharpen build ... --holdout 0.2` first)")
+    if kind == "dpo":
+        from sharpen.train.metrics import dpo_reward_accuracy
+
+        policy = str(resolve_model(model))
+        return dpo_reward_accuracy(policy, str(resolve_model(ref or model)), load_dataset_dir(data), beta=beta)
+    from sharpen.train.metrics import prm_auroc
+
+    return prm_auroc(model, load_dataset_dir(data))
+
+
+def run(
+    config: str | Path,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    progress: Any = None,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Rounds of collect -> build -> train -> evaluate from a YAML config (resumable); returns the
+    paired before/after change, the report path, the final model and the run directory."""
+    from sharpen.loop.config import load_config
+    from sharpen.loop.runner import LoopRunner, prepare_run_dir
+    from sharpen.models import resolve_model
+
+    cfg = load_config(config, overrides)
+    run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    resolve_model(cfg.model)
+    cfg = prepare_run_dir(cfg, run_dir, resume)
+    result = LoopRunner(cfg, run_dir, progress=progress, say=say).run_all()
+    return result | {"run": str(run_dir), "config": cfg}

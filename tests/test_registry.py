@@ -1,0 +1,118 @@
+"""Adding an algorithm is one file: a tiny example algorithm, defined here in a module of its own,
+runs through `sharpen search`, `sharpen sweep` and a run config's `collect.algo`, and a misspelt
+option of it is a one-line error (exit 2). The module is loaded through `SHARPEN_PLUGINS`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sharpen.errors import ConfigError
+from sharpen.registry import algorithms, get_algorithm, parse_scorer, scorer_grammar
+
+PLUGIN = '''
+"""A tiny example algorithm: sample whole solutions until the budget is spent, answer with the first."""
+from pydantic import Field
+
+from sharpen.registry import Options, algorithm
+from sharpen.search.bon import sample_solutions
+from sharpen.search.common import finish, open_search
+
+
+class FirstOptions(Options):
+    batch: int = Field(2, ge=1, description="solutions per call")
+
+
+@algorithm("first", FirstOptions, needs_scorer=False)
+def first_answer(process, scorer, problem, budget_tokens, seed, **options):
+    """The first sampled solution's answer."""
+    o = FirstOptions.parse(options, "algorithm first")
+    tree, budget = open_search(process, problem, budget_tokens, seed, "first")
+    solutions = sample_solutions(process, None, tree, budget, o.batch)
+    return finish(process, tree, budget, solutions[0] if solutions else None)
+'''
+
+TASK = ["--task", "gym:chain_sum", "--task-arg", "min_terms=2", "--task-arg", "max_terms=2",
+        "--task-arg", "min_digits=1", "--task-arg", "max_digits=1"]
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("plugin")
+    (d / "first_algo.py").write_text(PLUGIN)
+    return {**os.environ, "PYTHONPATH": f"{d}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "SHARPEN_PLUGINS": "first_algo", "HF_HUB_OFFLINE": "1"}
+
+
+def sharpen(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sharpen", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_example_algorithm_runs_through_search_sweep_and_a_run_config(plugin_env, tiny_model_dir, tmp_path):
+    r = sharpen(["algos"], plugin_env, tmp_path)
+    assert r.returncode == 0 and "first" in r.stdout and "batch=2" in r.stdout, r.stderr
+
+    r = sharpen(["search", "--algo", "first", "--model", tiny_model_dir, *TASK, "--n", "3", "--budget", "20",
+                 "--step-tokens", "4", "--rollout-tokens", "8", "--arg", "batch=1", "--out", "s", "--json"],
+                plugin_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    trees = [json.loads(x) for x in (tmp_path / "s" / "trees.jsonl").read_text().splitlines()]
+    assert len(trees) == 3 and all(t["algo"] == "first" and t["split"] == "test" for t in trees)
+    assert all(len(t["nodes"]) > 1 for t in trees)
+
+    r = sharpen(["sweep", "--algos", "first,vote", "--budgets", "16,24", "--model", tiny_model_dir, *TASK,
+                 "--n", "2", "--rollout-tokens", "8", "--arg", "first.batch=1", "--out", "sw"], plugin_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    results = json.loads((tmp_path / "sw" / "sweep.json").read_text())["results"]
+    assert sorted((m["algo"], m["budget"]) for m in results) == [("first", 16), ("first", 24), ("vote", 16), ("vote", 24)]
+
+    cfg = {"name": "first", "recipe": "rft", "model": tiny_model_dir, "task": "gym:chain_sum",
+           "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, "rounds": 1,
+           "collect": {"algo": "first", "args": {"batch": 2}, "scorer": "none", "problems": 2, "budget": 16,
+                       "rollout_tokens": 8, "strict_format": False},
+           "train": {"max_steps": 1, "batch_size": 2}, "eval": {"n": 2, "samples": 0, "max_tokens": 4}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    r = sharpen(["run", "cfg.yaml", "--out", "run"], plugin_env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    collected = [json.loads(x) for x in (tmp_path / "run/round-1/collect/trees.jsonl").read_text().splitlines()]
+    assert len(collected) == 2 and all(t["algo"] == "first" and t["split"] == "train" for t in collected)
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "--algo", "first", "--arg", "bacth=2"],
+    ["sweep", "--algos", "first", "--arg", "first.bacth=2"],
+    ["search", "--algo", "first", "--arg", "batch=0"],
+])
+def test_misspelt_option_of_the_example_is_one_line_exit_2(plugin_env, tiny_model_dir, tmp_path, args):
+    r = sharpen([*args, "--model", tiny_model_dir, "--n", "1"], plugin_env, tmp_path)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "algorithm first" in lines[0] and "fix:" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
+def test_misspelt_option_in_a_run_config_fails_before_any_work(plugin_env, tiny_model_dir, tmp_path):
+    cfg = {"model": tiny_model_dir, "collect": {"algo": "first", "args": {"bacth": 2}, "scorer": "none"}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    r = sharpen(["run", "cfg.yaml", "--out", "run"], plugin_env, tmp_path)
+    assert r.returncode == 2 and "no option 'bacth'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_builtin_registry_and_scorer_specs():
+    assert {"bon", "vote", "weighted", "beam", "mcts", "pf"} <= set(algorithms())
+    assert not get_algorithm("vote").needs_scorer and get_algorithm("mcts").needs_scorer
+    spec = parse_scorer("rollout:3:pool")
+    assert (spec.name, spec.options.k, spec.options.pool) == ("rollout", 3, True)
+    assert parse_scorer("prm:/a/b:c").options.path == "/a/b:c"
+    assert parse_scorer("oracle").options.k == 4
+    assert scorer_grammar()["prm"] == "prm:<path>"
+    for bad in ("rollout:x", "rollout:0", "mystery", "self:3", "prm"):
+        with pytest.raises(ConfigError):
+            parse_scorer(bad)
