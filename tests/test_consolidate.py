@@ -164,7 +164,7 @@ def _no_time(tree: Tree) -> dict:
     """The tree without wall time and prompt tokens: both record the shared batched computation
     (a merged call prefills a prefix shared by its rows once and apportions it), not the tree."""
     d = tree.to_dict()
-    d["usage"] = {k: v for k, v in d["usage"].items() if k not in ("seconds", "prompt_tokens")}
+    d["usage"] = {k: v for k, v in d["usage"].items() if k not in ("seconds", "prompt_tokens", "forward_tokens")}
     return d
 
 
@@ -200,3 +200,25 @@ def assert_same_tree(a, b, path="tree"):
             assert_same_tree(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+# -- duplicate siblings (issue 14, item 8) --------------------------------------------------------
+def test_merge_duplicates_keeps_one_node_per_distinct_step(tiny_model_dir):
+    task = load_task("gym:chain_sum", TASK_ARGS)
+    problem = task.problems("test", 1)[0]
+
+    def expand(merge: bool):
+        proc = LMProcess(HFBackend(tiny_model_dir, max_batch=16), task, temperature=0.05, step_tokens=3,
+                         merge_duplicates=merge)
+        tree = proc.new_tree(problem, seed=0)
+        return tree, proc.expand(tree, [0], 12)[0]
+
+    plain, kids = expand(False)
+    merged, landed = expand(True)
+    texts = [(" ".join(plain.nodes[c].step.split()), plain.nodes[c].terminal) for c in kids]
+    assert len(set(texts)) < len(texts)  # the plain expansion holds duplicates (low temperature)
+    assert len(landed) == len(set(texts)) == len(merged.root.children)
+    counts = {(" ".join(merged.nodes[c].step.split()), merged.nodes[c].terminal): merged.nodes[c].meta.get("count", 1)
+              for c in landed}
+    assert counts == {t: texts.count(t) for t in set(texts)}  # every sample counted on its node
+    assert sum(merged.nodes[c].prior for c in landed) == pytest.approx(1.0)

@@ -60,7 +60,8 @@ def make_process(backend, task, settings: SearchSettings | None = None, strict_a
 
     s = settings or SearchSettings()
     return LMProcess(backend, task, temperature=s.temperature, step_tokens=s.step_tokens,
-                     rollout_tokens=s.rollout_tokens, max_depth=s.max_depth, strict_answers=strict_answers)
+                     rollout_tokens=s.rollout_tokens, max_depth=s.max_depth, strict_answers=strict_answers,
+                     merge_duplicates=s.merge_duplicates)
 
 
 def _problems(task, collect: bool, n: int, seed: int):

@@ -165,7 +165,7 @@ class LockstepBatcher:
                     pos += req.params.n
                 req.result = res
                 gen_share.append(sum(c.num_tokens for r in res for c in r))
-        used = self.backend.meter.snapshot() - before
+        used = self.backend.meter.snapshot() - before  # the backend's verifier tokens are 0: verifiers meter themselves
         seconds = time.perf_counter() - t0
         total = max(1, sum(gen_share))
         prompts_total = max(1, sum(len(req.prompts) for _, req in members))

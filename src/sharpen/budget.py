@@ -95,7 +95,7 @@ class Budget:
     def report(self) -> dict:
         self._settle()
         used = self.usage()
-        return {"budget_tokens": self.tokens, **used.to_dict(),
+        return {"budget_tokens": self.tokens, **used.to_dict(), "forward_tokens": used.forward_tokens,
                 "overshoot": max(0, used.generated_tokens - self.tokens), "overshoot_bound": self.max_call_tokens}
 
 

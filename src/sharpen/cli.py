@@ -163,6 +163,7 @@ def search_cmd(
         ("accuracy", f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"),
         ("mean generated tokens", f"{m['mean_generated_tokens']:.0f}"),
         ("max generated tokens", f"{m['max_generated_tokens']}"),
+        ("mean forward tokens: policy / verifier", f"{m['mean_forward_tokens']:.0f} / {m['mean_verifier_tokens']:.0f}"),
         ("mean nodes / tree", f"{m['mean_nodes']:.1f}")]))
     out.print(f"trees: {m['out']}/trees.jsonl   view: sharpen view {m['out']}/trees.jsonl")
 
@@ -204,14 +205,15 @@ def sweep_cmd(
                          max_depth=max_depth, batch=batch, parallel=parallel)
     results, sweep_dir = api.sweep(algos.split(","), budget_list, scorer, model, task, n, seed, options, settings,
                                    _kv(task_arg), out=out_dir, progress=progress_bar)
-    table = Table(title=f"accuracy vs generated tokens per problem (n={n}, 95% bootstrap CI)")
+    table = Table(title=f"accuracy (generated / forward tokens per problem: policy + verifier), n={n}")
     table.add_column("algorithm")
     for b in budget_list:
         table.add_column(f"{b}", justify="right")
     for key in dict.fromkeys((r["algo"], r["scorer"]) for r in results):
         cells = {r["budget"]: r for r in results if (r["algo"], r["scorer"]) == key}
         table.add_row(f"{key[0]}@{key[1]}" if key[1] else key[0],
-                      *[f"{cells[b]['accuracy']:.2f} ({cells[b]['mean_generated_tokens']:.0f} tok)" for b in budget_list])
+                      *[f"{cells[b]['accuracy']:.2f} ({cells[b]['mean_generated_tokens']:.0f} / "
+                        f"{cells[b]['mean_forward_tokens'] + cells[b]['mean_verifier_tokens']:.0f})" for b in budget_list])
     out.print(table)
     out.print(f"sweep: {sweep_dir / 'sweep.json'}   plot: {sweep_dir / 'accuracy_vs_tokens.png'}")
 
@@ -336,9 +338,11 @@ def train_sft_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_ste
 
 @train_app.command("prm")
 def train_prm_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
-                  batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0) -> None:
+                  batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0,
+                  soft: Annotated[bool, typer.Option("--soft", help="train on the Monte Carlo value itself "
+                                                     "(soft labels) instead of value >= threshold")] = False) -> None:
     """A process reward model: token classification on step-boundary tokens (transformers Trainer)."""
-    _train("prm", model, data, out_dir, max_steps, batch_size, lr, full, seed)
+    _train("prm", model, data, out_dir, max_steps, batch_size, lr, full, seed, soft=soft)
 
 
 @train_app.command("eval")
@@ -361,7 +365,9 @@ def train_eval_cmd(
     table = Table(title=f"{kind} on {data}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
+    flat = {f"{k}.{k2}" if isinstance(v, dict) else k: v2 for k, v in metrics.items()
+            for k2, v2 in (v.items() if isinstance(v, dict) else [(k, v)])}
+    for k, v in flat.items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     out.print(table)
 

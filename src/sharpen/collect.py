@@ -109,6 +109,8 @@ def bootstrap_ci(values: list[float], iters: int = 2000, seed: int = 0, alpha: f
 def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:
     acc = [1.0 if t.correct else 0.0 for t in trees]
     spent = [t.usage.get("generated_tokens", 0) for t in trees]
+    forward = [t.usage.get("prompt_tokens", 0) + t.usage.get("generated_tokens", 0) for t in trees]
+    verifier = [t.usage.get("verifier_tokens", 0) for t in trees]
     lo, hi = bootstrap_ci(acc)
     return {
         "n": len(trees),
@@ -117,6 +119,8 @@ def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:
         "accuracy_ci95": [lo, hi],
         "mean_generated_tokens": sum(spent) / max(1, len(spent)),
         "max_generated_tokens": max(spent, default=0),
+        "mean_forward_tokens": sum(forward) / max(1, len(forward)),  # the policy's prefills + generated
+        "mean_verifier_tokens": sum(verifier) / max(1, len(verifier)),  # a learned verifier's inputs
         "mean_nodes": sum(len(t.nodes) for t in trees) / max(1, len(trees)),
         "answered": sum(t.answer is not None for t in trees) / max(1, len(trees)),
     }

@@ -1,7 +1,11 @@
-"""One usage meter for every backend call: prompt tokens, generated tokens, calls, wall seconds.
+"""One usage meter for every backend call: prompt tokens, generated tokens, calls, wall seconds,
+and the tokens a separate verifier model processed.
 
 Budgets are expressed in generated tokens, the same unit for every algorithm, so that
-accuracy-versus-compute comparisons are fair by construction.
+accuracy-versus-compute comparisons are fair by construction. Beside them every search reports the
+forward tokens each model processed (a FLOP proxy): the policy's `prompt_tokens + generated_tokens`
+(the `self` scorer's judgements are policy forwards too) and `verifier_tokens`, the input tokens of
+a learned verifier (a PRM, an implicit PRM's two models), so no algorithm hides its verifier's cost.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ class Usage:
     generated_tokens: int = 0
     calls: int = 0
     seconds: float = 0.0
+    verifier_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -22,6 +27,7 @@ class Usage:
             self.generated_tokens + other.generated_tokens,
             self.calls + other.calls,
             self.seconds + other.seconds,
+            self.verifier_tokens + other.verifier_tokens,
         )
 
     def __sub__(self, other: Usage) -> Usage:
@@ -30,7 +36,13 @@ class Usage:
             self.generated_tokens - other.generated_tokens,
             self.calls - other.calls,
             self.seconds - other.seconds,
+            self.verifier_tokens - other.verifier_tokens,
         )
+
+    @property
+    def forward_tokens(self) -> int:
+        """Tokens the policy processed: prompts (prefills) and generated tokens."""
+        return self.prompt_tokens + self.generated_tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,8 +54,9 @@ class UsageMeter:
     def __init__(self) -> None:
         self.total = Usage()
 
-    def record(self, prompt_tokens: int, generated_tokens: int, seconds: float, calls: int = 1) -> None:
-        self.total = self.total + Usage(prompt_tokens, generated_tokens, calls, seconds)
+    def record(self, prompt_tokens: int, generated_tokens: int, seconds: float, calls: int = 1,
+               verifier_tokens: int = 0) -> None:
+        self.total = self.total + Usage(prompt_tokens, generated_tokens, calls, seconds, verifier_tokens)
 
     def snapshot(self) -> Usage:
         return Usage(**asdict(self.total))

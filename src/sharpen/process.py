@@ -99,6 +99,8 @@ class SearchSettings(Options):
     max_depth: int = Field(6, ge=1, description="steps after which a solution is cut off")
     batch: int = Field(32, ge=1, description="rows per forward pass of the backend (speed only)")
     parallel: int = Field(16, ge=1, description="problems searched at once (lockstep batching; speed only)")
+    merge_duplicates: bool = Field(False, description="a sampled step equal to a sibling adds no node (the "
+                                   "sibling's meta.count counts it), so the budget goes to distinct steps")
 
 
 class LMProcess:
@@ -122,6 +124,7 @@ class LMProcess:
         delimiter: str = "\n",
         answer_prefix: str = "Answer:",
         strict_answers: bool = False,
+        merge_duplicates: bool = False,
     ):
         if step_tokens <= 0 or rollout_tokens <= 0 or max_depth <= 0:
             raise ConfigError("step_tokens, rollout_tokens and max_depth must be positive")
@@ -136,6 +139,7 @@ class LMProcess:
         self.delimiter = delimiter
         self.answer_prefix = answer_prefix
         self.strict_answers = strict_answers
+        self.merge_duplicates = merge_duplicates
         self._problems: dict[str, Problem] = {}
 
     # -- protocol ---------------------------------------------------------------------------
@@ -151,10 +155,35 @@ class LMProcess:
         out: list[list[int]] = [[] for _ in node_ids]
         for i, comps in self._generate(tree, node_ids, k, budget, "step"):
             parent = node_ids[i]
-            kids = [self._add_step(tree, parent, c) for c in comps]
-            set_priors(tree, kids)
+            if self.merge_duplicates:
+                kids = self._add_distinct(tree, parent, comps)
+                set_priors(tree, [c for c in tree.nodes[parent].children if not tree.nodes[c].meta.get("rollout")])
+            else:
+                kids = [self._add_step(tree, parent, c) for c in comps]
+                set_priors(tree, kids)
             out[i] = kids
         return out
+
+    def _add_distinct(self, tree: Tree, parent: int, comps: list[Completion]) -> list[int]:
+        """search-and-learn's `filter_duplicates`: a sampled step whose text (whitespace-normalised)
+        and ending equal a sibling's adds no node; the sibling's `meta["count"]` counts the samples
+        that landed on it. Returns the node each sample landed on, each at most once, new or not."""
+        def key(step: str, terminal: bool) -> tuple[str, bool]:
+            return " ".join(step.split()), terminal
+
+        siblings = {key(tree.nodes[c].step, tree.nodes[c].terminal): c for c in tree.nodes[parent].children
+                    if not tree.nodes[c].meta.get("complete") and not tree.nodes[c].meta.get("rollout")}
+        landed: list[int] = []
+        for c in comps:
+            k = key(*self._step_of(tree, parent, c))
+            if k in siblings:
+                node = tree.nodes[siblings[k]]
+                node.meta["count"] = node.meta.get("count", 1) + 1
+            else:
+                siblings[k] = self._add_step(tree, parent, c)
+            if siblings[k] not in landed:
+                landed.append(siblings[k])
+        return landed
 
     def complete(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[int]]:
         out: list[list[int]] = [[] for _ in node_ids]
@@ -259,11 +288,15 @@ class LMProcess:
         results = self.backend.generate([self.prefix(tree, node_ids[i]) for i in live], params)
         return list(zip(live, results, strict=True))
 
-    def _add_step(self, tree: Tree, parent: int, c: Completion) -> int:
+    def _step_of(self, tree: Tree, parent: int, c: Completion) -> tuple[str, bool]:
+        """The step text of a completion under `parent`, and whether it ends the solution."""
         step = _strip_delimiter(c.text, self.delimiter)
         depth = tree.nodes[parent].depth + 1
         is_answer_line = extract_answer(step, prefix=self.answer_prefix, fallback=False) is not None
-        terminal = c.finish_reason in ("eos", "answer") or is_answer_line or depth >= self.max_depth
+        return step, c.finish_reason in ("eos", "answer") or is_answer_line or depth >= self.max_depth
+
+    def _add_step(self, tree: Tree, parent: int, c: Completion) -> int:
+        step, terminal = self._step_of(tree, parent, c)
         node = tree.add(
             parent, step=step, token_ids=list(c.token_ids), num_tokens=c.num_tokens, logprob=c.logprob,
             terminal=terminal, finish_reason=c.finish_reason,

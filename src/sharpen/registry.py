@@ -201,12 +201,18 @@ def parse_scorer(spec: str) -> ScorerSpec:
                 raw[item] = True
             elif pos:
                 field = pos.pop(0)
-                raw[field] = ":".join([item, *items]) if not pos and field == "path" else item
-                if field == "path":
-                    items = []
+                if field == "path":  # a path may hold colons: it runs up to the first `known_key=value`
+                    while items and not _is_option(items[0], entry.options):
+                        item += ":" + items.pop(0)
+                raw[field] = item
             else:
                 raise ConfigError(f"bad scorer {spec!r}: unexpected {item!r} (fix: {scorer_grammar()[name]})")
     return ScorerSpec(name, entry.parse(raw), spec)
+
+
+def _is_option(item: str, options: type[Options]) -> bool:
+    key, eq, _ = item.partition("=")
+    return bool(eq) and key in options.model_fields
 
 
 def scorer_grammar() -> dict[str, str]:

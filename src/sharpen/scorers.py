@@ -6,8 +6,13 @@
   majority answer (self-consistency as a value; no ground truth).
 - `oracle[:k]`: the task's verifier on k completions; value = share correct. Training data
   collection only (`collect=True`, the CLI's `--collect`); refused otherwise.
-- `prm:<path>`: a learned process reward model, a token-classification model directory; the
-  value is the positive-class probability at the node's last step-boundary token.
+- `prm:<path>[:agg=last|min|prod|mean]`: a learned process reward model, a token-classification
+  model directory; a step's score is the positive-class probability at its last token, and a
+  node's value aggregates its path's step scores (`last` by default, as search-and-learn does).
+- `pav:<prm>[:alpha=1]`: progress under a PRM prover, V(after) + alpha * (V(after) - V(before))
+  (PAV, arXiv 2410.08146).
+- `implicit:<policy>[:ref=<dir>][:beta=0.1][:agg=...]`: the implicit PRM of a trained policy,
+  sigmoid(beta * sum log pi/pi_ref) over the path's steps (arXiv 2412.01981).
 - `distance`: the toy random walk's heuristic (`sharpen.toy.DistanceScorer`).
 
 Every scorer caches: a node with `score` already set is not scored again and costs nothing.
@@ -20,12 +25,12 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field
 
 from sharpen.budget import Budget, allowed_rows
-from sharpen.errors import ConfigError
+from sharpen.errors import ConfigError, ModelError
 from sharpen.process import LMProcess, Process
 from sharpen.registry import Options, parse_scorer
 from sharpen.registry import scorer as register_scorer
@@ -42,6 +47,23 @@ class Scorer(Protocol):
         """The generated tokens scoring one (terminal or inner) node is expected to spend: at the row
         costs measured so far in `budget`'s search, or at their maximum without one. Algorithms
         leave room in the budget to score what they generate."""
+
+
+AGGREGATIONS = ("last", "min", "prod", "mean")
+
+
+def aggregate(step_scores: list[float], how: str) -> float:
+    """One value for a path from its steps' scores (search-and-learn's PRM aggregation): the last
+    step's, the smallest, the product or the mean."""
+    if not step_scores:
+        return 0.0
+    if how == "last":
+        return step_scores[-1]
+    if how == "min":
+        return min(step_scores)
+    if how == "prod":
+        return math.prod(step_scores)
+    return sum(step_scores) / len(step_scores)
 
 
 def _todo(tree: Tree, node_ids: list[int]) -> list[int]:
@@ -199,11 +221,13 @@ class PRMScorer:
 
     name = "prm"
 
-    def __init__(self, path: str | Path, process: Process, batch: int = 16, device: str | None = None):
+    def __init__(self, path: str | Path, process: Process, batch: int = 16, device: str | None = None,
+                 agg: str = "last"):
         from sharpen.train.prm import PRMModel
 
         self.process = process
         self.batch = batch
+        self.agg = agg
         self.prm = PRMModel.load(path, device=device, max_length=None, require_format=False,
                                  delimiter=getattr(process, "delimiter", "\n"))
         self.model, self.tokenizer, self.device = self.prm.model, self.prm.tokenizer, self.prm.device
@@ -228,13 +252,152 @@ class PRMScorer:
             chunk = todo[start : start + self.batch]
             t0 = time.perf_counter()
             enc = self.prm.encode([prompt] * len(chunk), [[n.step for n in tree.path(i)] for i in chunk])
-            # a node's value sits on its own (last) step; the root, with no step yet, on the prompt's last token
-            enc = [(ids, pos[-1:] if pos else [len(ids) - 1]) for ids, pos in enc]
+            # a node's value sits on its own (last) step, or aggregates every step's (`agg`); the root,
+            # with no step yet, on the prompt's last token
+            last = self.agg == "last"
+            enc = [(ids, (pos[-1:] if last else pos) if pos else [len(ids) - 1]) for ids, pos in enc]
             probs = self.prm.score_encoded(enc, batch_size=len(chunk))
             for i, p in zip(chunk, probs, strict=True):
-                tree.nodes[i].score = p[0]
-            self.process.meter.record(sum(len(ids) for ids, _ in enc), len(chunk), time.perf_counter() - t0)
+                tree.nodes[i].score = aggregate(p, self.agg)
+            self.process.meter.record(0, len(chunk), time.perf_counter() - t0,
+                                      verifier_tokens=sum(len(ids) for ids, _ in enc))
         return [tree.nodes[n].score for n in node_ids]
+
+
+class ProgressScorer(PRMScorer):
+    """Progress under a prover (PAV, Setlur et al. 2024, "Rewarding Progress", arXiv 2410.08146): the
+    prover's value after the step plus `alpha` times its advantage, the value after minus the value
+    before, A(s_h) = V(s_h) - V(s_{h-1}); clipped to [0, 1]. The prover is a PRM (`sharpen train prm`),
+    read at the node's last step and at its parent's (the prompt's last token for a first step).
+    For beam search, PAV's Q + alpha * A ranks steps by what they add, not only by where they are."""
+
+    name = "pav"
+
+    def __init__(self, path: str | Path, process: Process, alpha: float = 1.0, batch: int = 16):
+        super().__init__(path, process, batch=batch)
+        self.alpha = alpha
+
+    def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
+        todo = _todo(tree, node_ids)
+        todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
+        prompt = tree.prompt or tree.question
+        head = len(self.prm.encode([prompt], [[]])[0][0]) - 1  # the prompt's last token
+        for start in range(0, len(todo), self.batch):
+            chunk = todo[start : start + self.batch]
+            t0 = time.perf_counter()
+            enc = self.prm.encode([prompt] * len(chunk), [[n.step for n in tree.path(i)] for i in chunk])
+            at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
+            for i, (before, after) in zip(chunk, self.prm.score_encoded(at, batch_size=len(chunk)), strict=True):
+                advantage = after - before
+                tree.nodes[i].score = min(1.0, max(0.0, after + self.alpha * advantage))
+                tree.nodes[i].meta["advantage"] = advantage
+            self.process.meter.record(0, len(chunk), time.perf_counter() - t0,
+                                      verifier_tokens=sum(len(ids) for ids, _ in enc))
+        return [tree.nodes[n].score for n in node_ids]
+
+
+class ImplicitPRMScorer:
+    """The implicit process reward of a trained policy (Yuan et al. 2024, "Free Process Rewards
+    without Process Labels", arXiv 2412.01981): with q_t = beta * sum over the tokens of steps 1..t of
+    log pi(y|x, y_<) - log pi_ref(y|x, y_<), the score of step t is sigmoid(q_t), and a node's value
+    aggregates its path's step scores (`agg`; "last" = sigmoid(q) of the whole path). The steps'
+    tokens are the tree's own token ids, so policy and reference must share the process's
+    tokenizer. No training beyond the DPO/SFT that made the policy. One token per node is charged
+    to the budget, like `prm`; the tokens both models process are the meter's verifier tokens."""
+
+    name = "implicit"
+
+    def __init__(self, process: Process, path: str | Path, ref: str | None = None, beta: float = 0.1,
+                 agg: str = "last", batch: int = 8, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from sharpen.models import resolve_model
+
+        self.process, self.beta, self.agg, self.batch = process, beta, agg, batch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        policy, base = _policy_and_base(Path(path))
+        ref = ref or base
+        if ref is None:
+            raise ConfigError(f"implicit:{path}: no reference policy recorded (fix: implicit:{path}:ref=<base model>)")
+        self.models = []
+        for what, p in (("policy", policy), ("reference", ref)):
+            try:
+                m = AutoModelForCausalLM.from_pretrained(str(resolve_model(str(p))), dtype=torch.float32)
+            except (OSError, ValueError) as e:
+                raise ModelError(f"implicit scorer: cannot load the {what} from {p}: {str(e).splitlines()[0]} "
+                                 "(fix: implicit:<policy dir from `sharpen train dpo`>[:ref=<model>])") from None
+            self.models.append(m.to(self.device).eval())
+        self.policy_path, self.ref_path = str(policy), str(ref)
+
+    def cost(self, terminal: bool, budget: Budget | None = None) -> float:
+        return 1
+
+    def bind(self, process: Process) -> ImplicitPRMScorer:
+        import copy
+
+        s = copy.copy(self)
+        s.process = process
+        return s
+
+    def _token_logprobs(self, model, rows: list[list[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r)
+            mask[j, : len(r)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None].to(self.device)).squeeze(2)
+        return lp.cpu()  # lp[j, i] = log p(token i + 1 | tokens 0..i)
+
+    def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
+        todo = _todo(tree, node_ids)
+        todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
+        backend = getattr(self.process, "backend", None)
+        if backend is None or not hasattr(backend, "tokenizer"):
+            raise ConfigError("the implicit scorer needs a language-model process with a local tokenizer "
+                              "(fix: choose another --scorer)")
+        prompt_ids = backend.tokenizer(tree.prompt, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(todo), self.batch):
+            chunk = todo[start : start + self.batch]
+            t0 = time.perf_counter()
+            paths = [tree.path(n) for n in chunk]
+            rows = [prompt_ids + [t for m in path for t in m.token_ids] for path in paths]
+            if not any(len(r) > 1 for r in rows):
+                continue
+            pol, ref = (self._token_logprobs(m, rows) for m in self.models)
+            for n, path, lp_pol, lp_ref in zip(chunk, paths, pol, ref, strict=True):
+                q, scores, at = 0.0, [], len(prompt_ids) - 1  # lp index of the first step token
+                for m in path:
+                    k = len(m.token_ids)
+                    q += self.beta * float((lp_pol[at : at + k] - lp_ref[at : at + k]).sum())
+                    at += k
+                    scores.append(1.0 / (1.0 + math.exp(-q)))
+                tree.nodes[n].score = aggregate(scores, self.agg) if scores else 0.5
+            self.process.meter.record(0, len(chunk), time.perf_counter() - t0,
+                                      verifier_tokens=2 * sum(len(r) for r in rows))
+        return [tree.nodes[n].score for n in node_ids]
+
+
+def _policy_and_base(path: Path) -> tuple[Path, str | None]:
+    """A trained policy's weights (`out/merged` of `sharpen train`, or the dir itself) and the base
+    model it was trained from (its sharpen_train.json's `config.model`), when recorded."""
+    import json
+
+    out = path.parent if path.name == "merged" else path
+    policy = out / "merged" if (out / "merged" / "config.json").exists() else path
+    summary = out / "sharpen_train.json"
+    base = None
+    if summary.exists():
+        try:
+            base = json.loads(summary.read_text()).get("config", {}).get("model")
+        except (ValueError, AttributeError):
+            base = None
+    return policy, base
 
 
 class RolloutOptions(Options):
@@ -252,10 +415,30 @@ class SelfOptions(Options):
     question: str = Field(SELF_QUESTION, description="the yes/no question put to the policy")
 
 
+Aggregation = Literal["last", "min", "prod", "mean"]
+
+
 class PRMOptions(Options):
     positional: ClassVar[tuple[str, ...]] = ("path",)
     path: str = Field(description="a PRM directory from `sharpen train prm`")
     batch: int = Field(16, ge=1, description="nodes per PRM forward pass")
+    agg: Aggregation = Field("last", description="a path's value from its step scores: last, min, prod or mean")
+
+
+class ProgressOptions(Options):
+    positional: ClassVar[tuple[str, ...]] = ("path",)
+    path: str = Field(description="the prover: a PRM directory from `sharpen train prm`")
+    alpha: float = Field(1.0, ge=0, description="weight of the advantage V(after) - V(before) beside V(after)")
+    batch: int = Field(16, ge=1, description="nodes per PRM forward pass")
+
+
+class ImplicitOptions(Options):
+    positional: ClassVar[tuple[str, ...]] = ("path",)
+    path: str = Field(description="a policy trained by `sharpen train dpo|sft` (its out dir or merged/)")
+    ref: str | None = Field(None, description="the reference policy (default: the policy's base, from its sharpen_train.json)")
+    beta: float = Field(0.1, gt=0, description="beta of the implicit reward beta * log(pi / pi_ref)")
+    agg: Aggregation = Field("last", description="a path's value from its step scores: last, min, prod or mean")
+    batch: int = Field(8, ge=1, description="paths per forward pass")
 
 
 class DistanceOptions(Options):
@@ -283,7 +466,19 @@ def _self(process: Process, o: SelfOptions, collect: bool) -> Scorer:
 @register_scorer("prm", PRMOptions)
 def _prm(process: Process, o: PRMOptions, collect: bool) -> Scorer:
     """A learned process reward model (`sharpen train prm`)."""
-    return PRMScorer(o.path, process, batch=o.batch)
+    return PRMScorer(o.path, process, batch=o.batch, agg=o.agg)
+
+
+@register_scorer("pav", ProgressOptions)
+def _pav(process: Process, o: ProgressOptions, collect: bool) -> Scorer:
+    """Progress under a PRM prover: V(after) + alpha x (V(after) - V(before)) (PAV, arXiv 2410.08146)."""
+    return ProgressScorer(o.path, process, alpha=o.alpha, batch=o.batch)
+
+
+@register_scorer("implicit", ImplicitOptions)
+def _implicit(process: Process, o: ImplicitOptions, collect: bool) -> Scorer:
+    """An implicit PRM: beta x log(pi/pi_ref) of a trained policy, summed over steps (arXiv 2412.01981)."""
+    return ImplicitPRMScorer(process, o.path, ref=o.ref, beta=o.beta, agg=o.agg, batch=o.batch)
 
 
 @register_scorer("distance", DistanceOptions)

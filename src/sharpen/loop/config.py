@@ -63,6 +63,8 @@ class TrainConfig(_Strict):
     lora_r: int = Field(16, ge=1)
     sft_weight: float = Field(0.0, ge=0, description="DPO: weight of an NLL term on the chosen step (RPO); 0 = plain DPO")
     precompute_ref: bool | Literal["auto"] = Field("auto", description="DPO: reference log-probs computed once before training; auto = when each pair is seen twice or more")
+    prm_soft_labels: bool = Field(False, description="prm-guided: train the PRM on the Monte Carlo values "
+                                  "themselves (soft labels) instead of value >= build.label_threshold")
     replay: bool = Field(False, description="train on this round's data plus every earlier round's (exact duplicates "
                          "dropped): a round whose search finds little still trains on enough rows, and what earlier "
                          "rounds taught is not unlearned")

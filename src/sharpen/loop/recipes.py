@@ -87,7 +87,7 @@ class PRMGuided(Recipe):
 
         runner.say(f"round {r}: train PRM on {rows['labels']} step labels")
         path = train_prm(PRMTrainConfig(model=model, data=str(data_dir / "labels"), out=str(out / "prm"),
-                                        train=copy.deepcopy(opts)))
+                                        train=copy.deepcopy(opts), soft=runner.cfg.train.prm_soft_labels))
         return {"prm": str(path)}
 
 

@@ -117,7 +117,8 @@ class LoopRunner:
         # saved nothing here (258 s against 259 s for 40 problems); both decoders draw the same rows.
         backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
         process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
-                            rollout_tokens=c.rollout_tokens, max_depth=c.max_depth, strict_answers=c.strict_format)
+                            rollout_tokens=c.rollout_tokens, max_depth=c.max_depth, strict_answers=c.strict_format,
+                            merge_duplicates=c.merge_duplicates)
         spec = self.recipe.scorer_spec(self.cfg, self.run, r)
         scorer = make_scorer(spec, process, collect=True)
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:

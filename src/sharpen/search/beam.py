@@ -39,11 +39,11 @@ def beam_search(process: Process, scorer, problem: Problem, budget_tokens: int, 
         if not unfinished:
             break
         parents, k = plan(budget, scorer, unfinished, expansions, {"step": process.step_tokens})
-        children = [c for kids in process.expand(tree, parents, k, budget) for c in kids]
+        children = list(dict.fromkeys(c for kids in process.expand(tree, parents, k, budget) for c in kids))
         if not children:
             break
         scorer.score(tree, children, budget)
-        pool = [b for b in beams if tree.nodes[b].terminal] + children
+        pool = list(dict.fromkeys([b for b in beams if tree.nodes[b].terminal] + children))
         beams = sorted(pool, key=lambda n: value(tree, n), reverse=True)[:width]  # stable: ties keep order
     finished = [b for b in beams if tree.nodes[b].terminal] or [n.id for n in tree.terminals()]
     chosen = max(finished or beams, key=lambda n: value(tree, n))

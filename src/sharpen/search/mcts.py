@@ -97,9 +97,14 @@ def mcts(process: Process, scorer, problem: Problem, budget_tokens: int, seed: i
             if not leaves:
                 break
             kk = min(kk, max_children - len(step_children(tree, leaf.id)))
-            new = process.expand(tree, leaves, kk, budget)[0]
-            if not new:
+            before = set(step_children(tree, leaf.id))
+            landed = process.expand(tree, leaves, kk, budget)[0]
+            if not landed:
                 break
+            new = [c for c in landed if c not in before]  # a duplicate of a child is no new evidence
+            if not new:
+                _close(tree, closed, path, max_children)
+                continue
             # 3. evaluate
             if evaluate == "rollout":
                 vals = _rollout_values(process, tree, scorer, new, budget)

@@ -137,4 +137,13 @@ def prm_auroc(
     scores = prm.score(
         [r["prompt"] for r in rows], [list(r["prefix_steps"]) + [r["step"]] for r in rows], batch_size
     )
-    return auroc_with_ci([r["label"] for r in rows], [s[-1] for s in scores], n_boot=n_boot, seed=seed)
+    last = [sc[-1] for sc in scores]
+    out: dict[str, Any] = auroc_with_ci([r["label"] for r in rows], last, n_boot=n_boot, seed=seed)
+    # the final-answer level (terminal steps: is the solution right?) and the inner steps alone, so
+    # that easy negatives such as malformed last lines cannot carry the step-level number
+    for name, keep in (("final_answer", True), ("inner_steps", False)):
+        part = [(r["label"], x) for r, x in zip(rows, last, strict=True) if bool(r.get("terminal")) == keep]
+        labels = {lab for lab, _ in part}
+        out[name] = (auroc_with_ci([lab for lab, _ in part], [x for _, x in part], n_boot=n_boot, seed=seed)
+                     if len(labels) == 2 else None)
+    return out

@@ -56,7 +56,7 @@ def prm_format(delimiter: str = DELIMITER) -> dict[str, Any]:
 
 
 PRM_FORMAT = prm_format(DELIMITER)
-LABEL_COLUMNS = ("prompt", "prefix_steps", "step", "path_labels", "leaf")
+LABEL_COLUMNS = ("prompt", "prefix_steps", "step", "path_labels", "path_values", "leaf")
 
 
 def encode(
@@ -102,6 +102,9 @@ class PRMTrainConfig:
     """Output dir: checkpoints/, adapter/ (LoRA), merged/, sharpen_train.json."""
     train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-4))
     """Optimisation, LoRA and checkpointing options."""
+    soft: bool = False
+    """Train on the Monte Carlo value itself (Math-Shepherd's soft label): cross-entropy against the
+    target distribution [1 - v, v] at each step, instead of the hard label `v >= threshold`."""
 
 
 def _row_delimiter(row: dict) -> str:
@@ -120,21 +123,54 @@ def dataset_delimiter(ds: Any) -> str:
     return found.pop() if found else DELIMITER
 
 
-def _examples(ds: Any, tok: Any, max_length: int | None) -> list[dict]:
-    """One example per leaf path: every valued step on it carries its label."""
+def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False) -> list[dict]:
+    """One example per leaf path: every valued step on it carries its label (hard: 0/1, -100
+    elsewhere) or, `soft`, its Monte Carlo value (a float in [0, 1], -100.0 elsewhere)."""
     out = []
     for r in ds:
         if not r["leaf"]:
             continue
         steps = list(r["prefix_steps"]) + [r["step"]]
         ids, pos = encode(tok, r["prompt"], steps, max_length, _row_delimiter(r))
-        labels = [-100] * len(ids)
-        for p, lab in zip(pos, r["path_labels"], strict=True):
+        targets = r["path_values"] if soft else r["path_labels"]
+        labels: list[Any] = [-100] * len(ids)
+        for p, lab in zip(pos, targets, strict=True):
             if p >= 0 and lab >= 0:
-                labels[p] = int(lab)
+                labels[p] = float(lab) if soft else int(lab)
         if any(lab != -100 for lab in labels):
             out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     return out
+
+
+def soft_collate(pad_id: int):
+    """Right-pad input ids and float targets (-100 where there is none) into one batch."""
+
+    def collate(rows: list[dict]) -> dict:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100.0)
+        for j, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[j, :n] = torch.tensor(r["input_ids"])
+            mask[j, :n] = 1
+            labels[j, :n] = torch.tensor(r["labels"], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return collate
+
+
+def soft_label_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy of the two-class head against [1 - v, v] at every labelled position (the BCE of
+    P(good) on the Monte Carlo value v), averaged over labelled positions."""
+    import torch
+
+    logp = torch.log_softmax(outputs.logits.float(), dim=-1)
+    at = labels >= 0
+    v = labels[at]
+    return -(v * logp[..., 1][at] + (1 - v) * logp[..., 0][at]).mean()
 
 
 def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
@@ -154,7 +190,7 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         dataset = load_dataset_dir(cfg.data, LABEL_COLUMNS)
     tok = load_tokenizer(path)
     delimiter = dataset_delimiter(dataset)
-    rows = _examples(dataset, tok, cfg.train.max_length)
+    rows = _examples(dataset, tok, cfg.train.max_length, soft=cfg.soft)
     if not rows:
         raise TaskError(
             f"{cfg.data} has no labelled steps (fix: build labels from trees scored by the oracle)"
@@ -181,8 +217,9 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
-        data_collator=DataCollatorForTokenClassification(tok),
+        data_collator=soft_collate(tok.pad_token_id or 0) if cfg.soft else DataCollatorForTokenClassification(tok),
         processing_class=tok,
+        compute_loss_func=soft_label_loss if cfg.soft else None,
     )
     trainer.sharpen_prm_delimiter = delimiter  # recorded in sharpen_prm.json by `train_prm`
     return trainer

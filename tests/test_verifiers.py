@@ -1,0 +1,153 @@
+"""Learned verifiers as scorers: path aggregation (last, min, prod, mean) and the implicit PRM
+beta * log(pi / pi_ref) of a trained policy (arXiv 2412.01981)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import build_tiny_model
+
+from sharpen.backends.hf import HFBackend
+from sharpen.errors import ConfigError
+from sharpen.process import LMProcess
+from sharpen.scorers import ImplicitPRMScorer, aggregate, make_scorer
+from sharpen.tasks import load_task
+
+
+def test_aggregate():
+    xs = [0.9, 0.2, 0.6]
+    assert aggregate(xs, "last") == 0.6 and aggregate(xs, "min") == 0.2
+    assert aggregate(xs, "prod") == pytest.approx(0.108) and aggregate(xs, "mean") == pytest.approx(17 / 30)
+    with pytest.raises(ConfigError, match="agg"):
+        make_scorer("prm:/nowhere:agg=median", None)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
+    proc = LMProcess(HFBackend(tiny_model_dir, max_batch=8), task, temperature=1.0, step_tokens=5, max_depth=3)
+    other = build_tiny_model(str(tmp_path_factory.mktemp("other")), seed=1)  # same tokenizer, other weights
+    tree = proc.new_tree(task.problems("test", 1)[0], seed=0)
+    (kids,) = proc.expand(tree, [0], 3)
+    grand = proc.expand(tree, [k for k in kids if not tree.nodes[k].terminal][:1], 2)[0]
+    return proc, tree, kids + grand, other
+
+
+def _manual(scorer: ImplicitPRMScorer, proc, tree, n: int, agg: str) -> float:
+    """beta * sum of log-ratios over each step's tokens, one sequence at a time."""
+    ids = proc.backend.tokenizer(tree.prompt, add_special_tokens=False)["input_ids"]
+    q, scores = 0.0, []
+    for m in tree.path(n):
+        for t in m.token_ids:
+            lp = [scorer._token_logprobs(model, [ids + [t]])[0, -1].item() for model in scorer.models]
+            q += scorer.beta * (lp[0] - lp[1])
+            ids = ids + [t]
+        scores.append(1 / (1 + math.exp(-q)))
+    return aggregate(scores, agg)
+
+
+@pytest.mark.parametrize("agg", ["last", "min"])
+def test_implicit_prm_is_beta_log_ratio_summed_over_steps(setup, tiny_model_dir, agg):
+    proc, tree, nodes, other = setup
+    scorer = make_scorer(f"implicit:{other}:ref={tiny_model_dir}:beta=0.5:agg={agg}", proc)
+    assert isinstance(scorer, ImplicitPRMScorer)
+    for n in nodes:
+        tree.nodes[n].score = None
+    before = proc.meter.snapshot()
+    vals = scorer.score(tree, nodes)
+    used = proc.meter.snapshot() - before
+    assert used.generated_tokens == len(nodes)  # one budget token per node, like a PRM
+    prompt = len(proc.backend.tokenizer(tree.prompt, add_special_tokens=False)["input_ids"])
+    paths = sum(prompt + sum(m.num_tokens for m in tree.path(n)) for n in nodes)
+    assert used.verifier_tokens == 2 * paths and used.prompt_tokens == 0  # both models' forwards, apart
+    assert len(set(vals)) > 1
+    for n, v in zip(nodes, vals, strict=True):
+        assert v == pytest.approx(_manual(scorer, proc, tree, n, agg), abs=1e-5)
+
+
+def test_implicit_prm_of_the_reference_itself_is_one_half(setup, tiny_model_dir):
+    proc, tree, nodes, _ = setup
+    for n in nodes:
+        tree.nodes[n].score = None
+    vals = make_scorer(f"implicit:{tiny_model_dir}:ref={tiny_model_dir}", proc).score(tree, nodes)
+    assert vals == pytest.approx([0.5] * len(nodes))
+
+
+def test_implicit_prm_finds_the_base_in_a_trained_policy_dir(setup, tiny_model_dir, tmp_path):
+    proc, tree, nodes, other = setup
+    out = tmp_path / "policy"
+    (out / "merged").mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        src = __import__("pathlib").Path(other) / f
+        if src.exists():
+            (out / "merged" / f).write_bytes(src.read_bytes())
+    (out / "sharpen_train.json").write_text(json.dumps({"kind": "dpo", "config": {"model": tiny_model_dir}}))
+    scorer = make_scorer(f"implicit:{out}", proc)
+    assert scorer.ref_path == tiny_model_dir and scorer.policy_path == str(out / "merged")
+    with pytest.raises(ConfigError, match="ref="):
+        make_scorer(f"implicit:{other}", proc)  # a bare model dir records no base
+
+
+def _labels(problems: range, tmp, name: str):
+    """Step labels by hand: a right equation (value 0.9) and a wrong one (0.1) for each problem,
+    the wrong one recognisable by its form ('... = ?'), as a malformed step would be."""
+    from sharpen.data import LABEL_FEATURES, _to_dataset, save_dataset
+
+    rows = []
+    for i in problems:
+        a, b = i % 10, (i * 7) % 10
+        for step, v in ((f"{a} + {b} = {a + b}", 0.9), (f"{a} + {b} = ?", 0.1)):
+            rows.append({"prompt": f"What is {a} + {b}?\n", "prefix_steps": [], "step": step, "value": v,
+                         "label": int(v >= 0.5), "path_values": [v], "path_labels": [int(v >= 0.5)], "leaf": True,
+                         "terminal": False, "problem_id": f"p{i}", "node_id": 1, "parent_id": 0, "depth": 1,
+                         "round": 0, "recipe": "test", "delimiter": "\n"})
+    return save_dataset(_to_dataset(rows, LABEL_FEATURES), tmp / name)
+
+
+def test_soft_label_prm_ranks_unseen_right_steps_above_wrong(tiny_model_dir, tmp_path):
+    from sharpen.train.common import TrainOptions
+    from sharpen.train.metrics import prm_auroc
+    from sharpen.train.prm import PRMTrainConfig, soft_label_loss, train_prm
+
+    train, held = _labels(range(0, 40), tmp_path, "train"), _labels(range(40, 60), tmp_path, "held")
+    opts = TrainOptions(max_steps=30, batch_size=8, learning_rate=3e-3, lora=False, save_steps=100, logging_steps=10)
+    merged = train_prm(PRMTrainConfig(model=tiny_model_dir, data=str(train), out=str(tmp_path / "prm"), train=opts,
+                                      soft=True))
+    m = prm_auroc(merged, __import__("datasets").load_from_disk(str(held)))
+    assert m["auroc"] > 0.9 and m["n"] == 40  # problems 40-59 were never trained on
+    assert m["inner_steps"]["auroc"] == m["auroc"] and m["final_answer"] is None
+    # the soft loss is the cross-entropy against [1 - v, v]: minimal where P(good) = v
+    import torch
+
+    logits = torch.log(torch.tensor([[[0.7, 0.3]]]))
+    best = soft_label_loss(type("O", (), {"logits": logits})(), torch.tensor([[0.3]]))
+    worse = soft_label_loss(type("O", (), {"logits": torch.log(torch.tensor([[[0.4, 0.6]]]))})(), torch.tensor([[0.3]]))
+    assert best < worse
+
+
+def test_pav_scores_value_plus_alpha_times_progress(setup, tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
+
+    proc, tree, nodes, _ = setup
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=tok.pad_token_id)
+    LlamaForTokenClassification(cfg).save_pretrained(tmp_path / "merged")
+    tok.save_pretrained(tmp_path / "merged")
+    for n in nodes:
+        tree.nodes[n].score = None
+    scorer = make_scorer(f"pav:{tmp_path}:alpha=2", proc)
+    vals = scorer.score(tree, nodes)
+    prm = scorer.prm
+    prompt_ids = prm.encode([tree.prompt], [[]])[0][0]
+    head = prm.score_encoded([(prompt_ids, [len(prompt_ids) - 1])])[0][0]  # V before the first step
+    for n, v in zip(nodes, vals, strict=True):
+        steps = [m.step for m in tree.path(n)]
+        per_step = prm.score([tree.prompt], [steps])[0]
+        before = per_step[-2] if len(steps) > 1 else head
+        assert v == pytest.approx(min(1, max(0, per_step[-1] + 2 * (per_step[-1] - before))), abs=1e-5)
+        assert tree.nodes[n].meta["advantage"] == pytest.approx(per_step[-1] - before, abs=1e-5)
