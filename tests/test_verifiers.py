@@ -151,3 +151,38 @@ def test_pav_scores_value_plus_alpha_times_progress(setup, tiny_model_dir, tmp_p
         before = per_step[-2] if len(steps) > 1 else head
         assert v == pytest.approx(min(1, max(0, per_step[-1] + 2 * (per_step[-1] - before))), abs=1e-5)
         assert tree.nodes[n].meta["advantage"] == pytest.approx(per_step[-1] - before, abs=1e-5)
+
+
+def test_prm_calls_of_many_searches_are_batched(tiny_model_dir, tmp_path):
+    """Under lockstep batching a PRM scores the nodes of every live search in one pass: fewer forward
+    calls, the same trees as searching one problem at a time."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
+
+    from sharpen.collect import search_problems
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=tok.pad_token_id)
+    LlamaForTokenClassification(cfg).save_pretrained(tmp_path / "merged")
+    tok.save_pretrained(tmp_path / "merged")
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
+    problems = task.problems("test", 6)
+
+    def run(parallel: int):
+        proc = LMProcess(HFBackend(tiny_model_dir, max_batch=32), task, temperature=1.0, step_tokens=4, max_depth=3)
+        scorer = make_scorer(f"prm:{tmp_path}:batch=64", proc)
+        calls = []
+        forward = scorer.prm.model.forward
+        scorer.prm.model.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)
+        trees = search_problems(proc, scorer, "beam", problems, 40, seed=2, parallel=parallel)
+        return trees, len(calls)
+
+    one, calls_one = run(1)
+    many, calls_many = run(6)
+    assert calls_many < calls_one / 2
+    for a, b in zip(one, many, strict=True):
+        assert [n.step for n in a.nodes] == [n.step for n in b.nodes] and a.answer == b.answer
+        assert [n.score for n in a.nodes] == pytest.approx([n.score for n in b.nodes], abs=1e-5)
+        assert a.usage["verifier_tokens"] == b.usage["verifier_tokens"] > 0

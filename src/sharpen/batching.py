@@ -29,11 +29,13 @@ T = TypeVar("T")
 
 @dataclass
 class _Request:
-    kind: str  # "generate" | "logprobs"
-    prompts: list[str]
+    kind: str  # "generate" | "logprobs" | "batched"
+    prompts: list[Any]
     params: SamplingParams | None = None
     candidates: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()  # generate: each prompt's stream seed
+    key: Any = None  # batched: requests with equal keys are merged into one call of `fn`
+    fn: Callable[[list[Any]], list[Any]] | None = None
     result: Any = None
     done: bool = False
 
@@ -67,6 +69,14 @@ class ProxyBackend:
         if not prompts:
             return []
         return self._batcher._submit(self._slot, _Request("logprobs", list(prompts), candidates=tuple(candidates)))
+
+    def batched(self, key: Any, fn: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
+        """`fn(items)`, merged with every other live search's call under the same `key` into one
+        call of `fn` (a verifier's forward passes over many problems' nodes at once); `fn` maps a list
+        to a list of the same length, item by item, and meters nothing (the caller does)."""
+        if not items:
+            return []
+        return self._batcher._submit(self._slot, _Request("batched", list(items), key=key, fn=fn))
 
 
 class LockstepBatcher:
@@ -129,7 +139,12 @@ class LockstepBatcher:
     def _execute(self, batch: dict[int, _Request], proxies: list[ProxyBackend]) -> None:
         groups: dict[Any, list[tuple[int, _Request]]] = {}
         for slot, req in batch.items():
-            key = ("logprobs", req.candidates) if req.kind == "logprobs" else ("generate", replace(req.params, n=1, seed=None))
+            if req.kind == "batched":
+                key = ("batched", req.key)
+            elif req.kind == "logprobs":
+                key = ("logprobs", req.candidates)
+            else:
+                key = ("generate", replace(req.params, n=1, seed=None))
             groups.setdefault(key, []).append((slot, req))
         for key, members in groups.items():
             try:
@@ -139,6 +154,13 @@ class LockstepBatcher:
                     req.result = e
 
     def _run_group(self, key: Any, members: list[tuple[int, _Request]], proxies: list[ProxyBackend]) -> None:
+        if key[0] == "batched":  # the callers meter their own share
+            out = members[0][1].fn([x for _, req in members for x in req.prompts])
+            pos = 0
+            for _, req in members:
+                req.result = out[pos : pos + len(req.prompts)]
+                pos += len(req.prompts)
+            return
         before = self.backend.meter.snapshot()
         t0 = time.perf_counter()
         if key[0] == "logprobs":

@@ -259,6 +259,13 @@ class LMProcess:
         """The backend's log-probability of each candidate's first token after each prompt."""
         return self.backend.next_token_logprobs(prompts, candidates)
 
+    def batched(self, key, fn, items: list) -> list:
+        """`fn(items)`; under lockstep batching (`sharpen.batching`), merged with the other searches'
+        calls under the same `key`, so a verifier scores many problems' nodes in one pass."""
+        if hasattr(self.backend, "batched"):
+            return self.backend.batched(key, fn, items)
+        return fn(items)
+
     # -- helpers ----------------------------------------------------------------------------
     def _extract(self, text: str) -> str | None:
         return self.task.extract(text, strict=self.strict_answers)

@@ -247,21 +247,29 @@ class PRMScorer:
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
         todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
+        if not todo:
+            return [tree.nodes[n].score for n in node_ids]
+        t0 = time.perf_counter()
         prompt = tree.prompt or tree.question
-        for start in range(0, len(todo), self.batch):
-            chunk = todo[start : start + self.batch]
-            t0 = time.perf_counter()
-            enc = self.prm.encode([prompt] * len(chunk), [[n.step for n in tree.path(i)] for i in chunk])
-            # a node's value sits on its own (last) step, or aggregates every step's (`agg`); the root,
-            # with no step yet, on the prompt's last token
-            last = self.agg == "last"
-            enc = [(ids, (pos[-1:] if last else pos) if pos else [len(ids) - 1]) for ids, pos in enc]
-            probs = self.prm.score_encoded(enc, batch_size=len(chunk))
-            for i, p in zip(chunk, probs, strict=True):
-                tree.nodes[i].score = aggregate(p, self.agg)
-            self.process.meter.record(0, len(chunk), time.perf_counter() - t0,
-                                      verifier_tokens=sum(len(ids) for ids, _ in enc))
+        enc = self.prm.encode([prompt] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
+        # a node's value sits on its own (last) step, or aggregates every step's (`agg`); the root,
+        # with no step yet, on the prompt's last token
+        last = self.agg == "last"
+        enc = [(ids, (pos[-1:] if last else pos) if pos else [len(ids) - 1]) for ids, pos in enc]
+        for i, p in zip(todo, self._score_encoded(enc), strict=True):
+            tree.nodes[i].score = aggregate(p, self.agg)
+        self.process.meter.record(0, len(todo), time.perf_counter() - t0,
+                                  verifier_tokens=sum(len(ids) for ids, _ in enc))
         return [tree.nodes[n].score for n in node_ids]
+
+    def _score_encoded(self, enc: list) -> list[list[float]]:
+        """`PRMModel.score_encoded`, through the process's `batched` when it has one: under lockstep
+        batching every search's nodes go through the PRM in one pass (`batch` sequences per forward)."""
+        def run(items: list) -> list:
+            return self.prm.score_encoded(items, batch_size=self.batch)
+
+        batched = getattr(self.process, "batched", None)
+        return batched(("prm", id(self.prm)), run, enc) if batched else run(enc)
 
 
 class ProgressScorer(PRMScorer):
@@ -280,19 +288,19 @@ class ProgressScorer(PRMScorer):
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
         todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
+        if not todo:
+            return [tree.nodes[n].score for n in node_ids]
+        t0 = time.perf_counter()
         prompt = tree.prompt or tree.question
         head = len(self.prm.encode([prompt], [[]])[0][0]) - 1  # the prompt's last token
-        for start in range(0, len(todo), self.batch):
-            chunk = todo[start : start + self.batch]
-            t0 = time.perf_counter()
-            enc = self.prm.encode([prompt] * len(chunk), [[n.step for n in tree.path(i)] for i in chunk])
-            at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
-            for i, (before, after) in zip(chunk, self.prm.score_encoded(at, batch_size=len(chunk)), strict=True):
-                advantage = after - before
-                tree.nodes[i].score = min(1.0, max(0.0, after + self.alpha * advantage))
-                tree.nodes[i].meta["advantage"] = advantage
-            self.process.meter.record(0, len(chunk), time.perf_counter() - t0,
-                                      verifier_tokens=sum(len(ids) for ids, _ in enc))
+        enc = self.prm.encode([prompt] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
+        at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
+        for i, (before, after) in zip(todo, self._score_encoded(at), strict=True):
+            advantage = after - before
+            tree.nodes[i].score = min(1.0, max(0.0, after + self.alpha * advantage))
+            tree.nodes[i].meta["advantage"] = advantage
+        self.process.meter.record(0, len(todo), time.perf_counter() - t0,
+                                  verifier_tokens=sum(len(ids) for ids, _ in enc))
         return [tree.nodes[n].score for n in node_ids]
 
 
@@ -340,6 +348,15 @@ class ImplicitPRMScorer:
         s.process = process
         return s
 
+    def _log_ratios(self, rows: list[list[int]]) -> list:
+        """Per row, log pi - log pi_ref of each token after the first (`batch` rows per forward)."""
+        out = []
+        for i in range(0, len(rows), self.batch):
+            chunk = rows[i : i + self.batch]
+            pol, ref = (self._token_logprobs(m, chunk) for m in self.models)
+            out += [(p - r)[: len(row) - 1] for p, r, row in zip(pol, ref, chunk, strict=True)]
+        return out
+
     def _token_logprobs(self, model, rows: list[list[int]]):
         import torch
 
@@ -362,24 +379,23 @@ class ImplicitPRMScorer:
             raise ConfigError("the implicit scorer needs a language-model process with a local tokenizer "
                               "(fix: choose another --scorer)")
         prompt_ids = backend.tokenizer(tree.prompt, add_special_tokens=False)["input_ids"]
-        for start in range(0, len(todo), self.batch):
-            chunk = todo[start : start + self.batch]
-            t0 = time.perf_counter()
-            paths = [tree.path(n) for n in chunk]
-            rows = [prompt_ids + [t for m in path for t in m.token_ids] for path in paths]
-            if not any(len(r) > 1 for r in rows):
-                continue
-            pol, ref = (self._token_logprobs(m, rows) for m in self.models)
-            for n, path, lp_pol, lp_ref in zip(chunk, paths, pol, ref, strict=True):
-                q, scores, at = 0.0, [], len(prompt_ids) - 1  # lp index of the first step token
-                for m in path:
-                    k = len(m.token_ids)
-                    q += self.beta * float((lp_pol[at : at + k] - lp_ref[at : at + k]).sum())
-                    at += k
-                    scores.append(1.0 / (1.0 + math.exp(-q)))
-                tree.nodes[n].score = aggregate(scores, self.agg) if scores else 0.5
-            self.process.meter.record(0, len(chunk), time.perf_counter() - t0,
-                                      verifier_tokens=2 * sum(len(r) for r in rows))
+        if not todo or not prompt_ids:
+            return [tree.nodes[n].score for n in node_ids]
+        t0 = time.perf_counter()
+        paths = [tree.path(n) for n in todo]
+        rows = [prompt_ids + [t for m in path for t in m.token_ids] for path in paths]
+        batched = getattr(self.process, "batched", None)
+        ratios = batched(("implicit", id(self)), self._log_ratios, rows) if batched else self._log_ratios(rows)
+        for n, path, ratio in zip(todo, paths, ratios, strict=True):
+            q, scores, at = 0.0, [], len(prompt_ids) - 1  # index of the first step token's log-ratio
+            for m in path:
+                k = len(m.token_ids)
+                q += self.beta * float(ratio[at : at + k].sum())
+                at += k
+                scores.append(1.0 / (1.0 + math.exp(-q)))
+            tree.nodes[n].score = aggregate(scores, self.agg) if scores else 0.5
+        self.process.meter.record(0, len(todo), time.perf_counter() - t0,
+                                  verifier_tokens=2 * sum(len(r) for r in rows))
         return [tree.nodes[n].score for n in node_ids]
 
 
