@@ -186,3 +186,31 @@ def test_prm_calls_of_many_searches_are_batched(tiny_model_dir, tmp_path):
         assert [n.step for n in a.nodes] == [n.step for n in b.nodes] and a.answer == b.answer
         assert [n.score for n in a.nodes] == pytest.approx([n.score for n in b.nodes], abs=1e-5)
         assert a.usage["verifier_tokens"] == b.usage["verifier_tokens"] > 0
+
+
+def test_omega_finds_the_first_wrong_step_by_binary_search():
+    from sharpen.data import step_labels
+    from sharpen.search import get_algorithm
+    from sharpen.toy import RandomWalkProcess, make_problems
+
+    proc = RandomWalkProcess(horizon=8, p_good=0.6)
+    omega = get_algorithm("omega").fn
+    found = 0
+    trees = []
+    for i, p in enumerate(make_problems(30, seed=4, horizon=8)):
+        tree = omega(proc, make_scorer("oracle:4", proc, collect=True), p, 2000, seed=i, samples=4)
+        tree.scorer = "oracle:4"
+        trees.append(tree)
+        for end, wrong in tree.meta["first_wrong"].items():
+            found += 1
+            path = [n.id for n in tree.path(end)]
+            at = path.index(wrong)
+            assert tree.nodes[wrong].score is not None and tree.nodes[wrong].score <= 0.0
+            # every prefix probed before it had a positive value (else the search would have stopped there)
+            assert all(tree.nodes[a].score > 0 for a in path[:at] if tree.nodes[a].score is not None)
+            probed = [a for a in path[:-1] if tree.nodes[a].score is not None]
+            assert len(probed) <= len(path).bit_length()  # O(log n) Monte Carlo estimates
+    assert found >= 10
+    labels = step_labels(trees)
+    assert 0 < sum(labels["label"]) < len(labels)  # both classes, soft values beside them
+    assert set(labels["value"]) - {0.0, 1.0}
