@@ -144,6 +144,7 @@ def search_cmd(
     max_depth: Annotated[int, typer.Option(help=_help(S, "max_depth"))] = S["max_depth"].default,
     batch: Annotated[int, typer.Option(help=_help(S, "batch"))] = S["batch"].default,
     parallel: Annotated[int, typer.Option(help=_help(S, "parallel"))] = S["parallel"].default,
+    merge_duplicates: Annotated[bool, typer.Option("--merge-duplicates", help=_help(S, "merge_duplicates"))] = False,
     out_dir: OutOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -152,7 +153,8 @@ def search_cmd(
     from sharpen import api
 
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
-                         max_depth=max_depth, batch=batch, parallel=parallel)
+                         max_depth=max_depth, batch=batch, parallel=parallel,
+                         merge_duplicates=merge_duplicates)
     trees, m = api.search(model, task, algo, scorer, budget, n, seed, collect, _kv(arg), settings,
                           _kv(task_arg), out=api.new_out_dir(out_dir, "search"), progress=progress_bar)
     if as_json:
@@ -185,6 +187,7 @@ def sweep_cmd(
     max_depth: Annotated[int, typer.Option(help=_help(S, "max_depth"))] = S["max_depth"].default,
     batch: Annotated[int, typer.Option(help=_help(S, "batch"))] = S["batch"].default,
     parallel: Annotated[int, typer.Option(help=_help(S, "parallel"))] = S["parallel"].default,
+    merge_duplicates: Annotated[bool, typer.Option("--merge-duplicates", help=_help(S, "merge_duplicates"))] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="sweep directory (default runs/sweep-<time>)")] = None,
 ) -> None:
     """Every algorithm at every budget on the same problems: sweep.json and accuracy_vs_tokens.png."""
@@ -202,7 +205,8 @@ def sweep_cmd(
             raise ConfigError(f"bad --arg {key!r} for a sweep (fix: name the algorithm, e.g. --arg mcts.c_puct=1.5)")
         options.setdefault(algo, {})[opt] = value
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
-                         max_depth=max_depth, batch=batch, parallel=parallel)
+                         max_depth=max_depth, batch=batch, parallel=parallel,
+                         merge_duplicates=merge_duplicates)
     results, sweep_dir = api.sweep(algos.split(","), budget_list, scorer, model, task, n, seed, options, settings,
                                    _kv(task_arg), out=out_dir, progress=progress_bar)
     table = Table(title=f"accuracy (generated / forward tokens per problem: policy + verifier), n={n}")
