@@ -65,6 +65,39 @@ def build_tiny_model(path: str, seed: int = 0) -> str:
     return path
 
 
+def changed_tensors(start: str, trained: str) -> list[str]:
+    """Names of `start`'s tensors (safetensors weights) that `trained` holds with other values."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    def weights(path: str) -> dict:
+        out: dict = {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            out |= load_file(str(f))
+        return out
+
+    a, b = weights(start), weights(trained)
+    assert a and set(a) <= set(b), (start, trained)
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def random_prm(out_dir, tokenizer_dir: str, seed: int = 0) -> str:
+    """An untrained two-label token classifier with the tiny model's tokenizer, saved as `out_dir/merged`
+    (what `prm:<out_dir>` loads): a PRM to exercise scoring code, not to judge steps."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=tok.pad_token_id)
+    LlamaForTokenClassification(cfg).save_pretrained(f"{out_dir}/merged")
+    tok.save_pretrained(f"{out_dir}/merged")
+    return str(out_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import changed_tensors
 
 from sharpen.errors import ConfigError
 from sharpen.loop.config import LoopConfig, dump, load_config, validate
@@ -91,20 +92,6 @@ def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
     assert got["chosen"] == ["b\n", "c\n", "a\n"] and got["round"] == [2, 2, 1]  # newest first, "b" once
 
 
-def _changed_tensors(start: str, trained: str) -> list[str]:
-    """Names of the tensors `trained` holds that differ from `start`'s (safetensors weights)."""
-    import torch
-    from safetensors.torch import load_file
-
-    def weights(path: str) -> dict:
-        out: dict = {}
-        for f in sorted(Path(path).glob("*.safetensors")):
-            out |= load_file(str(f))
-        return out
-
-    a, b = weights(start), weights(trained)
-    assert a and set(a) <= set(b), (start, trained)
-    return [k for k in a if not torch.equal(a[k], b[k])]
 
 
 @pytest.mark.parametrize("init", ["previous", "base"])
@@ -136,7 +123,7 @@ def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init)
     assert set(replay["round"]) == {1, 2}
     # round 1 trained a new policy; round 2 collected with it and trained on the replayed pairs from
     # round 1's policy (init=previous) or the base model (init=base)
-    assert round1 != tiny_model_dir and _changed_tensors(tiny_model_dir, round1)
+    assert round1 != tiny_model_dir and changed_tensors(tiny_model_dir, round1)
     collected_with = json.loads((tmp_path / "round-2" / "collect" / "metrics.json").read_text())["model"]
     assert collected_with == round1
     start = tiny_model_dir if init == "base" else round1
@@ -144,7 +131,7 @@ def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init)
     trainer = json.loads((Path(summary["model"]).parent / "sharpen_train.json").read_text())
     assert trainer["config"]["model"] == start and trainer["config"]["data"] == str(replay_dir)
     assert trainer["metrics"]["pairs"] == len(replay)
-    assert _changed_tensors(start, summary["model"])  # the round-2 policy moved from where it started
+    assert changed_tensors(start, summary["model"])  # the round-2 policy moved from where it started
 
 
 def test_init_base_needs_replay():

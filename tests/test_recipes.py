@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import changed_tensors
 
 from sharpen.data import load_dataset_dir
 from sharpen.io import read_jsonl
@@ -46,20 +47,6 @@ def _trees(run: Path, r: int) -> dict[str, Tree]:
     return {t.problem_id: t for t in map(Tree.from_dict, read_jsonl(run / f"round-{r}" / "collect" / "trees.jsonl"))}
 
 
-def _changed_tensors(start: str, trained: str) -> list[str]:
-    """Names of `start`'s tensors (safetensors weights) that `trained` holds with other values."""
-    import torch
-    from safetensors.torch import load_file
-
-    def weights(path: str) -> dict:
-        out: dict = {}
-        for f in sorted(Path(path).glob("*.safetensors")):
-            out |= load_file(str(f))
-        return out
-
-    a, b = weights(start), weights(trained)
-    assert a and set(a) <= set(b), (start, trained)
-    return [k for k in a if not torch.equal(a[k], b[k])]
 
 
 def _trained_policy(run: Path, r: int, start: str, kind: str, trainer: str) -> str:
@@ -72,7 +59,7 @@ def _trained_policy(run: Path, r: int, start: str, kind: str, trainer: str) -> s
     record = _json(Path(policy).parent / "sharpen_train.json")
     assert record["kind"] == trainer and record["config"]["model"] == start
     assert record["config"]["data"] == str(run / f"round-{r}" / "data" / kind)
-    assert _changed_tensors(start, policy), "the trained policy has its start's weights"
+    assert changed_tensors(start, policy), "the trained policy has its start's weights"
     # the next stage evaluated it
     assert _json(run / f"round-{r}" / "eval" / "metrics.json")["model"] == policy
     return policy
@@ -121,7 +108,7 @@ def test_prm_guided_round_trains_a_prm_and_the_policy(tmp_path, tiny_model_dir):
     assert record["kind"] == "prm" and record["config"]["model"] == tiny_model_dir
     assert record["config"]["data"] == str(run / "round-1" / "data" / "labels")
     # the backbone moved (the classification head is new, so it has no start to compare with)
-    assert _changed_tensors(tiny_model_dir, prm), "the trained PRM has the policy's weights"
+    assert changed_tensors(tiny_model_dir, prm), "the trained PRM has the policy's weights"
     (scores,) = PRMModel.load(prm).score([labels[0]["prompt"]], [list(labels[0]["prefix_steps"]) + [labels[0]["step"]]])
     assert len(scores) == len(labels[0]["prefix_steps"]) + 1 and all(0.0 <= s <= 1.0 for s in scores)
     # the policy trains on the verified traces the search found

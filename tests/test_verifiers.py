@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from conftest import build_tiny_model
+from conftest import build_tiny_model, random_prm
 
 from sharpen.backends.hf import HFBackend
 from sharpen.errors import ConfigError
@@ -128,16 +128,8 @@ def test_soft_label_prm_ranks_unseen_right_steps_above_wrong(tiny_model_dir, tmp
 
 
 def test_pav_scores_value_plus_alpha_times_progress(setup, tiny_model_dir, tmp_path):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
-
     proc, tree, nodes, _ = setup
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=tok.pad_token_id)
-    LlamaForTokenClassification(cfg).save_pretrained(tmp_path / "merged")
-    tok.save_pretrained(tmp_path / "merged")
+    random_prm(tmp_path, tiny_model_dir, seed=0)
     for n in nodes:
         tree.nodes[n].score = None
     scorer = make_scorer(f"pav:{tmp_path}:alpha=2", proc)
@@ -156,17 +148,9 @@ def test_pav_scores_value_plus_alpha_times_progress(setup, tiny_model_dir, tmp_p
 def test_prm_calls_of_many_searches_are_batched(tiny_model_dir, tmp_path):
     """Under lockstep batching a PRM scores the nodes of every live search in one pass: fewer forward
     calls, the same trees as searching one problem at a time."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForTokenClassification
-
     from sharpen.collect import search_problems
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, num_labels=2, pad_token_id=tok.pad_token_id)
-    LlamaForTokenClassification(cfg).save_pretrained(tmp_path / "merged")
-    tok.save_pretrained(tmp_path / "merged")
+    random_prm(tmp_path, tiny_model_dir, seed=1)
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
     problems = task.problems("test", 6)
 

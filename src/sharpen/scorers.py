@@ -247,20 +247,24 @@ class PRMScorer:
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
         todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
-        if not todo:
-            return [tree.nodes[n].score for n in node_ids]
-        t0 = time.perf_counter()
-        prompt = tree.prompt or tree.question
-        enc = self.prm.encode([prompt] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
-        # a node's value sits on its own (last) step, or aggregates every step's (`agg`); the root,
-        # with no step yet, on the prompt's last token
-        last = self.agg == "last"
-        enc = [(ids, (pos[-1:] if last else pos) if pos else [len(ids) - 1]) for ids, pos in enc]
-        for i, p in zip(todo, self._score_encoded(enc), strict=True):
-            tree.nodes[i].score = aggregate(p, self.agg)
-        self.process.meter.record(0, len(todo), time.perf_counter() - t0,
-                                  verifier_tokens=sum(len(ids) for ids, _ in enc))
+        if todo:
+            t0 = time.perf_counter()
+            enc = self._encode(tree, todo)
+            # a node's value sits on its own (last) step, or aggregates every step's (`agg`); the root,
+            # with no step yet, on the prompt's last token
+            last = self.agg == "last"
+            enc = [(ids, (pos[-1:] if last else pos) if pos else [len(ids) - 1]) for ids, pos in enc]
+            for i, p in zip(todo, self._score_encoded(enc), strict=True):
+                tree.nodes[i].score = aggregate(p, self.agg)
+            self._meter(enc, t0)
         return [tree.nodes[n].score for n in node_ids]
+
+    def _encode(self, tree: Tree, todo: list[int]) -> list:
+        return self.prm.encode([tree.prompt or tree.question] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
+
+    def _meter(self, enc: list, t0: float) -> None:
+        """One budget token per node; the PRM's input tokens as verifier tokens."""
+        self.process.meter.record(0, len(enc), time.perf_counter() - t0, verifier_tokens=sum(len(ids) for ids, _ in enc))
 
     def _score_encoded(self, enc: list) -> list[list[float]]:
         """`PRMModel.score_encoded`, through the process's `batched` when it has one: under lockstep
@@ -288,19 +292,16 @@ class ProgressScorer(PRMScorer):
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
         todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
-        if not todo:
-            return [tree.nodes[n].score for n in node_ids]
-        t0 = time.perf_counter()
-        prompt = tree.prompt or tree.question
-        head = len(self.prm.encode([prompt], [[]])[0][0]) - 1  # the prompt's last token
-        enc = self.prm.encode([prompt] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
-        at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
-        for i, (before, after) in zip(todo, self._score_encoded(at), strict=True):
-            advantage = after - before
-            tree.nodes[i].score = min(1.0, max(0.0, after + self.alpha * advantage))
-            tree.nodes[i].meta["advantage"] = advantage
-        self.process.meter.record(0, len(todo), time.perf_counter() - t0,
-                                  verifier_tokens=sum(len(ids) for ids, _ in enc))
+        if todo:
+            t0 = time.perf_counter()
+            head = len(self.prm.encode([tree.prompt or tree.question], [[]])[0][0]) - 1  # the prompt's last token
+            enc = self._encode(tree, todo)
+            at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
+            for i, (before, after) in zip(todo, self._score_encoded(at), strict=True):
+                advantage = after - before
+                tree.nodes[i].score = min(1.0, max(0.0, after + self.alpha * advantage))
+                tree.nodes[i].meta["advantage"] = advantage
+            self._meter(enc, t0)
         return [tree.nodes[n].score for n in node_ids]
 
 
