@@ -27,7 +27,7 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     for budget in budgets:
         for algo, sc in pairs:
             d = out_dir / f"{algo}@{(sc or 'none').replace(':', '-').replace('/', '_')}" / f"budget-{budget}"
-            bar = progress(f"{algo}@{sc} {budget} tok", len(problems)) if progress else nullcontext(None)
+            bar = progress(f"{algo}@{sc} {budget} tok" if sc else f"{algo} {budget} tok", len(problems)) if progress else nullcontext(None)
             with bar as advance:
                 trees = search_problems(process, scorers.get(sc), algo, problems, budget, seed=seed,
                                         out_jsonl=d / "trees.jsonl", algo_args=(options or {}).get(algo, {}),
