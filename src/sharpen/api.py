@@ -254,9 +254,8 @@ def build(
         raise ConfigError(f"trees file not found: {path} (fix: pass the trees.jsonl written by `sharpen search`)")
     ts = data.load_trees(path)
     check_trainable(ts, str(path), allow_test=allow_test_split)
-    if kind == "pairs" and recipe == "step-dpo":
-        options.pop("min_margin", None), options.pop("pairing", None)
-        ds = data.step_dpo_pairs(ts, **options)
+    if kind == "pairs" and recipe == "step-dpo":  # no margin or pairing: one pair per first wrong step
+        ds = data.step_dpo_pairs(ts, round=options.get("round", 0), source=options.get("source", "mc"))
     else:
         ds = {"pairs": data.step_pairs, "labels": data.step_labels, "traces": data.verified_traces}[kind](ts, **options)
     out = Path(out)

@@ -79,8 +79,9 @@ class Budget:
         return min(requested, max(1, int(self.remaining // max(1e-9, row_cost))))
 
     def rows(self, requested: int, row_tokens: int, kind: str | None = None) -> int:
-        """How many of `requested` rows of `kind` (at most `row_tokens` each) may be issued now, at
-        their expected cost; the call is then measured (see `expected`)."""
+        """How many of `requested` rows of `kind` (at most `row_tokens` each; without a kind, rows are
+        told apart by that maximum) may be issued now, at their expected cost; the call is then
+        measured (see `expected`)."""
         kind = kind or f"max{row_tokens}"
         n = self.fit(requested, self.expected(kind, row_tokens))
         if n:

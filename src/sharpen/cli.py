@@ -97,8 +97,8 @@ def eval_cmd(
     from sharpen import api
     from sharpen.evaluate import ks_up_to
 
-    cfg = _options(EvalConfig, "sharpen eval", samples=samples, temperature=temperature, max_tokens=max_tokens,
-                   seed=seed, problems_per_call=16)
+    cfg = EvalConfig.parse(dict(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                problems_per_call=16), "sharpen eval")
     metrics = api.evaluate(model, task, n, cfg, task_args=_kv(task_arg), out=api.new_out_dir(out_dir, "eval"),
                            progress=progress_bar, batch=batch)
     if as_json:
@@ -114,16 +114,12 @@ def eval_cmd(
     out.print(f"run dir: {metrics['out']}")
 
 
-def _options(cls, owner: str, **values):
-    return cls.parse(values, owner)
-
-
 AlgoArgOpt = Annotated[list[str] | None, typer.Option("--arg", help="algorithm option key=value (e.g. k=4, c_puct=1.5; "
                                                       "`sharpen algos` lists them); repeatable")]
 
 
 def _settings(**values) -> SearchSettings:
-    return _options(SearchSettings, "search settings", **values)
+    return SearchSettings.parse(values, "search settings")
 
 
 @app.command("search")

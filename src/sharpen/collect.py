@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sharpen.io import JsonlAppender, read_jsonl
+from sharpen.stats import bootstrap_ci  # the one bootstrap, also importable from here
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
 
@@ -97,13 +98,6 @@ def search_problems(
         if writer:
             writer.close()
     return [done[p.id] for p in problems]
-
-
-def bootstrap_ci(values: list[float], iters: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean: `sharpen.stats.bootstrap_ci` (kept importable here)."""
-    from sharpen.stats import bootstrap_ci as _bootstrap_ci
-
-    return _bootstrap_ci(values, iters=iters, seed=seed, alpha=alpha)
 
 
 def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:

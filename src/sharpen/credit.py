@@ -45,12 +45,18 @@ def _terminal_correctness(tree: Tree) -> dict[int, list[float]]:
     return below
 
 
+def is_verifier_spec(scorer: str | None) -> bool:
+    """Whether a scorer spec names the task's verifier (`oracle[:k]`): its values are Monte Carlo
+    estimates of correctness, not a learned or self-judged guess. None (no scorer recorded) is not."""
+    return isinstance(scorer, str) and scorer.split(":", 1)[0] == "oracle"
+
+
 def scores_are_monte_carlo(tree: Tree) -> bool:
     """The one rule for reading `node.score` as a Monte Carlo value: only when the tree records that
     the oracle scorer made its scores (the share of k verified rollouts). The `self` scorer's P(Yes),
     a PRM's output or rollout agreement are guesses, not evidence; a tree that records no scorer
     (written before trees recorded one) is not trusted either."""
-    return (tree.scorer or "").split(":", 1)[0] == "oracle"
+    return is_verifier_spec(tree.scorer)
 
 
 def mc_values(tree: Tree) -> dict[int, float]:

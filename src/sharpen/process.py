@@ -141,6 +141,7 @@ class LMProcess:
         self.strict_answers = strict_answers
         self.merge_duplicates = merge_duplicates
         self._problems: dict[str, Problem] = {}
+        self._priors: dict[tuple[str, ...], dict[str, float]] = {}
 
     # -- protocol ---------------------------------------------------------------------------
     def new_tree(self, problem: Problem, seed: int = 0) -> Tree:
@@ -227,14 +228,17 @@ class LMProcess:
         """What a row is expected to cost before any is measured (`Budget.expected`): the mean
         tokens of a step ("step") and of a whole solution ("answer") in the prompt's worked examples
         (the assistant turns), capped at `step_tokens` / `rollout_tokens`; empty without examples."""
-        shots = [m["content"] for m in messages if m.get("role") == "assistant" and m.get("content")]
-        lines = [ln for s in shots for ln in s.split(self.delimiter) if ln.strip()]
-        if not lines:
-            return {}
-        count = self.backend.count_tokens
-        step = sum(count(ln + self.delimiter) for ln in lines) / len(lines)
-        answer = sum(count(s) + 1 for s in shots) / len(shots)  # + the end-of-solution token
-        return {"step": min(step, self.step_tokens), "answer": min(answer, self.rollout_tokens)}
+        shots = tuple(m["content"] for m in messages if m.get("role") == "assistant" and m.get("content"))
+        if shots not in self._priors:  # the same worked examples for every problem of a task: counted once
+            lines = [ln for s in shots for ln in s.split(self.delimiter) if ln.strip()]
+            prior: dict[str, float] = {}
+            if lines:
+                count = self.backend.count_tokens
+                step = sum(count(ln + self.delimiter) for ln in lines) / len(lines)
+                answer = sum(count(s) + 1 for s in shots) / len(shots)  # + the end-of-solution token
+                prior = {"step": min(step, self.step_tokens), "answer": min(answer, self.rollout_tokens)}
+            self._priors[shots] = prior
+        return dict(self._priors[shots])
 
     # -- what scorers and the batcher may ask of a language-model process -------------------
     def fork(self, backend: Backend) -> LMProcess:

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sharpen.credit import is_verifier_spec
 from sharpen.errors import ConfigError
 from sharpen.io import atomic_write_bytes, atomic_write_text, read_jsonl
 
@@ -56,7 +57,7 @@ def _collect_monitors(m: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     m = dict(m)
     scorer = m.get("scorer")
-    if m.get("exploitation_auroc") is None or not isinstance(scorer, str) or scorer.startswith("oracle"):
+    if m.get("exploitation_auroc") is None or not isinstance(scorer, str) or is_verifier_spec(scorer):
         m.pop("exploitation_auroc", None)
     return m
 

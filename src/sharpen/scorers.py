@@ -66,6 +66,13 @@ def aggregate(step_scores: list[float], how: str) -> float:
     return sum(step_scores) / len(step_scores)
 
 
+def _batched(process: Process, key, fn, items: list) -> list:
+    """`fn(items)` through the process's `batched` (merged with other searches' calls under lockstep
+    batching) when it has one, else directly."""
+    batched = getattr(process, "batched", None)
+    return batched(key, fn, items) if batched else fn(items)
+
+
 def _todo(tree: Tree, node_ids: list[int]) -> list[int]:
     return list(dict.fromkeys(n for n in node_ids if tree.nodes[n].score is None))
 
@@ -230,7 +237,6 @@ class PRMScorer:
         self.agg = agg
         self.prm = PRMModel.load(path, device=device, max_length=None, require_format=False,
                                  delimiter=getattr(process, "delimiter", "\n"))
-        self.model, self.tokenizer, self.device = self.prm.model, self.prm.tokenizer, self.prm.device
         self.delimiter = self.prm.delimiter
 
     def bind(self, process: Process) -> PRMScorer:
@@ -269,11 +275,8 @@ class PRMScorer:
     def _score_encoded(self, enc: list) -> list[list[float]]:
         """`PRMModel.score_encoded`, through the process's `batched` when it has one: under lockstep
         batching every search's nodes go through the PRM in one pass (`batch` sequences per forward)."""
-        def run(items: list) -> list:
-            return self.prm.score_encoded(items, batch_size=self.batch)
-
-        batched = getattr(self.process, "batched", None)
-        return batched(("prm", id(self.prm)), run, enc) if batched else run(enc)
+        return _batched(self.process, ("prm", id(self.prm)),
+                        lambda items: self.prm.score_encoded(items, batch_size=self.batch), enc)
 
 
 class ProgressScorer(PRMScorer):
@@ -288,13 +291,19 @@ class ProgressScorer(PRMScorer):
     def __init__(self, path: str | Path, process: Process, alpha: float = 1.0, batch: int = 16):
         super().__init__(path, process, batch=batch)
         self.alpha = alpha
+        self._prompt_lens: dict[str, int] = {}  # every node of a tree shares its prompt: tokenized once
+
+    def _prompt_len(self, prompt: str) -> int:
+        if prompt not in self._prompt_lens:
+            self._prompt_lens[prompt] = len(self.prm.encode([prompt], [[]])[0][0])
+        return self._prompt_lens[prompt]
 
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
         todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
         if todo:
             t0 = time.perf_counter()
-            head = len(self.prm.encode([tree.prompt or tree.question], [[]])[0][0]) - 1  # the prompt's last token
+            head = self._prompt_len(tree.prompt or tree.question) - 1  # the prompt's last token
             enc = self._encode(tree, todo)
             at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
             for i, (before, after) in zip(todo, self._score_encoded(at), strict=True):
@@ -338,6 +347,7 @@ class ImplicitPRMScorer:
                                  "(fix: implicit:<policy dir from `sharpen train dpo`>[:ref=<model>])") from None
             self.models.append(m.to(self.device).eval())
         self.policy_path, self.ref_path = str(policy), str(ref)
+        self._prompt_ids: dict[str, list[int]] = {}
 
     def cost(self, terminal: bool, budget: Budget | None = None) -> float:
         return 1
@@ -379,14 +389,15 @@ class ImplicitPRMScorer:
         if backend is None or not hasattr(backend, "tokenizer"):
             raise ConfigError("the implicit scorer needs a language-model process with a local tokenizer "
                               "(fix: choose another --scorer)")
-        prompt_ids = backend.tokenizer(tree.prompt, add_special_tokens=False)["input_ids"]
+        if tree.prompt not in self._prompt_ids:  # every node of a tree shares its prompt: tokenized once
+            self._prompt_ids[tree.prompt] = backend.tokenizer(tree.prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = self._prompt_ids[tree.prompt]
         if not todo or not prompt_ids:
             return [tree.nodes[n].score for n in node_ids]
         t0 = time.perf_counter()
         paths = [tree.path(n) for n in todo]
         rows = [prompt_ids + [t for m in path for t in m.token_ids] for path in paths]
-        batched = getattr(self.process, "batched", None)
-        ratios = batched(("implicit", id(self)), self._log_ratios, rows) if batched else self._log_ratios(rows)
+        ratios = _batched(self.process, ("implicit", id(self)), self._log_ratios, rows)
         for n, path, ratio in zip(todo, paths, ratios, strict=True):
             q, scores, at = 0.0, [], len(prompt_ids) - 1  # index of the first step token's log-ratio
             for m in path:

@@ -90,33 +90,32 @@ def mcts(process: Process, scorer, problem: Problem, budget_tokens: int, seed: i
         if len(step_children(tree, leaf.id)) >= max_children:  # expanded, every child closed
             _close(tree, closed, path, max_children)
             continue
+        # 2. expand
+        rows = {"step": process.step_tokens} | ({"answer": process.rollout_tokens} if evaluate == "rollout" else {})
+        leaves, kk = plan(budget, scorer, [leaf.id], k, rows, terminal=evaluate == "rollout")
+        if not leaves:
+            break
+        kk = min(kk, max_children - len(step_children(tree, leaf.id)))
+        before = set(step_children(tree, leaf.id))
+        landed = process.expand(tree, leaves, kk, budget)[0]
+        if not landed:
+            break
+        new = [c for c in landed if c not in before]  # a duplicate of a child is no new evidence
+        if not new:
+            _close(tree, closed, path, max_children)
+            continue
+        # 3. evaluate
+        if evaluate == "rollout":
+            vals = _rollout_values(process, tree, scorer, new, budget)
         else:
-            # 2. expand
-            rows = {"step": process.step_tokens} | ({"answer": process.rollout_tokens} if evaluate == "rollout" else {})
-            leaves, kk = plan(budget, scorer, [leaf.id], k, rows, terminal=evaluate == "rollout")
-            if not leaves:
-                break
-            kk = min(kk, max_children - len(step_children(tree, leaf.id)))
-            before = set(step_children(tree, leaf.id))
-            landed = process.expand(tree, leaves, kk, budget)[0]
-            if not landed:
-                break
-            new = [c for c in landed if c not in before]  # a duplicate of a child is no new evidence
-            if not new:
-                _close(tree, closed, path, max_children)
-                continue
-            # 3. evaluate
-            if evaluate == "rollout":
-                vals = _rollout_values(process, tree, scorer, new, budget)
-            else:
-                vals = scorer.score(tree, new, budget)
-            values = []
-            for c, v in zip(new, vals, strict=True):
-                if v is not None:
-                    tree.nodes[c].visits, tree.nodes[c].value_sum = 1, v
-                    values.append(v)
-                if tree.nodes[c].terminal:
-                    closed.add(c)  # backed up once, below, and never selected again
+            vals = scorer.score(tree, new, budget)
+        values = []
+        for c, v in zip(new, vals, strict=True):
+            if v is not None:
+                tree.nodes[c].visits, tree.nodes[c].value_sum = 1, v
+                values.append(v)
+            if tree.nodes[c].terminal:
+                closed.add(c)  # backed up once, below, and never selected again
         # 4. backup
         for n in path:
             tree.nodes[n].visits += len(values)
