@@ -14,7 +14,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 
@@ -45,7 +44,7 @@ def main() -> None:
 
     from sharpen.data import save_dataset, step_pairs
     from sharpen.models import resolve_model
-    from sharpen.train.common import TrainOptions, load_tokenizer, trainer_kwargs
+    from sharpen.train.common import load_tokenizer
     from sharpen.train.dpo import DPOTrainConfig, build_trainer
 
     path = resolve_model(args.model)
@@ -61,20 +60,24 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sharpen-bench-"))
     data = save_dataset(step_pairs(_pairs(args.pairs, prompt_of)), work / "pairs")
-    opts = TrainOptions(max_steps=args.steps, batch_size=args.batch_size, save_steps=10**9, logging_steps=10**9)
+    opts = dict(max_steps=args.steps, per_device_train_batch_size=args.batch_size, save_steps=10**9, logging_steps=10**9)
     rows = args.steps * args.batch_size
 
     from datasets import load_from_disk
 
     ds = load_from_disk(str(data)).select_columns(["prompt", "chosen", "rejected"])
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    beta = DPOTrainConfig(model="", data="", out="").beta
+    ref = DPOTrainConfig(model=args.model, output_dir=str(work / "trl"), **opts)
+    # TRL's own DPOConfig with the same TrainingArguments and DPO fields, and TRL's own forward
+    keep = ("output_dir", "max_steps", "per_device_train_batch_size", "learning_rate", "save_steps", "logging_steps",
+            "seed", "beta", "max_length", "bf16", "report_to", "disable_tqdm", "dataloader_num_workers")
+    plain = {k: getattr(ref, k) for k in keep}
     direct = DPOTrainer(
         model=model,
-        args=DPOConfig(**trainer_kwargs(opts, work / "trl"), beta=beta, max_length=opts.max_length),
+        args=DPOConfig(**plain),
         train_dataset=ds,
         processing_class=tok,
-        peft_config=opts.lora_options.peft_config(),
+        peft_config=ref.peft_config(),
     )
     t0 = time.perf_counter()
     direct.train()
@@ -82,8 +85,8 @@ def main() -> None:
 
     ours = {}
     for share in (False, True):
-        o = replace(opts, share_prefix=share)
-        trainer = build_trainer(DPOTrainConfig(model=args.model, data=str(data), out=str(work / f"sharpen-{share}"), train=o))
+        trainer = build_trainer(DPOTrainConfig(model=args.model, data=str(data), output_dir=str(work / f"sharpen-{share}"),
+                                               share_prefix=share, **opts))
         t0 = time.perf_counter()
         trainer.train()
         ours[share] = rows / (time.perf_counter() - t0)

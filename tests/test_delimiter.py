@@ -72,12 +72,11 @@ def test_prm_encode_puts_labels_on_the_delimiter_token(tiny_model_dir):
 def test_prm_trains_records_and_scores_with_the_labels_delimiter(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from sharpen.train.common import TrainOptions
     from sharpen.train.prm import PRMModel, PRMTrainConfig, build_trainer, encode, train_prm
 
     labels = save_dataset(step_labels([tree(pid=f"p{i}") for i in range(2)]), tmp_path / "labels")
-    opts = TrainOptions(max_steps=1, batch_size=2, save_steps=1, logging_steps=1)
-    cfg = PRMTrainConfig(model=tiny_model_dir, data=str(labels), out=str(tmp_path / "prm"), train=opts)
+    opts = dict(max_steps=1, per_device_train_batch_size=2, save_steps=1, logging_steps=1)
+    cfg = PRMTrainConfig(model=tiny_model_dir, data=str(labels), output_dir=str(tmp_path / "prm"), **opts)
     # the labels sit where `encode` with the rows' delimiter puts them
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = build_trainer(cfg)
@@ -94,11 +93,10 @@ def test_prm_trains_records_and_scores_with_the_labels_delimiter(tiny_model_dir,
 
 
 def test_prm_refuses_labels_with_mixed_delimiters(tiny_model_dir, tmp_path):
-    from sharpen.train.common import TrainOptions
     from sharpen.train.prm import PRMTrainConfig, build_trainer
 
     labels = save_dataset(step_labels([tree(), tree(None, "n")]), tmp_path / "labels")
-    cfg = PRMTrainConfig(model=tiny_model_dir, data=str(labels), out=str(tmp_path / "prm"),
-                         train=TrainOptions(max_steps=1, batch_size=2))
+    cfg = PRMTrainConfig(model=tiny_model_dir, data=str(labels), output_dir=str(tmp_path / "prm"),
+                         **dict(max_steps=1, per_device_train_batch_size=2))
     with pytest.raises(TaskError, match="delimiters"):
         build_trainer(cfg)

@@ -109,7 +109,7 @@ def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init)
                     "rollout_tokens": 12, "max_depth": 2, "temperature": 1.0,
                     "strict_format": False},  # a random tiny model writes no Answer: lines
         "build": {"min_margin": 0.01},
-        "train": {"max_steps": 2, "batch_size": 2, "replay": True, "init": init},
+        "train": {"max_steps": 2, "per_device_train_batch_size": 2, "replay": True, "init": init},
         "eval": {"n": 4, "samples": 0, "max_tokens": 8},
     })
     LoopRunner(cfg, tmp_path).run_all()

@@ -30,7 +30,7 @@ def _config(tmp_path: Path, model_dir: str) -> Path:
                     "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0,
                     "strict_format": False},  # a random tiny model writes no Answer: lines
         "build": {"min_margin": 0.01},
-        "train": {"max_steps": 4, "batch_size": 2},
+        "train": {"max_steps": 4, "per_device_train_batch_size": 2},
         "eval": {"n": 6, "samples": 2, "max_tokens": 8},
     }
     p = tmp_path / "cfg.yaml"

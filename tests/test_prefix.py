@@ -38,12 +38,11 @@ def _pairs(n: int = 6):
 
 @pytest.mark.parametrize("lora", [True, False])
 def test_dpo_forward_with_shared_prefix_matches_plain(tiny_model_dir, tmp_path, lora):
-    from sharpen.train.common import TrainOptions
     from sharpen.train.dpo import DPOTrainConfig, build_trainer
     from sharpen.train.prefix import backbone_of, share_prefix
 
-    opts = TrainOptions(max_steps=1, batch_size=6, lora=lora, share_prefix=False)
-    trainer = build_trainer(DPOTrainConfig(model=tiny_model_dir, data="-", out=str(tmp_path / "o"), train=opts),
+    opts = dict(max_steps=1, per_device_train_batch_size=6, lora=lora, share_prefix=False)
+    trainer = build_trainer(DPOTrainConfig(model=tiny_model_dir, data="-", output_dir=str(tmp_path / "o"), **opts),
                             dataset=_pairs())
     batch = next(iter(trainer.get_train_dataloader()))
     assert shared_prefix_len(batch["input_ids"], batch["attention_mask"]) >= 20
@@ -72,13 +71,12 @@ def test_dpo_forward_with_shared_prefix_matches_plain(tiny_model_dir, tmp_path, 
 def test_sft_loss_with_shared_prefix_matches_plain(tiny_model_dir, tmp_path):
     from datasets import Dataset
 
-    from sharpen.train.common import TrainOptions
     from sharpen.train.prefix import backbone_of, share_prefix
     from sharpen.train.sft import SFTTrainConfig, build_trainer
 
     rows = [{"prompt": r["prompt"], "completion": r["chosen"] + "Answer: 1"} for r in _pairs()]
-    opts = TrainOptions(max_steps=1, batch_size=6, share_prefix=False)
-    trainer = build_trainer(SFTTrainConfig(model=tiny_model_dir, data="-", out=str(tmp_path / "o"), train=opts),
+    opts = dict(max_steps=1, per_device_train_batch_size=6, share_prefix=False)
+    trainer = build_trainer(SFTTrainConfig(model=tiny_model_dir, data="-", output_dir=str(tmp_path / "o"), **opts),
                             dataset=Dataset.from_list(rows))
     batch = next(iter(trainer.get_train_dataloader()))
     plain = trainer.compute_loss(trainer.model, dict(batch)).detach()

@@ -30,7 +30,7 @@ def _run(tmp_path: Path, model: str, recipe: str, collect: dict, rounds: int = 1
         "name": recipe, "recipe": recipe, "model": model, "rounds": rounds, "seed": 3, "task_args": TASK_ARGS,
         "collect": {"step_tokens": 6, "rollout_tokens": 12, "max_depth": 2, "temperature": 1.0,
                     "strict_format": False, **collect},
-        "train": {"max_steps": 2, "batch_size": 2},
+        "train": {"max_steps": 2, "per_device_train_batch_size": 2},
         "eval": {"n": 2, "samples": 0, "max_tokens": 4},
     })
     run = tmp_path / "run"

@@ -77,7 +77,7 @@ def test_example_algorithm_runs_through_search_sweep_and_a_run_config(plugin_env
            "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, "rounds": 1,
            "collect": {"algo": "first", "args": {"batch": 2}, "scorer": "none", "problems": 2, "budget": 16,
                        "rollout_tokens": 8, "strict_format": False},
-           "train": {"max_steps": 1, "batch_size": 2}, "eval": {"n": 2, "samples": 0, "max_tokens": 4}}
+           "train": {"max_steps": 1, "per_device_train_batch_size": 2}, "eval": {"n": 2, "samples": 0, "max_tokens": 4}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     r = sharpen(["run", "cfg.yaml", "--out", "run"], plugin_env, tmp_path)
     assert r.returncode == 0, r.stderr

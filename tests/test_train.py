@@ -10,7 +10,6 @@ import pytest
 
 from sharpen.data import save_dataset, step_labels, step_pairs, verified_traces
 from sharpen.errors import ModelError, TaskError
-from sharpen.train.common import TrainOptions
 from sharpen.tree import Tree
 
 
@@ -41,8 +40,8 @@ def data_dirs(tmp_path_factory):
     }
 
 
-def _opts(**kw) -> TrainOptions:
-    return TrainOptions(max_steps=kw.pop("max_steps", 2), batch_size=2, save_steps=1, logging_steps=1, **kw)
+def _opts(**kw) -> dict:
+    return dict(max_steps=kw.pop("max_steps", 2), per_device_train_batch_size=2, save_steps=1, logging_steps=1, **kw)
 
 
 def _generates(path: str) -> None:
@@ -59,10 +58,10 @@ def test_dpo_lora_saves_adapter_and_merged_and_resumes(tiny_model_dir, data_dirs
     from sharpen.train.dpo import DPOTrainConfig, build_trainer, train_dpo
 
     out = tmp_path / "dpo"
-    cfg = DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], out=str(out), train=_opts())
+    cfg = DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], output_dir=str(out), **_opts())
     merged = train_dpo(cfg)
     assert merged == out / "merged" and (out / "adapter" / "adapter_config.json").exists()
-    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert (out / "checkpoint-2").is_dir()
     _generates(str(merged))
     from sharpen.models import resolve_model
 
@@ -71,21 +70,21 @@ def test_dpo_lora_saves_adapter_and_merged_and_resumes(tiny_model_dir, data_dirs
     assert summary["kind"] == "dpo" and summary["metrics"]["pairs"] == 4
 
     # resume: a longer run picks up the last checkpoint
-    cfg.train.max_steps = 3
+    cfg.max_steps = 3
     train_dpo(cfg)
     summary = json.loads((out / "sharpen_train.json").read_text())
     assert summary["metrics"]["resumed_from"].endswith("checkpoint-2")
 
     # steps are not solution ends: no EOS after chosen / rejected
     trainer = build_trainer(
-        DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], out=str(tmp_path / "x"))
+        DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], output_dir=str(tmp_path / "x"))
     )
     eos = trainer.processing_class.eos_token_id
     row = trainer.train_dataset[0]
     assert row["chosen_ids"][-1] != eos and row["rejected_ids"][-1] != eos
     trainer_eos = build_trainer(
         DPOTrainConfig(
-            model=tiny_model_dir, data=data_dirs["pairs"], out=str(tmp_path / "y"), append_eos=True
+            model=tiny_model_dir, data=data_dirs["pairs"], output_dir=str(tmp_path / "y"), append_eos=True
         )
     )
     assert trainer_eos.train_dataset[0]["chosen_ids"][-1] == eos
@@ -96,7 +95,7 @@ def test_dpo_lora_saves_adapter_and_merged_and_resumes(tiny_model_dir, data_dirs
     tok = trainer.processing_class
     stop = Dataset.from_dict({"prompt": ["<|user|>What is 7 + 4 - 6?<|end|>\n<|assistant|>"],
                               "chosen": ["7 + 4 = 11\n"], "rejected": ["7 + 4 = 11" + tok.eos_token]})
-    row = build_trainer(DPOTrainConfig(model=tiny_model_dir, data="-", out=str(tmp_path / "z")), stop).train_dataset[0]
+    row = build_trainer(DPOTrainConfig(model=tiny_model_dir, data="-", output_dir=str(tmp_path / "z")), stop).train_dataset[0]
     assert row["chosen_ids"][-1] != eos and row["rejected_ids"][-1] == eos and row["rejected_ids"][-2] != eos
     assert row["chosen_ids"][:-1] == row["rejected_ids"][:-1]
 
@@ -112,8 +111,8 @@ def test_dpo_full_finetune_and_reward_accuracy(tiny_model_dir, data_dirs, tmp_pa
         DPOTrainConfig(
             model=tiny_model_dir,
             data=data_dirs["pairs"],
-            out=str(out),
-            train=_opts(lora=False, learning_rate=1e-3),
+            output_dir=str(out),
+            **_opts(lora=False, learning_rate=1e-3),
         )
     )
     assert not (out / "adapter").exists()
@@ -131,7 +130,7 @@ def test_empty_pairs_raise(tiny_model_dir, tmp_path):
 
     empty = save_dataset(step_pairs([]), tmp_path / "empty")
     with pytest.raises(TaskError):
-        train_dpo(DPOTrainConfig(model=tiny_model_dir, data=str(empty), out=str(tmp_path / "o")))
+        train_dpo(DPOTrainConfig(model=tiny_model_dir, data=str(empty), output_dir=str(tmp_path / "o")))
 
 
 def test_sft(tiny_model_dir, data_dirs, tmp_path):
@@ -139,9 +138,9 @@ def test_sft(tiny_model_dir, data_dirs, tmp_path):
 
     out = tmp_path / "sft"
     merged = train_sft(
-        SFTTrainConfig(model=tiny_model_dir, data=data_dirs["traces"], out=str(out), train=_opts())
+        SFTTrainConfig(model=tiny_model_dir, data=data_dirs["traces"], output_dir=str(out), **_opts())
     )
-    assert (out / "adapter").is_dir() and (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert (out / "adapter").is_dir() and (out / "checkpoint-2").is_dir()
     _generates(str(merged))
     assert json.loads((out / "sharpen_train.json").read_text())["metrics"]["traces"] == 4
 
@@ -189,8 +188,8 @@ def test_prm_trains_loads_scores(tiny_model_dir, tmp_path):
     held_out = step_labels(_separable_trees(problems[24:36]))
     assert {r["label"] for r in held_out} == {0, 1}
     out = tmp_path / "prm"
-    opts = TrainOptions(max_steps=30, batch_size=8, learning_rate=2e-3, save_steps=10, logging_steps=10)
-    merged = train_prm(PRMTrainConfig(model=tiny_model_dir, data=str(train_labels), out=str(out), train=opts))
+    opts = dict(max_steps=30, per_device_train_batch_size=8, learning_rate=2e-3, save_steps=10, logging_steps=10)
+    merged = train_prm(PRMTrainConfig(model=tiny_model_dir, data=str(train_labels), output_dir=str(out), **opts))
     fmt = json.loads((merged / "sharpen_prm.json").read_text())
     assert fmt["kind"] == "sharpen-prm"
     prm = PRMModel.load(out)  # the out dir or out/merged both work
@@ -228,7 +227,7 @@ def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
     from sharpen.train.common import last_checkpoint
 
     assert last_checkpoint(tmp_path) is None
-    ck = tmp_path / "checkpoints"
+    ck = tmp_path
     for n in (2, 4):
         (ck / f"checkpoint-{n}").mkdir(parents=True)
         (ck / f"checkpoint-{n}" / "trainer_state.json").write_text(json.dumps({"global_step": n}))
@@ -248,8 +247,8 @@ def test_dpo_with_sft_term_raises_chosen_likelihood(tiny_model_dir, data_dirs, t
 
     from sharpen.train.dpo import DPOTrainConfig, build_trainer, train_dpo
 
-    cfg = DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], out=str(tmp_path / "rpo"),
-                         sft_weight=0.5, train=_opts(lora=False, learning_rate=1e-3))
+    cfg = DPOTrainConfig(model=tiny_model_dir, data=data_dirs["pairs"], output_dir=str(tmp_path / "rpo"),
+                         sft_weight=0.5, **_opts(lora=False, learning_rate=1e-3))
     args = build_trainer(cfg).args
     assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 0.5]
     merged = train_dpo(cfg)

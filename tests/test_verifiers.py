@@ -107,13 +107,12 @@ def _labels(problems: range, tmp, name: str):
 
 
 def test_soft_label_prm_ranks_unseen_right_steps_above_wrong(tiny_model_dir, tmp_path):
-    from sharpen.train.common import TrainOptions
     from sharpen.train.metrics import prm_auroc
     from sharpen.train.prm import PRMTrainConfig, soft_label_loss, train_prm
 
     train, held = _labels(range(0, 40), tmp_path, "train"), _labels(range(40, 60), tmp_path, "held")
-    opts = TrainOptions(max_steps=30, batch_size=8, learning_rate=3e-3, lora=False, save_steps=100, logging_steps=10)
-    merged = train_prm(PRMTrainConfig(model=tiny_model_dir, data=str(train), out=str(tmp_path / "prm"), train=opts,
+    opts = dict(max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3, lora=False, save_steps=100, logging_steps=10)
+    merged = train_prm(PRMTrainConfig(model=tiny_model_dir, data=str(train), output_dir=str(tmp_path / "prm"), **opts,
                                       soft=True))
     m = prm_auroc(merged, __import__("datasets").load_from_disk(str(held)))
     assert m["auroc"] > 0.9 and m["n"] == 40  # problems 40-59 were never trained on

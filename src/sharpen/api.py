@@ -269,30 +269,29 @@ def build(
     return saved
 
 
-TRAINERS = ("dpo", "sft", "prm")
+def train(kind: str, model: str, data: str | Path, out: str | Path, **options: Any) -> Path:
+    """Train a policy with DPO or SFT, or a PRM, on a built dataset; returns the merged model dir.
 
-
-def train(kind: str, model: str, data: str | Path, out: str | Path, max_steps: int = 100, batch_size: int = 8,
-          lr: float = 5e-5, full: bool = False, seed: int = 0, **extra: Any) -> Path:
-    """Train a policy with DPO (`extra`: beta, sft_weight) or SFT, or a PRM, on a built dataset;
-    returns the merged model directory."""
+    `options`: any field of the trainer's config (`sharpen.train.config_class(kind)`: TRL's
+    `DPOConfig`/`SFTConfig` or transformers' `TrainingArguments` plus `SharpenArgs`), by its TRL
+    name: `max_steps`, `learning_rate`, `per_device_train_batch_size`, `beta`, `lora`, `soft`, ..."""
     from sharpen.models import resolve_model
-    from sharpen.train.common import TrainOptions
+    from sharpen.train import TRAINERS, config_class, make_config
 
     if kind not in TRAINERS:
-        raise ConfigError(f"unknown trainer {kind!r} (fix: one of {', '.join(TRAINERS)})")
-    if max_steps < 1 or batch_size < 1 or lr <= 0:
-        raise ConfigError("--max-steps and --batch-size must be >= 1 and --lr > 0 (fix: positive values)")
+        config_class(kind)
     resolve_model(model)
     if not Path(data).is_dir():
         raise ConfigError(f"dataset dir not found: {data} (fix: run `sharpen build ...` first)")
+    steps = options.get("max_steps", 100)
+    if isinstance(steps, int) and steps >= 1:
+        options.setdefault("save_steps", max(1, min(50, steps // 4)))
+    cfg = make_config(kind, "train", model=model, data=str(data), output_dir=str(out), **options)
+    if cfg.max_steps < 1 or cfg.per_device_train_batch_size < 1 or cfg.learning_rate <= 0:
+        raise ConfigError("max_steps and the batch size must be >= 1 and the learning rate > 0 (fix: positive values)")
     from sharpen.train import dpo, prm, sft
 
-    config_cls, train_fn = {"dpo": (dpo.DPOTrainConfig, dpo.train_dpo), "sft": (sft.SFTTrainConfig, sft.train_sft),
-                            "prm": (prm.PRMTrainConfig, prm.train_prm)}[kind]
-    opts = TrainOptions(max_steps=max_steps, batch_size=batch_size, learning_rate=lr, lora=not full, seed=seed,
-                        save_steps=max(1, min(50, max_steps // 4)))
-    return Path(train_fn(config_cls(model=model, data=str(data), out=str(out), train=opts, **extra)))
+    return Path({"dpo": dpo.train_dpo, "sft": sft.train_sft, "prm": prm.train_prm}[kind](cfg))
 
 
 def train_eval(kind: str, model: str, data: str | Path, ref: str | None = None, beta: float = 0.1) -> dict[str, Any]:

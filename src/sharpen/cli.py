@@ -304,18 +304,23 @@ def build_traces(trees: TreesOpt, out_dir: DataOutOpt, round_: RoundOpt = 0, hol
 
 TrainModel = Annotated[str, typer.Option("--model", help="policy to train: built-in name, HF id or local dir")]
 TrainData = Annotated[Path, typer.Option("--data", help="dataset dir from `sharpen build`")]
-TrainOut = Annotated[Path, typer.Option("--out", help="output dir: checkpoints/, adapter/, merged/")]
+TrainOut = Annotated[Path, typer.Option("--out", help="output dir: checkpoint-N/, adapter/, merged/")]
 MaxSteps = Annotated[int, typer.Option("--max-steps")]
 FullFT = Annotated[bool, typer.Option("--full", help="full fine-tuning instead of LoRA")]
+TrainArgs = Annotated[list[str] | None, typer.Option("--arg", help="any trainer config field as key=value "
+                                                     "(TRL's names, e.g. warmup_steps=0.1, lora_r=8); repeatable")]
 
 
-def _train(kind: str, model: str, data: Path, out_dir: Path, max_steps: int, batch_size: int, lr: float,
-           full: bool, seed: int, **extra) -> None:
+def _train(kind: str, model: str, data: Path, out_dir: Path, args: list[str] | None, **options) -> None:
     quiet_libraries()
     from sharpen import api
 
-    with err.status(f"{kind.upper()} on {data}, {max_steps} steps"):
-        merged = api.train(kind, model, data, out_dir, max_steps, batch_size, lr, full, seed, **extra)
+    options["lora"] = not options.pop("full")
+    from sharpen.tasks import parse_task_args
+
+    options |= parse_task_args(args, "--arg", "warmup_steps=0.1")
+    with err.status(f"{kind.upper()} on {data}, {options['max_steps']} steps"):
+        merged = api.train(kind, model, data, out_dir, **options)
     use = f"--scorer prm:{merged}" if kind == "prm" else f"--model {merged}"
     out.print(f"{kind} model: {merged}  (use it with {use})")
 
@@ -324,25 +329,30 @@ def _train(kind: str, model: str, data: Path, out_dir: Path, max_steps: int, bat
 def train_dpo_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
                   batch_size: int = 8, lr: float = 5e-5, beta: float = 0.1,
                   sft_weight: Annotated[float, typer.Option(help="NLL on the chosen step added to DPO (RPO); 0 = plain DPO")] = 0.0,
-                  full: FullFT = False, seed: int = 0) -> None:
+                  full: FullFT = False, seed: int = 0, arg: TrainArgs = None) -> None:
     """Step-level DPO with TRL's DPOTrainer (LoRA by default; the reference is the policy before training)."""
-    _train("dpo", model, data, out_dir, max_steps, batch_size, lr, full, seed, beta=beta, sft_weight=sft_weight)
+    _train("dpo", model, data, out_dir, arg, max_steps=max_steps, per_device_train_batch_size=batch_size,
+           learning_rate=lr, full=full, seed=seed, beta=beta, sft_weight=sft_weight)
 
 
 @train_app.command("sft")
 def train_sft_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
-                  batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0) -> None:
+                  batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0,
+                  arg: TrainArgs = None) -> None:
     """Rejection-sampling fine-tuning with TRL's SFTTrainer on verified traces."""
-    _train("sft", model, data, out_dir, max_steps, batch_size, lr, full, seed)
+    _train("sft", model, data, out_dir, arg, max_steps=max_steps, per_device_train_batch_size=batch_size,
+           learning_rate=lr, full=full, seed=seed)
 
 
 @train_app.command("prm")
 def train_prm_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_steps: MaxSteps = 100,
                   batch_size: int = 8, lr: float = 5e-5, full: FullFT = False, seed: int = 0,
                   soft: Annotated[bool, typer.Option("--soft", help="train on the Monte Carlo value itself "
-                                                     "(soft labels) instead of value >= threshold")] = False) -> None:
+                                                     "(soft labels) instead of value >= threshold")] = False,
+                  arg: TrainArgs = None) -> None:
     """A process reward model: token classification on step-boundary tokens (transformers Trainer)."""
-    _train("prm", model, data, out_dir, max_steps, batch_size, lr, full, seed, soft=soft)
+    _train("prm", model, data, out_dir, arg, max_steps=max_steps, per_device_train_batch_size=batch_size,
+           learning_rate=lr, full=full, seed=seed, soft=soft)
 
 
 @train_app.command("eval")

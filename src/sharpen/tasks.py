@@ -216,12 +216,13 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def parse_task_args(items: list[str] | None) -> dict[str, Any]:
+def parse_task_args(items: list[str] | None, flag: str = "--task-arg", example: str = "min_terms=2") -> dict[str, Any]:
+    """`key=value` items (values read as YAML: numbers, booleans, lists) into a dict."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"bad --task-arg {item!r} (fix: write key=value, e.g. --task-arg min_terms=2)")
+            raise ConfigError(f"bad {flag} {item!r} (fix: write key=value, e.g. {flag} {example})")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:

@@ -53,16 +53,19 @@ class BuildConfig(_Strict):
     label_threshold: float = Field(0.5, ge=0.0, le=1.0, description="PRM label = value >= threshold")
 
 
-class TrainConfig(_Strict):
-    max_steps: int = Field(20, ge=1)
-    max_epochs: float | None = Field(None, gt=0, description="cap on passes over the round's data: steps = min(max_steps, ceil(max_epochs x rows / batch_size))")
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, ge=1)
-    beta: float = Field(0.1, gt=0, description="DPO beta")
-    lora: bool = Field(True, description="LoRA adapters (peft) instead of full fine-tuning")
-    lora_r: int = Field(16, ge=1)
-    sft_weight: float = Field(0.0, ge=0, description="DPO: weight of an NLL term on the chosen step (RPO); 0 = plain DPO")
-    precompute_ref: bool | Literal["auto"] = Field("auto", description="DPO: reference log-probs computed once before training; auto = when each pair is seen twice or more")
+class TrainConfig(BaseModel):
+    """How the loop trains. The fields below are the loop's own (how many steps a round gets, what it
+    starts from, what it trains on); every other key is a field of the recipe's trainer config, by
+    its TRL name (`sharpen.train.config_class`: TRL's `DPOConfig` or `SFTConfig` plus
+    `sharpen.train.common.SharpenArgs`), e.g. `max_steps`, `learning_rate`,
+    `per_device_train_batch_size`, `beta`, `sft_weight`, `lora`, `lora_r`, `warmup_steps`; checked
+    when the config is loaded. `precompute_ref_log_probs` may also be `auto` (the default): on when
+    each pair is seen twice or more. The run's `seed` (+ the round) seeds training."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_epochs: float | None = Field(None, gt=0, description="cap on passes over the round's data: steps = "
+                                     "min(max_steps, ceil(max_epochs x rows / per_device_train_batch_size))")
     prm_soft_labels: bool = Field(False, description="prm-guided: train the PRM on the Monte Carlo values "
                                   "themselves (soft labels) instead of value >= build.label_threshold")
     replay: bool = Field(False, description="train on this round's data plus every earlier round's (exact duplicates "
@@ -75,6 +78,25 @@ class TrainConfig(_Strict):
         "so far (needs replay), as ReST-EM does (arXiv 2312.06585): data still comes from the newest policy, but "
         "no round compounds the last one's over-optimisation",
     )
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The trainer config fields this section sets."""
+        return dict(self.model_extra or {})
+
+
+LOOP_SETS = {"model": "the loop trains each round's policy", "data": "the loop builds each round's data",
+             "output_dir": "the loop writes into the run dir", "seed": "the run's top-level seed (+ the round) seeds it"}
+
+
+def trainer_options(cfg: LoopConfig, kind: str) -> dict[str, Any]:
+    """The `train` section's trainer options that apply to trainer `kind` ("dpo", "sft", "prm"),
+    `precompute_ref_log_probs: auto` left for the loop to resolve."""
+    from sharpen.train import config_class
+    from sharpen.train.common import trainer_fields
+
+    fields = trainer_fields(config_class(kind))
+    return {k: v for k, v in cfg.train.options.items() if k in fields}
 
 
 _E = EvalConfig.model_fields
@@ -159,9 +181,10 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
     from sharpen.registry import get_algorithm, parse_scorer
 
     try:
-        get_recipe(cfg.recipe)
+        recipe = get_recipe(cfg.recipe)
     except ConfigError as e:
         raise ConfigError(f"{where}: recipe: {e}") from None
+    _check_train(cfg, recipe, where)
     try:
         get_algorithm(cfg.collect.algo).parse(cfg.collect.args)
         if cfg.collect.scorer != "none":
@@ -178,6 +201,20 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
             f"(fix: collect.pool >= {need}, or leave it out)"
         )
     return cfg
+
+
+def _check_train(cfg: LoopConfig, recipe: Any, where: str) -> None:
+    """Every key of the `train` section is a loop field or an option of the recipe's trainer
+    (checked by building that trainer's config once, as TRL would)."""
+    from sharpen.train import make_config
+
+    opts = cfg.train.options
+    for key, why in LOOP_SETS.items():
+        if key in opts:
+            raise ConfigError(f"{where}: train.{key} is not set in a run config: {why} (fix: remove it)")
+    if opts.get("precompute_ref_log_probs") == "auto":
+        opts.pop("precompute_ref_log_probs")
+    make_config(recipe.trainer, f"{where}: train", model="check", output_dir="check", **opts)
 
 
 def dump(cfg: LoopConfig) -> str:

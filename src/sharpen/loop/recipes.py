@@ -78,16 +78,17 @@ class PRMGuided(Recipe):
 
     def train_extra(self, runner: Any, r: int, model: str, data_dir: Path, out: Path, opts: Any,
                     rows: dict[str, int]) -> dict[str, Any]:
-        import copy
-
         if not rows.get("labels", 0):
             runner.say(f"round {r}: no step labels, no PRM trained; the next round uses the last PRM there is")
             return {}
+        from sharpen.train import make_config
+        from sharpen.train.common import trainer_fields
         from sharpen.train.prm import PRMTrainConfig, train_prm
 
         runner.say(f"round {r}: train PRM on {rows['labels']} step labels")
-        path = train_prm(PRMTrainConfig(model=model, data=str(data_dir / "labels"), out=str(out / "prm"),
-                                        train=copy.deepcopy(opts), soft=runner.cfg.train.prm_soft_labels))
+        shared = {k: v for k, v in opts.items() if k in trainer_fields(PRMTrainConfig)}
+        path = train_prm(make_config("prm", "train", model=model, data=str(data_dir / "labels"),
+                                     output_dir=str(out / "prm"), soft=runner.cfg.train.prm_soft_labels, **shared))
         return {"prm": str(path)}
 
 

@@ -149,7 +149,9 @@ class LoopRunner:
 
     def train(self, r: int, model: str) -> dict[str, Any]:
         from sharpen import data
-        from sharpen.train.common import TrainOptions
+        from sharpen.loop.config import trainer_options
+        from sharpen.train import config_class, make_config
+        from sharpen.train.common import trainer_fields
 
         t = self.cfg.train
         d = self._dir(r, "train")
@@ -160,32 +162,28 @@ class LoopRunner:
         if t.replay and r > 1:
             train_data = self._replay(r, kind, d / "replay")
             rows[kind] = len(data.load_dataset_dir(train_data))
-        steps = train_steps(t.max_steps, t.max_epochs, rows.get(kind, 0), t.batch_size)
-        opts = TrainOptions(max_steps=steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                            lora=t.lora, seed=self.cfg.seed + r, save_steps=max(1, steps // 4), logging_steps=5)
-        opts.lora_options.r = t.lora_r
+        trainer = self.recipe.trainer
+        opts = trainer_options(self.cfg, trainer)
+        defaults = trainer_fields(config_class(trainer))
+        batch = opts.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
+        steps = train_steps(opts.get("max_steps", defaults["max_steps"]), t.max_epochs, rows.get(kind, 0), batch)
+        opts |= {"max_steps": steps, "seed": self.cfg.seed + r, "save_steps": max(1, steps // 4)}
+        if opts.get("precompute_ref_log_probs", "auto") == "auto" and trainer == "dpo":
+            # precomputing costs one reference forward per pair; on the fly costs one per pair visit
+            opts["precompute_ref_log_probs"] = steps * batch >= 2 * max(1, rows.get(kind, 0))
         info: dict[str, Any] = {"kind": kind, "rows": rows.get(kind, 0), "steps": steps, "start": model}
         info |= self.recipe.train_extra(self, r, model, data_dir, d, opts, rows)
         if rows.get(kind, 0) == 0:
             self.say(f"round {r}: no {kind} to train on; the policy is unchanged")
             info["model"] = model
-        elif self.recipe.trainer == "dpo":
-            from sharpen.train.dpo import DPOTrainConfig, train_dpo
-
-            # precomputing costs one reference forward per pair; on the fly costs one per pair visit
-            precompute = (steps * t.batch_size >= 2 * rows["pairs"] if t.precompute_ref == "auto"
-                          else t.precompute_ref)
-            with self._status(f"round {r}: DPO on {rows['pairs']} step pairs, {steps} steps"):
-                info["model"] = str(train_dpo(DPOTrainConfig(model=model, data=str(train_data), out=str(d / "policy"),
-                                                             beta=t.beta, sft_weight=t.sft_weight,
-                                                             precompute_ref_log_probs=precompute,
-                                                             train=opts)))
         else:
-            from sharpen.train.sft import SFTTrainConfig, train_sft
+            from sharpen.train.dpo import train_dpo
+            from sharpen.train.sft import train_sft
 
-            with self._status(f"round {r}: SFT on {rows['traces']} verified traces, {steps} steps"):
-                info["model"] = str(train_sft(SFTTrainConfig(model=model, data=str(train_data), out=str(d / "policy"),
-                                                             train=opts)))
+            what = f"DPO on {rows[kind]} step pairs" if trainer == "dpo" else f"SFT on {rows[kind]} verified traces"
+            cfg = make_config(trainer, "train", model=model, data=str(train_data), output_dir=str(d / "policy"), **opts)
+            with self._status(f"round {r}: {what}, {steps} steps"):
+                info["model"] = str((train_dpo if trainer == "dpo" else train_sft)(cfg))
         atomic_write_json(d / "summary.json", info)
         return {"artifacts": {"model": str(Path(info["model"]).relative_to(self.run))} if info["model"] != model else {},
                 **info}

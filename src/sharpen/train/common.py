@@ -2,7 +2,7 @@
 
 Output layout of every `sharpen train ...` run (`out/`):
 
-    out/checkpoints/checkpoint-N/   Trainer checkpoints (resume picks the newest)
+    out/checkpoint-N/               Trainer checkpoints (resume picks the newest)
     out/adapter/                    the LoRA adapter + tokenizer (LoRA runs only)
     out/merged/                     a plain HF model dir (model + tokenizer) that `--model` accepts
     out/sharpen_train.json          the resolved config and the training metrics
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,85 +20,95 @@ from sharpen.io import atomic_write_json
 
 
 @dataclass
-class LoraOptions:
-    """LoRA settings (peft)."""
+class SharpenArgs:
+    """What sharpen adds to a TRL or transformers training config, and the defaults it changes.
 
-    r: int = 16
-    """Rank of the update matrices."""
-    alpha: int = 32
-    """Scaling numerator: the update is scaled by alpha / r."""
-    dropout: float = 0.05
-    """Dropout on the LoRA input."""
-    target_modules: str | list[str] = "all-linear"
-    """Which linear layers get adapters ("all-linear": every linear layer but the output head)."""
+    Every trainer config is a subclass of TRL's (`DPOConfig`, `SFTConfig`) or transformers'
+    `TrainingArguments` with these fields mixed in, as TRL's own configs extend `TrainingArguments`:
+    one description of every optimisation option (`learning_rate`, `max_steps`,
+    `per_device_train_batch_size`, ...), TRL's, documented there. `output_dir` is the run's output
+    dir: `checkpoint-N/` (the Trainer's), `adapter/`, `merged/` and `sharpen_train.json`.
+    """
 
-    def peft_config(self, task_type: str = "CAUSAL_LM") -> Any:
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.target_modules,
-            task_type=task_type,
-        )
-
-
-@dataclass
-class TrainOptions:
-    """Optimisation and bookkeeping options shared by every trainer."""
-
-    max_steps: int = 200
-    """Optimizer steps; <= 0 trains for `epochs` instead."""
-    epochs: float = 1.0
-    """Epochs over the data, used only when `max_steps` <= 0."""
-    batch_size: int = 4
-    """Rows per device per forward pass."""
-    grad_accum: int = 1
-    """Gradient accumulation steps (effective batch = batch_size * grad_accum)."""
-    learning_rate: float = 5e-5
-    """Peak learning rate (LoRA wants ~10x the full fine-tuning rate)."""
-    warmup_steps: float = 0.0
-    """Learning-rate warm-up: a number of steps, or a float < 1 for a share of the steps."""
-    max_length: int | None = 1024
-    """Longest tokenised sequence (prompt + completion); longer rows are truncated."""
-    logging_steps: int = 5
-    """Log the loss every this many steps."""
-    save_steps: int = 50
-    """Write a checkpoint every this many steps (resume starts from the newest)."""
-    save_total_limit: int = 2
-    """Checkpoints kept on disk."""
-    seed: int = 0
-    """Seed for data order and initialisation."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    model: str = ""
+    """Model to train: a built-in name (`smollm2-135m`), a local HF dir or an HF id."""
+    data: str = ""
+    """A dataset dir from `sharpen build` (pairs, traces or labels)."""
     lora: bool = True
     """Train a LoRA adapter (peft); False = full fine-tuning."""
-    lora_options: LoraOptions = field(default_factory=LoraOptions)
-    """LoRA settings, used when `lora`."""
+    lora_r: int = 16
+    """LoRA rank of the update matrices."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator: the update is scaled by lora_alpha / lora_r."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: str = "all-linear"
+    """Which linear layers get adapters ("all-linear": every linear layer but the output head)."""
     resume: bool = True
-    """Resume from the newest checkpoint in out/checkpoints when one exists."""
+    """Resume from the newest checkpoint in `output_dir` when one exists."""
     share_prefix: bool = True
     """Run the prefix every row of a batch shares (system prompt, few-shot examples) once per
     forward instead of once per row, and project only completion positions through the LM head
     (`sharpen.train.prefix`). Exact, same values; off = TRL's own forward."""
+    # defaults sharpen changes (the fields are TrainingArguments')
+    max_steps: int = 100
+    learning_rate: float = 5e-5
+    seed: int = 0
+    logging_steps: float = 5
+    save_steps: float = 50
+    save_total_limit: int | None = 2
+    disable_tqdm: bool | None = True
+    dataloader_num_workers: int = 0
+    report_to: None | str | list[str] = "none"
+    gradient_checkpointing: bool | None = None
+    """Off (TRL's configs turn it on): recomputing activations saves memory and costs ~30% speed."""
+    bf16: bool | None = None
+    """None = bf16 on a GPU that supports it, fp32 elsewhere (CPU: no mixed precision)."""
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = has_bf16()
+        if not self.model or not self.output_dir:
+            raise TypeError(f"{type(self).__name__} needs model= and output_dir=")
+        parent = super()
+        if hasattr(parent, "__post_init__"):
+            parent.__post_init__()
+
+    def peft_config(self, task_type: str = "CAUSAL_LM") -> Any:
+        """The LoRA adapter config (peft), or None for full fine-tuning."""
+        if not self.lora:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules, task_type=task_type)
 
 
-def prepare_model(model: Any, opts: TrainOptions) -> Any:
+def trainer_fields(config_cls: type) -> dict[str, Any]:
+    """Every option of a trainer config class, name -> default (what a run config's `train`
+    section may set)."""
+    import dataclasses
+
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else
+                     f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            for f in dataclasses.fields(config_cls) if f.init}
+
+
+def prepare_model(model: Any, cfg: SharpenArgs) -> Any:
     """Apply the speed options that leave the maths unchanged (`share_prefix`) to a freshly loaded
     causal LM, before a TRL trainer wraps it (so its reference pass uses them too)."""
-    if opts.share_prefix:
+    if cfg.share_prefix:
         from sharpen.train.prefix import backbone_of, share_prefix
 
         share_prefix(backbone_of(model))
     return model
 
 
-def prepare_trainer(trainer: Any, opts: TrainOptions) -> Any:
+def prepare_trainer(trainer: Any, cfg: SharpenArgs) -> Any:
     """The trainer's half of `share_prefix`: TRL's fused LM head projects only completion
     positions, in this trainer's loss and reference passes only
     (`sharpen.train.prefix.score_completion_positions_only`)."""
-    if opts.share_prefix:
+    if cfg.share_prefix:
         from sharpen.train.prefix import score_completion_positions_only
 
         score_completion_positions_only(trainer)
@@ -111,45 +121,21 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def trainer_kwargs(opts: TrainOptions, out: Path) -> dict[str, Any]:
-    """`TrainingArguments` fields common to TRL configs and transformers' Trainer. On CPU: fp32, no
-    mixed precision, `use_cpu`; on a GPU with bf16 support: bf16."""
+def has_bf16() -> bool:
     import torch
 
-    cuda = has_cuda()
-    return {
-        "output_dir": str(out / "checkpoints"),
-        "max_steps": opts.max_steps if opts.max_steps > 0 else -1,
-        "num_train_epochs": opts.epochs,
-        "per_device_train_batch_size": opts.batch_size,
-        "per_device_eval_batch_size": opts.batch_size,
-        "gradient_accumulation_steps": opts.grad_accum,
-        "learning_rate": opts.learning_rate,
-        "warmup_steps": opts.warmup_steps,
-        "logging_steps": opts.logging_steps,
-        "save_strategy": "steps",
-        "save_steps": opts.save_steps,
-        "save_total_limit": opts.save_total_limit,
-        "seed": opts.seed,
-        "report_to": "none",
-        "use_cpu": not cuda,
-        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-        "fp16": False,
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-        "gradient_checkpointing": opts.gradient_checkpointing,
-    }
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def last_checkpoint(out: Path) -> str | None:
-    """The newest complete out/checkpoints/checkpoint-N, or None.
+    """The newest complete out/checkpoint-N, or None.
 
     The Trainer writes trainer_state.json last, so a checkpoint without a readable one was cut off
     mid-save (a kill); it is removed and the one before it is used."""
     import json
     import shutil
 
-    ckpts = out / "checkpoints"
+    ckpts = Path(out)
     if not ckpts.is_dir():
         return None
     found = []
@@ -169,7 +155,7 @@ def last_checkpoint(out: Path) -> str | None:
 def write_summary(
     out: Path, kind: str, config: Any, metrics: dict[str, Any], extra: dict | None = None
 ) -> None:
-    cfg = asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config)
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     atomic_write_json(
         out / "sharpen_train.json", {"kind": kind, "config": cfg, "metrics": metrics, **(extra or {})}
     )

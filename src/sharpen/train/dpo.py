@@ -16,22 +16,23 @@ purpose (`sharpen.data.step_completion`: a rejected step after which the model s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trl import DPOConfig
 
 from sharpen.data import load_dataset_dir
 from sharpen.errors import TaskError
 from sharpen.models import resolve_model
 from sharpen.train.common import (
-    TrainOptions,
+    SharpenArgs,
     fit,
     load_tokenizer,
     prepare_model,
     prepare_trainer,
     quiet,
     save_outputs,
-    trainer_kwargs,
     write_summary,
 )
 
@@ -39,28 +40,22 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
-class DPOTrainConfig:
-    """`sharpen train dpo`: every option, documented."""
+class DPOTrainConfig(SharpenArgs, DPOConfig):
+    """`sharpen train dpo`: TRL's `DPOConfig` (every `TrainingArguments` and DPO option: `beta`,
+    `loss_type`, `precompute_ref_log_probs`, ...) with sharpen's fields (`SharpenArgs`) and these."""
 
-    model: str
-    """Policy to train: a built-in name (`smollm2-135m`), a local HF dir or an HF id."""
-    data: str
-    """A pairs dataset dir from `sharpen build pairs` (columns prompt, chosen, rejected)."""
-    out: str
-    """Output dir: checkpoints/, adapter/ (LoRA), merged/, sharpen_train.json."""
-    beta: float = 0.1
-    """DPO's beta: strength of the KL pull towards the reference model."""
-    loss_type: str = "sigmoid"
-    """TRL loss type ("sigmoid" = the DPO paper's loss; "ipo", "hinge", ...)."""
     sft_weight: float = 0.0
     """Weight of an NLL term on the chosen step added to the DPO loss (RPO, Pang et al. 2024,
     arXiv 2404.19733: TRL's loss_type ["sigmoid", "sft"]); 0 = plain DPO."""
     append_eos: bool = False
     """Append EOS to chosen/rejected (TRL's default). Off: a step does not end the solution."""
-    precompute_ref_log_probs: bool = False
-    """Compute reference log-probs once before training (saves a forward per step on full fine-tuning)."""
-    train: TrainOptions = field(default_factory=TrainOptions)
-    """Optimisation, LoRA and checkpointing options."""
+    remove_unused_columns: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sft_weight > 0 and "sft" not in self.loss_type:
+            self.loss_type = [*self.loss_type, "sft"]
+            self.loss_weights = [1.0] * (len(self.loss_type) - 1) + [self.sft_weight]
+        super().__post_init__()
 
 
 def _add_eos(eos: str) -> Any:
@@ -108,11 +103,10 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
     """The configured TRL trainer (exposed for benchmarks and tests)."""
     import torch
     from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from sharpen.train.prefix import completion_positions_only
 
-    out = Path(cfg.out)
     path = resolve_model(cfg.model)
     if dataset is None:
         dataset = load_dataset_dir(cfg.data, PAIR_COLUMNS)
@@ -122,29 +116,21 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
             f"{cfg.data} has no pairs (fix: more search, or a smaller --min-margin when building)"
         )
     tok = load_tokenizer(path)
-    model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg.train)
-    args = DPOConfig(
-        **trainer_kwargs(cfg.train, out),
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight > 0 else [cfg.loss_type],
-        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
-        max_length=cfg.train.max_length,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        remove_unused_columns=False,
-    )
+    model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg)
+    args = cfg
     if not cfg.append_eos:
         dataset = dataset.map(_add_eos(tok.eos_token))
     # what DPOTrainer does itself when it builds the collator: the model agrees with the tokenizer on padding
     model.config.get_text_config().pad_token_id = tok.pad_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    with completion_positions_only(cfg.train.share_prefix):  # covers the reference pass of precomputing
+    with completion_positions_only(cfg.share_prefix):  # covers the reference pass of precomputing
         trainer = DPOTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
             processing_class=tok,
             data_collator=_step_collator(tok, args, strip_eos=not cfg.append_eos),
-            peft_config=cfg.train.lora_options.peft_config() if cfg.train.lora else None,
+            peft_config=cfg.peft_config(),
         )
     if not cfg.append_eos:
         # the rows as trained on, then the plain collator: the reference log-probs TRL precomputes in
@@ -152,16 +138,16 @@ def build_trainer(cfg: DPOTrainConfig, dataset: Any | None = None) -> Any:
         trainer.train_dataset = trainer.train_dataset.map(_strip_eos(tok.eos_token_id))
         trainer.data_collator = _step_collator(tok, args, strip_eos=False)
     if trainer.ref_model is not None:  # full fine-tuning: TRL's frozen copy of the policy
-        prepare_model(trainer.ref_model, cfg.train)
-    return prepare_trainer(trainer, cfg.train)
+        prepare_model(trainer.ref_model, cfg)
+    return prepare_trainer(trainer, cfg)
 
 
 def train_dpo(cfg: DPOTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     trainer = quiet(build_trainer(cfg))
-    metrics, _ = fit(trainer, out, cfg.train.resume)
-    merged = save_outputs(trainer, out, cfg.train.lora)
+    metrics, _ = fit(trainer, out, cfg.resume)
+    merged = save_outputs(trainer, out, cfg.lora)
     metrics["pairs"] = len(trainer.train_dataset)
     write_summary(out, "dpo", cfg, metrics)
     return merged

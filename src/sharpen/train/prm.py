@@ -11,7 +11,7 @@ backbone.
 `prm:<path>` scorer (`sharpen.scorers.PRMScorer`) and `sharpen.train.metrics.prm_auroc` call it. The
 delimiter the PRM was trained with is recorded in sharpen_prm.json and used when scoring.
 
-Output: out/checkpoints/, out/merged/ (model + tokenizer + sharpen_prm.json), out/sharpen_train.json.
+Output: out/checkpoint-N/, out/merged/ (model + tokenizer + sharpen_prm.json), out/sharpen_train.json.
 With LoRA the adapter is merged (the classification head is trained in full) and also kept in out/adapter/.
 """
 
@@ -19,21 +19,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from transformers import TrainingArguments
 
 from sharpen.data import load_dataset_dir
 from sharpen.errors import ModelError, TaskError
 from sharpen.io import atomic_write_json
 from sharpen.models import resolve_model
 from sharpen.train.common import (
-    TrainOptions,
+    SharpenArgs,
     fit,
     load_tokenizer,
     quiet,
     save_outputs,
-    trainer_kwargs,
     write_summary,
 )
 
@@ -91,20 +92,17 @@ def encode(
 
 
 @dataclass
-class PRMTrainConfig:
-    """`sharpen train prm`: every option, documented."""
+class PRMTrainConfig(SharpenArgs, TrainingArguments):
+    """`sharpen train prm`: transformers' `TrainingArguments` with sharpen's fields (`SharpenArgs`)
+    and these. `model` is the backbone (usually the policy); `data` a step-labels dataset dir."""
 
-    model: str
-    """Backbone: a built-in name, a local HF dir or an HF id (usually the policy)."""
-    data: str
-    """A step-labels dataset dir from `sharpen build labels`."""
-    out: str
-    """Output dir: checkpoints/, adapter/ (LoRA), merged/, sharpen_train.json."""
-    train: TrainOptions = field(default_factory=lambda: TrainOptions(learning_rate=1e-4))
-    """Optimisation, LoRA and checkpointing options."""
     soft: bool = False
     """Train on the Monte Carlo value itself (Math-Shepherd's soft label): cross-entropy against the
     target distribution [1 - v, v] at each step, instead of the hard label `v >= threshold`."""
+    max_length: int | None = 1024
+    """Longest tokenised sequence (prompt + steps); longer rows are truncated."""
+    learning_rate: float = 1e-4
+    remove_unused_columns: bool = False
 
 
 def _row_delimiter(row: dict) -> str:
@@ -181,16 +179,14 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         AutoModelForTokenClassification,
         DataCollatorForTokenClassification,
         Trainer,
-        TrainingArguments,
     )
 
-    out = Path(cfg.out)
     path = resolve_model(cfg.model)
     if dataset is None:
         dataset = load_dataset_dir(cfg.data, LABEL_COLUMNS)
     tok = load_tokenizer(path)
     delimiter = dataset_delimiter(dataset)
-    rows = _examples(dataset, tok, cfg.train.max_length, soft=cfg.soft)
+    rows = _examples(dataset, tok, cfg.max_length, soft=cfg.soft)
     if not rows:
         raise TaskError(
             f"{cfg.data} has no labelled steps (fix: build labels from trees scored by the oracle)"
@@ -203,8 +199,8 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         label2id={"bad": 0, "good": 1},
     )
     model.config.pad_token_id = tok.pad_token_id
-    if cfg.train.lora:
-        lora_cfg = cfg.train.lora_options.peft_config("TOKEN_CLS")
+    if cfg.lora:
+        lora_cfg = cfg.peft_config("TOKEN_CLS")
         if lora_cfg.target_modules == "all-linear" or lora_cfg.target_modules == {"all-linear"}:
             # the head ("score") is trained in full (peft's modules_to_save for TOKEN_CLS), so no adapter on it
             lora_cfg.target_modules = sorted(
@@ -212,10 +208,9 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
                 - {"score", "classifier"}
             )
         model = get_peft_model(model, lora_cfg)
-    args = TrainingArguments(**trainer_kwargs(cfg.train, out), remove_unused_columns=False)
     trainer = Trainer(
         model=model,
-        args=args,
+        args=cfg,
         train_dataset=Dataset.from_list(rows),
         data_collator=soft_collate(tok.pad_token_id or 0) if cfg.soft else DataCollatorForTokenClassification(tok),
         processing_class=tok,
@@ -227,10 +222,10 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
 
 def train_prm(cfg: PRMTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     trainer = quiet(build_trainer(cfg))
-    metrics, _ = fit(trainer, out, cfg.train.resume)
-    merged = save_outputs(trainer, out, cfg.train.lora,
+    metrics, _ = fit(trainer, out, cfg.resume)
+    merged = save_outputs(trainer, out, cfg.lora,
                           extra=lambda d: atomic_write_json(d / "sharpen_prm.json",
                                                             prm_format(trainer.sharpen_prm_delimiter)))
     metrics["sequences"] = len(trainer.train_dataset)
