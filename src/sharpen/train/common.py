@@ -64,10 +64,14 @@ class SharpenArgs:
     """Off (TRL's configs turn it on): recomputing activations saves memory and costs ~30% speed."""
     bf16: bool | None = None
     """None = bf16 on a GPU that supports it, fp32 elsewhere (CPU: no mixed precision)."""
+    use_cpu: bool | None = None
+    """None = on the CPU when there is no CUDA device."""
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = has_bf16()
+        if self.use_cpu is None:
+            self.use_cpu = not has_cuda()
         if not self.model or not self.output_dir:
             raise TypeError(f"{type(self).__name__} needs model= and output_dir=")
         parent = super()
