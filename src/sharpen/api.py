@@ -192,9 +192,15 @@ def sweep(
     task_args: dict[str, Any] | None = None,
     out: str | Path | None = None,
     progress: Any = None,
+    split: str = "test",
+    skip: int = 0,
 ) -> tuple[list[dict[str, Any]], Path]:
-    """Every `algo` or `algo@scorer` at every budget on the same held-out problems; returns one
-    metrics dict per (algorithm, budget) and the sweep directory (sweep.json, accuracy_vs_tokens.png)."""
+    """Every `algo` or `algo@scorer` at every budget on the same problems; returns one metrics dict
+    per (algorithm, budget) and the sweep directory (sweep.json, accuracy_vs_tokens.png).
+
+    Problems: the first `n` of `split` after skipping `skip` (the task's problem stream is the same
+    for every n, so `split="train", skip=2000` are validation problems that labels collected with
+    `--collect --n 2000` never saw). Cells after the first carry `vs_first`, a paired comparison."""
     from sharpen.models import resolve_model
     from sharpen.registry import parse_algo_spec
     from sharpen.scorers import make_scorer
@@ -210,16 +216,21 @@ def sweep(
             raise ConfigError(f"--arg names {algo!r}, which is not swept (fix: one of {', '.join(a for a, _ in pairs)})")
     for algo, sc in pairs:
         _check_search(algo, sc, options.get(algo), min(budgets), collect=False)
+    if split not in ("train", "test") or skip < 0:
+        raise ConfigError(f"bad --split {split!r} / --skip {skip} (fix: --split train or test, --skip >= 0)")
     the_task = load_task(task, **(task_args or {}))
-    _, problems = _problems(the_task, False, n, seed)
+    if n < 1:
+        raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
+    problems = the_task.problems(split, skip + n, seed=seed)[skip:]
     resolve_model(model)
     out_dir = new_out_dir(out, "sweep")
     process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
     scorers = {sc: make_scorer(sc, process) for _, sc in pairs}
     results = run_sweep(process, scorers, pairs, budgets, problems, out_dir, seed=seed, options=options,
                         parallel=settings.parallel, progress=progress,
-                        header={"model": model, "task": task, "n": n, "seed": seed},
-                        title=f"{model} on {task}, n={n}")
+                        header={"model": model, "task": task, "n": n, "seed": seed, "split": split, "skip": skip},
+                        title=f"{model} on {task} ({split}" + (f", after {skip}" if skip else "") + f"), n={n}",
+                        split=split)
     return results, out_dir
 
 

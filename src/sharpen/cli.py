@@ -174,8 +174,11 @@ def sweep_cmd(
     model: ModelOpt = "smollm2-135m",
     task: TaskOpt = "gym:chain_sum",
     task_arg: TaskArgOpt = None,
-    n: Annotated[int, typer.Option(help="held-out problems")] = 100,
+    n: Annotated[int, typer.Option(help="problems (held-out: the test split)")] = 100,
     seed: int = 0,
+    split: Annotated[str, typer.Option(help="test (held-out) or train: training-split problems, e.g. a "
+                                       "validation set with --skip past those labels were collected on")] = "test",
+    skip: Annotated[int, typer.Option(help="skip the split's first SKIP problems")] = 0,
     arg: Annotated[list[str] | None, typer.Option("--arg", help="algo.key=value, e.g. mcts.k=4; repeatable")] = None,
     temperature: Annotated[float, typer.Option(help=_help(S, "temperature"))] = S["temperature"].default,
     step_tokens: Annotated[int, typer.Option(help=_help(S, "step_tokens"))] = S["step_tokens"].default,
@@ -204,8 +207,9 @@ def sweep_cmd(
                          max_depth=max_depth, batch=batch, parallel=parallel,
                          merge_duplicates=merge_duplicates)
     results, sweep_dir = api.sweep(algos.split(","), budget_list, scorer, model, task, n, seed, options, settings,
-                                   _kv(task_arg), out=out_dir, progress=progress_bar)
-    table = Table(title=f"accuracy (generated / forward tokens per problem: policy + verifier), n={n}")
+                                   _kv(task_arg), out=out_dir, progress=progress_bar, split=split, skip=skip)
+    table = Table(title=f"accuracy (generated / forward tokens per problem: policy + verifier; paired "
+                        f"change vs the first row, 95% CI), {split} split, n={n}")
     table.add_column("algorithm")
     for b in budget_list:
         table.add_column(f"{b}", justify="right")
@@ -213,9 +217,15 @@ def sweep_cmd(
         cells = {r["budget"]: r for r in results if (r["algo"], r["scorer"]) == key}
         table.add_row(f"{key[0]}@{key[1]}" if key[1] else key[0],
                       *[f"{cells[b]['accuracy']:.2f} ({cells[b]['mean_generated_tokens']:.0f} / "
-                        f"{cells[b]['mean_forward_tokens'] + cells[b]['mean_verifier_tokens']:.0f})" for b in budget_list])
+                        f"{cells[b]['mean_forward_tokens'] + cells[b]['mean_verifier_tokens']:.0f})" + _vs(cells[b])
+                        for b in budget_list])
     out.print(table)
     out.print(f"sweep: {sweep_dir / 'sweep.json'}   plot: {sweep_dir / 'accuracy_vs_tokens.png'}")
+
+
+def _vs(cell: dict) -> str:
+    v = cell.get("vs_first")
+    return f" {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else ""
 
 
 @app.command("algos")

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from sharpen.io import atomic_write_bytes, atomic_write_json
+from sharpen.stats import paired_bootstrap
 
 
 def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[str, str | None]], budgets: list[int],
               problems: list, out_dir: Path, seed: int = 0, options: dict[str, dict[str, Any]] | None = None,
               parallel: int = 16, progress: Any = None, header: dict[str, Any] | None = None,
-              title: str = "") -> list[dict[str, Any]]:
+              title: str = "", split: str = "test") -> list[dict[str, Any]]:
     """Search `problems` with each (algorithm, scorer) in `pairs` at each budget; every cell's trees
     and metrics under `out_dir/<algo>@<scorer>/budget-<b>/`, all of them in `out_dir/sweep.json`
-    (rewritten after each cell), then `accuracy_vs_tokens.png`."""
+    (rewritten after each cell), then `accuracy_vs_tokens.png`. Every cell after the first of a
+    budget carries `vs_first`: its accuracy minus the first pair's on the same problems, with a
+    paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`)."""
     from contextlib import nullcontext
 
     from sharpen.collect import search_metrics, search_problems
@@ -25,14 +28,22 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     for budget in budgets:
+        base: list[float] | None = None
         for algo, sc in pairs:
             d = out_dir / f"{algo}@{(sc or 'none').replace(':', '-').replace('/', '_')}" / f"budget-{budget}"
             bar = progress(f"{algo}@{sc} {budget} tok" if sc else f"{algo} {budget} tok", len(problems)) if progress else nullcontext(None)
             with bar as advance:
                 trees = search_problems(process, scorers.get(sc), algo, problems, budget, seed=seed,
                                         out_jsonl=d / "trees.jsonl", algo_args=(options or {}).get(algo, {}),
-                                        on_progress=advance, parallel=parallel, split="test", scorer_spec=sc)
+                                        on_progress=advance, parallel=parallel, split=split, scorer_spec=sc)
             m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl")}
+            right = [1.0 if t.correct else 0.0 for t in trees]
+            if base is None:
+                base = right
+            else:
+                delta, (lo, hi) = paired_bootstrap(base, right, seed=seed)
+                m["vs_first"] = {"baseline": f"{pairs[0][0]}@{pairs[0][1]}" if pairs[0][1] else pairs[0][0],
+                                 "delta": delta, "ci95": [lo, hi]}
             atomic_write_json(d / "metrics.json", m)
             results.append(m)
             atomic_write_json(out_dir / "sweep.json", {**(header or {}), "results": results})
