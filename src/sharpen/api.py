@@ -109,7 +109,7 @@ def search(
     run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json."""
     from sharpen.collect import search_metrics, search_problems
     from sharpen.io import atomic_write_json
-    from sharpen.models import resolve_model
+    from sharpen.models import check_model
     from sharpen.scorers import make_scorer
 
     settings = settings or SearchSettings()
@@ -117,7 +117,7 @@ def search(
     scorer = scorer if entry.needs_scorer else None
     the_task = load_task(task, **(task_args or {}))
     split, problems = _problems(the_task, collect, n, seed)
-    resolve_model(model)
+    check_model(model)
     out_dir = new_out_dir(out, "search") if out is not None else None
     process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
     the_scorer = make_scorer(scorer, process, collect=collect)
@@ -154,12 +154,12 @@ def evaluate(
     from sharpen.evaluate import evaluate as _evaluate
     from sharpen.evaluate import write_metrics
     from sharpen.io import atomic_write_json
-    from sharpen.models import resolve_model
+    from sharpen.models import check_model
 
     cfg = config or EvalConfig()
     the_task = load_task(task, **(task_args or {}))
     _, problems = _problems(the_task, False, n, cfg.seed)
-    resolve_model(model)  # validates before anything is written
+    check_model(model)  # validates before anything is written
     out_dir = new_out_dir(out, "eval") if out is not None else None
     if batch < 1:
         raise ConfigError("--batch must be >= 1 (fix: e.g. --batch 32)")
@@ -201,7 +201,7 @@ def sweep(
     Problems: the first `n` of `split` after skipping `skip` (the task's problem stream is the same
     for every n, so `split="train", skip=2000` are validation problems that labels collected with
     `--collect --n 2000` never saw). Cells after the first carry `vs_first`, a paired comparison."""
-    from sharpen.models import resolve_model
+    from sharpen.models import check_model
     from sharpen.registry import parse_algo_spec
     from sharpen.scorers import make_scorer
     from sharpen.sweep import run_sweep
@@ -222,7 +222,7 @@ def sweep(
     if n < 1:
         raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
     problems = the_task.problems(split, skip + n, seed=seed)[skip:]
-    resolve_model(model)
+    check_model(model)
     out_dir = new_out_dir(out, "sweep")
     process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
     scorers = {sc: make_scorer(sc, process) for _, sc in pairs}
@@ -336,11 +336,11 @@ def run(
     paired before/after change, the report path, the final model and the run directory."""
     from sharpen.loop.config import load_config
     from sharpen.loop.runner import LoopRunner, prepare_run_dir
-    from sharpen.models import resolve_model
+    from sharpen.models import check_model
 
     cfg = load_config(config, overrides)
     run_dir = Path(out) if out is not None else Path("runs") / cfg.name
-    resolve_model(cfg.model)
+    check_model(cfg.model)
     cfg = prepare_run_dir(cfg, run_dir, resume)
     result = LoopRunner(cfg, run_dir, progress=progress, say=say).run_all()
     return result | {"run": str(run_dir), "config": cfg}

@@ -56,6 +56,11 @@ class ProxyBackend:
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return self._batcher.backend.chat_prompt(messages)
 
+    def require_logprobs(self, feature: str) -> None:
+        check = getattr(self._batcher.backend, "require_logprobs", None)
+        if check is not None:
+            check(feature)
+
     def count_tokens(self, text: str) -> int:
         return self._batcher.backend.count_tokens(text)
 

@@ -19,3 +19,7 @@ class ModelError(SharpenError):
 
 class BudgetError(SharpenError):
     """A compute budget that cannot be honoured (e.g. smaller than one step)."""
+
+
+class BackendError(SharpenError):
+    """A model server that is down, does not serve the model, refuses a request or lacks a feature."""

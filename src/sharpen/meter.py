@@ -10,7 +10,7 @@ a learned verifier (a PRM, an implicit PRM's two models), so no algorithm hides 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass
@@ -20,24 +20,14 @@ class Usage:
     calls: int = 0
     seconds: float = 0.0
     verifier_tokens: int = 0
+    cached_tokens: int = 0
+    """The part of `prompt_tokens` a server says it served from its prefix cache (not recomputed)."""
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens,
-            self.generated_tokens + other.generated_tokens,
-            self.calls + other.calls,
-            self.seconds + other.seconds,
-            self.verifier_tokens + other.verifier_tokens,
-        )
+        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Usage)))
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens - other.prompt_tokens,
-            self.generated_tokens - other.generated_tokens,
-            self.calls - other.calls,
-            self.seconds - other.seconds,
-            self.verifier_tokens - other.verifier_tokens,
-        )
+        return Usage(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(Usage)))
 
     @property
     def forward_tokens(self) -> int:
@@ -55,8 +45,9 @@ class UsageMeter:
         self.total = Usage()
 
     def record(self, prompt_tokens: int, generated_tokens: int, seconds: float, calls: int = 1,
-               verifier_tokens: int = 0) -> None:
-        self.total = self.total + Usage(prompt_tokens, generated_tokens, calls, seconds, verifier_tokens)
+               verifier_tokens: int = 0, cached_tokens: int = 0) -> None:
+        self.total = self.total + Usage(prompt_tokens, generated_tokens, calls, seconds, verifier_tokens,
+                                        cached_tokens)
 
     def snapshot(self) -> Usage:
         return Usage(**asdict(self.total))

@@ -108,6 +108,17 @@ def resolve_model(model: str) -> Path | str:
     )
 
 
+def check_model(model: str) -> None:
+    """Fail early on a model that cannot be used: an `openai:` server spec is parsed (the server is
+    asked when the backend starts), anything else resolved."""
+    from sharpen.backends.openai import ServerSpec, is_server_spec
+
+    if is_server_spec(model):
+        ServerSpec.parse(model)
+    else:
+        resolve_model(model)
+
+
 def list_models() -> list[dict]:
     return [
         {"name": m.name, "prepared": is_prepared(m.name), "path": str(builtin_path(m.name)), "description": m.description}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import Field
 
@@ -77,11 +77,21 @@ def next_seed(tree: Tree) -> int:
     return mix_seed(int(tree.meta.get("seed", 0)), calls)
 
 
+def require_logprobs(process: Any, feature: str) -> None:
+    """A one-line `BackendError` when `process`'s backend cannot give token log-probabilities
+    (a server that returns none) and `feature` needs them."""
+    check = getattr(getattr(process, "backend", None), "require_logprobs", None)
+    if check is not None:
+        check(feature)
+
+
 def set_priors(tree: Tree, child_ids: list[int]) -> None:
     """prior = softmax over siblings of the length-normalised step log-probability (PUCT prior)."""
     if not child_ids:
         return
     xs = [tree.nodes[c].logprob / max(1, tree.nodes[c].num_tokens) for c in child_ids]
+    if any(math.isnan(x) for x in xs):  # a backend without log-probabilities: uniform
+        xs = [0.0] * len(xs)
     m = max(xs)
     ws = [math.exp(x - m) for x in xs]
     z = sum(ws)

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from sharpen.budget import Budget, allowed_rows
 from sharpen.errors import ConfigError, ModelError
-from sharpen.process import LMProcess, Process
+from sharpen.process import LMProcess, Process, require_logprobs
 from sharpen.registry import Options, parse_scorer
 from sharpen.registry import scorer as register_scorer
 from sharpen.tree import Tree
@@ -185,6 +185,7 @@ class SelfScorer:
     def __init__(self, process: LMProcess, question: str = SELF_QUESTION, yes: str = "Yes", no: str = "No"):
         if not isinstance(process, LMProcess):
             raise ConfigError("the self scorer needs a language-model process (fix: choose another --scorer)")
+        require_logprobs(process, "the `self` scorer (P(Yes) of a judgement)")
         self.process = process
         self.question = question
         self.yes, self.no = yes, no

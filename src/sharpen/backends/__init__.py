@@ -6,7 +6,12 @@ __all__ = ["Backend", "Completion", "SamplingParams", "load_backend"]
 
 
 def load_backend(model: str, seed: int = 0, **kwargs) -> Backend:
-    """Resolve a model name, HF id or local directory and load the in-process HF backend."""
+    """`openai:URL#MODEL` -> a client of that OpenAI-compatible server (`backends/openai.py`);
+    a model name, HF id or local directory -> the in-process HF backend."""
+    from sharpen.backends.openai import OpenAIBackend, is_server_spec
+
+    if is_server_spec(model):
+        return OpenAIBackend(model, seed=seed, **kwargs)
     from sharpen.backends.hf import HFBackend
     from sharpen.models import resolve_model
 

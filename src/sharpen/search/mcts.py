@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sharpen.process import Process
+from sharpen.process import Process, require_logprobs
 from sharpen.registry import Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value
 from sharpen.tasks import Problem
@@ -45,6 +45,9 @@ class MCTSOptions(Options):
     final: Literal["visits", "value"] = Field("visits", description="descend from the root by most visits or best Q")
     max_iters: int = Field(10_000, ge=1, description="selection-expansion iterations at most")
     max_children: int | None = Field(None, ge=1, description="progressive widening cap per node (default 4 x k)")
+    priors: Literal["policy", "uniform"] = Field(
+        "policy", description="PUCT prior of a child: the policy's (length-normalised) step probability, or "
+        "uniform over siblings (for a server backend that returns no log-probabilities)")
 
 
 def step_children(tree: Tree, node_id: int) -> list[int]:
@@ -52,10 +55,11 @@ def step_children(tree: Tree, node_id: int) -> list[int]:
     return [c for c in tree.nodes[node_id].children if not tree.nodes[c].meta.get("rollout")]
 
 
-def puct(tree: Tree, parent: int, child: int, c_puct: float) -> float:
+def puct(tree: Tree, parent: int, child: int, c_puct: float, uniform: bool = False) -> float:
     s, a = tree.nodes[parent], tree.nodes[child]
     q = a.q if a.visits else 0.0
-    return q + c_puct * a.prior * math.sqrt(s.visits) / (1 + a.visits)
+    prior = 1.0 / max(1, len(step_children(tree, parent))) if uniform else a.prior
+    return q + c_puct * prior * math.sqrt(s.visits) / (1 + a.visits)
 
 
 @algorithm("mcts", MCTSOptions)
@@ -64,6 +68,8 @@ def mcts(process: Process, scorer, problem: Problem, budget_tokens: int, seed: i
     o = MCTSOptions.parse(options, "algorithm mcts")
     k, c_puct, evaluate, final = o.k, o.c_puct, o.evaluate, o.final
     scorer = need_scorer(scorer, "mcts")
+    if o.priors == "policy":
+        require_logprobs(process, "mcts's PUCT priors (the policy's step probabilities)")
     tree, budget = open_search(process, problem, budget_tokens, seed, "mcts")
     closed: set[int] = set()  # finished solutions and subtrees with nothing left to expand
     max_children = 4 * k if o.max_children is None else max(k, o.max_children)
@@ -81,7 +87,7 @@ def mcts(process: Process, scorer, problem: Problem, budget_tokens: int, seed: i
             if all(tree.nodes[c].terminal for c in kids) and len(step_children(tree, path[-1])) < max_children:
                 break  # only finished solutions below: widen here
             parent = path[-1]
-            path.append(max(kids, key=lambda c, p=parent: puct(tree, p, c, c_puct)))
+            path.append(max(kids, key=lambda c, p=parent: puct(tree, p, c, c_puct, o.priors == "uniform")))
         leaf = tree.nodes[path[-1]]
         if leaf.terminal:  # only the root can be reached terminal: children close when backed up
             closed.add(leaf.id)

@@ -1,0 +1,328 @@
+"""A backend over an OpenAI-compatible `/v1/completions` server: vLLM, SGLang, llama.cpp's server,
+`transformers serve`.
+
+    --model openai:http://HOST:PORT/v1#MODEL_NAME[;tokenizer=DIR_OR_HF_ID][;in_flight=16][;timeout=120]
+
+- Prompts are rendered here with the model's own chat template (a tokenizer loaded locally: the
+  `tokenizer` option, else MODEL_NAME when it is a built-in name or a local dir), so search sees the
+  same prompt strings as with the in-process HF backend.
+- Every sampled row is its own request with its own seed (`row_seed`), also where a server honours
+  `n`: a row's text then depends on its seed only, never on which rows share a call, as with the HF
+  backend. Requests go out concurrently (at most `in_flight` at once) from one background event loop.
+- Stopping: `stop_at="step"` sends the delimiter as a stop string. A server's `finish_reason: "stop"`
+  does not say whether the delimiter or EOS ended the row (vLLM's `stop_reason` does; used when
+  present); otherwise the row counts as a finished step (the answer-line rule still ends a solution,
+  and an empty continuation is EOS). `stop_at="answer"` lets the row run to EOS or `max_tokens` and
+  cuts the text after its first complete answer line; the tokens counted are those the server says
+  it generated.
+- Log-probabilities: asked for (`logprobs`) and summed when the server returns them. A server that
+  returns none (`transformers serve`) leaves `logprobs_available` False; features that need them
+  (the `self` scorer, MCTS priors) refuse with a one-line error unless a fallback is chosen.
+- Usage: the server's `usage` (prompt, completion and, where reported, cached prompt tokens) goes into
+  the one `UsageMeter`, so budgets and reports count the server's tokens.
+- Failures: the `openai` client retries 429, 5xx and dropped connections with exponential backoff;
+  each request has a timeout; a server that is down, a wrong model name or a rejected request is a
+  one-line `BackendError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sharpen.backends.base import Completion, SamplingParams, prompt_seeds, row_seed
+from sharpen.errors import BackendError, ConfigError
+from sharpen.meter import UsageMeter
+
+PREFIX = "openai:"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A parsed `openai:URL#MODEL[;key=value...]` spec."""
+
+    base_url: str
+    model: str
+    tokenizer: str | None = None
+    in_flight: int = 16
+    timeout: float = 120.0
+    retries: int = 4
+
+    @classmethod
+    def parse(cls, spec: str) -> ServerSpec:
+        fix = "(fix: --model openai:http://HOST:PORT/v1#MODEL_NAME, e.g. openai:http://127.0.0.1:8000/v1#Qwen/Qwen2.5-0.5B-Instruct)"
+        if not spec.startswith(PREFIX):
+            raise ConfigError(f"not an openai: model spec: {spec!r} {fix}")
+        url, sep, rest = spec[len(PREFIX):].partition("#")
+        if not sep or not rest:
+            raise ConfigError(f"bad model spec {spec!r}: no model name after '#' {fix}")
+        if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+            raise ConfigError(f"bad model spec {spec!r}: the server URL must start with http:// or https:// {fix}")
+        model, *opts = rest.split(";")
+        if not model:
+            raise ConfigError(f"bad model spec {spec!r}: empty model name {fix}")
+        kw: dict[str, Any] = {}
+        for o in opts:
+            key, eq, value = o.partition("=")
+            if not eq or key not in ("tokenizer", "in_flight", "timeout", "retries"):
+                raise ConfigError(f"bad option {o!r} in {spec!r} (fix: tokenizer=DIR, in_flight=N, timeout=SECONDS or retries=N)")
+            try:
+                kw[key] = value if key == "tokenizer" else int(value) if key in ("in_flight", "retries") else float(value)
+            except ValueError:
+                raise ConfigError(f"bad option {o!r} in {spec!r} (fix: a number)") from None
+        if kw.get("in_flight", 1) < 1 or kw.get("timeout", 1) <= 0 or kw.get("retries", 0) < 0:
+            raise ConfigError(f"bad option in {spec!r} (fix: in_flight >= 1, timeout > 0, retries >= 0)")
+        return cls(url.rstrip("/"), model, **kw)
+
+
+def is_server_spec(model: str) -> bool:
+    return isinstance(model, str) and model.startswith(PREFIX)
+
+
+def _seed31(seed: int) -> int:
+    """Servers take a 32-bit signed seed at most (vLLM, llama.cpp): fold the 63-bit row seed."""
+    return (seed ^ (seed >> 31)) & 0x7FFFFFFF
+
+
+class OpenAIBackend:
+    """The `Backend` protocol over `/v1/completions` (see the module docstring)."""
+
+    def __init__(self, spec: str | ServerSpec, seed: int = 0, probe: bool = True, **_hf_options: Any):
+        import random
+
+        self.spec = spec if isinstance(spec, ServerSpec) else ServerSpec.parse(spec)
+        self.name = f"{PREFIX}{self.spec.base_url}#{self.spec.model}"
+        self.meter = UsageMeter()
+        self._rng = random.Random(seed)
+        self.tokenizer = self._load_tokenizer()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sharpen-openai", daemon=True)
+        self._thread.start()
+        self._client = self._call(self._make_client())
+        self.logprobs_available: bool | None = None
+        if probe:
+            self.probe()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        from sharpen.models import resolve_model
+
+        source = self.spec.tokenizer or self.spec.model
+        try:
+            path = resolve_model(source)
+        except Exception:  # noqa: BLE001 - any failure: say which tokenizer and how to name one
+            raise ConfigError(
+                f"no local tokenizer for {source!r} (fix: add ;tokenizer=DIR_OR_HF_ID to the openai: spec, "
+                "a model dir or built-in name with the served model's tokenizer and chat template)"
+            ) from None
+        tok = AutoTokenizer.from_pretrained(str(path))
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return tok
+
+    async def _make_client(self) -> Any:
+        try:
+            from openai import AsyncOpenAI
+        except ImportError:
+            raise ConfigError("the openai: backend needs the openai package (fix: pip install 'sharpen[serve]')") from None
+        self._sem = asyncio.Semaphore(self.spec.in_flight)
+        return AsyncOpenAI(base_url=self.spec.base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                           max_retries=self.spec.retries, timeout=self.spec.timeout)
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        """Close the client's connections and stop the event loop thread."""
+        if self._loop.is_running() and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(timeout=5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def probe(self) -> None:
+        """One 1-token request: the server is up, serves this model name, and whether it returns
+        log-probabilities."""
+        resp = self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=1))
+        self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
+
+    # -- the Backend protocol -------------------------------------------------------------
+    @property
+    def eos_text(self) -> str:
+        return self.tokenizer.eos_token or ""
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
+                 ) -> list[list[Completion]]:
+        pseeds = prompt_seeds(params, len(prompts), seeds, self._rng)
+        rows = [(i, p, row_seed(pseeds[i], j)) for i, p in enumerate(prompts) for j in range(params.n)]
+        t0 = time.perf_counter()
+
+        async def all_rows() -> list[tuple[Completion, int, int]]:
+            return await asyncio.gather(*(self._row(p, params, s) for _, p, s in rows))
+
+        done = self._call(all_rows())
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for (i, _, _), (c, _, _) in zip(rows, done, strict=True):
+            out[i].append(c)
+        self.meter.record(sum(d[1] for d in done), sum(d[0].num_tokens for d in done), time.perf_counter() - t0,
+                          calls=1 if rows else 0, cached_tokens=sum(d[2] for d in done))
+        return out
+
+    def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        """From the top log-probabilities of one greedy token; a candidate outside the top 20 gets
+        -inf. Needs a server that returns log-probabilities."""
+        self.require_logprobs("the `self` scorer (P(Yes) of a judgement)")
+        t0 = time.perf_counter()
+
+        async def one(p: str) -> Any:
+            return await self._request(p, max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=20)
+
+        async def every() -> list[Any]:
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+        resps = self._call(every())
+        out = []
+        for r in resps:
+            top = _top_logprobs(r.choices[0]) or {}
+            out.append({c: max((v for t, v in top.items() if t.strip() == c.strip()), default=-math.inf)
+                        for c in candidates})
+        self.meter.record(sum(_usage(r)[0] for r in resps), len(resps), time.perf_counter() - t0, calls=1)
+        return out
+
+    def require_logprobs(self, feature: str) -> None:
+        if self.logprobs_available is None:
+            self.probe()
+        if not self.logprobs_available:
+            raise BackendError(
+                f"{feature} needs token log-probabilities, and the server at {self.spec.base_url} returns none "
+                "(`transformers serve` ignores `logprobs`) (fix: a server that returns them, such as vLLM, SGLang or "
+                "llama.cpp's, or a feature that needs none: e.g. --arg priors=uniform for mcts, another --scorer)"
+            )
+
+    # -- requests -------------------------------------------------------------------------
+    async def _request(self, prompt: str, max_tokens: int, temperature: float, seed: int,
+                       stop: list[str] | None, logprobs: int | None, top_p: float = 1.0) -> Any:
+        import openai
+
+        kw: dict[str, Any] = {"model": self.spec.model, "prompt": prompt, "max_tokens": max_tokens,
+                              "temperature": temperature, "seed": seed}
+        if top_p < 1.0:
+            kw["top_p"] = top_p
+        if stop:
+            kw["stop"] = stop
+        if logprobs is not None and self.logprobs_available is not False:
+            kw["logprobs"] = logprobs
+        where = self.spec.base_url
+        async with self._sem:
+            try:
+                return await self._client.completions.create(**kw)
+            except openai.APITimeoutError:
+                raise BackendError(f"the server at {where} did not answer within {self.spec.timeout:g} s, "
+                                   f"{self.spec.retries} retries (fix: a larger ;timeout=SECONDS, or a less loaded server)") from None
+            except openai.APIConnectionError:
+                raise BackendError(f"cannot reach the server at {where} (fix: start it, e.g. `transformers serve MODEL "
+                                   "--port PORT` or `vllm serve MODEL`, or correct the URL in --model openai:URL#MODEL)") from None
+            except openai.APIStatusError as e:
+                detail = _detail(e)
+                if e.status_code in (400, 404) and (self.spec.model in detail or "model" in detail.lower()):
+                    raise BackendError(f"the server at {where} does not serve model {self.spec.model!r}: {detail} "
+                                       "(fix: the name it serves after '#', see GET /v1/models)") from None
+                raise BackendError(f"the server at {where} refused a request (HTTP {e.status_code}): {detail} "
+                                   "(fix: check the server's log)") from None
+
+    async def _row(self, prompt: str, params: SamplingParams, seed: int) -> tuple[Completion, int, int]:
+        """One sampled row: the completion, its prompt tokens and the cached share of them."""
+        stop = [params.delimiter] if params.stop_at == "step" and params.delimiter else None
+        resp = await self._request(prompt, params.max_tokens, max(0.0, params.temperature), _seed31(seed), stop,
+                                   logprobs=1, top_p=params.top_p)
+        choice = resp.choices[0]
+        text = choice.text or ""
+        prompt_tokens, completion_tokens, cached = _usage(resp)
+        if choice.finish_reason == "length":
+            reason = "length"
+        elif params.stop_at == "step":
+            matched = getattr(choice, "stop_reason", None)
+            if matched is None and getattr(choice, "model_extra", None):
+                matched = choice.model_extra.get("stop_reason")
+            if not text.strip() or (matched is None and _said_stop_reason(choice)):
+                reason = "eos"
+            else:
+                reason = "step"
+                text += params.delimiter
+        else:
+            reason = "eos"
+        if params.stop_at == "answer":
+            cut = _answer_cut(text, params)
+            if cut is not None:
+                text, reason = cut, "answer"
+        lps = _token_logprobs(choice)
+        logprob = float(sum(lps)) if lps is not None else math.nan
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Completion(text, ids, completion_tokens or len(ids), reason, logprob), prompt_tokens, cached
+
+
+def _said_stop_reason(choice: Any) -> bool:
+    """The server reports `stop_reason` (vLLM): None there means EOS ended the row."""
+    extra = getattr(choice, "model_extra", None) or {}
+    return "stop_reason" in extra
+
+
+def _answer_cut(text: str, params: SamplingParams) -> str | None:
+    """`text` up to and including its first complete answer line, or None when it has none."""
+    prefix = params.answer_prefix.lower()
+    pos = 0
+    for line in text.split(params.delimiter)[:-1]:
+        pos += len(line) + len(params.delimiter)
+        if line.strip().lower().startswith(prefix):
+            return text[:pos]
+    return None
+
+
+def _usage(resp: Any) -> tuple[int, int, int]:
+    u = getattr(resp, "usage", None)
+    if u is None:
+        return 0, 0, 0
+    details = getattr(u, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) or 0 if details is not None else 0
+    return int(u.prompt_tokens or 0), int(u.completion_tokens or 0), int(cached)
+
+
+def _token_logprobs(choice: Any) -> list[float] | None:
+    lp = getattr(choice, "logprobs", None)
+    values = getattr(lp, "token_logprobs", None) if lp is not None else None
+    if not values:
+        return None
+    return [v for v in values if v is not None]
+
+
+def _top_logprobs(choice: Any) -> dict[str, float] | None:
+    lp = getattr(choice, "logprobs", None)
+    tops = getattr(lp, "top_logprobs", None) if lp is not None else None
+    if not tops:
+        return None
+    return dict(tops[0] or {})
+
+
+def _detail(e: Any) -> str:
+    """The server's own words from an error response (FastAPI's `detail`, OpenAI's `error.message`)."""
+    body = getattr(e, "body", None)
+    msg = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        msg = body.get("detail") or body.get("message") or (err.get("message") if isinstance(err, dict) else err)
+    return " ".join(str(msg or getattr(e, "message", e)).split())
