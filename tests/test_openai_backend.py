@@ -82,14 +82,14 @@ def test_greedy_text_prompts_and_usage_match_the_hf_backend(backend, model_dir, 
 def test_each_row_samples_from_its_own_seed(backend, problems):
     task, probs = problems
     prompt = backend.chat_prompt(task.messages(probs[0]))
-    params = SamplingParams(n=4, temperature=1.3, max_tokens=32, stop_at="answer")
+    params = SamplingParams(n=4, temperature=1.3, max_tokens=12, stop_at="answer")
     rows = [c.text for c in backend.generate([prompt], params, seeds=[11])[0]]
     assert rows == [c.text for c in backend.generate([prompt], params, seeds=[11])[0]]  # reproducible
     assert len(set(rows)) > 1  # n is fanned out with one seed per row, not n copies of one
-    flat = backend.generate([prompt] * 4, SamplingParams(n=1, temperature=1.3, max_tokens=32, stop_at="answer"),
+    flat = backend.generate([prompt] * 4, SamplingParams(n=1, temperature=1.3, max_tokens=12, stop_at="answer"),
                             seeds=[row_seed(11, j) for j in range(4)])
     assert [r[0].text for r in flat] == rows  # a row's text depends on its seed only (lockstep batching)
-    steps = SamplingParams(n=4, temperature=1.3, max_tokens=24, stop_at="step")
+    steps = SamplingParams(n=4, temperature=1.3, max_tokens=12, stop_at="step")
     for c in backend.generate([prompt], steps, seeds=[5])[0]:
         assert c.finish_reason in ("step", "eos", "length")
         assert "\n" not in c.text[:-1] and (c.text.endswith("\n") or c.finish_reason != "step")

@@ -9,12 +9,17 @@
 - Every sampled row is its own request with its own seed (`row_seed`), also where a server honours
   `n`: a row's text then depends on its seed only, never on which rows share a call, as with the HF
   backend. Requests go out concurrently (at most `in_flight` at once) from one background event loop.
-- Stopping: `stop_at="step"` sends the delimiter as a stop string. A server's `finish_reason: "stop"`
-  does not say whether the delimiter or EOS ended the row (vLLM's `stop_reason` does; used when
-  present); otherwise the row counts as a finished step (the answer-line rule still ends a solution,
-  and an empty continuation is EOS). `stop_at="answer"` lets the row run to EOS or `max_tokens` and
+- Stopping: `stop_at="step"` sends the delimiter as a stop string. `finish_reason: "stop"` alone does
+  not say whether the delimiter or EOS ended the row. A server that keeps the stop string in the text
+  (`transformers serve`) or reports `stop_reason` (vLLM) tells; for one that strips it and says
+  nothing, the row counts as a finished step (the answer-line rule still ends a solution, and an empty
+  continuation is EOS). `stop_at="answer"` lets the row run to EOS or `max_tokens` and
   cuts the text after its first complete answer line; the tokens counted are those the server says
   it generated.
+- Sampling: `temperature`, `top_p` and `seed` as the API defines them. `transformers serve` samples
+  only when the model's generation config sets `do_sample`; `;sampling=auto` (the default) finds out
+  at start-up and then sends its `generation_config` field instead (`;sampling=standard` or
+  `;sampling=generation_config` fixes the choice). A server that never samples refuses sampled calls.
 - Log-probabilities: asked for (`logprobs`) and summed when the server returns them. A server that
   returns none (`transformers serve`) leaves `logprobs_available` False; features that need them
   (the `self` scorer, MCTS priors) refuse with a one-line error unless a fallback is chosen.
@@ -53,6 +58,7 @@ class ServerSpec:
     in_flight: int = 16
     timeout: float = 120.0
     retries: int = 4
+    sampling: str = "auto"
 
     @classmethod
     def parse(cls, spec: str) -> ServerSpec:
@@ -70,10 +76,13 @@ class ServerSpec:
         kw: dict[str, Any] = {}
         for o in opts:
             key, eq, value = o.partition("=")
-            if not eq or key not in ("tokenizer", "in_flight", "timeout", "retries"):
-                raise ConfigError(f"bad option {o!r} in {spec!r} (fix: tokenizer=DIR, in_flight=N, timeout=SECONDS or retries=N)")
+            if not eq or key not in ("tokenizer", "in_flight", "timeout", "retries", "sampling"):
+                raise ConfigError(f"bad option {o!r} in {spec!r} (fix: tokenizer=DIR, in_flight=N, timeout=SECONDS, "
+                                  "retries=N or sampling=auto|standard|generation_config)")
+            if key == "sampling" and value not in ("auto", "standard", "generation_config"):
+                raise ConfigError(f"bad option {o!r} in {spec!r} (fix: sampling=auto, standard or generation_config)")
             try:
-                kw[key] = value if key == "tokenizer" else int(value) if key in ("in_flight", "retries") else float(value)
+                kw[key] = value if key in ("tokenizer", "sampling") else int(value) if key in ("in_flight", "retries") else float(value)
             except ValueError:
                 raise ConfigError(f"bad option {o!r} in {spec!r} (fix: a number)") from None
         if kw.get("in_flight", 1) < 1 or kw.get("timeout", 1) <= 0 or kw.get("retries", 0) < 0:
@@ -106,6 +115,7 @@ class OpenAIBackend:
         self._thread.start()
         self._client = self._call(self._make_client())
         self.logprobs_available: bool | None = None
+        self.sampling: str | None = None if self.spec.sampling == "auto" else self.spec.sampling
         if probe:
             self.probe()
 
@@ -148,10 +158,30 @@ class OpenAIBackend:
             self._thread.join(timeout=5)
 
     def probe(self) -> None:
-        """One 1-token request: the server is up, serves this model name, and whether it returns
-        log-probabilities."""
+        """A few tiny requests: the server is up and serves this model name; whether it returns
+        log-probabilities; and how to make it sample. `transformers serve` samples only when the
+        model's generation config says `do_sample` (it never turns sampling on for a temperature):
+        `sampling=auto` then sends a `generation_config` with `do_sample` on, if that makes two
+        seeds differ where the standard fields did not."""
         resp = self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=1))
         self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
+        if self.sampling is None:
+            self.sampling = "standard" if self._samples("standard") else (
+                "generation_config" if self._samples("generation_config") else "none")
+
+    def _samples(self, mode: str) -> bool:
+        """Whether two seeds at temperature 2 give two different texts under sampling `mode`."""
+        prompt = self.chat_prompt([{"role": "user", "content": "Say any word."}])
+        old, self.sampling = self.sampling, mode
+
+        async def two() -> list[Any]:
+            return await asyncio.gather(*(self._request(prompt, 8, 2.0, seed, None, None) for seed in (1, 2)))
+
+        try:
+            a, b = self._call(two())
+        finally:
+            self.sampling = old
+        return a.choices[0].text != b.choices[0].text
 
     # -- the Backend protocol -------------------------------------------------------------
     @property
@@ -168,6 +198,11 @@ class OpenAIBackend:
 
     def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
                  ) -> list[list[Completion]]:
+        if params.temperature > 0 and self.sampling == "none":
+            raise BackendError(
+                f"the server at {self.spec.base_url} returns the same text for every seed at temperature > 0: it does "
+                "not sample (fix: a server that samples, e.g. vLLM; for `transformers serve`, a model dir whose "
+                "generation_config.json sets do_sample: true)")
         pseeds = prompt_seeds(params, len(prompts), seeds, self._rng)
         rows = [(i, p, row_seed(pseeds[i], j)) for i, p in enumerate(prompts) for j in range(params.n)]
         t0 = time.perf_counter()
@@ -227,6 +262,13 @@ class OpenAIBackend:
             kw["stop"] = stop
         if logprobs is not None and self.logprobs_available is not False:
             kw["logprobs"] = logprobs
+        if self.sampling == "generation_config" and temperature > 0:
+            import json
+
+            tok = self.tokenizer
+            kw["extra_body"] = {"generation_config": json.dumps({
+                "do_sample": True, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_tokens,
+                "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})}
         where = self.spec.base_url
         async with self._sem:
             try:
@@ -259,9 +301,11 @@ class OpenAIBackend:
             matched = getattr(choice, "stop_reason", None)
             if matched is None and getattr(choice, "model_extra", None):
                 matched = choice.model_extra.get("stop_reason")
-            if not text.strip() or (matched is None and _said_stop_reason(choice)):
+            if params.delimiter in text:  # a server that keeps the stop string (`transformers serve`)
+                text, reason = text[: text.index(params.delimiter) + len(params.delimiter)], "step"
+            elif not text.strip() or (matched is None and _said_stop_reason(choice)):
                 reason = "eos"
-            else:
+            else:  # stripped, and the server does not say by what: taken as the delimiter
                 reason = "step"
                 text += params.delimiter
         else:
