@@ -27,6 +27,10 @@ from sharpen.meter import UsageMeter
 T = TypeVar("T")
 
 
+class SearchCancelled(Exception):
+    """Raised inside a search whose `cancelled()` became true (its client left, or its time ran out)."""
+
+
 @dataclass
 class _Request:
     kind: str  # "generate" | "logprobs" | "batched"
@@ -90,9 +94,14 @@ class LockstepBatcher:
         self._cv = threading.Condition()
         self._pending: dict[int, _Request] = {}
         self._live: set[int] = set()
+        self._cancelled: list[Callable[[], bool]] | None = None
 
-    def run(self, jobs: list[Callable[[ProxyBackend], T]]) -> list[T]:
-        """Run each job (given its own proxy backend) concurrently; results in job order."""
+    def run(self, jobs: list[Callable[[ProxyBackend], T]],
+            cancelled: list[Callable[[], bool]] | None = None) -> list[T]:
+        """Run each job (given its own proxy backend) concurrently; results in job order.
+        `cancelled[i]()` true stops job i at its next backend call (it raises `SearchCancelled`),
+        so a search nobody waits for any more stops spending tokens."""
+        self._cancelled = cancelled
         results: list[Any] = [None] * len(jobs)
         errors: list[BaseException | None] = [None] * len(jobs)
         proxies = [ProxyBackend(self, i) for i in range(len(jobs))]
@@ -133,6 +142,8 @@ class LockstepBatcher:
         return results
 
     def _submit(self, slot: int, req: _Request) -> Any:
+        if self._cancelled is not None and self._cancelled[slot]():
+            raise SearchCancelled(f"search {slot} cancelled")
         with self._cv:
             self._pending[slot] = req
             self._cv.notify_all()

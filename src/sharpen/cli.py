@@ -228,6 +228,40 @@ def _vs(cell: dict) -> str:
     return f" {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else ""
 
 
+@app.command("serve")
+def serve_cmd(
+    model: ModelOpt = "smollm2-135m",
+    task: Annotated[str | None, typer.Option(help="prompt template, answer extraction and vote key: gym:<dataset> "
+                                             "(default: a generic math-answer task)")] = None,
+    task_arg: TaskArgOpt = None,
+    algo: Annotated[str, typer.Option(help="default algorithm of a request without search.algo")] = "vote",
+    scorer: Annotated[str | None, typer.Option(help="default scorer (for algorithms that need one)")] = None,
+    budget: Annotated[int, typer.Option(help="default generated-token budget per request")] = 256,
+    max_budget: Annotated[int, typer.Option(help="largest budget a request may ask for")] = 4096,
+    queue: Annotated[int, typer.Option(help="requests queued or searched at once; beyond: 429")] = 64,
+    timeout: Annotated[float, typer.Option(help="seconds a request may take; beyond: 504, search stopped")] = 600.0,
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: int = 8000,
+    api_key: Annotated[str | None, typer.Option(help="require Authorization: Bearer KEY")] = None,
+    temperature: Annotated[float, typer.Option(help=_help(S, "temperature"))] = S["temperature"].default,
+    step_tokens: Annotated[int, typer.Option(help=_help(S, "step_tokens"))] = S["step_tokens"].default,
+    rollout_tokens: Annotated[int, typer.Option(help=_help(S, "rollout_tokens"))] = S["rollout_tokens"].default,
+    max_depth: Annotated[int, typer.Option(help=_help(S, "max_depth"))] = S["max_depth"].default,
+    batch: Annotated[int, typer.Option(help=_help(S, "batch"))] = S["batch"].default,
+) -> None:
+    """Test-time search behind an OpenAI-compatible endpoint: POST /v1/chat/completions with a `search` object."""
+    quiet_libraries()
+    from sharpen.serve import ServeConfig, serve
+
+    if queue < 1 or budget < 1 or max_budget < budget or timeout <= 0:
+        raise ConfigError("--queue, --budget >= 1, --max-budget >= --budget, --timeout > 0 (fix: positive values)")
+    settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
+                         max_depth=max_depth, batch=batch)
+    cfg = ServeConfig(algo=algo, budget=budget, max_budget=max_budget, queue=queue, wave=queue, timeout=timeout)
+    err.print(f"sharpen serve: {model} on http://{host}:{port}/v1 (default search: {algo}, budget {budget})")
+    serve(model, task, scorer, host, port, api_key, cfg, settings, _kv(task_arg), batch)
+
+
 @app.command("algos")
 def algos_cmd() -> None:
     """The registered search algorithms and scorers, with their options and defaults."""
