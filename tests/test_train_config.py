@@ -51,3 +51,8 @@ def test_run_config_options_reach_the_trainer(tiny_model_dir, tmp_path):
     opts = trainer_options(cfg, "dpo")
     made = make_config("dpo", model=tiny_model_dir, output_dir=str(tmp_path), **opts)
     assert made.lr_scheduler_type == "cosine" and made.peft_config().lora_alpha == 8
+
+
+def test_a_run_config_refuses_a_server_model():
+    with pytest.raises(ConfigError, match="needs its weights here"):
+        validate({"model": "openai:http://127.0.0.1:8000/v1#m"})

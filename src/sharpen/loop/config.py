@@ -180,6 +180,9 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
     from sharpen.loop.recipes import get_recipe
     from sharpen.registry import get_algorithm, parse_scorer
 
+    if cfg.model.startswith("openai:"):
+        raise ConfigError(f"{where}: model: the loop trains the model, so it needs its weights here, not a server "
+                          "(fix: a local model dir or built-in name; servers serve `sharpen eval|search|sweep`)")
     try:
         recipe = get_recipe(cfg.recipe)
     except ConfigError as e:
