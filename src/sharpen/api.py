@@ -103,10 +103,14 @@ def search(
     task_args: dict[str, Any] | None = None,
     out: str | Path | None = None,
     progress: Any = None,
+    ray: str | None = None,
+    actors: int = 2,
 ) -> tuple[list, dict[str, Any]]:
     """Search `n` held-out problems (training problems with `collect`, which also allows the oracle
     scorer) under `budget` generated tokens each. Returns the trees and the metrics; with `out`, the
-    run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json."""
+    run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json.
+    `ray` ("local", "auto" or a cluster address): shard the problems over `actors` Ray actors
+    (`sharpen.distributed`), with the same trees as one process."""
     from sharpen.collect import search_metrics, search_problems
     from sharpen.io import atomic_write_json
     from sharpen.models import check_model
@@ -119,8 +123,9 @@ def search(
     split, problems = _problems(the_task, collect, n, seed)
     check_model(model)
     out_dir = new_out_dir(out, "search") if out is not None else None
-    process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
-    the_scorer = make_scorer(scorer, process, collect=collect)
+    if ray is None:
+        process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
+        the_scorer = make_scorer(scorer, process, collect=collect)
     jsonl = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,9 +135,15 @@ def search(
             **settings.model_dump()})
         jsonl = out_dir / "trees.jsonl"
     with _bar(progress, f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
-        trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=jsonl,
-                                algo_args=options, on_progress=advance, parallel=settings.parallel,
-                                split=split, scorer_spec=scorer)
+        if ray is not None:
+            from sharpen.distributed import search_on_ray
+
+            trees = search_on_ray(ray, actors, model, task, task_args or {}, settings, scorer, collect, algo,
+                                  problems, budget, seed, options or {}, split, jsonl, on_progress=advance)
+        else:
+            trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=jsonl,
+                                    algo_args=options, on_progress=advance, parallel=settings.parallel,
+                                    split=split, scorer_spec=scorer)
     metrics = search_metrics(trees, budget) | {"algo": algo, "scorer": scorer, "split": split}
     if out_dir is not None:
         metrics["out"] = str(out_dir)

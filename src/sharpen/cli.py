@@ -142,6 +142,9 @@ def search_cmd(
     parallel: Annotated[int, typer.Option(help=_help(S, "parallel"))] = S["parallel"].default,
     merge_duplicates: Annotated[bool, typer.Option("--merge-duplicates", help=_help(S, "merge_duplicates"))] = False,
     out_dir: OutOpt = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="shard problems over Ray actors: local (a local cluster), "
+                                            "auto (this machine's cluster) or ray://HEAD:10001; same trees")] = None,
+    actors: Annotated[int, typer.Option(help="Ray actors (with --ray), one backend each")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Search each problem under a token budget; trees.jsonl (one problem per line) and metrics.json."""
@@ -152,7 +155,8 @@ def search_cmd(
                          max_depth=max_depth, batch=batch, parallel=parallel,
                          merge_duplicates=merge_duplicates)
     trees, m = api.search(model, task, algo, scorer, budget, n, seed, collect, _kv(arg), settings,
-                          _kv(task_arg), out=api.new_out_dir(out_dir, "search"), progress=progress_bar)
+                          _kv(task_arg), out=api.new_out_dir(out_dir, "search"), progress=progress_bar,
+                          ray=ray, actors=actors)
     if as_json:
         print(json.dumps(m))
         return
