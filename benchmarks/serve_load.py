@@ -86,7 +86,10 @@ def load(base: str, clients: int, seconds: float, max_requests: int, budget: int
         t.join()
     wall = time.monotonic() - t0
     lat.sort()
-    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan"))
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
     return {"clients": clients, "requests": len(lat), "wall": wall, "rps": len(lat) / wall, "p50": pct(0.5),
             "p95": pct(0.95), "errors": errors[0], "429": limited[0], "tok_s": tokens[0] / wall}
 

@@ -1,0 +1,91 @@
+"""Generated tokens/s of the backends on the same prompts: the in-process HF backend, and the OpenAI
+backend against `transformers serve` (started here) and against any other server you name.
+
+    .venv/bin/python benchmarks/backends.py                        # HF + transformers serve
+    .venv/bin/python benchmarks/backends.py --server "openai:http://127.0.0.1:8080/v1#smollm2;tokenizer=smollm2-135m"
+
+Two workloads: 32 held-out chain_sum problems x 8 samples (T=0.7, answer mode), and one MCTS collection
+(4 problems, budget 256, rollout scorer, uniform priors so servers without log-probs can run it).
+Prints one table row per backend and workload: generated tokens, wall seconds, tokens/s, and the
+prompt tokens the server said it served from its cache (where it says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def workloads(backend, label: str, problems: int, samples: int) -> list[dict]:
+    from sharpen.api import make_process
+    from sharpen.backends.base import SamplingParams
+    from sharpen.collect import search_problems
+    from sharpen.process import SearchSettings
+    from sharpen.scorers import make_scorer
+    from sharpen.tasks import load_task
+
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
+    probs = task.problems("test", problems)
+    prompts = [backend.chat_prompt(task.messages(p)) for p in probs]
+    rows = []
+    before = backend.meter.snapshot()
+    t0 = time.perf_counter()
+    backend.generate(prompts, SamplingParams(n=samples, temperature=0.7, max_tokens=48, stop_at="answer", seed=0))
+    used = backend.meter.snapshot() - before
+    wall = time.perf_counter() - t0
+    rows.append({"backend": label, "workload": f"{problems} problems x {samples} samples",
+                 "tokens": used.generated_tokens, "wall": wall, "cached": used.cached_tokens})
+    settings = SearchSettings(temperature=0.7, step_tokens=24, rollout_tokens=32, max_depth=5, parallel=4)
+    process = make_process(backend, task, settings)
+    scorer = make_scorer("rollout", process)
+    before = backend.meter.snapshot()
+    t0 = time.perf_counter()
+    search_problems(process, scorer, "mcts", probs[:4], 256, seed=0, algo_args={"priors": "uniform"}, parallel=4)
+    used = backend.meter.snapshot() - before
+    rows.append({"backend": label, "workload": "mcts collection, 4 problems x 256 tokens",
+                 "tokens": used.generated_tokens, "wall": time.perf_counter() - t0, "cached": used.cached_tokens})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--server", action="append", default=[], help="another openai: spec to measure (repeatable)")
+    ap.add_argument("--no-transformers-serve", action="store_true")
+    ap.add_argument("--in-flight", type=int, default=8)
+    args = ap.parse_args()
+
+    from sharpen.backends.hf import HFBackend
+    from sharpen.backends.openai import OpenAIBackend
+    from sharpen.models import resolve_model
+
+    path = str(resolve_model("smollm2-135m"))
+    rows = workloads(HFBackend(path, seed=0, max_batch=64), "HF in-process", args.problems, args.samples)
+    if not args.no_transformers_serve:
+        from servers import TransformersServer
+
+        s = TransformersServer(path, Path("/tmp/sharpen-bench-serve.log")).start()
+        try:
+            b = OpenAIBackend(f"{s.spec};in_flight={args.in_flight}")
+            rows += workloads(b, f"openai: transformers serve ({args.in_flight} in flight)", args.problems, args.samples)
+            b.close()
+        finally:
+            s.stop()
+    for spec in args.server:
+        b = OpenAIBackend(spec)
+        rows += workloads(b, f"openai: {spec.split('#')[0]}", args.problems, args.samples)
+        b.close()
+    print("| backend | workload | generated tokens | wall s | tokens/s | cached prompt tokens |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backend']} | {r['workload']} | {r['tokens']} | {r['wall']:.1f} | {r['tokens'] / r['wall']:.1f} | "
+              f"{r['cached']} |")
+
+
+if __name__ == "__main__":
+    main()
