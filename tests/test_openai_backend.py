@@ -154,7 +154,7 @@ def test_a_server_killed_mid_run_gives_an_error_and_the_run_resumes(model_dir, t
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (trees.exists() and trees.read_text().strip()):
         time.sleep(0.2)
-    s.stop()  # killed while the run goes on
+    s.kill()  # killed while the run goes on
     _, err = proc.communicate(timeout=300)
     first = trees.read_text().splitlines()
     try:

@@ -11,7 +11,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from sharpen.meter import UsageMeter
 
@@ -72,6 +72,26 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens in `text`."""
+
+
+class LocalTokenizer:
+    """What every backend with a local tokenizer (`self.tokenizer`) shares: prompts rendered with the
+    model's own chat template, token counts, the EOS text. The server backend renders prompts here too,
+    so search sees the same prompt strings whichever backend generates."""
+
+    tokenizer: Any
+
+    @property
+    def eos_text(self) -> str:
+        return self.tokenizer.eos_token or ""
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def mix_seed(*parts: int) -> int:

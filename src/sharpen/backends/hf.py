@@ -20,7 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from sharpen.backends.base import Completion, SamplingParams, prompt_seeds, row_seed
+from sharpen.backends.base import Completion, LocalTokenizer, SamplingParams, prompt_seeds, row_seed
 from sharpen.errors import ModelError
 from sharpen.meter import UsageMeter
 from sharpen.models import cache_arg
@@ -122,7 +122,7 @@ def _common_prefix_len(rows: list[list[int]]) -> int:
     return max(0, n)
 
 
-class HFBackend:
+class HFBackend(LocalTokenizer):
     """Batched generation with a transformers causal LM, on CPU or GPU."""
 
     def __init__(
@@ -164,19 +164,7 @@ class HFBackend:
         self._rng = random.Random(seed)
         self._masks: dict[str, torch.Tensor] = {}
 
-    # -- prompts ---------------------------------------------------------------------------
-    @property
-    def eos_text(self) -> str:
-        return self.tokenizer.eos_token or ""
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
+    # -- prompts: chat_prompt, count_tokens, eos_text from LocalTokenizer --------------------
     def _delimiter_mask(self, delimiter: str) -> torch.Tensor:
         if delimiter not in self._masks:
             vocab = len(self.tokenizer)

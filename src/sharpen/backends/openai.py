@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sharpen.backends.base import Completion, SamplingParams, prompt_seeds, row_seed
+from sharpen.backends.base import Completion, LocalTokenizer, SamplingParams, prompt_seeds, row_seed
 from sharpen.errors import BackendError, ConfigError
 from sharpen.meter import UsageMeter
 
@@ -99,7 +99,7 @@ def _seed31(seed: int) -> int:
     return (seed ^ (seed >> 31)) & 0x7FFFFFFF
 
 
-class OpenAIBackend:
+class OpenAIBackend(LocalTokenizer):
     """The `Backend` protocol over `/v1/completions` (see the module docstring)."""
 
     def __init__(self, spec: str | ServerSpec, seed: int = 0, probe: bool = True, **_hf_options: Any):
@@ -184,18 +184,6 @@ class OpenAIBackend:
         return a.choices[0].text != b.choices[0].text
 
     # -- the Backend protocol -------------------------------------------------------------
-    @property
-    def eos_text(self) -> str:
-        return self.tokenizer.eos_token or ""
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
                  ) -> list[list[Completion]]:
         if params.temperature > 0 and self.sampling == "none":
