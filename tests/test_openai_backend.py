@@ -79,7 +79,12 @@ def test_greedy_text_prompts_and_usage_match_the_hf_backend(backend, model_dir, 
     assert all(r[0].logprob != r[0].logprob for r in ours)  # NaN: no log-probabilities, none invented
 
 
-def test_each_row_samples_from_its_own_seed(backend, problems):
+def test_each_row_samples_from_its_own_seed(server, problems):
+    """One request in flight: `transformers serve` seeds torch's process-global generator per request,
+    so two requests sampling at once draw from one stream and a row is reproducible only alone."""
+    from sharpen.backends.openai import OpenAIBackend
+
+    backend = OpenAIBackend(server.spec + ";in_flight=1")
     task, probs = problems
     prompt = backend.chat_prompt(task.messages(probs[0]))
     params = SamplingParams(n=4, temperature=1.3, max_tokens=12, stop_at="answer")
@@ -93,6 +98,7 @@ def test_each_row_samples_from_its_own_seed(backend, problems):
     for c in backend.generate([prompt], steps, seeds=[5])[0]:
         assert c.finish_reason in ("step", "eos", "length")
         assert "\n" not in c.text[:-1] and (c.text.endswith("\n") or c.finish_reason != "step")
+    backend.close()
 
 
 def test_features_that_need_logprobs_refuse_without_them(backend, server, problems):

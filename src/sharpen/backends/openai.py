@@ -20,6 +20,8 @@
   only when the model's generation config sets `do_sample`; `;sampling=auto` (the default) finds out
   at start-up and then sends its `generation_config` field instead (`;sampling=standard` or
   `;sampling=generation_config` fixes the choice). A server that never samples refuses sampled calls.
+  `transformers serve` seeds torch's process-global generator per request, so its sampled rows are
+  reproducible only one request at a time (`;in_flight=1`); vLLM and SGLang seed each request alone.
 - Log-probabilities: asked for (`logprobs`) and summed when the server returns them. A server that
   returns none (`transformers serve`) leaves `logprobs_available` False; features that need them
   (the `self` scorer, MCTS priors) refuse with a one-line error unless a fallback is chosen.
