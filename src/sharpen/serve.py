@@ -190,7 +190,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
 
 def create_app(service: SearchService, model_name: str) -> Any:
     """The FastAPI app serving `service`'s searches."""
-    from fastapi import FastAPI
+    from fastapi import Depends, FastAPI
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -206,17 +206,24 @@ def create_app(service: SearchService, model_name: str) -> Any:
     depth = Gauge("sharpen_queue_depth", "requests queued or being searched", registry=registry)
     depth.set_function(lambda: service.depth)
 
-    app = FastAPI(title="sharpen serve", version="1")
-    app.state.service = service
+    class Unauthorized(Exception):
+        pass
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next: Any) -> Any:
+    async def check_key(request: Request) -> None:
+        # a dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware hides client disconnects
+        # from `request.is_disconnected()`, which stops the search of a client that left
         if cfg.api_key and request.url.path != "/health":
             if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-                requests.labels("401").inc()
-                return _error(401, "missing or wrong API key (fix: Authorization: Bearer <key>, the --api-key "
-                                   "the server was started with)", "authentication_error")
-        return await call_next(request)
+                raise Unauthorized()
+
+    app = FastAPI(title="sharpen serve", version="1", dependencies=[Depends(check_key)])
+    app.state.service = service
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> Any:
+        requests.labels("401").inc()
+        return _error(401, "missing or wrong API key (fix: Authorization: Bearer <key>, the --api-key "
+                           "the server was started with)", "authentication_error")
 
     @app.get("/health")
     async def health() -> dict:
