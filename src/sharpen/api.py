@@ -298,10 +298,9 @@ def train(kind: str, model: str, data: str | Path, out: str | Path, **options: A
     `DPOConfig`/`SFTConfig` or transformers' `TrainingArguments` plus `SharpenArgs`), by its TRL
     name: `max_steps`, `learning_rate`, `per_device_train_batch_size`, `beta`, `lora`, `soft`, ..."""
     from sharpen.models import resolve_model
-    from sharpen.train import TRAINERS, config_class, make_config
+    from sharpen.train import config_class, make_config
 
-    if kind not in TRAINERS:
-        config_class(kind)
+    config_class(kind)  # an unknown trainer is a one-line error before anything is loaded
     resolve_model(model)
     if not Path(data).is_dir():
         raise ConfigError(f"dataset dir not found: {data} (fix: run `sharpen build ...` first)")

@@ -91,6 +91,7 @@ def search_on_ray(address: str, actors: int, model: str, task: str, task_args: d
     size = max(1, settings.parallel)
     groups = [problems[i : i + size] for i in range(0, len(problems), size)]
     todo = [g for g, group in enumerate(groups) if not all(p.id in done for p in group)]
+    finished = set(range(len(groups))) - set(todo)  # groups already in the file
     remote = ray.remote(num_cpus=actor_cpus, max_restarts=0)(SearchWorker)
     args = (model, task, task_args, settings.model_dump(), scorer, collect, seed, torch.get_num_threads())
     pool = [remote.remote(*args) for _ in range(min(actors, max(1, len(todo))))]
@@ -127,7 +128,7 @@ def search_on_ray(address: str, actors: int, model: str, task: str, task_args: d
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if getattr(e, "cause", None) is not None else e
                 raise cause from None
-            while next_group < len(groups) and (next_group in results or next_group not in todo):
+            while next_group < len(groups) and (next_group in results or next_group in finished):
                 for d in results.pop(next_group, []):
                     if d["problem_id"] not in done:
                         done[d["problem_id"]] = Tree.from_dict(d)

@@ -288,12 +288,10 @@ class OpenAIBackend(LocalTokenizer):
         if choice.finish_reason == "length":
             reason = "length"
         elif params.stop_at == "step":
-            matched = getattr(choice, "stop_reason", None)
-            if matched is None and getattr(choice, "model_extra", None):
-                matched = choice.model_extra.get("stop_reason")
+            extra = getattr(choice, "model_extra", None) or {}  # vLLM's `stop_reason`: None when EOS ended the row
             if params.delimiter in text:  # a server that keeps the stop string (`transformers serve`)
                 text, reason = text[: text.index(params.delimiter) + len(params.delimiter)], "step"
-            elif not text.strip() or (matched is None and _said_stop_reason(choice)):
+            elif not text.strip() or ("stop_reason" in extra and extra["stop_reason"] is None):
                 reason = "eos"
             else:  # stripped, and the server does not say by what: taken as the delimiter
                 reason = "step"
@@ -308,12 +306,6 @@ class OpenAIBackend(LocalTokenizer):
         logprob = float(sum(lps)) if lps is not None else math.nan
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return Completion(text, ids, completion_tokens or len(ids), reason, logprob), prompt_tokens, cached
-
-
-def _said_stop_reason(choice: Any) -> bool:
-    """The server reports `stop_reason` (vLLM): None there means EOS ended the row."""
-    extra = getattr(choice, "model_extra", None) or {}
-    return "stop_reason" in extra
 
 
 def _answer_cut(text: str, params: SamplingParams) -> str | None:
