@@ -92,11 +92,9 @@ LOOP_SETS = {"model": "the loop trains each round's policy", "data": "the loop b
 def trainer_options(cfg: LoopConfig, kind: str) -> dict[str, Any]:
     """The `train` section's trainer options that apply to trainer `kind` ("dpo", "sft", "prm"),
     `precompute_ref_log_probs: auto` left for the loop to resolve."""
-    from sharpen.train import config_class
-    from sharpen.train.common import trainer_fields
+    from sharpen.train import options_for
 
-    fields = trainer_fields(config_class(kind))
-    return {k: v for k, v in cfg.train.options.items() if k in fields}
+    return options_for(kind, cfg.train.options)
 
 
 _E = EvalConfig.model_fields

@@ -81,12 +81,11 @@ class PRMGuided(Recipe):
         if not rows.get("labels", 0):
             runner.say(f"round {r}: no step labels, no PRM trained; the next round uses the last PRM there is")
             return {}
-        from sharpen.train import make_config
-        from sharpen.train.common import trainer_fields
-        from sharpen.train.prm import PRMTrainConfig, train_prm
+        from sharpen.train import make_config, options_for
+        from sharpen.train.prm import train_prm
 
         runner.say(f"round {r}: train PRM on {rows['labels']} step labels")
-        shared = {k: v for k, v in opts.items() if k in trainer_fields(PRMTrainConfig)}
+        shared = options_for("prm", opts)
         path = train_prm(make_config("prm", "train", model=model, data=str(data_dir / "labels"),
                                      output_dir=str(out / "prm"), soft=runner.cfg.train.prm_soft_labels, **shared))
         return {"prm": str(path)}

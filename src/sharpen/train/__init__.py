@@ -36,6 +36,15 @@ def config_class(kind: str) -> type:
     return PRMTrainConfig
 
 
+def options_for(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `options` that are fields of trainer `kind`'s config (e.g. a DPO round's
+    options passed on to the PRM a recipe trains beside it)."""
+    from sharpen.train.common import trainer_fields
+
+    fields = trainer_fields(config_class(kind))
+    return {k: v for k, v in options.items() if k in fields}
+
+
 def _type_ok(value: Any, default: Any) -> bool:
     """A light check of a value against its field's default (the dataclasses carry no runtime types)."""
     if default is None or value is None:
