@@ -46,3 +46,73 @@ def test_ray_actors_give_the_trees_of_one_process_byte_for_byte(tmp_path):
     again = sharpen([*common, "--out", "part", "--ray", "local", "--actors", "2"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert same_bytes(tmp_path / "part" / "trees.jsonl") == a
+
+
+def test_eval_on_ray_actors_gives_the_rows_of_one_process(tmp_path, tiny_model_dir):
+    # 20 problems: two chunks (the CLI evaluates 16 problems per generate call), one per actor;
+    # sampled rows (T=1.0) as well as greedy ones
+    common = ["eval", "--model", tiny_model_dir, *TASK, "--n", "20", "--samples", "3", "--temperature", "1.0",
+              "--max-tokens", "8", "--seed", "5"]
+    one = sharpen([*common, "--out", "one"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    many = sharpen([*common, "--out", "ray", "--ray", "local", "--actors", "2", "--json"], tmp_path)
+    assert many.returncode == 0, many.stderr
+    a = (tmp_path / "one" / "problems.jsonl").read_bytes()
+    rows = [json.loads(x) for x in a.decode().splitlines()]
+    assert len(rows) == 20 and all(len(r["samples"]) == 3 for r in rows)
+    assert len({s["text"] for r in rows for s in r["samples"]}) > 20  # really sampled
+    assert (tmp_path / "ray" / "problems.jsonl").read_bytes() == a
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads(many.stdout.strip().splitlines()[-1])
+    assert m2["usage"]["generated_tokens"] == m1["usage"]["generated_tokens"] > 0  # summed over the actors
+    assert {k: m2[k] for k in ("greedy", "pass@1", "pass@3", "majority@3")} == \
+        {k: m1[k] for k in ("greedy", "pass@1", "pass@3", "majority@3")}
+    # resume: a run that stopped inside the second chunk finishes with the same file
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "problems.jsonl").write_bytes(b"".join(a.splitlines(keepends=True)[:18]))
+    again = sharpen([*common, "--out", "part", "--ray", "local", "--actors", "2"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "part" / "problems.jsonl").read_bytes() == a
+
+
+def test_run_config_cluster_section(tmp_path):
+    from sharpen.loop.config import load_config, with_cluster
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ncluster: {address: local, actors: 3}\n")
+    c = load_config(cfg).cluster
+    assert (c.address, c.actors) == ("local", 3)
+    assert load_config(cfg, {"cluster.actors": 4}).cluster.actors == 4
+    assert with_cluster(load_config(cfg), "auto", None).cluster.model_dump() == {"address": "auto", "actors": 3}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ncluster: {address: local, actros: 2}\n")
+    r = sharpen(["run", str(bad), "--out", "r"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cluster.actros" in r.stderr and "fix:" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # --actors alone needs a cluster to size
+    bad.write_text("name: x\n")
+    r = sharpen(["run", str(bad), "--out", "r", "--actors", "2"], tmp_path)
+    assert r.returncode == 2 and "--actors needs a cluster" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_on_ray_collects_and_evaluates_as_one_process(tmp_path, tiny_model_dir):
+    import yaml
+
+    cfg = {"name": "ray-run", "model": tiny_model_dir, "rounds": 1, "seed": 3,
+           "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+           "collect": {"algo": "mcts", "scorer": "oracle", "problems": 4, "budget": 200, "step_tokens": 6,
+                       "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0, "strict_format": False,
+                       "parallel": 2},
+           "build": {"min_margin": 0.01}, "train": {"max_steps": 2, "per_device_train_batch_size": 2},
+           "eval": {"n": 6, "samples": 2, "max_tokens": 8, "batch": 3}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    one = sharpen(["run", "cfg.yaml", "--out", "one"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    many = sharpen(["run", "cfg.yaml", "--out", "ray", "--ray", "local", "--actors", "2"], tmp_path)
+    assert many.returncode == 0, many.stderr
+    assert yaml.safe_load((tmp_path / "ray" / "config.yaml").read_text())["cluster"] == {"address": "local",
+                                                                                         "actors": 2}
+    # collect and both evaluations (round 1's with the policy trained here) ran on the actors, same bytes
+    for f in ("round-0/eval/problems.jsonl", "round-1/collect/trees.jsonl", "round-1/eval/problems.jsonl"):
+        assert same_bytes(tmp_path / "ray" / f) == same_bytes(tmp_path / "one" / f), f

@@ -122,6 +122,12 @@ def search(
     the_task = load_task(task, **(task_args or {}))
     split, problems = _problems(the_task, collect, n, seed)
     check_model(model)
+    if ray is not None:  # a cluster that does not answer is an error before anything is written
+        from sharpen.distributed import connect
+
+        if actors < 1:
+            raise ConfigError("--actors must be >= 1 (fix: e.g. --actors 2)")
+        connect(ray)
     out_dir = new_out_dir(out, "search") if out is not None else None
     if ray is None:
         process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
@@ -160,8 +166,12 @@ def evaluate(
     out: str | Path | None = None,
     progress: Any = None,
     batch: int = 32,
+    ray: str | None = None,
+    actors: int = 2,
 ) -> dict[str, Any]:
-    """Greedy accuracy, pass@k, majority@K, tokens and throughput on `n` held-out problems."""
+    """Greedy accuracy, pass@k, majority@K, tokens and throughput on `n` held-out problems.
+    `ray` ("local", "auto" or a cluster address): evaluate the chunks of `config.problems_per_call`
+    problems on `actors` Ray actors (`sharpen.distributed`), with the same rows as one process."""
     from sharpen.evaluate import evaluate as _evaluate
     from sharpen.evaluate import write_metrics
     from sharpen.io import atomic_write_json
@@ -174,7 +184,13 @@ def evaluate(
     out_dir = new_out_dir(out, "eval") if out is not None else None
     if batch < 1:
         raise ConfigError("--batch must be >= 1 (fix: e.g. --batch 32)")
-    backend = load_model(model, seed=cfg.seed, max_batch=batch)
+    if ray is not None:  # a cluster that does not answer is an error before anything is written
+        from sharpen.distributed import connect
+
+        if actors < 1:
+            raise ConfigError("--actors must be >= 1 (fix: e.g. --actors 2)")
+        connect(ray)
+    backend = load_model(model, seed=cfg.seed, max_batch=batch) if ray is None else None
     jsonl = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +198,13 @@ def evaluate(
                           "task_args": task_args or {}, "n": n, **cfg.model_dump()})
         jsonl = out_dir / "problems.jsonl"
     with _bar(progress, f"eval {task}", len(problems)) as advance:
-        metrics = _evaluate(backend, the_task, problems, cfg, out_jsonl=jsonl, on_progress=advance)
+        if ray is not None:
+            from sharpen.distributed import eval_on_ray
+
+            metrics = eval_on_ray(ray, actors, model, task, task_args or {}, problems, cfg, jsonl, batch=batch,
+                                  on_progress=advance)
+        else:
+            metrics = _evaluate(backend, the_task, problems, cfg, out_jsonl=jsonl, on_progress=advance)
     metrics.update(model=model, task=task)
     if out_dir is not None:
         metrics["out"] = str(out_dir)
@@ -341,16 +363,28 @@ def run(
     overrides: dict[str, Any] | None = None,
     progress: Any = None,
     say: Callable[[str], None] | None = None,
+    ray: str | None = None,
+    actors: int | None = None,
 ) -> dict[str, Any]:
     """Rounds of collect -> build -> train -> evaluate from a YAML config (resumable); returns the
-    paired before/after change, the report path, the final model and the run directory."""
-    from sharpen.loop.config import load_config
+    paired before/after change, the report path, the final model and the run directory.
+    `ray`/`actors` set the config's `cluster` section (collect and evaluate on Ray actors), also
+    on a resumed run: where a stage runs changes none of its results."""
+    from sharpen.loop.config import load_config, with_cluster
     from sharpen.loop.runner import LoopRunner, prepare_run_dir
     from sharpen.models import check_model
 
     cfg = load_config(config, overrides)
     run_dir = Path(out) if out is not None else Path("runs") / cfg.name
     check_model(cfg.model)
-    cfg = prepare_run_dir(cfg, run_dir, resume)
+    if resume:  # the run's own config, on the cluster asked for now
+        cfg = with_cluster(prepare_run_dir(cfg, run_dir, resume), ray, actors)
+    else:  # the cluster is written into the run's config.yaml
+        cfg = with_cluster(cfg, ray, actors)
+        if cfg.cluster is not None and cfg.cluster.address != "local":  # no answer: an error before the run dir
+            from sharpen.distributed import connect
+
+            connect(cfg.cluster.address)
+        cfg = prepare_run_dir(cfg, run_dir, resume)
     result = LoopRunner(cfg, run_dir, progress=progress, say=say).run_all()
     return result | {"run": str(run_dir), "config": cfg}

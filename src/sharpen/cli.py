@@ -90,6 +90,9 @@ def eval_cmd(
     seed: int = 0,
     batch: Annotated[int, typer.Option(help="max rows per generate call")] = 32,
     out_dir: OutOpt = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="evaluate on Ray actors: local (a local cluster), auto "
+                                            "(this machine's cluster) or ray://HEAD:10001; same rows")] = None,
+    actors: Annotated[int, typer.Option(help="Ray actors (with --ray), one backend each")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Greedy accuracy, pass@k, majority@K, tokens per solution and throughput on held-out problems."""
@@ -100,7 +103,7 @@ def eval_cmd(
     cfg = EvalConfig.parse(dict(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
                                 problems_per_call=16), "sharpen eval")
     metrics = api.evaluate(model, task, n, cfg, task_args=_kv(task_arg), out=api.new_out_dir(out_dir, "eval"),
-                           progress=progress_bar, batch=batch)
+                           progress=progress_bar, batch=batch, ray=ray, actors=actors)
     if as_json:
         print(json.dumps(metrics))
         return
@@ -455,6 +458,9 @@ def run_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<name>)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field: train.max_steps=5")] = None,
     tracker: TrackerOpt = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="collect and evaluate on Ray actors (sets the config's "
+                                            "cluster.address): local, auto or ray://HEAD:10001")] = None,
+    actors: Annotated[int | None, typer.Option(help="Ray actors (sets cluster.actors; default 2)")] = None,
 ) -> None:
     """Rounds of collect -> build -> train -> evaluate; ends with a before/after table and the report."""
     quiet_libraries()
@@ -463,7 +469,7 @@ def run_cmd(
     from sharpen.report import collect_facts, summary_table
 
     result = api.run(config, out=out_dir, resume=resume, overrides=_kv(set_), progress=progress_bar,
-                     say=lambda s: err.print(s, highlight=False))
+                     say=lambda s: err.print(s, highlight=False), ray=ray, actors=actors)
     cfg = result["config"]
     rows = summary_table(collect_facts(Path(result["run"])))
     table = Table(title=f"{cfg.name}: {cfg.recipe}, {cfg.rounds} rounds, held-out n={cfg.eval.n}")

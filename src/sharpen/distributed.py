@@ -1,19 +1,24 @@
-"""Scale-out with Ray: shard a search's problems over actors, each with its own backend (HF in its
-process on its node, or a client of that node's server), and get the same trees as one process.
+"""Scale-out with Ray: shard a search's or an evaluation's problems over actors, each with its own
+backend (HF in its process on its node, or a client of that node's server), and get the same
+results as one process.
 
     sharpen search ... --ray local --actors 2        # a local Ray cluster
-    sharpen search ... --ray auto                    # the cluster this machine belongs to (`ray start`)
+    sharpen eval ... --ray auto                      # the cluster this machine belongs to (`ray start`)
     sharpen search ... --ray ray://HEAD:10001        # a remote cluster through Ray Client
+    sharpen run CONFIG --ray local                   # or `cluster: {address: local, actors: 2}` in CONFIG
 
-Problems are cut into the lockstep groups one process would search together (`--parallel` problems
-each); group g goes to an actor, which searches it exactly as the single process would (same group
-composition, same per-row random streams, same number of torch threads), so every tree is identical,
-byte for byte. Trees are appended to trees.jsonl in problem order as groups finish, so a run killed
-at any point resumes where its file ends. An actor that dies has its group retried on a new actor.
+Problems are cut into the groups one process would work on together: the lockstep groups of a search
+(`--parallel` problems), the generate calls of an evaluation (`EvalConfig.problems_per_call`
+problems). Group g goes to an actor, which handles it exactly as the single process would (same
+group composition, same per-row random streams, same number of torch threads), so every tree and
+every evaluation row is identical, byte for byte. Results are appended to their JSONL in problem
+order as groups finish, so a run killed at any point resumes where its file ends. An actor that
+dies has its group retried on a new actor. One driver (`run_groups`) does this for both.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,83 +36,115 @@ def _ray():
     return ray
 
 
-class SearchWorker:
-    """One actor: a backend, a process and a scorer, built once; searches groups of problems."""
+class Worker:
+    """One actor: a backend and a task, built once; for search also a process and a scorer, built
+    at the first search. Each method returns its rows and the backend usage they cost."""
 
-    def __init__(self, model: str, task: str, task_args: dict, settings: dict, scorer: str | None, collect: bool,
-                 seed: int, threads: int):
+    def __init__(self, model: str, seed: int, backend_options: dict, task: str, task_args: dict, threads: int):
         import torch
 
-        from sharpen.api import load_model, load_task, make_process
-        from sharpen.process import SearchSettings
-        from sharpen.scorers import make_scorer
+        from sharpen.api import load_model, load_task
 
         torch.set_num_threads(threads)  # as many as the driver: the same kernels, the same floats
-        s = SearchSettings(**settings)
-        self.process = make_process(load_model(model, seed=seed, max_batch=s.batch), load_task(task, **task_args), s)
-        self.scorer = make_scorer(scorer, self.process, collect=collect)
+        self.backend = load_model(model, seed=seed, **backend_options)
+        self.task = load_task(task, **task_args)
+        self.searcher: tuple[Any, Any, Any] | None = None  # (its spec, process, scorer)
 
-    def search(self, problems: list[dict], algo: str, budget: int, seed: int, options: dict, split: str | None,
-               scorer_spec: str | None) -> list[dict]:
+    def search(self, problems: list[dict], settings: dict, scorer: str | None, collect: bool, strict_answers: bool,
+               algo: str, budget: int, seed: int, options: dict, split: str | None) -> tuple[list[dict], dict]:
+        from sharpen.api import make_process
         from sharpen.collect import search_problems
+        from sharpen.process import SearchSettings
+        from sharpen.scorers import make_scorer
         from sharpen.tasks import Problem
 
+        spec = (settings, scorer, collect, strict_answers)
+        if self.searcher is None or self.searcher[0] != spec:
+            process = make_process(self.backend, self.task, SearchSettings(**settings), strict_answers=strict_answers)
+            self.searcher = (spec, process, make_scorer(scorer, process, collect=collect))
+        _, process, the_scorer = self.searcher
         group = [Problem(**p) for p in problems]
-        trees = search_problems(self.process, self.scorer, algo, group, budget, seed=seed, algo_args=options,
-                                parallel=len(group), split=split, scorer_spec=scorer_spec)
-        return [t.to_dict() for t in trees]
+        before = self.backend.meter.snapshot()
+        trees = search_problems(process, the_scorer, algo, group, budget, seed=seed, algo_args=options,
+                                parallel=len(group), split=split, scorer_spec=scorer)
+        return [t.to_dict() for t in trees], (self.backend.meter.snapshot() - before).to_dict()
+
+    def evaluate(self, problems: list[dict], cfg: dict) -> tuple[list[dict], dict]:
+        from sharpen.evaluate import EvalConfig, evaluate_chunk
+        from sharpen.tasks import Problem
+
+        before = self.backend.meter.snapshot()
+        rows = evaluate_chunk(self.backend, self.task, [Problem(**p) for p in problems], EvalConfig(**cfg))
+        return rows, (self.backend.meter.snapshot() - before).to_dict()
 
 
 def connect(address: str) -> Any:
     ray = _ray()
     if not ray.is_initialized():
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if address == "local":
-            ray.init(**kw)
-        else:
-            ray.init(address=address, **kw)
+        fix = "(fix: --ray local, auto on a node that ran `ray start`, or ray://HEAD:10001)"
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if host and port.isdigit():  # Ray itself waits minutes on an address nobody listens at
+            import socket
+
+            try:
+                socket.create_connection((host, int(port)), timeout=10).close()
+            except OSError as e:
+                raise ConfigError(f"no Ray cluster answers at {address!r} ({e.strerror or e}) {fix}") from None
+        try:
+            if address == "local":
+                ray.init(**kw)
+            else:
+                ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            msg = " ".join(str(e).split())[:200]
+            raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {msg} {fix}") from None
     return ray
 
 
-def search_on_ray(address: str, actors: int, model: str, task: str, task_args: dict, settings: Any,
-                  scorer: str | None, collect: bool, algo: str, problems: list, budget: int, seed: int,
-                  options: dict, split: str | None, out_jsonl: str | Path | None,
-                  on_progress: Callable[[int], None] | None = None, actor_cpus: float = 1.0) -> list:
-    """Search `problems` on `actors` Ray actors (see the module docstring); returns the trees in
-    problem order and appends them to `out_jsonl` (problems already there are skipped)."""
-    import torch
-
+def run_groups(address: str, actors: int, worker_args: tuple, problems: list, size: int, key: str,
+               out_jsonl: str | Path | None, call: Callable[[Any, list[dict]], Any],
+               on_progress: Callable[[int], None] | None = None, actor_cpus: float = 1.0) -> tuple[dict[str, dict], Any]:
+    """The one driver: cut `problems` into groups of `size`, run `call(actor, group as dicts)` (a remote
+    method call returning `(rows, usage dict)`) for each group not already in `out_jsonl` on a pool
+    of `actors` `Worker`s built from `worker_args`, and append the rows (identified by `row[key]`)
+    to `out_jsonl` in problem order. Returns the rows by problem id (those already in the file
+    too) and the `Usage` the groups run now cost."""
     from sharpen.io import JsonlAppender, read_jsonl
-    from sharpen.tree import Tree
+    from sharpen.meter import Usage
 
     if actors < 1:
         raise ConfigError("--actors must be >= 1 (fix: e.g. --actors 2)")
-    ray = connect(address)
-    done: dict[str, Tree] = {}
+    done: dict[str, dict] = {}
     if out_jsonl is not None and Path(out_jsonl).exists():
-        done = {d["problem_id"]: Tree.from_dict(d) for d in read_jsonl(out_jsonl)}
+        done = {d[key]: d for d in read_jsonl(out_jsonl)}
     if on_progress and done:
         on_progress(sum(p.id in done for p in problems))
-    size = max(1, settings.parallel)
+    size = max(1, size)
     groups = [problems[i : i + size] for i in range(0, len(problems), size)]
     todo = [g for g, group in enumerate(groups) if not all(p.id in done for p in group)]
-    finished = set(range(len(groups))) - set(todo)  # groups already in the file
-    remote = ray.remote(num_cpus=actor_cpus, max_restarts=0)(SearchWorker)
-    args = (model, task, task_args, settings.model_dump(), scorer, collect, seed, torch.get_num_threads())
-    pool = [remote.remote(*args) for _ in range(min(actors, max(1, len(todo))))]
+    usage = Usage()
+    if not todo:
+        return done, usage
+    ray = connect(address)
+    n = min(actors, len(todo))
+    if address == "local":  # more actors than cores: they share the cores rather than wait forever for one
+        actor_cpus = min(actor_cpus, ray.cluster_resources().get("CPU", 1.0) / n)
+    remote = ray.remote(num_cpus=actor_cpus, max_restarts=0)(Worker)
+    pool = [remote.remote(*worker_args) for _ in range(n)]
     running: dict[Any, tuple[int, int, int]] = {}  # ref -> (group, actor index, attempt)
     free = list(range(len(pool)))
     queue = [(g, 0) for g in todo]
     results: dict[int, list[dict]] = {}
     writer = JsonlAppender(out_jsonl) if out_jsonl is not None else None
-    next_group = 0  # groups are written in order
+    order = iter(todo)  # groups are written in problem order
+    next_group = next(order, None)
 
     def launch() -> None:
         while queue and free:
             g, attempt = queue.pop(0)
             a = free.pop(0)
-            ref = pool[a].search.remote([p.to_dict() for p in groups[g]], algo, budget, seed, options, split, scorer)
-            running[ref] = (g, a, attempt)
+            running[call(pool[a], [p.to_dict() for p in groups[g]])] = (g, a, attempt)
 
     try:
         launch()
@@ -116,31 +153,83 @@ def search_on_ray(address: str, actors: int, model: str, task: str, task_args: d
             ref = ready[0]
             g, a, attempt = running.pop(ref)
             try:
-                results[g] = ray.get(ref)
+                results[g], spent = ray.get(ref)
+                usage = usage + Usage(**spent)
                 free.append(a)
             except ray.exceptions.RayActorError:
                 if attempt + 1 >= MAX_RETRIES:
                     raise ConfigError(f"Ray actors died {MAX_RETRIES} times on problems {groups[g][0].id}.. "
                                       "(fix: check the actors' memory and logs)") from None
-                pool[a] = remote.remote(*args)  # a new actor in the dead one's place
+                pool[a] = remote.remote(*worker_args)  # a new actor in the dead one's place
                 free.append(a)
                 queue.insert(0, (g, attempt + 1))
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if getattr(e, "cause", None) is not None else e
                 raise cause from None
-            while next_group < len(groups) and (next_group in results or next_group in finished):
-                for d in results.pop(next_group, []):
-                    if d["problem_id"] not in done:
-                        done[d["problem_id"]] = Tree.from_dict(d)
+            while next_group is not None and next_group in results:
+                for d in results.pop(next_group):
+                    if d[key] not in done:  # a group cut short by a kill: only its missing rows
+                        done[d[key]] = d
                         if writer:
                             writer.write(d)
                         if on_progress:
                             on_progress(1)
-                next_group += 1
+                next_group = next(order, None)
             launch()
     finally:
         if writer:
             writer.close()
         for actor in pool:
             ray.kill(actor)
-    return [done[p.id] for p in problems]
+    return done, usage
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def search_on_ray(address: str, actors: int, model: str, task: str, task_args: dict, settings: Any,
+                  scorer: str | None, collect: bool, algo: str, problems: list, budget: int, seed: int,
+                  options: dict, split: str | None, out_jsonl: str | Path | None,
+                  on_progress: Callable[[int], None] | None = None, actor_cpus: float = 1.0, *,
+                  backend_seed: int | None = None, backend_options: dict | None = None,
+                  strict_answers: bool = False) -> list:
+    """Search `problems` on `actors` Ray actors (see the module docstring) in groups of
+    `settings.parallel`; returns the trees in problem order and appends them to `out_jsonl`
+    (problems already there are skipped). The backends are seeded with `backend_seed` (default
+    `seed`) and built with `max_batch=settings.batch` and `backend_options`."""
+    from sharpen.process import SearchSettings
+    from sharpen.tree import Tree
+
+    s = SearchSettings(**{k: getattr(settings, k) for k in SearchSettings.model_fields}).model_dump()
+    worker = (model, seed if backend_seed is None else backend_seed,
+              {"max_batch": settings.batch, **(backend_options or {})}, task, task_args, _threads())
+
+    def call(actor: Any, group: list[dict]) -> Any:
+        return actor.search.remote(group, s, scorer, collect, strict_answers, algo, budget, seed, options, split)
+
+    done, _ = run_groups(address, actors, worker, problems, settings.parallel, "problem_id", out_jsonl, call,
+                         on_progress, actor_cpus)
+    return [Tree.from_dict(done[p.id]) for p in problems]
+
+
+def eval_on_ray(address: str, actors: int, model: str, task: str, task_args: dict, problems: list, cfg: Any,
+                out_jsonl: str | Path | None, batch: int = 32, on_progress: Callable[[int], None] | None = None,
+                actor_cpus: float = 1.0) -> dict[str, Any]:
+    """`sharpen.evaluate.evaluate` on `actors` Ray actors: each chunk of `cfg.problems_per_call`
+    problems on an actor (backend seeded with `cfg.seed`, `max_batch=batch`); the rows are appended
+    to `out_jsonl` in problem order (problems already there are skipped) and the metrics computed
+    here, with the usage summed over the actors. Returns the metrics dict."""
+    from sharpen.evaluate import eval_metrics
+
+    t0 = time.perf_counter()
+    c = cfg.model_dump()
+
+    def call(actor: Any, group: list[dict]) -> Any:
+        return actor.evaluate.remote(group, c)
+
+    done, usage = run_groups(address, actors, (model, cfg.seed, {"max_batch": batch}, task, task_args, _threads()),
+                             problems, cfg.problems_per_call, "id", out_jsonl, call, on_progress, actor_cpus)
+    return eval_metrics([done[p.id] for p in problems], cfg, usage, time.perf_counter() - t0) | {"actors": actors}

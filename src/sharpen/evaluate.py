@@ -15,6 +15,7 @@ from pydantic import Field
 from sharpen.backends.base import Backend, SamplingParams
 from sharpen.collect import problem_seed
 from sharpen.io import JsonlAppender, atomic_write_json, read_jsonl
+from sharpen.meter import Usage
 from sharpen.registry import Options
 from sharpen.tasks import Problem, Task
 
@@ -84,29 +85,11 @@ def evaluate(
             chunk = problems[i : i + step]
             if all(p.id in done for p in chunk):
                 continue
-            prompts = [backend.chat_prompt(task.messages(p)) for p in chunk]
-            greedy = (
-                backend.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=cfg.max_tokens))
-                if cfg.greedy
-                else [[] for _ in chunk]
-            )
-            # each problem's samples come from its own streams (the seed and its id): the same
-            # whatever other problems share the call
-            sampled = (
-                backend.generate(
-                    prompts,
-                    SamplingParams(n=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens),
-                    seeds=[problem_seed(cfg.seed, p.id) for p in chunk],
-                )
-                if cfg.samples
-                else [[] for _ in chunk]
-            )
             fresh = 0
-            for p, g, s in zip(chunk, greedy, sampled, strict=True):
-                if p.id in done:
+            for row in evaluate_chunk(backend, task, chunk, cfg):
+                if row["id"] in done:
                     continue
-                row = _problem_row(task, p, g, s)
-                done[p.id] = row
+                done[row["id"]] = row
                 fresh += 1
                 if writer:
                     writer.write(row)
@@ -116,10 +99,38 @@ def evaluate(
         if writer:
             writer.close()
     usage = backend.meter.snapshot() - start_usage
-    rows = [done[p.id] for p in problems]
+    return eval_metrics([done[p.id] for p in problems], cfg, usage, time.perf_counter() - t0)
+
+
+def evaluate_chunk(backend: Backend, task: Task, chunk: list[Problem], cfg: EvalConfig) -> list[dict]:
+    """The rows of one chunk of problems (what `evaluate` writes), from one greedy and one sampled
+    generate call; the chunks `evaluate` cuts (`cfg.problems_per_call` problems) are also what
+    `sharpen.distributed.eval_on_ray` sends to its actors."""
+    prompts = [backend.chat_prompt(task.messages(p)) for p in chunk]
+    greedy = (
+        backend.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=cfg.max_tokens))
+        if cfg.greedy
+        else [[] for _ in chunk]
+    )
+    # each problem's samples come from its own streams (the seed and its id): the same
+    # whatever other problems share the call
+    sampled = (
+        backend.generate(
+            prompts,
+            SamplingParams(n=cfg.samples, temperature=cfg.temperature, max_tokens=cfg.max_tokens),
+            seeds=[problem_seed(cfg.seed, p.id) for p in chunk],
+        )
+        if cfg.samples
+        else [[] for _ in chunk]
+    )
+    return [_problem_row(task, p, g, s) for p, g, s in zip(chunk, greedy, sampled, strict=True)]
+
+
+def eval_metrics(rows: list[dict], cfg: EvalConfig, usage: Usage, wall_seconds: float) -> dict[str, Any]:
+    """The metrics dict of `rows`: `summarize`, the backend usage spent on them and the wall time."""
     metrics = summarize(rows, cfg.samples)
     metrics.update(
-        wall_seconds=round(time.perf_counter() - t0, 2),
+        wall_seconds=round(wall_seconds, 2),
         tokens_per_second=round(usage.generated_tokens / usage.seconds, 1) if usage.seconds else None,
         usage=usage.to_dict(),
         temperature=cfg.temperature,

@@ -8,6 +8,7 @@ the scorer in the next, as in ReST-MCTS* arXiv 2406.03816 / rStar-Math arXiv 250
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +111,16 @@ class EvalSection(_Strict):
     batch: int = _E["problems_per_call"]
 
 
+class ClusterConfig(_Strict):
+    """Where the loop's collect and eval stages run: on `actors` Ray actors of the cluster at
+    `address` (`sharpen.distributed`, the same trees and rows as one process); build and train
+    stay in this process (TRL/accelerate). Without the section: all in this process."""
+
+    address: str = Field(min_length=1, description="local (a local Ray cluster), auto (the cluster this machine "
+                         "joined with `ray start`) or ray://HEAD:10001")
+    actors: int = Field(2, ge=1, description="Ray actors, one backend each")
+
+
 class LoopConfig(_Strict):
     name: str = "run"
     recipe: Recipe = "mcts-dpo"
@@ -122,6 +133,7 @@ class LoopConfig(_Strict):
     build: BuildConfig = Field(default_factory=BuildConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalSection = Field(default_factory=EvalSection)
+    cluster: ClusterConfig | None = Field(None, description="collect and evaluate on Ray actors (default: here)")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LoopConfig:
@@ -178,6 +190,9 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
     from sharpen.loop.recipes import get_recipe
     from sharpen.registry import get_algorithm, parse_scorer
 
+    if cfg.cluster is not None and importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"{where}: cluster: needs Ray (fix: pip install 'sharpen[ray]', or remove the section)")
+
     if cfg.model.startswith("openai:"):
         raise ConfigError(f"{where}: model: the loop trains the model, so it needs its weights here, not a server "
                           "(fix: a local model dir or built-in name; servers serve `sharpen eval|search|sweep`)")
@@ -202,6 +217,21 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
             f"(fix: collect.pool >= {need}, or leave it out)"
         )
     return cfg
+
+
+def with_cluster(cfg: LoopConfig, address: str | None, actors: int | None) -> LoopConfig:
+    """`cfg` with its `cluster` section set or changed by `sharpen run --ray ADDR --actors N`."""
+    if address is None and actors is None:
+        return cfg
+    raw = cfg.cluster.model_dump() if cfg.cluster is not None else {}
+    if address is not None:
+        raw["address"] = address
+    if actors is not None:
+        raw["actors"] = actors
+    if "address" not in raw:
+        raise ConfigError("--actors needs a cluster (fix: add --ray local|auto|ray://HEAD:10001, or a cluster: "
+                          "section in the config)")
+    return validate(cfg.model_dump(mode="json") | {"cluster": raw}, "--ray/--actors")
 
 
 def _check_train(cfg: LoopConfig, recipe: Any, where: str) -> None:

@@ -91,12 +91,19 @@ class LoopRunner:
         from sharpen.report import distinct_correct
 
         d = self._dir(r, "eval")
-        e = self.cfg.eval
-        backend = load_backend(model, seed=self.cfg.seed, max_batch=e.batch)
+        e, cluster = self.cfg.eval, self.cfg.cluster
         cfg = EvalConfig(samples=e.samples, temperature=e.temperature, max_tokens=e.max_tokens, seed=self.cfg.seed,
                          problems_per_call=e.batch, greedy=True)
         with self.progress(f"round {r}: evaluate", len(self.test)) as advance:
-            metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl", on_progress=advance)
+            if cluster is not None:
+                from sharpen.distributed import eval_on_ray
+
+                metrics = eval_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args,
+                                      self.test, cfg, d / "problems.jsonl", batch=e.batch, on_progress=advance)
+            else:
+                backend = load_backend(model, seed=self.cfg.seed, max_batch=e.batch)
+                metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl",
+                                   on_progress=advance)
         metrics["exploration"] = distinct_correct(d / "problems.jsonl")
         metrics["model"] = model
         atomic_write_json(d / "metrics.json", metrics)
@@ -110,21 +117,29 @@ class LoopRunner:
         from sharpen.process import LMProcess
         from sharpen.scorers import make_scorer
 
-        c = self.cfg.collect
+        c, cluster = self.cfg.collect, self.cfg.cluster
         d = self._dir(r, "collect")
         problems = self.train_pool[(r - 1) * c.problems : r * c.problems]
-        # drop_finished=False: HF `generate`. Steps are short, so letting finished rows leave the batch
-        # saved nothing here (258 s against 259 s for 40 problems); both decoders draw the same rows.
-        backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
-        process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
-                            rollout_tokens=c.rollout_tokens, max_depth=c.max_depth, strict_answers=c.strict_format,
-                            merge_duplicates=c.merge_duplicates)
         spec = self.recipe.scorer_spec(self.cfg, self.run, r)
-        scorer = make_scorer(spec, process, collect=True)
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
-            trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
-                                    out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
-                                    parallel=c.parallel, split="train", scorer_spec=spec)
+            if cluster is not None:
+                from sharpen.distributed import search_on_ray
+
+                trees = search_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args, c,
+                                      spec, True, c.algo, problems, c.budget, self.cfg.seed + r, c.args, "train",
+                                      d / "trees.jsonl", on_progress=advance, backend_seed=self.cfg.seed,
+                                      backend_options={"drop_finished": False}, strict_answers=c.strict_format)
+            else:
+                # drop_finished=False: HF `generate`. Steps are short, so letting finished rows leave the batch
+                # saved nothing here (258 s against 259 s for 40 problems); both decoders draw the same rows.
+                backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
+                process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
+                                    rollout_tokens=c.rollout_tokens, max_depth=c.max_depth,
+                                    strict_answers=c.strict_format, merge_duplicates=c.merge_duplicates)
+                scorer = make_scorer(spec, process, collect=True)
+                trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
+                                        out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
+                                        parallel=c.parallel, split="train", scorer_spec=spec)
         metrics = search_metrics(trees, c.budget)
         metrics.update(collect_monitors(trees), scorer=spec, model=model)
         atomic_write_json(d / "metrics.json", metrics)
