@@ -1,8 +1,18 @@
 """Generated tokens/s of the backends on the same prompts: the in-process HF backend, and the OpenAI
-backend against `transformers serve` (started here) and against any other server you name.
+backend against `transformers serve` (started here), against llama-cpp-python's server on the
+embedded model's GGUF (started here with --llamacpp) and against any other server you name.
 
     .venv/bin/python benchmarks/backends.py                        # HF + transformers serve
+    .venv/bin/python benchmarks/backends.py --llamacpp             # + llama.cpp, without and with its KV cache
     .venv/bin/python benchmarks/backends.py --server "openai:http://127.0.0.1:8080/v1#smollm2;tokenizer=smollm2-135m"
+
+llama-cpp-python always reuses the prompt prefix it shares with the previous request (one KV state,
+one request at a time); `--cache true` also keeps earlier states (a RAM cache of up to 2 GiB), so
+the llama.cpp rows come as "prefix of the last request" and "+ --cache". The server reports no
+cached prompt tokens, so that column stays 0 for it (and rows sampled after a state restored from
+that cache can differ from those without it, so its token counts differ a little too). A third llama.cpp row asks for no log-probs
+(`;logprobs=off`): llama-cpp-python ranks the whole vocabulary in Python for each token it returns
+them for.
 
 Two workloads: 32 held-out chain_sum problems x 8 samples (T=0.7, answer mode), and one MCTS collection
 (4 problems, budget 256, rollout scorer, uniform priors so servers without log-probs can run it).
@@ -58,6 +68,10 @@ def main() -> None:
     ap.add_argument("--server", action="append", default=[], help="another openai: spec to measure (repeatable)")
     ap.add_argument("--no-transformers-serve", action="store_true")
     ap.add_argument("--in-flight", type=int, default=8)
+    ap.add_argument("--no-hf", action="store_true", help="skip the in-process HF backend")
+    ap.add_argument("--llamacpp", action="store_true", help="start llama-cpp-python's server on the embedded GGUF "
+                    "and measure it without and with its KV-state cache (needs `pip install 'sharpen[llamacpp]'`)")
+    ap.add_argument("--llamacpp-threads", type=int, default=None, help="its --n_threads (default: the server's, half the cores)")
     args = ap.parse_args()
 
     from sharpen.backends.hf import HFBackend
@@ -65,7 +79,8 @@ def main() -> None:
     from sharpen.models import resolve_model
 
     path = str(resolve_model("smollm2-135m"))
-    rows = workloads(HFBackend(path, seed=0, max_batch=64), "HF in-process", args.problems, args.samples)
+    rows = [] if args.no_hf else workloads(HFBackend(path, seed=0, max_batch=64), "HF in-process", args.problems,
+                                           args.samples)
     if not args.no_transformers_serve:
         from servers import TransformersServer
 
@@ -76,6 +91,20 @@ def main() -> None:
             b.close()
         finally:
             s.stop()
+    if args.llamacpp:
+        from servers import LlamaCppServer, builtin_gguf
+
+        threads = args.llamacpp_threads
+        for label, extra, opts in (("prefix of the last request", [], ""), ("+ --cache", ["--cache", "true"], ""),
+                                   ("prefix of the last request, ;logprobs=off", [], ";logprobs=off")):
+            s = LlamaCppServer(builtin_gguf(), Path("/tmp/sharpen-bench-llamacpp.log"), threads=threads,
+                               extra=extra).start()
+            try:
+                b = OpenAIBackend(f"{s.spec};in_flight={args.in_flight}{opts}")
+                rows += workloads(b, f"openai: llama.cpp server, {label}", args.problems, args.samples)
+                b.close()
+            finally:
+                s.stop()
     for spec in args.server:
         b = OpenAIBackend(spec)
         rows += workloads(b, f"openai: {spec.split('#')[0]}", args.problems, args.samples)

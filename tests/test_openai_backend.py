@@ -193,3 +193,6 @@ def test_server_spec_parsing():
     assert (s.base_url, s.model, s.in_flight, s.timeout, s.tokenizer) == ("http://h:1/v1", "org/name", 3, 5.0, "/t")
     with pytest.raises(ConfigError, match="in_flight >= 1"):
         ServerSpec.parse("openai:http://h:1/v1#m;in_flight=0")
+    assert ServerSpec.parse("openai:http://h:1/v1#m;logprobs=off").logprobs == "off"
+    with pytest.raises(ConfigError, match="logprobs=auto or off"):
+        ServerSpec.parse("openai:http://h:1/v1#m;logprobs=no")

@@ -1,7 +1,7 @@
 """A backend over an OpenAI-compatible `/v1/completions` server: vLLM, SGLang, llama.cpp's server,
 `transformers serve`.
 
-    --model openai:http://HOST:PORT/v1#MODEL_NAME[;tokenizer=DIR_OR_HF_ID][;in_flight=16][;timeout=120]
+    --model openai:http://HOST:PORT/v1#MODEL_NAME[;tokenizer=DIR_OR_HF_ID][;in_flight=16][;timeout=120][;logprobs=off]
 
 - Prompts are rendered here with the model's own chat template (a tokenizer loaded locally: the
   `tokenizer` option, else MODEL_NAME when it is a built-in name or a local dir), so search sees the
@@ -23,10 +23,28 @@
   `transformers serve` seeds torch's process-global generator per request, so its sampled rows are
   reproducible only one request at a time (`;in_flight=1`); vLLM and SGLang seed each request alone.
 - Log-probabilities: asked for (`logprobs`) and summed when the server returns them. A server that
-  returns none (`transformers serve`) leaves `logprobs_available` False; features that need them
-  (the `self` scorer, MCTS priors) refuse with a one-line error unless a fallback is chosen.
+  returns none (`transformers serve`) or refuses them (a llama.cpp server started with
+  `--logits_all false`) leaves `logprobs_available` False; features that need them (the `self`
+  scorer, MCTS priors) refuse with a one-line error unless a fallback is chosen. `;logprobs=off` never
+  asks (llama-cpp-python ranks the whole vocabulary in Python for each generated token it returns
+  log-probabilities for, which doubled its time per token here), and features that need them refuse.
 - Usage: the server's `usage` (prompt, completion and, where reported, cached prompt tokens) goes into
   the one `UsageMeter`, so budgets and reports count the server's tokens.
+- llama.cpp (llama-cpp-python's `python -m llama_cpp.server`, or `llama-server`; told apart by the
+  `owned_by` of GET /v1/models: "me", "llamacpp"): its sampler adds top-k 40, min-p 0.05 and, in
+  llama-cpp-python, a repeat penalty of 1.1 unless told otherwise, so every request sends `top_k=0`,
+  `min_p=0`, `repeat_penalty=1` and `top_p` (its chain applies top-p before the temperature, HF after
+  it: the same only at `top_p=1`), and `cache_prompt=true` (llama-server's prompt reuse;
+  llama-cpp-python always reuses the prefix it shares with the previous request, and `--cache true`
+  keeps more KV states, but reports no cached tokens). It strips the stop string and reports
+  `finish_reason: "stop"` for it and for EOS alike; its log-probability `tokens` still hold the token
+  that carried the stop string (EOS never appears), which tells the two apart. Its completion tokens
+  leave out EOS (the HF backend counts it). It serves its one model under any name, so the name after
+  '#' is checked against GET /v1/models. llama-cpp-python decodes one request at a time (`in_flight`
+  only queues). Its rows were the same for the same seeds whatever came before and at any
+  `in_flight`, except with `--cache true`: a KV state restored from that cache changed sampled rows
+  (two MCTS searches on the same seeds grew different trees), so use that cache for speed, not
+  where runs must repeat.
 - Failures: the `openai` client retries 429, 5xx and dropped connections with exponential backoff;
   each request has a timeout; a server that is down, a wrong model name or a rejected request is a
   one-line `BackendError`.
@@ -61,6 +79,7 @@ class ServerSpec:
     timeout: float = 120.0
     retries: int = 4
     sampling: str = "auto"
+    logprobs: str = "auto"
 
     @classmethod
     def parse(cls, spec: str) -> ServerSpec:
@@ -78,13 +97,15 @@ class ServerSpec:
         kw: dict[str, Any] = {}
         for o in opts:
             key, eq, value = o.partition("=")
-            if not eq or key not in ("tokenizer", "in_flight", "timeout", "retries", "sampling"):
+            if not eq or key not in ("tokenizer", "in_flight", "timeout", "retries", "sampling", "logprobs"):
                 raise ConfigError(f"bad option {o!r} in {spec!r} (fix: tokenizer=DIR, in_flight=N, timeout=SECONDS, "
-                                  "retries=N or sampling=auto|standard|generation_config)")
+                                  "retries=N, sampling=auto|standard|generation_config or logprobs=auto|off)")
             if key == "sampling" and value not in ("auto", "standard", "generation_config"):
                 raise ConfigError(f"bad option {o!r} in {spec!r} (fix: sampling=auto, standard or generation_config)")
+            if key == "logprobs" and value not in ("auto", "off"):
+                raise ConfigError(f"bad option {o!r} in {spec!r} (fix: logprobs=auto or off)")
             try:
-                kw[key] = value if key in ("tokenizer", "sampling") else int(value) if key in ("in_flight", "retries") else float(value)
+                kw[key] = value if key in ("tokenizer", "sampling", "logprobs") else int(value) if key in ("in_flight", "retries") else float(value)
             except ValueError:
                 raise ConfigError(f"bad option {o!r} in {spec!r} (fix: a number)") from None
         if kw.get("in_flight", 1) < 1 or kw.get("timeout", 1) <= 0 or kw.get("retries", 0) < 0:
@@ -117,6 +138,7 @@ class OpenAIBackend(LocalTokenizer):
         self._thread.start()
         self._client = self._call(self._make_client())
         self.logprobs_available: bool | None = None
+        self.llamacpp = False  # a llama.cpp server (see the module docstring), found by `probe`
         self.sampling: str | None = None if self.spec.sampling == "auto" else self.spec.sampling
         if probe:
             self.probe()
@@ -161,15 +183,50 @@ class OpenAIBackend(LocalTokenizer):
 
     def probe(self) -> None:
         """A few tiny requests: the server is up and serves this model name; whether it returns
-        log-probabilities; and how to make it sample. `transformers serve` samples only when the
-        model's generation config says `do_sample` (it never turns sampling on for a temperature):
-        `sampling=auto` then sends a `generation_config` with `do_sample` on, if that makes two
-        seeds differ where the standard fields did not."""
-        resp = self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=1))
-        self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
+        log-probabilities; whether it is llama.cpp's; and how to make it sample. `transformers serve`
+        samples only when the model's generation config says `do_sample` (it never turns sampling on
+        for a temperature): `sampling=auto` then sends a `generation_config` with `do_sample` on, if
+        that makes two seeds differ where the standard fields did not."""
+        if self.spec.logprobs == "off":
+            self.logprobs_available = False
+            self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=None))
+        else:
+            self._probe_logprobs()
+        self._find_llamacpp()
         if self.sampling is None:
             self.sampling = "standard" if self._samples("standard") else (
                 "generation_config" if self._samples("generation_config") else "none")
+
+    def _probe_logprobs(self) -> None:
+        try:  # once, without retries: a server may refuse `logprobs` (HTTP 500 from llama-cpp-python)
+            resp = self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=1,
+                                            retries=0))
+            self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
+        except BackendError as e:
+            if "logprob" not in str(e).lower():
+                resp = self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=1))
+                self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
+            else:
+                self.logprobs_available = False
+                self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=None))
+
+    def _find_llamacpp(self) -> None:
+        """Whether GET /v1/models says llama.cpp (`owned_by` "me": llama-cpp-python, "llamacpp":
+        llama-server); if so, that it serves the model named after '#' (it would answer under any name)."""
+        async def listed() -> list[Any]:
+            return (await self._client.models.list()).data
+
+        try:
+            models = self._call(listed())
+        except Exception:  # noqa: BLE001 - a server without GET /v1/models is simply not llama.cpp's
+            return
+        self.llamacpp = any(getattr(m, "owned_by", None) in ("me", "llamacpp") for m in models)
+        names = [m.id for m in models]
+        if self.llamacpp and self.spec.model not in names:
+            raise BackendError(
+                f"the llama.cpp server at {self.spec.base_url} does not serve model {self.spec.model!r} (it serves "
+                f"{', '.join(map(repr, names))} and would answer with that under any name) (fix: the name it "
+                "serves after '#', see GET /v1/models; `--model_alias NAME` when starting it names it)")
 
     def _samples(self, mode: str) -> bool:
         """Whether two seeds at temperature 2 give two different texts under sampling `mode`."""
@@ -232,22 +289,30 @@ class OpenAIBackend(LocalTokenizer):
     def require_logprobs(self, feature: str) -> None:
         if self.logprobs_available is None:
             self.probe()
+        if not self.logprobs_available and self.spec.logprobs == "off":
+            raise BackendError(f"{feature} needs token log-probabilities, and the spec says ;logprobs=off "
+                               "(fix: drop ;logprobs=off, or a feature that needs none: e.g. --arg priors=uniform "
+                               "for mcts, another --scorer)")
         if not self.logprobs_available:
             raise BackendError(
                 f"{feature} needs token log-probabilities, and the server at {self.spec.base_url} returns none "
-                "(`transformers serve` ignores `logprobs`) (fix: a server that returns them, such as vLLM, SGLang or "
-                "llama.cpp's, or a feature that needs none: e.g. --arg priors=uniform for mcts, another --scorer)"
+                "(`transformers serve` ignores `logprobs`, a llama.cpp server started with --logits_all false refuses "
+                "them) (fix: a server that returns them, such as vLLM, SGLang or llama.cpp's, or a feature that needs "
+                "none: e.g. --arg priors=uniform for mcts, another --scorer)"
             )
 
     # -- requests -------------------------------------------------------------------------
     async def _request(self, prompt: str, max_tokens: int, temperature: float, seed: int,
-                       stop: list[str] | None, logprobs: int | None, top_p: float = 1.0) -> Any:
+                       stop: list[str] | None, logprobs: int | None, top_p: float = 1.0,
+                       retries: int | None = None) -> Any:
         import openai
 
         kw: dict[str, Any] = {"model": self.spec.model, "prompt": prompt, "max_tokens": max_tokens,
                               "temperature": temperature, "seed": seed}
-        if top_p < 1.0:
+        if top_p < 1.0 or self.llamacpp:
             kw["top_p"] = top_p
+        if self.llamacpp:  # its own sampler defaults off: the distribution is the model's at `temperature`
+            kw["extra_body"] = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "cache_prompt": True}
         if stop:
             kw["stop"] = stop
         if logprobs is not None and self.logprobs_available is not False:
@@ -260,9 +325,10 @@ class OpenAIBackend(LocalTokenizer):
                 "do_sample": True, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_tokens,
                 "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})}
         where = self.spec.base_url
+        client = self._client if retries is None else self._client.with_options(max_retries=retries)
         async with self._sem:
             try:
-                return await self._client.completions.create(**kw)
+                return await client.completions.create(**kw)
             except openai.APITimeoutError:
                 raise BackendError(f"the server at {where} did not answer within {self.spec.timeout:g} s, "
                                    f"{self.spec.retries} retries (fix: a larger ;timeout=SECONDS, or a less loaded server)") from None
@@ -289,8 +355,11 @@ class OpenAIBackend(LocalTokenizer):
             reason = "length"
         elif params.stop_at == "step":
             extra = getattr(choice, "model_extra", None) or {}  # vLLM's `stop_reason`: None when EOS ended the row
+            at_stop = _ended_at_stop_string(choice, text, params.delimiter) if self.llamacpp else None
             if params.delimiter in text:  # a server that keeps the stop string (`transformers serve`)
                 text, reason = text[: text.index(params.delimiter) + len(params.delimiter)], "step"
+            elif at_stop is not None:  # llama.cpp: its tokens say
+                text, reason = (text + params.delimiter, "step") if at_stop else (text, "eos")
             elif not text.strip() or ("stop_reason" in extra and extra["stop_reason"] is None):
                 reason = "eos"
             else:  # stripped, and the server does not say by what: taken as the delimiter
@@ -317,6 +386,20 @@ def _answer_cut(text: str, params: SamplingParams) -> str | None:
         if line.strip().lower().startswith(prefix):
             return text[:pos]
     return None
+
+
+def _ended_at_stop_string(choice: Any, text: str, delimiter: str) -> bool | None:
+    """For a llama.cpp server, which cuts the stop string from `text` but keeps the token that carried
+    it in its log-probability `tokens` (and never EOS): whether the stop string ended the row; None
+    when the tokens do not tell (none returned, or they do not spell out `text`)."""
+    lp = getattr(choice, "logprobs", None)
+    tokens = getattr(lp, "tokens", None) if lp is not None else None
+    if tokens is None:
+        return None
+    spelled = "".join(tokens)
+    if not spelled.startswith(text):
+        return None
+    return spelled[len(text):].startswith(delimiter)
 
 
 def _usage(resp: Any) -> tuple[int, int, int]:
