@@ -7,6 +7,7 @@ The Python API (`sharpen.api`), importable from the package itself:
     trees, metrics = sharpen.run_search(model="smollm2-135m", algo="mcts", scorer="rollout:2", budget=256, n=10)
     metrics = sharpen.run_eval(model="smollm2-135m", n=50, config=sharpen.EvalConfig(samples=4))
     result = sharpen.run("configs/demo.yaml", out="runs/demo")
+    results = sharpen.run_seeds("configs/demo.yaml", [0, 1, 2])   # runs/demo/seed-<s>/ + one report
 
 (`run_search`, `run_eval`, `run_sweep`, `build_data` and `train_model` are `sharpen.api`'s `search`,
 `evaluate`, `sweep`, `build` and `train`: the short names are taken by the modules `sharpen.search`,
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _API = {"load_model": "load_model", "load_task": "load_task", "make_process": "make_process", "run": "run",
+        "run_seeds": "run_seeds",
         "run_search": "search", "run_eval": "evaluate", "run_sweep": "sweep", "build_data": "build",
         "train_model": "train"}
 _TYPES = {"EvalConfig": "sharpen.evaluate", "SearchSettings": "sharpen.process", "Tree": "sharpen.tree",
@@ -31,7 +33,7 @@ _TYPES = {"EvalConfig": "sharpen.evaluate", "SearchSettings": "sharpen.process",
 if TYPE_CHECKING:
     from sharpen.api import build as build_data
     from sharpen.api import evaluate as run_eval
-    from sharpen.api import load_model, load_task, make_process, run
+    from sharpen.api import load_model, load_task, make_process, run, run_seeds
     from sharpen.api import search as run_search
     from sharpen.api import sweep as run_sweep
     from sharpen.api import train as train_model
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from sharpen.tree import Tree
 
 __all__ = [  # noqa: RUF022 (the API first, then the types)
-    "load_model", "load_task", "make_process", "run_search", "run_eval", "run_sweep", "run", "build_data",
+    "load_model", "load_task", "make_process", "run_search", "run_eval", "run_sweep", "run", "run_seeds", "build_data",
     "train_model",
     "EvalConfig", "SearchSettings", "Tree", "Options", "algorithm", "scorer",
 ]

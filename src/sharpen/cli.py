@@ -461,8 +461,19 @@ def run_cmd(
     ray: Annotated[str | None, typer.Option("--ray", help="collect and evaluate on Ray actors (sets the config's "
                                             "cluster.address): local, auto or ray://HEAD:10001")] = None,
     actors: Annotated[int | None, typer.Option(help="Ray actors (sets cluster.actors; default 2)")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="run the config once per seed (comma-separated, e.g. "
+                                              "0,1,2), each in <out>/seed-<s>/, then one combined report in <out> "
+                                              "(default runs/<name>); rerunning resumes and skips finished seeds")] = None,
 ) -> None:
-    """Rounds of collect -> build -> train -> evaluate; ends with a before/after table and the report."""
+    """Rounds of collect -> build -> train -> evaluate; ends with a before/after table and the report.
+
+    With --seeds: once per seed, one after another; --out names the directory that holds the seed
+    runs and the combined report; --resume is implied."""
+    if seeds is not None:
+        from sharpen.seeds import parse_seeds
+
+        _run_seeds(config, parse_seeds(seeds), out_dir, set_, tracker, ray, actors)
+        return
     quiet_libraries()
     _check_tracker(tracker)
     from sharpen import api
@@ -485,12 +496,43 @@ def run_cmd(
     _log_tracker(Path(result["run"]), tracker)
 
 
+def _run_seeds(config: Path, seeds: list[int], out_dir: Path | None, set_: list[str] | None, tracker: str | None,
+               ray: str | None, actors: int | None) -> None:
+    quiet_libraries()
+    _check_tracker(tracker)
+    from sharpen import api
+    from sharpen.seeds import seeds_table
+
+    result = api.run_seeds(config, seeds, out=out_dir, overrides=_kv(set_), progress=progress_bar,
+                           say=lambda s: err.print(s, highlight=False), ray=ray, actors=actors)
+    facts = result["facts"]
+    rows = seeds_table(facts)
+    table = Table(title=f"held-out greedy accuracy over {len(facts['seeds'])} seeds (paired change, 95% CI)")
+    for c in rows[0]:
+        table.add_column(c, justify="right", no_wrap=c.startswith("change"))
+    for r in rows[1:]:
+        table.add_row(*r)
+    out.print(table)
+    out.print(facts["problems"], highlight=False, soft_wrap=True)
+    out.print(f"report: {result['report']}")
+    for run in result["runs"].values():
+        _log_tracker(Path(run), tracker)
+
+
 @app.command("report")
-def report_cmd(run: Annotated[Path, typer.Argument(help="a run directory")], tracker: TrackerOpt = None) -> None:
-    """Write report.md and report.html (with plots) from a run directory alone."""
+def report_cmd(run: Annotated[Path, typer.Argument(help="a run directory, or the parent of `sharpen run --seeds`")],
+               tracker: TrackerOpt = None) -> None:
+    """Write report.md and report.html (with plots) from a run directory alone (for a --seeds
+    parent: the combined report; --tracker then logs each seed's run)."""
     from sharpen.report import write_report
+    from sharpen.seeds import is_seeds_dir, seed_dirs, write_seeds_report
 
     _check_tracker(tracker)
+    if is_seeds_dir(run):
+        out.print(f"report: {write_seeds_report(run)}")
+        for d in seed_dirs(run).values():
+            _log_tracker(d, tracker)
+        return
     out.print(f"report: {write_report(run)}")
     _log_tracker(run, tracker)
 
