@@ -19,7 +19,7 @@ def test_shipped_configs_validate(path):
 
 
 def test_recipes_shipped():
-    assert {load_config(p).recipe for p in CONFIGS} >= {"mcts-dpo", "step-dpo", "rft", "prm-guided"}
+    assert {load_config(p).recipe for p in CONFIGS} >= {"mcts-dpo", "step-dpo", "rft", "prm-guided", "grpo"}
 
 
 def test_overrides_and_errors(tmp_path):

@@ -146,3 +146,145 @@ def test_prm_guided_round_without_labels_falls_back(tmp_path, tiny_model_dir, mo
     assert all(v["status"] == "done" for v in _json(run / "manifest.json")["stages"].values())
     # the round after the empty one built labels and trained its own PRM
     assert "prm" in _json(run / f"round-{empty + 1}" / "train" / "summary.json")
+
+
+def _grpo_config(model: str, **train) -> dict:
+    """A grpo run small enough for the tiny model: 2 problems a round, 2 completions each per step
+    (4 a step), at most 8 tokens each, and a round budget of 2 x 48 = 96 generated tokens: three
+    generations' worst case (32 tokens each)."""
+    return {"name": "grpo", "recipe": "grpo", "model": model, "rounds": 1, "seed": 3, "task_args": TASK_ARGS,
+            "collect": {"problems": 2, "budget": 48, "strict_format": False},
+            "train": {"max_steps": 6, "per_device_train_batch_size": 4, "num_generations": 2,
+                      "max_completion_length": 8, "learning_rate": 1e-3, **train},
+            "eval": {"n": 2, "samples": 0, "max_tokens": 4}}
+
+
+def test_grpo_round_trains_online_within_the_token_budget(tmp_path, tiny_model_dir):
+    """No search: collect writes the round's problems (the offline recipes' slice of the pool), build
+    their chat prompts, and GRPO samples, rewards and trains; it never generates more than
+    collect.budget x collect.problems tokens, and the report reads the run."""
+    from conftest import random_prm
+
+    from sharpen.report import write_report
+
+    # a random PRM's scores as a process reward: rewards differ within a group, so the policy moves
+    # (the random policy rarely verifies, and equal rewards give zero advantages)
+    prm = random_prm(tmp_path / "prm", tiny_model_dir)
+    cfg = prepare_run_dir(validate(_grpo_config(tiny_model_dir, process_reward=f"prm:{prm}")), tmp_path / "run", False)
+    runner = LoopRunner(cfg, tmp_path / "run")
+    runner.run_all()
+    run = tmp_path / "run"
+    picked = [p["id"] for p in read_jsonl(run / "round-1" / "collect" / "problems.jsonl")]
+    assert picked == [p.id for p in runner.train_pool[:2]] and not (run / "round-1" / "collect" / "trees.jsonl").exists()
+    prompts = load_dataset_dir(run / "round-1" / "data" / "prompts")
+    assert prompts["problem_id"] == picked and prompts[0]["prompt"] == runner.task.messages(runner.train_pool[0])
+
+    summary = _json(run / "round-1" / "train" / "summary.json")
+    cap, worst = 2 * 48, 4 * 8
+    assert summary["kind"] == "prompts" and summary["rows"] == 2 and summary["token_budget"] == cap
+    used = summary["generated_tokens"]
+    assert 0 < used <= cap and used == summary["usage"]["generated_tokens"] and summary["usage"]["prompt_tokens"] > 0
+    assert summary["usage"]["verifier_tokens"] > 0 and summary["completions"] == 4 * summary["usage"]["calls"]
+    # the random policy writes all 8 tokens: 32 a step, and a 4th step could pass 96, so it stops after 3
+    assert summary["steps"] == summary["stopped_by_budget_at"] == 3 and used + worst > cap
+    policy = summary["model"]
+    assert changed_tensors(tiny_model_dir, policy), "the trained policy has its start's weights"
+    record = _json(Path(policy).parent / "sharpen_train.json")
+    assert record["kind"] == "grpo" and record["config"]["task"] == "gym:chain_sum"
+    assert _json(run / "round-1" / "eval" / "metrics.json")["model"] == policy
+    assert "prompts" in _json(run / "round-1" / "data" / "summary.json")["rows"]
+    assert write_report(run).exists()
+
+
+def test_grpo_verifier_reward_counts_tokens():
+    import json as _json_mod
+
+    from sharpen.tasks import load_task
+    from sharpen.train.grpo import TokenBudget, VerifierReward
+
+    task = load_task("gym:chain_sum", TASK_ARGS)
+    (p,) = task.problems("train", 1, seed=0)
+    raw = _json_mod.dumps(p.to_dict())
+    budget = TokenBudget(limit=10, per_generation=4)
+    reward = VerifierReward(task, True, budget, {raw: 7})
+    done = [{"role": "assistant", "content": f"Answer: {p.answer}"}]
+    wrong = [{"role": "assistant", "content": f"Answer: {int(p.answer) + 1}"}]
+    lenient = [{"role": "assistant", "content": f"so it is {p.answer}"}]  # no Answer: line
+    assert reward([[]] * 3, [done, wrong, lenient], [raw] * 3, completion_ids=[[1, 2], [3], [4, 5, 6]]) == [1.0, 0.0, 0.0]
+    assert budget.generated == 6 and budget.usage["prompt_tokens"] == 21 and budget.correct == 1
+    assert budget.worst_case(0) == 4  # one generation per step by default: 6 + 4 <= 10, then over
+
+
+def test_grpo_options_are_checked_at_load(tmp_path, tiny_model_dir):
+    from sharpen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown grpo trainer option 'num_generation'.*num_generations"):
+        validate(_grpo_config(tiny_model_dir, num_generation=4))
+    with pytest.raises(ConfigError, match="more than a round's budget.*96"):
+        validate(_grpo_config(tiny_model_dir, max_completion_length=64))
+    with pytest.raises(ConfigError, match="train.token_budget is not set in a run config"):
+        validate(_grpo_config(tiny_model_dir, token_budget=10))
+    # from the command line: one line, exit 2, no traceback
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "grpo.yaml"
+    cfg.write_text(yaml.safe_dump(_grpo_config(tiny_model_dir, num_generation=4)))
+    r = subprocess.run([sys.executable, "-m", "sharpen", "run", str(cfg), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "num_generations" in lines[0] and "fix" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_grpo_resumes_with_its_token_count(tmp_path, tiny_model_dir):
+    """A resumed GRPO run continues the checkpoint's token count; one the budget stopped, resumed
+    after its last checkpoint (a kill before merged/ was written), generates nothing more."""
+    import shutil
+
+    from sharpen.train.grpo import GRPOTrainConfig, train_grpo
+
+    out = tmp_path / "grpo"
+    cfg = GRPOTrainConfig(model=tiny_model_dir, output_dir=str(out), task="gym:chain_sum", task_args=TASK_ARGS,
+                          problems=2, strict_answers=False, max_steps=2, save_steps=1, per_device_train_batch_size=4,
+                          num_generations=2, max_completion_length=8, token_budget=96)
+
+    def metrics() -> dict:
+        return _json(out / "sharpen_train.json")["metrics"]
+
+    train_grpo(cfg)
+    first = metrics()
+    assert first["steps"] == 2 and first["usage"]["calls"] == 2 and first["stopped_by_budget_at"] is None
+    cfg.max_steps = 6
+    train_grpo(cfg)
+    second = metrics()
+    assert second["resumed_from"].endswith("checkpoint-2") and second["generated_tokens"] <= 96
+    assert second["usage"]["calls"] == second["steps"] == second["stopped_by_budget_at"] == 3  # 32 tokens a step
+    shutil.rmtree(out / "merged")
+    train_grpo(cfg)
+    third = metrics()
+    assert third["resumed_from"].endswith("checkpoint-3")
+    assert third["usage"] == second["usage"] and third["steps"] == 3
+
+
+def test_sharpen_train_grpo_from_the_command_line(tmp_path, tiny_model_dir):
+    """`sharpen train grpo` without a dataset: the task's training problems, its verifier as the reward;
+    a misspelt GRPO option is the one-line error and writes nothing."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "sharpen", "train", "grpo", "--model", tiny_model_dir, "--max-steps", "1",
+            "--problems", "2", "--arg", "max_completion_length=8", "--arg", "per_device_train_batch_size=2"]
+    r = subprocess.run([*base, "--out", str(tmp_path / "g"), "--arg", "num_generations=2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "g" / "sharpen_train.json").read_text())
+    assert summary["kind"] == "grpo" and summary["metrics"]["generated_tokens"] > 0
+    assert (tmp_path / "g" / "merged" / "config.json").exists()
+    r = subprocess.run([*base, "--out", str(tmp_path / "bad"), "--arg", "num_generation=2"],
+                       capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "num_generations" in lines[0], r.stderr
+    assert not (tmp_path / "bad").exists()

@@ -313,8 +313,10 @@ def build(
     return saved
 
 
-def train(kind: str, model: str, data: str | Path, out: str | Path, **options: Any) -> Path:
-    """Train a policy with DPO or SFT, or a PRM, on a built dataset; returns the merged model dir.
+def train(kind: str, model: str, data: str | Path | None, out: str | Path, **options: Any) -> Path:
+    """Train a policy with DPO, SFT or GRPO, or a PRM, on a built dataset; returns the merged model dir.
+    GRPO needs no dataset (`data=None`): it samples completions of the `task` option's training
+    problems (`problems` of them) and rewards them with the task's verifier.
 
     `options`: any field of the trainer's config (`sharpen.train.config_class(kind)`: TRL's
     `DPOConfig`/`SFTConfig` or transformers' `TrainingArguments` plus `SharpenArgs`), by its TRL
@@ -324,17 +326,20 @@ def train(kind: str, model: str, data: str | Path, out: str | Path, **options: A
 
     config_class(kind)  # an unknown trainer is a one-line error before anything is loaded
     resolve_model(model)
-    if not Path(data).is_dir():
+    if data is None and kind == "grpo":
+        if not options.get("task"):
+            raise ConfigError("grpo without --data needs a task (fix: --task gym:chain_sum, or --data a prompts dataset)")
+    elif data is None or not Path(data).is_dir():
         raise ConfigError(f"dataset dir not found: {data} (fix: run `sharpen build ...` first)")
     steps = options.get("max_steps", 100)
     if isinstance(steps, int) and steps >= 1:
         options.setdefault("save_steps", max(1, min(50, steps // 4)))
-    cfg = make_config(kind, "train", model=model, data=str(data), output_dir=str(out), **options)
+    cfg = make_config(kind, "train", model=model, data=str(data or ""), output_dir=str(out), **options)
     if cfg.max_steps < 1 or cfg.per_device_train_batch_size < 1 or cfg.learning_rate <= 0:
         raise ConfigError("max_steps and the batch size must be >= 1 and the learning rate > 0 (fix: positive values)")
-    from sharpen.train import dpo, prm, sft
+    from sharpen.train import dpo, grpo, prm, sft
 
-    return Path({"dpo": dpo.train_dpo, "sft": sft.train_sft, "prm": prm.train_prm}[kind](cfg))
+    return Path({"dpo": dpo.train_dpo, "sft": sft.train_sft, "prm": prm.train_prm, "grpo": grpo.train_grpo}[kind](cfg))
 
 
 def train_eval(kind: str, model: str, data: str | Path, ref: str | None = None, beta: float = 0.1) -> dict[str, Any]:

@@ -362,7 +362,7 @@ TrainArgs = Annotated[list[str] | None, typer.Option("--arg", help="any trainer 
                                                      "(TRL's names, e.g. warmup_steps=0.1, lora_r=8); repeatable")]
 
 
-def _train(kind: str, model: str, data: Path, out_dir: Path, args: list[str] | None, **options) -> None:
+def _train(kind: str, model: str, data: Path | None, out_dir: Path, args: list[str] | None, **options) -> None:
     quiet_libraries()
     from sharpen import api
 
@@ -370,7 +370,7 @@ def _train(kind: str, model: str, data: Path, out_dir: Path, args: list[str] | N
     from sharpen.tasks import parse_task_args
 
     options |= parse_task_args(args, "--arg", "warmup_steps=0.1")
-    with err.status(f"{kind.upper()} on {data}, {options['max_steps']} steps"):
+    with err.status(f"{kind.upper()} on {data or options.get('task')}, {options['max_steps']} steps"):
         merged = api.train(kind, model, data, out_dir, **options)
     use = f"--scorer prm:{merged}" if kind == "prm" else f"--model {merged}"
     out.print(f"{kind} model: {merged}  (use it with {use})")
@@ -404,6 +404,20 @@ def train_prm_cmd(model: TrainModel, data: TrainData, out_dir: TrainOut, max_ste
     """A process reward model: token classification on step-boundary tokens (transformers Trainer)."""
     _train("prm", model, data, out_dir, arg, max_steps=max_steps, per_device_train_batch_size=batch_size,
            learning_rate=lr, full=full, seed=seed, soft=soft)
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(model: TrainModel, out_dir: TrainOut, task: TaskOpt = "gym:chain_sum", task_arg: TaskArgOpt = None,
+                   data: Annotated[Path | None, typer.Option("--data", help="a prompts dataset (default: the task's "
+                                                             "training problems)")] = None,
+                   problems: Annotated[int, typer.Option(help="training problems, without --data")] = 64,
+                   max_steps: MaxSteps = 100, lr: float = 5e-5, full: FullFT = False, seed: int = 0,
+                   arg: TrainArgs = None) -> None:
+    """Online RL with TRL's GRPOTrainer, the task's verifier as the reward (LoRA by default)."""
+    from sharpen.tasks import parse_task_args
+
+    _train("grpo", model, data, out_dir, arg, max_steps=max_steps, learning_rate=lr, full=full, seed=seed,
+           task=task, task_args=parse_task_args(task_arg), problems=problems)
 
 
 @train_app.command("eval")

@@ -3,7 +3,8 @@
 Recipes: `mcts-dpo` (MCTS trees -> step pairs -> DPO, arXiv 2405.00451), `step-dpo` (first wrong
 step vs a correct continuation -> DPO, arXiv 2406.18629), `rft` (best-of-N -> verified traces ->
 SFT, rejection-sampling fine-tuning), `prm-guided` (train a PRM each round and search with it as
-the scorer in the next, as in ReST-MCTS* arXiv 2406.03816 / rStar-Math arXiv 2501.04519).
+the scorer in the next, as in ReST-MCTS* arXiv 2406.03816 / rStar-Math arXiv 2501.04519), `grpo`
+(online RL, TRL's GRPOTrainer with the task's verifier as reward, arXiv 2402.03300).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class BuildConfig(_Strict):
 class TrainConfig(BaseModel):
     """How the loop trains. The fields below are the loop's own (how many steps a round gets, what it
     starts from, what it trains on); every other key is a field of the recipe's trainer config, by
-    its TRL name (`sharpen.train.config_class`: TRL's `DPOConfig` or `SFTConfig` plus
+    its TRL name (`sharpen.train.config_class`: TRL's `DPOConfig`, `SFTConfig` or `GRPOConfig` plus
     `sharpen.train.common.SharpenArgs`), e.g. `max_steps`, `learning_rate`,
     `per_device_train_batch_size`, `beta`, `sft_weight`, `lora`, `lora_r`, `warmup_steps`; checked
     when the config is loaded. `precompute_ref_log_probs` may also be `auto` (the default): on when
@@ -87,7 +88,11 @@ class TrainConfig(BaseModel):
 
 
 LOOP_SETS = {"model": "the loop trains each round's policy", "data": "the loop builds each round's data",
-             "output_dir": "the loop writes into the run dir", "seed": "the run's top-level seed (+ the round) seeds it"}
+             "output_dir": "the loop writes into the run dir", "seed": "the run's top-level seed (+ the round) seeds it",
+             "task": "the run's top-level task: is the one trained on", "task_args": "the run's top-level task_args: apply",
+             "problems": "collect.problems decides a round's problems",
+             "strict_answers": "collect.strict_format decides it",
+             "token_budget": "a grpo round may generate collect.budget x collect.problems tokens"}
 
 
 def trainer_options(cfg: LoopConfig, kind: str) -> dict[str, Any]:
@@ -245,7 +250,7 @@ def _check_train(cfg: LoopConfig, recipe: Any, where: str) -> None:
             raise ConfigError(f"{where}: train.{key} is not set in a run config: {why} (fix: remove it)")
     if opts.get("precompute_ref_log_probs") == "auto":
         opts.pop("precompute_ref_log_probs")
-    make_config(recipe.trainer, f"{where}: train", model="check", output_dir="check", **opts)
+    recipe.check(cfg, make_config(recipe.trainer, f"{where}: train", model="check", output_dir="check", **opts), where)
 
 
 def dump(cfg: LoopConfig) -> str:

@@ -6,6 +6,9 @@ by name, so the loop reads collect -> build -> train -> evaluate and a new recip
 - `rft`: verified full solutions -> SFT (rejection-sampling fine-tuning).
 - `prm-guided`: train a PRM on each round's step labels and search the next round with it as the
   scorer (ReST-MCTS*, arXiv 2406.03816; rStar-Math, arXiv 2501.04519); the policy trains by SFT.
+- `grpo`: online RL, no search: TRL's GRPOTrainer samples and verifies its own completions of the
+  round's training problems (DeepSeekMath, arXiv 2402.03300), its generated tokens capped at an
+  offline round's search budget.
 """
 
 from __future__ import annotations
@@ -17,12 +20,34 @@ from sharpen.errors import ConfigError
 
 
 class Recipe:
-    """Every round builds all three datasets (pairs, labels, traces: the report shows them);
-    `trains` names the one the policy trains on, with `trainer` ("dpo" or "sft")."""
+    """Every offline round builds all three datasets (pairs, labels, traces: the report shows them);
+    `trains` names the one the policy trains on, with `trainer` ("dpo", "sft" or "grpo").
+
+    An `online` recipe samples its own data while it trains: its collect stage searches nothing and
+    writes the round's training problems, its build stage turns them into prompts."""
 
     name: ClassVar[str]
     trains: ClassVar[str]
     trainer: ClassVar[str]
+    online: ClassVar[bool] = False
+
+    def check(self, cfg: Any, trainer_cfg: Any, where: str) -> None:
+        """Refuse a run config this recipe cannot run (`trainer_cfg`: its train section, built)."""
+
+    def samples_per_row(self, opts: dict[str, Any], defaults: dict[str, Any]) -> int:
+        """Training samples per dataset row (what `per_device_train_batch_size` counts)."""
+        return 1
+
+    def policy_options(self, cfg: Any) -> dict[str, Any]:
+        """Trainer options the run config decides beside its `train` section."""
+        return {}
+
+    def describe(self, rows: int, trainer_cfg: Any) -> str:
+        return f"DPO on {rows} step pairs" if self.trainer == "dpo" else f"SFT on {rows} verified traces"
+
+    def train_record(self, policy_dir: Path) -> dict[str, Any]:
+        """What the round's train summary.json records from the policy's training, beside its model."""
+        return {}
 
     def scorer_spec(self, cfg: Any, run: Path, r: int) -> str:
         """The scorer that collects round `r`'s trees."""
@@ -91,7 +116,54 @@ class PRMGuided(Recipe):
         return {"prm": str(path)}
 
 
-RECIPES: dict[str, type[Recipe]] = {c.name: c for c in (MCTSDPO, StepDPO, RFT, PRMGuided)}
+class GRPO(Recipe):
+    """Online RL with TRL's GRPOTrainer (`sharpen.train.grpo`): the round's training problems are the
+    ones an offline round would search, as the task's chat prompts; the reward is the task's verifier
+    (under `collect.strict_format`), plus a PRM's with `train.process_reward: prm:<path>`. The round
+    may generate as many tokens as an offline round's search: collect.budget x collect.problems
+    (`token_budget`); its train summary.json records what it generated (`usage`)."""
+
+    name, trains, trainer = "grpo", "prompts", "grpo"
+    online = True
+
+    @staticmethod
+    def token_cap(cfg: Any) -> int:
+        return cfg.collect.budget * cfg.collect.problems
+
+    def check(self, cfg: Any, trainer_cfg: Any, where: str) -> None:
+        worst = trainer_cfg.generation_batch_size * trainer_cfg.max_completion_length
+        if worst > self.token_cap(cfg):
+            raise ConfigError(
+                f"{where}: one GRPO generation may produce {trainer_cfg.generation_batch_size} completions x "
+                f"max_completion_length {trainer_cfg.max_completion_length} = {worst} tokens, more than a round's "
+                f"budget collect.budget x collect.problems = {self.token_cap(cfg)} (fix: fewer or shorter completions "
+                "per step, or a larger collect.budget)")
+
+    def samples_per_row(self, opts: dict[str, Any], defaults: dict[str, Any]) -> int:
+        return opts.get("num_generations", defaults["num_generations"])
+
+    def build_prompts(self, task: Any, problems: list, r: int) -> dict[str, Any]:
+        from sharpen.train.grpo import prompt_rows
+
+        return {"prompts": prompt_rows(task, problems, round=r)}
+
+    def policy_options(self, cfg: Any) -> dict[str, Any]:
+        return {"task": cfg.task, "task_args": dict(cfg.task_args), "strict_answers": cfg.collect.strict_format,
+                "token_budget": self.token_cap(cfg)}
+
+    def describe(self, rows: int, trainer_cfg: Any) -> str:
+        return (f"GRPO on {rows} prompts x {trainer_cfg.num_generations} completions, at most "
+                f"{trainer_cfg.token_budget} generated tokens")
+
+    def train_record(self, policy_dir: Path) -> dict[str, Any]:
+        import json
+
+        m = json.loads((policy_dir / "sharpen_train.json").read_text())["metrics"]
+        keys = ("generated_tokens", "token_budget", "usage", "steps", "stopped_by_budget_at", "completions", "verified")
+        return {k: m.get(k) for k in keys}
+
+
+RECIPES: dict[str, type[Recipe]] = {c.name: c for c in (MCTSDPO, StepDPO, RFT, PRMGuided, GRPO)}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -2,13 +2,15 @@
 
 Round 0 evaluates the starting policy. Round r (1..R) searches training problems with round r-1's
 model (the oracle scorer is allowed here: this is training-data collection), builds datasets from
-the trees, trains with TRL, and evaluates the new policy on the same held-out problems. Each
-stage is recorded in the manifest when finished; a stage that was interrupted restarts, and
-collection/evaluation skip problems already written to their JSONL."""
+the trees, trains with TRL, and evaluates the new policy on the same held-out problems (an online
+recipe, `grpo`, searches nothing: collect writes the round's problems, build their prompts, and the
+trainer samples its own completions). Each stage is recorded in the manifest when finished; a stage
+that was interrupted restarts, and collection/evaluation skip problems already written to their JSONL."""
 
 from __future__ import annotations
 
 import gc
+import json
 import math
 import random
 from collections.abc import Callable
@@ -111,6 +113,11 @@ class LoopRunner:
         self.say(f"round {r}: {shown} (n={metrics['n']})")
         return {"artifacts": {"problems": f"round-{r}/eval/problems.jsonl", "metrics": f"round-{r}/eval/metrics.json"}}
 
+    def round_problems(self, r: int) -> list:
+        """Round `r`'s training problems: the next `collect.problems` of the pool."""
+        n = self.cfg.collect.problems
+        return self.train_pool[(r - 1) * n : r * n]
+
     def collect(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.backends import load_backend
         from sharpen.collect import search_metrics, search_problems
@@ -119,7 +126,12 @@ class LoopRunner:
 
         c, cluster = self.cfg.collect, self.cfg.cluster
         d = self._dir(r, "collect")
-        problems = self.train_pool[(r - 1) * c.problems : r * c.problems]
+        problems = self.round_problems(r)
+        if self.recipe.online:  # the trainer samples its own completions: nothing to search
+            atomic_write_text(d / "problems.jsonl", "".join(json.dumps(p.to_dict()) + "\n" for p in problems))
+            self.say(f"round {r}: collect: no search ({self.cfg.recipe} samples while it trains); "
+                     f"{len(problems)} training problems picked")
+            return {"artifacts": {"problems": f"round-{r}/collect/problems.jsonl"}, "searched": 0}
         spec = self.recipe.scorer_spec(self.cfg, self.run, r)
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
             if cluster is not None:
@@ -151,10 +163,16 @@ class LoopRunner:
         from sharpen.tree import Tree, check_trainable
 
         d = self._dir(r, "data")
-        trees = [Tree.from_dict(t) for t in read_jsonl(self.run / f"round-{r}" / "collect" / "trees.jsonl")]
-        check_trainable(trees, f"round-{r}/collect/trees.jsonl")
-        # which scores count as Monte Carlo values is decided by `sharpen.credit.scores_are_monte_carlo`
-        sets = self.recipe.build(trees, self.cfg, r)
+        collected = self.run / f"round-{r}" / "collect"
+        if self.recipe.online:
+            from sharpen.tasks import Problem
+
+            sets = self.recipe.build_prompts(self.task, [Problem(**p) for p in read_jsonl(collected / "problems.jsonl")], r)
+        else:
+            trees = [Tree.from_dict(t) for t in read_jsonl(collected / "trees.jsonl")]
+            check_trainable(trees, f"round-{r}/collect/trees.jsonl")
+            # which scores count as Monte Carlo values is decided by `sharpen.credit.scores_are_monte_carlo`
+            sets = self.recipe.build(trees, self.cfg, r)
         for name, ds in sets.items():
             data.save_dataset(ds, d / name)
         rows = {k: len(v) for k, v in sets.items()}
@@ -181,8 +199,10 @@ class LoopRunner:
         opts = trainer_options(self.cfg, trainer)
         defaults = trainer_fields(config_class(trainer))
         batch = opts.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
-        steps = train_steps(opts.get("max_steps", defaults["max_steps"]), t.max_epochs, rows.get(kind, 0), batch)
+        samples = rows.get(kind, 0) * self.recipe.samples_per_row(opts, defaults)
+        steps = train_steps(opts.get("max_steps", defaults["max_steps"]), t.max_epochs, samples, batch)
         opts |= {"max_steps": steps, "seed": self.cfg.seed + r, "save_steps": max(1, steps // 4)}
+        opts |= self.recipe.policy_options(self.cfg)
         if opts.get("precompute_ref_log_probs", "auto") == "auto" and trainer == "dpo":
             # precomputing costs one reference forward per pair; on the fly costs one per pair visit
             opts["precompute_ref_log_probs"] = steps * batch >= 2 * max(1, rows.get(kind, 0))
@@ -193,12 +213,13 @@ class LoopRunner:
             info["model"] = model
         else:
             from sharpen.train.dpo import train_dpo
+            from sharpen.train.grpo import train_grpo
             from sharpen.train.sft import train_sft
 
-            what = f"DPO on {rows[kind]} step pairs" if trainer == "dpo" else f"SFT on {rows[kind]} verified traces"
             cfg = make_config(trainer, "train", model=model, data=str(train_data), output_dir=str(d / "policy"), **opts)
-            with self._status(f"round {r}: {what}, {steps} steps"):
-                info["model"] = str((train_dpo if trainer == "dpo" else train_sft)(cfg))
+            with self._status(f"round {r}: {self.recipe.describe(rows[kind], cfg)}, {steps} steps"):
+                info["model"] = str({"dpo": train_dpo, "sft": train_sft, "grpo": train_grpo}[trainer](cfg))
+            info |= self.recipe.train_record(d / "policy")
         atomic_write_json(d / "summary.json", info)
         return {"artifacts": {"model": str(Path(info["model"]).relative_to(self.run))} if info["model"] != model else {},
                 **info}
@@ -216,7 +237,7 @@ class LoopRunner:
         seen: set[tuple] = set()
         keep = []
         for i, row in enumerate(both.select_columns(text_cols)):
-            key = tuple(row[c] for c in text_cols)
+            key = tuple(json.dumps(row[c], sort_keys=True) for c in text_cols)  # a chat prompt is a list of dicts
             if key not in seen:
                 seen.add(key)
                 keep.append(i)

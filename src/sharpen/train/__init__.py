@@ -2,8 +2,8 @@
 the output layout).
 
 Each trainer's config is one dataclass, a subclass of TRL's or transformers' own
-(`dpo.DPOTrainConfig(DPOConfig)`, `sft.SFTTrainConfig(SFTConfig)`, `prm.PRMTrainConfig(TrainingArguments)`,
-each with `common.SharpenArgs` mixed in): the CLI's `--arg`, a run config's `train` section and the
+(`dpo.DPOTrainConfig(DPOConfig)`, `sft.SFTTrainConfig(SFTConfig)`, `grpo.GRPOTrainConfig(GRPOConfig)`,
+`prm.PRMTrainConfig(TrainingArguments)`, each with `common.SharpenArgs` mixed in): the CLI's `--arg`, a run config's `train` section and the
 Python API all set its fields by their TRL names, and `make_config` checks them once.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from sharpen.errors import ConfigError
 
-TRAINERS = ("dpo", "sft", "prm")
+TRAINERS = ("dpo", "sft", "grpo", "prm")
 # names people type for a TRL field (hints only: one name per option)
 HINTS = {"batch_size": "per_device_train_batch_size", "lr": "learning_rate", "epochs": "num_train_epochs",
          "precompute_ref": "precompute_ref_log_probs", "warmup": "warmup_steps", "full": "lora: false"}
@@ -31,6 +31,10 @@ def config_class(kind: str) -> type:
         from sharpen.train.sft import SFTTrainConfig
 
         return SFTTrainConfig
+    if kind == "grpo":
+        from sharpen.train.grpo import GRPOTrainConfig
+
+        return GRPOTrainConfig
     from sharpen.train.prm import PRMTrainConfig
 
     return PRMTrainConfig

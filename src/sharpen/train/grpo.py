@@ -1,0 +1,299 @@
+"""Online RL with TRL's `GRPOTrainer` (Group Relative Policy Optimization: Shao et al. 2024,
+DeepSeekMath, arXiv 2402.03300). Each generation samples G = `num_generations` completions of a
+prompt from the policy, rewards each, and moves the policy towards the completions that beat their
+group:
+
+    A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)                   (TRL: scale_rewards="group")
+    J(theta) = E[ 1/G sum_i 1/|o_i| sum_t min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps) A_i) ] - beta KL(pi || pi_ref)
+
+(the paper's per-sequence 1/|o_i|; TRL 1.16's default `loss_type="dapo"` averages over all tokens of
+the batch instead, and its default `beta` is 0: no reference model). On the prefix-sharing forward
+(`share_prefix`): GRPO left-pads prompts and shuffles each generation batch, so a forward batch
+shares a prefix only when it holds one prompt's completions (`per_device_train_batch_size ==
+num_generations`); otherwise the backbone runs its plain forward.
+
+The prompts are the task's chat messages (`prompt_rows`: the same messages the offline recipes
+search from) and the reward is the task's verifier, `task.verify(problem, task.extract(completion))`
+in {0, 1}. With `process_reward: prm:<path>[:agg=...]` a learned PRM's score of the completion's
+steps is a second reward (weighted by TRL's `reward_weights`): a process reward beside the outcome
+reward, as PRIME adds one (arXiv 2502.01456); here the PRM is one `sharpen train prm` trained
+and it stays frozen, where PRIME updates an implicit PRM online.
+
+Every sampled completion is counted (`TokenBudget`, also into sharpen's `Usage`). With
+`token_budget`, training stops before a step whose generations could pass the budget if every
+completion ran to `max_completion_length`, so the run never generates more than the budget; what it
+did generate is in `sharpen_train.json`. The counts live in the Trainer's checkpoints
+(`trainer_state.json`), so a resumed run continues them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from trl import GRPOConfig
+
+from sharpen.errors import ConfigError, TaskError
+from sharpen.meter import Usage
+from sharpen.models import resolve_model
+from sharpen.train.common import (
+    SharpenArgs,
+    fit,
+    last_checkpoint,
+    load_tokenizer,
+    prepare_model,
+    quiet,
+    save_outputs,
+    write_summary,
+)
+
+PROMPT_COLUMNS = ("prompt", "problem")
+
+
+@dataclass
+class GRPOTrainConfig(SharpenArgs, GRPOConfig):
+    """`sharpen train grpo`: TRL's `GRPOConfig` (every `TrainingArguments` and GRPO option:
+    `num_generations`, `max_completion_length`, `beta`, `temperature`, `num_iterations`,
+    `reward_weights`, ...; `per_device_train_batch_size` counts completions, G per prompt) with
+    sharpen's fields (`SharpenArgs`) and these."""
+
+    task: str = ""
+    """The task whose verifier rewards the completions (`gym:chain_sum`, `gsm8k:<file.jsonl>`, ...)."""
+    task_args: dict = field(default_factory=dict)
+    """A `gym:` task's arguments (`min_terms`, `max_digits`, ...)."""
+    problems: int = 64
+    """Without `data`: train on this many problems of the task's training split, drawn with `seed`."""
+    strict_answers: bool = True
+    """A completion earns the reward only with an `Answer:` line (no fallback extraction), as the
+    loop's `collect.strict_format` asks of collected solutions."""
+    process_reward: str = ""
+    """`prm:<path>[:agg=last|min|prod|mean]`: a PRM from `sharpen train prm` scores the completion's
+    steps (lines) as a second reward beside the verifier's (weights: `reward_weights`, 1 each by
+    default). Empty: the verifier alone."""
+    token_budget: int | None = None
+    """Generated (completion) tokens allowed in all: training stops before a step whose generations
+    could pass it at `max_completion_length` each. None: `max_steps` alone decides."""
+
+
+def prompt_rows(task: Any, problems: list, round: int = 0) -> Any:
+    """One GRPO prompt per problem: the task's chat messages, and the problem itself (JSON) for
+    the verifier."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": task.messages(p), "problem": json.dumps(p.to_dict()),
+                               "problem_id": p.id, "round": round} for p in problems])
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as TRL hands it to a reward function: text, or (chat prompts) a list of messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content") or "" for m in completion)
+
+
+class TokenBudget(TrainerCallback, ExportableState):
+    """Counts what the policy generates (the verifier reward reports every generation) and stops
+    training before a step that could pass `limit` generated tokens: `per_generation` is a
+    generation's worst case (generation batch x max_completion_length), and TRL generates at every
+    `generate_every`-th micro-step counted from the (re)start, at the first always."""
+
+    def __init__(self, limit: int | None = None, per_generation: int = 0, generate_every: int = 1,
+                 accumulation: int = 1):
+        self.limit, self.per_generation = limit, per_generation
+        self.generate_every, self.accumulation = generate_every, accumulation
+        self.usage: dict[str, Any] = Usage().to_dict()
+        self.completions = self.correct = 0
+        self.stopped_at: int | None = None
+        self._first_step = 0
+        self._t0: float | None = None
+
+    def state(self) -> dict:
+        return {"args": {"limit": self.limit, "per_generation": self.per_generation,
+                         "generate_every": self.generate_every, "accumulation": self.accumulation},
+                "attributes": {"usage": self.usage, "completions": self.completions, "correct": self.correct,
+                               "stopped_at": self.stopped_at}}
+
+    @property
+    def generated(self) -> int:
+        return int(self.usage["generated_tokens"])
+
+    def record(self, prompt_tokens: int, completion_tokens: int, correct: int, completions: int) -> None:
+        """One generation, reported by the reward; its seconds run from the step's start (TRL
+        generates at a step's first micro-step) or the last generation in the step."""
+        now = time.perf_counter()
+        seconds, self._t0 = now - (self._t0 or now), now
+        u = Usage(**self.usage) + Usage(prompt_tokens=prompt_tokens, generated_tokens=completion_tokens, calls=1,
+                                        seconds=seconds)
+        self.usage = u.to_dict()
+        self.completions += completions
+        self.correct += correct
+
+    def add_verifier_tokens(self, n: int) -> None:
+        self.usage = (Usage(**self.usage) + Usage(verifier_tokens=n)).to_dict()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, dict):  # resumed: the counts as of the checkpoint
+            for k, v in saved.get("attributes", {}).items():
+                setattr(self, k, v)
+        self._first_step = state.global_step
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def worst_case(self, step: int) -> int:
+        """Tokens the optimizer step after `step` could generate."""
+        m0 = (step - self._first_step) * self.accumulation
+        return self.per_generation * sum(m % self.generate_every == 0 for m in range(m0, m0 + self.accumulation))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.limit is not None and self.generated + self.worst_case(state.global_step) > self.limit:
+            control.should_training_stop = True
+            control.should_save = True  # a resumed run finds this step's checkpoint and stops there
+            self.stopped_at = state.global_step
+
+
+class VerifierReward:
+    """1.0 when the completion's answer verifies against its problem's reference, else 0.0; it also
+    counts each generation's tokens into `budget` (TRL calls it once per generation)."""
+
+    __name__ = "verifier"
+
+    def __init__(self, task: Any, strict: bool, budget: TokenBudget, prompt_tokens: dict[str, int]):
+        self.task, self.strict, self.budget, self.prompt_tokens = task, strict, budget, prompt_tokens
+        self._problems: dict[str, Any] = {}
+
+    def problem(self, raw: str) -> Any:
+        from sharpen.tasks import Problem
+
+        if raw not in self._problems:
+            self._problems[raw] = Problem(**json.loads(raw))
+        return self._problems[raw]
+
+    def __call__(self, prompts: list, completions: list, problem: list[str], completion_ids: list | None = None,
+                 **kwargs: Any) -> list[float]:
+        rewards = [float(self.task.verify(p, self.task.extract(completion_text(c), strict=self.strict)))
+                   for p, c in zip(map(self.problem, problem), completions, strict=True)]
+        tokens = sum(map(len, completion_ids)) if completion_ids is not None else 0
+        self.budget.record(sum(self.prompt_tokens.get(p, 0) for p in problem), tokens,
+                           int(sum(rewards)), len(rewards))
+        return rewards
+
+
+class PRMReward:
+    """A learned PRM's value of the completion's steps (its lines), aggregated like the `prm`
+    scorer's (`sharpen.scorers.PRMScorer`), on the rendered prompt the PRM was trained with."""
+
+    __name__ = "prm"
+
+    def __init__(self, spec: str, tokenizer: Any, budget: TokenBudget):
+        from sharpen.registry import parse_scorer
+        from sharpen.train.prm import PRMModel
+
+        parsed = parse_scorer(spec)
+        if parsed.name != "prm":
+            raise ConfigError(f"process_reward={spec!r}: only a learned PRM is a process reward here "
+                              "(fix: prm:<path>[:agg=min], a PRM from `sharpen train prm`)")
+        o = parsed.options
+        self.agg, self.batch, self.tokenizer, self.budget = o.agg, o.batch, tokenizer, budget
+        self.prm = PRMModel.load(o.path, max_length=None, require_format=False)
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        from sharpen.scorers import aggregate
+
+        rendered = [p if isinstance(p, str) else
+                    self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        d = self.prm.delimiter
+        steps = [[s for s in completion_text(c).split(d) if s.strip()] for c in completions]
+        enc = self.prm.encode(rendered, steps)
+        last = self.agg == "last"
+        enc = [(ids, (pos[-1:] if last else pos) if pos else [len(ids) - 1]) for ids, pos in enc]
+        self.budget.add_verifier_tokens(sum(len(ids) for ids, _ in enc))
+        return [aggregate(s, self.agg) for s in self.prm.score_encoded(enc, batch_size=self.batch)]
+
+
+def _dataset(cfg: GRPOTrainConfig, task: Any) -> Any:
+    from sharpen.data import load_dataset_dir
+
+    if cfg.data:
+        ds = load_dataset_dir(cfg.data, PROMPT_COLUMNS)
+    else:
+        ds = prompt_rows(task, task.problems("train", cfg.problems, seed=cfg.seed))
+    if len(ds) == 0:
+        raise TaskError(f"{cfg.data or cfg.task} has no prompts (fix: more training problems)")
+    return ds
+
+
+def _prompt_tokens(tok: Any, dataset: Any) -> dict[str, int]:
+    """Each prompt's token count, by its row's `problem` (what a reward function is handed)."""
+    return {row["problem"]: len(tok(tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True),
+                                    add_special_tokens=False)["input_ids"])
+            for row in dataset.select_columns(list(PROMPT_COLUMNS))}
+
+
+def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any, TokenBudget]:
+    """The configured TRL trainer and its token counter (exposed for benchmarks and tests)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOTrainer
+
+    from sharpen.tasks import load_task
+
+    if not cfg.task:
+        raise ConfigError("GRPO needs the task whose verifier is its reward (fix: task=gym:chain_sum or the like)")
+    if cfg.token_budget is not None and cfg.world_size > 1:
+        raise ConfigError("token_budget counts one process's generations (fix: leave it unset under a multi-process "
+                          "launch and bound training with max_steps)")
+    task = load_task(cfg.task, cfg.task_args)
+    path = resolve_model(cfg.model)
+    dataset = _dataset(cfg, task) if dataset is None else dataset
+    tok = load_tokenizer(path)
+    per_generation = cfg.generation_batch_size * cfg.max_completion_length
+    if cfg.token_budget is not None and cfg.token_budget < per_generation:
+        raise ConfigError(
+            f"token_budget={cfg.token_budget} is below one generation's worst case, {cfg.generation_batch_size} "
+            f"completions x max_completion_length {cfg.max_completion_length} = {per_generation} "
+            "(fix: a larger budget, or fewer/shorter completions per step)")
+    prompt_tokens = _prompt_tokens(tok, dataset)
+    budget = TokenBudget(cfg.token_budget, per_generation, cfg.steps_per_generation * cfg.num_iterations,
+                         cfg.gradient_accumulation_steps)
+    rewards: list[Any] = [VerifierReward(task, cfg.strict_answers, budget, prompt_tokens)]
+    if cfg.process_reward:
+        rewards.append(PRMReward(cfg.process_reward, tok, budget))
+    model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg)
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=cfg, train_dataset=dataset,
+                          processing_class=tok, peft_config=cfg.peft_config(), callbacks=[budget])
+    return trainer, budget
+
+
+def _stopped_at(out: Path) -> int | None:
+    """The step at which a checkpointed run of `out` was stopped by its token budget, if it was."""
+    start = last_checkpoint(out)
+    if start is None:
+        return None
+    state = json.loads((Path(start) / "trainer_state.json").read_text())
+    saved = (state.get("stateful_callbacks") or {}).get(TokenBudget.__name__) or {}
+    return saved.get("attributes", {}).get("stopped_at")
+
+
+def train_grpo(cfg: GRPOTrainConfig) -> Path:
+    """Train, resuming from the newest checkpoint; returns out/merged."""
+    out = Path(cfg.output_dir)
+    stopped = _stopped_at(out) if cfg.resume else None
+    if stopped is not None:  # the budget ended the run there: resume to that step, generate nothing more
+        cfg.max_steps = stopped
+    trainer, budget = build_trainer(cfg)
+    quiet(trainer)
+    metrics, _ = fit(trainer, out, cfg.resume)
+    merged = save_outputs(trainer, out, cfg.lora)
+    metrics |= {"prompts": len(trainer.train_dataset), "steps": trainer.state.global_step,
+                "usage": budget.usage, "generated_tokens": budget.generated, "token_budget": cfg.token_budget,
+                "stopped_by_budget_at": budget.stopped_at, "completions": budget.completions,
+                "verified": budget.correct}
+    write_summary(out, "grpo", cfg, metrics)
+    return merged
