@@ -69,6 +69,16 @@ def _kv(items: list[str] | None) -> dict:
     return parse_task_args(items)
 
 
+def _rows_table(title: str, rows: list[list[str]]) -> Table:
+    """A table from a header row and data rows; the first column left-aligned, the rest right."""
+    table = Table(title=title)
+    for i, c in enumerate(rows[0]):
+        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=c.startswith("change"))
+    for r in rows[1:]:
+        table.add_row(*r)
+    return table
+
+
 def _metric_table(title: str, rows: list[tuple[str, str]]) -> Table:
     table = Table(title=title)
     table.add_column("metric")
@@ -215,24 +225,11 @@ def sweep_cmd(
                          merge_duplicates=merge_duplicates)
     results, sweep_dir = api.sweep(algos.split(","), budget_list, scorer, model, task, n, seed, options, settings,
                                    _kv(task_arg), out=out_dir, progress=progress_bar, split=split, skip=skip)
-    table = Table(title=f"accuracy (generated / forward tokens per problem: policy + verifier; paired "
-                        f"change vs the first row, 95% CI), {split} split, n={n}")
-    table.add_column("algorithm")
-    for b in budget_list:
-        table.add_column(f"{b}", justify="right")
-    for key in dict.fromkeys((r["algo"], r["scorer"]) for r in results):
-        cells = {r["budget"]: r for r in results if (r["algo"], r["scorer"]) == key}
-        table.add_row(f"{key[0]}@{key[1]}" if key[1] else key[0],
-                      *[f"{cells[b]['accuracy']:.2f} ({cells[b]['mean_generated_tokens']:.0f} / "
-                        f"{cells[b]['mean_forward_tokens'] + cells[b]['mean_verifier_tokens']:.0f})" + _vs(cells[b])
-                        for b in budget_list])
-    out.print(table)
+    from sharpen.sweep import sweep_rows
+
+    out.print(_rows_table(f"accuracy (generated / forward tokens per problem: policy + verifier; paired change vs the "
+                          f"first row, 95% CI), {split} split, n={n}", sweep_rows(results, budget_list)))
     out.print(f"sweep: {sweep_dir / 'sweep.json'}   plot: {sweep_dir / 'accuracy_vs_tokens.png'}")
-
-
-def _vs(cell: dict) -> str:
-    v = cell.get("vs_first")
-    return f" {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else ""
 
 
 @app.command("serve")
@@ -496,13 +493,8 @@ def run_cmd(
     result = api.run(config, out=out_dir, resume=resume, overrides=_kv(set_), progress=progress_bar,
                      say=lambda s: err.print(s, highlight=False), ray=ray, actors=actors)
     cfg = result["config"]
-    rows = summary_table(collect_facts(Path(result["run"])))
-    table = Table(title=f"{cfg.name}: {cfg.recipe}, {cfg.rounds} rounds, held-out n={cfg.eval.n}")
-    for c in rows[0]:
-        table.add_column(c, justify="right")
-    for r in rows[1:]:
-        table.add_row(*r)
-    out.print(table)
+    out.print(_rows_table(f"{cfg.name}: {cfg.recipe}, {cfg.rounds} rounds, held-out n={cfg.eval.n}",
+                          summary_table(collect_facts(Path(result["run"])))))
     p = result["paired"]
     out.print(f"greedy accuracy round {p['from_round']} -> {p['to_round']}: {p['before']:.3f} -> {p['after']:.3f} "
               f"({p['delta']:+.3f}, paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}])")
@@ -520,13 +512,8 @@ def _run_seeds(config: Path, seeds: list[int], out_dir: Path | None, set_: list[
     result = api.run_seeds(config, seeds, out=out_dir, overrides=_kv(set_), progress=progress_bar,
                            say=lambda s: err.print(s, highlight=False), ray=ray, actors=actors)
     facts = result["facts"]
-    rows = seeds_table(facts)
-    table = Table(title=f"held-out greedy accuracy over {len(facts['seeds'])} seeds (paired change, 95% CI)")
-    for c in rows[0]:
-        table.add_column(c, justify="right", no_wrap=c.startswith("change"))
-    for r in rows[1:]:
-        table.add_row(*r)
-    out.print(table)
+    out.print(_rows_table(f"held-out greedy accuracy over {len(facts['seeds'])} seeds (paired change, 95% CI)",
+                          seeds_table(facts)))
     out.print(facts["problems"], highlight=False, soft_wrap=True)
     out.print(f"report: {result['report']}")
     for run in result["runs"].values():

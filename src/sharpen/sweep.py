@@ -51,6 +51,26 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     return results
 
 
+def sweep_rows(results: list[dict[str, Any]], budgets: list[int]) -> list[list[str]]:
+    """The sweep as a header and one row per algorithm@scorer: each budget's accuracy, generated /
+    forward (policy + verifier) tokens per problem, and the paired change vs the first row."""
+    rows = [["algorithm", *[str(b) for b in budgets]]]
+    for key in dict.fromkeys((r["algo"], r["scorer"]) for r in results):
+        cells = {r["budget"]: r for r in results if (r["algo"], r["scorer"]) == key}
+        row = [f"{key[0]}@{key[1]}" if key[1] else key[0]]
+        for b in budgets:
+            c = cells.get(b)
+            if c is None:
+                row.append("")
+                continue
+            v = c.get("vs_first")
+            vs = f" {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else ""
+            row.append(f"{c['accuracy']:.2f} ({c['mean_generated_tokens']:.0f} / "
+                       f"{c['mean_forward_tokens'] + c['mean_verifier_tokens']:.0f}){vs}")
+        rows.append(row)
+    return rows
+
+
 def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """One line per algorithm@scorer: x = mean generated tokens actually spent per problem (log2),
     y = accuracy with its 95% bootstrap interval."""
