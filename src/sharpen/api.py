@@ -21,6 +21,7 @@ from typing import Any
 from sharpen.errors import ConfigError
 from sharpen.evaluate import EvalConfig
 from sharpen.process import SearchSettings
+from sharpen.seeds import run_seeds  # noqa: F401 - the API's `run` once per seed, with one combined report
 
 Progress = Callable[[int], None]
 
@@ -394,24 +395,3 @@ def run(
     result = LoopRunner(cfg, run_dir, progress=progress, say=say).run_all()
     return result | {"run": str(run_dir), "config": cfg}
 
-
-def run_seeds(
-    config: str | Path,
-    seeds: list[int],
-    out: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    progress: Any = None,
-    say: Callable[[str], None] | None = None,
-    ray: str | None = None,
-    actors: int | None = None,
-) -> dict[str, Any]:
-    """`run` once per seed (the config's `seed` replaced), one after another, in `<out>/seed-<s>/`
-    (`out` defaults to runs/<name>), then one combined report in `out`: each seed's held-out greedy
-    accuracy by round, its paired change round 0 -> last with the 95% CI, the median and min..max
-    across seeds, and new training rows per round. Calling it again resumes unfinished seeds and
-    skips finished ones. Returns the parent dir, the report, the combined facts and each seed's run
-    dir. Seeds run in this process for now; each is an independent run, ready to be a Ray task.
-    See `sharpen.seeds` for what the seed changes (the sampling, and which problems are drawn)."""
-    from sharpen.seeds import run_seeds as _run_seeds
-
-    return _run_seeds(config, seeds, out=out, overrides=overrides, progress=progress, say=say, ray=ray, actors=actors)
