@@ -134,9 +134,9 @@ class LlamaCppServer(_Server):
 
 def builtin_gguf(name: str = "smollm2-135m") -> str:
     """The GGUF file a built-in model is converted from (inside its PyPI package)."""
-    from sharpen.models import BUILTIN, _package_dir
+    from sharpen.models import gguf_path
 
-    return str(_package_dir(BUILTIN[name].package) / BUILTIN[name].gguf)
+    return str(gguf_path(name))
 
 
 class SharpenServer(_Server):

@@ -79,6 +79,14 @@ def test_models_list(tmp_path):
     assert r.returncode == 0 and "smollm2-135m" in r.stdout
 
 
+def test_models_gguf(tmp_path):
+    r = run(["models", "gguf", "smollm2-135m"], tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith(".gguf"), r.stderr
+    assert os.path.getsize(r.stdout.strip()) > 10_000_000  # the real weights, not a pointer
+    r = run(["models", "gguf", "nope"], tmp_path)
+    assert r.returncode == 2 and "smollm2-135m" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_train_sft_command_and_bad_data_dir(tmp_path, tiny_model_dir):
     from datasets import Dataset
 

@@ -50,6 +50,14 @@ def models_prepare(name: str) -> None:
     out.print(f"{name}: {path}")
 
 
+@models_app.command("gguf")
+def models_gguf(name: str) -> None:
+    """Print the GGUF file a built-in model comes from (to serve it with llama.cpp)."""
+    from sharpen.models import gguf_path
+
+    print(gguf_path(name))
+
+
 # -- eval, search, sweep ------------------------------------------------------------------------
 TaskOpt = Annotated[str, typer.Option("--task", help="gym:<dataset>, gsm8k:<file.jsonl> or math:<file.jsonl>")]
 TaskArgOpt = Annotated[list[str] | None, typer.Option("--task-arg", help="key=value for a gym task config; repeatable")]

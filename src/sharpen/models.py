@@ -53,6 +53,13 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def gguf_path(name: str) -> Path:
+    """The GGUF file a built-in model is converted from (inside its PyPI package): what llama.cpp serves."""
+    if name not in BUILTIN:
+        raise ModelError(f"unknown built-in model {name!r} (fix: one of {', '.join(BUILTIN)})")
+    return _package_dir(BUILTIN[name].package) / BUILTIN[name].gguf
+
+
 def builtin_path(name: str) -> Path:
     return cache_dir() / "models" / name
 
