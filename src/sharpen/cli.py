@@ -64,6 +64,9 @@ TaskArgOpt = Annotated[list[str] | None, typer.Option("--task-arg", help="key=va
 ModelOpt = Annotated[str, typer.Option("--model", help="built-in name, HF id or local model directory")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<command>-<time>)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object on stdout")]
+RayOpt = Annotated[str | None, typer.Option("--ray", help="shard the problems over Ray actors: local (a local cluster), "
+                                            "auto (this machine's cluster) or ray://HEAD:10001; the same results")]
+ActorsOpt = Annotated[int, typer.Option(help="Ray actors (with --ray), one backend each")]
 E, S = EvalConfig.model_fields, SearchSettings.model_fields
 
 
@@ -108,9 +111,8 @@ def eval_cmd(
     seed: int = 0,
     batch: Annotated[int, typer.Option(help="max rows per generate call")] = 32,
     out_dir: OutOpt = None,
-    ray: Annotated[str | None, typer.Option("--ray", help="evaluate on Ray actors: local (a local cluster), auto "
-                                            "(this machine's cluster) or ray://HEAD:10001; same rows")] = None,
-    actors: Annotated[int, typer.Option(help="Ray actors (with --ray), one backend each")] = 2,
+    ray: RayOpt = None,
+    actors: ActorsOpt = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Greedy accuracy, pass@k, majority@K, tokens per solution and throughput on held-out problems."""
@@ -163,9 +165,8 @@ def search_cmd(
     parallel: Annotated[int, typer.Option(help=_help(S, "parallel"))] = S["parallel"].default,
     merge_duplicates: Annotated[bool, typer.Option("--merge-duplicates", help=_help(S, "merge_duplicates"))] = False,
     out_dir: OutOpt = None,
-    ray: Annotated[str | None, typer.Option("--ray", help="shard problems over Ray actors: local (a local cluster), "
-                                            "auto (this machine's cluster) or ray://HEAD:10001; same trees")] = None,
-    actors: Annotated[int, typer.Option(help="Ray actors (with --ray), one backend each")] = 2,
+    ray: RayOpt = None,
+    actors: ActorsOpt = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Search each problem under a token budget; trees.jsonl (one problem per line) and metrics.json."""
@@ -477,9 +478,8 @@ def run_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<name>)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field: train.max_steps=5")] = None,
     tracker: TrackerOpt = None,
-    ray: Annotated[str | None, typer.Option("--ray", help="collect and evaluate on Ray actors (sets the config's "
-                                            "cluster.address): local, auto or ray://HEAD:10001")] = None,
-    actors: Annotated[int | None, typer.Option(help="Ray actors (sets cluster.actors; default 2)")] = None,
+    ray: RayOpt = None,
+    actors: Annotated[int | None, typer.Option(help="Ray actors (sets the config's cluster.actors; default 2)")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="run the config once per seed (comma-separated, e.g. "
                                               "0,1,2), each in <out>/seed-<s>/, then one combined report in <out> "
                                               "(default runs/<name>); rerunning resumes and skips finished seeds")] = None,
