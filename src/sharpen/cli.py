@@ -90,15 +90,6 @@ def _rows_table(title: str, rows: list[list[str]]) -> Table:
     return table
 
 
-def _metric_table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in rows:
-        table.add_row(k, v)
-    return table
-
-
 @app.command("eval")
 def eval_cmd(
     model: ModelOpt = "smollm2-135m",
@@ -118,7 +109,7 @@ def eval_cmd(
     """Greedy accuracy, pass@k, majority@K, tokens per solution and throughput on held-out problems."""
     quiet_libraries()
     from sharpen import api
-    from sharpen.evaluate import ks_up_to
+    from sharpen.evaluate import summary_rows
 
     cfg = EvalConfig.parse(dict(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
                                 problems_per_call=16), "sharpen eval")
@@ -127,13 +118,7 @@ def eval_cmd(
     if as_json:
         print(json.dumps(metrics))
         return
-    rows = [("greedy accuracy", f"{metrics['greedy']:.3f}")] if "greedy" in metrics else []
-    rows += [(f"pass@{k}", f"{metrics[f'pass@{k}']:.3f}") for k in (ks_up_to(samples) if samples else [])]
-    if samples:
-        rows += [(f"majority@{samples}", f"{metrics[f'majority@{samples}']:.3f}"),
-                 ("mean tokens / solution", f"{metrics['mean_tokens']:.1f}")]
-    rows += [("generated tokens / s", f"{metrics['tokens_per_second']}"), ("wall time (s)", f"{metrics['wall_seconds']}")]
-    out.print(_metric_table(f"{model} on {task} (n={n}, K={samples}, T={temperature})", rows))
+    out.print(_rows_table(f"{model} on {task} (n={n}, K={samples}, T={temperature})", summary_rows(metrics)))
     out.print(f"run dir: {metrics['out']}")
 
 
@@ -182,13 +167,10 @@ def search_cmd(
     if as_json:
         print(json.dumps(m))
         return
-    lo, hi = m["accuracy_ci95"]
-    out.print(_metric_table(f"{algo} with {m['scorer']} on {task} ({m['split']} split), budget {budget} tokens/problem", [
-        ("accuracy", f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"),
-        ("mean generated tokens", f"{m['mean_generated_tokens']:.0f}"),
-        ("max generated tokens", f"{m['max_generated_tokens']}"),
-        ("mean forward tokens: policy / verifier", f"{m['mean_forward_tokens']:.0f} / {m['mean_verifier_tokens']:.0f}"),
-        ("mean nodes / tree", f"{m['mean_nodes']:.1f}")]))
+    from sharpen.collect import summary_rows
+
+    out.print(_rows_table(f"{algo} with {m['scorer']} on {task} ({m['split']} split), budget {budget} tokens/problem",
+                          summary_rows(m)))
     out.print(f"trees: {m['out']}/trees.jsonl   view: sharpen view {m['out']}/trees.jsonl")
 
 
@@ -218,17 +200,9 @@ def sweep_cmd(
     """Every algorithm at every budget on the same problems: sweep.json and accuracy_vs_tokens.png."""
     quiet_libraries()
     from sharpen import api
+    from sharpen.sweep import parse_algo_options, parse_budgets
 
-    try:
-        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
-    except ValueError:
-        raise ConfigError(f"bad --budgets {budgets!r} (fix: comma-separated integers, e.g. 256,512,1024)") from None
-    options: dict[str, dict] = {}
-    for key, value in _kv(arg).items():
-        algo, dot, opt = key.partition(".")
-        if not dot:
-            raise ConfigError(f"bad --arg {key!r} for a sweep (fix: name the algorithm, e.g. --arg mcts.c_puct=1.5)")
-        options.setdefault(algo, {})[opt] = value
+    budget_list, options = parse_budgets(budgets), parse_algo_options(_kv(arg))
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
                          max_depth=max_depth, batch=batch, parallel=parallel,
                          merge_duplicates=merge_duplicates)

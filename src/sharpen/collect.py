@@ -100,6 +100,16 @@ def search_problems(
     return [done[p.id] for p in problems]
 
 
+def summary_rows(m: dict[str, Any]) -> list[list[str]]:
+    """A search's metrics (`search_metrics`) as a header and (metric, value) rows."""
+    lo, hi = m["accuracy_ci95"]
+    return [["metric", "value"], ["accuracy", f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"],
+            ["mean generated tokens", f"{m['mean_generated_tokens']:.0f}"],
+            ["max generated tokens", f"{m['max_generated_tokens']}"],
+            ["mean forward tokens: policy / verifier", f"{m['mean_forward_tokens']:.0f} / {m['mean_verifier_tokens']:.0f}"],
+            ["mean nodes / tree", f"{m['mean_nodes']:.1f}"]]
+
+
 def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:
     acc = [1.0 if t.correct else 0.0 for t in trees]
     spent = [t.usage.get("generated_tokens", 0) for t in trees]

@@ -176,5 +176,16 @@ def summarize(rows: list[dict], samples: int) -> dict[str, Any]:
     return m
 
 
+def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """The metrics as a header and (metric, value) rows: greedy, pass@k, majority@K, tokens, speed."""
+    samples = metrics.get("samples", 0)
+    rows = [["metric", "value"]] + ([["greedy accuracy", f"{metrics['greedy']:.3f}"]] if "greedy" in metrics else [])
+    rows += [[f"pass@{k}", f"{metrics[f'pass@{k}']:.3f}"] for k in (ks_up_to(samples) if samples else [])]
+    if samples:
+        rows += [[f"majority@{samples}", f"{metrics[f'majority@{samples}']:.3f}"],
+                 ["mean tokens / solution", f"{metrics['mean_tokens']:.1f}"]]
+    return rows + [["generated tokens / s", f"{metrics['tokens_per_second']}"], ["wall time (s)", f"{metrics['wall_seconds']}"]]
+
+
 def write_metrics(path: str | Path, metrics: dict) -> None:
     atomic_write_json(path, metrics)

@@ -7,8 +7,28 @@ import io
 from pathlib import Path
 from typing import Any
 
+from sharpen.errors import ConfigError
 from sharpen.io import atomic_write_bytes, atomic_write_json
 from sharpen.stats import paired_bootstrap
+
+
+def parse_budgets(text: str) -> list[int]:
+    """`--budgets 256,512,1024` as integers (one-line error otherwise)."""
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"bad --budgets {text!r} (fix: comma-separated integers, e.g. 256,512,1024)") from None
+
+
+def parse_algo_options(kv: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A sweep's `--arg algo.key=value` items as {algo: {key: value}}."""
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in kv.items():
+        algo, dot, opt = key.partition(".")
+        if not dot:
+            raise ConfigError(f"bad --arg {key!r} for a sweep (fix: name the algorithm, e.g. --arg mcts.c_puct=1.5)")
+        options.setdefault(algo, {})[opt] = value
+    return options
 
 
 def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[str, str | None]], budgets: list[int],
