@@ -81,34 +81,36 @@ def main() -> None:
     path = str(resolve_model("smollm2-135m"))
     rows = [] if args.no_hf else workloads(HFBackend(path, seed=0, max_batch=64), "HF in-process", args.problems,
                                            args.samples)
+    def served(server, options: str, label: str) -> list[dict]:
+        """The workloads through `server`, started here and stopped after."""
+        s = server.start()
+        try:
+            return measured(f"{s.spec};in_flight={args.in_flight}{options}", label)
+        finally:
+            s.stop()
+
+    def measured(spec: str, label: str) -> list[dict]:
+        b = OpenAIBackend(spec)
+        try:
+            return workloads(b, label, args.problems, args.samples)
+        finally:
+            b.close()
+
     if not args.no_transformers_serve:
         from servers import TransformersServer
 
-        s = TransformersServer(path, Path("/tmp/sharpen-bench-serve.log")).start()
-        try:
-            b = OpenAIBackend(f"{s.spec};in_flight={args.in_flight}")
-            rows += workloads(b, f"openai: transformers serve ({args.in_flight} in flight)", args.problems, args.samples)
-            b.close()
-        finally:
-            s.stop()
+        rows += served(TransformersServer(path, Path("/tmp/sharpen-bench-serve.log")), "",
+                       f"openai: transformers serve ({args.in_flight} in flight)")
     if args.llamacpp:
         from servers import LlamaCppServer, builtin_gguf
 
-        threads = args.llamacpp_threads
         for label, extra, opts in (("prefix of the last request", [], ""), ("+ --cache", ["--cache", "true"], ""),
                                    ("prefix of the last request, ;logprobs=off", [], ";logprobs=off")):
-            s = LlamaCppServer(builtin_gguf(), Path("/tmp/sharpen-bench-llamacpp.log"), threads=threads,
-                               extra=extra).start()
-            try:
-                b = OpenAIBackend(f"{s.spec};in_flight={args.in_flight}{opts}")
-                rows += workloads(b, f"openai: llama.cpp server, {label}", args.problems, args.samples)
-                b.close()
-            finally:
-                s.stop()
+            server = LlamaCppServer(builtin_gguf(), Path("/tmp/sharpen-bench-llamacpp.log"),
+                                    threads=args.llamacpp_threads, extra=extra)
+            rows += served(server, opts, f"openai: llama.cpp server, {label}")
     for spec in args.server:
-        b = OpenAIBackend(spec)
-        rows += workloads(b, f"openai: {spec.split('#')[0]}", args.problems, args.samples)
-        b.close()
+        rows += measured(spec, f"openai: {spec.split('#')[0]}")
     print("| backend | workload | generated tokens | wall s | tokens/s | cached prompt tokens |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -187,28 +187,32 @@ class OpenAIBackend(LocalTokenizer):
         samples only when the model's generation config says `do_sample` (it never turns sampling on
         for a temperature): `sampling=auto` then sends a `generation_config` with `do_sample` on, if
         that makes two seeds differ where the standard fields did not."""
-        if self.spec.logprobs == "off":
-            self.logprobs_available = False
-            self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=None))
-        else:
-            self._probe_logprobs()
+        self._probe_logprobs()
         self._find_llamacpp()
         if self.sampling is None:
             self.sampling = "standard" if self._samples("standard") else (
                 "generation_config" if self._samples("generation_config") else "none")
 
+    def _tiny(self, logprobs: int | None, retries: int | None = None) -> Any:
+        return self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=logprobs,
+                                        retries=retries))
+
     def _probe_logprobs(self) -> None:
+        """Whether the server returns log-probabilities (never asked with `;logprobs=off`); as the first
+        request, it also fails for a server that is down or does not serve the model."""
+        if self.spec.logprobs == "off":
+            self.logprobs_available = False
+            self._tiny(None)
+            return
         try:  # once, without retries: a server may refuse `logprobs` (HTTP 500 from llama-cpp-python)
-            resp = self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=1,
-                                            retries=0))
-            self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
+            resp = self._tiny(1, retries=0)
         except BackendError as e:
-            if "logprob" not in str(e).lower():
-                resp = self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=1))
-                self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
-            else:
+            if "logprob" in str(e).lower():
                 self.logprobs_available = False
-                self._call(self._request("x", max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=None))
+                self._tiny(None)
+                return
+            resp = self._tiny(1)  # another failure: again, with the client's retries
+        self.logprobs_available = _token_logprobs(resp.choices[0]) is not None
 
     def _find_llamacpp(self) -> None:
         """Whether GET /v1/models says llama.cpp (`owned_by` "me": llama-cpp-python, "llamacpp":
