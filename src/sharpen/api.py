@@ -126,9 +126,7 @@ def search(
     if ray is not None:  # a cluster that does not answer is an error before anything is written
         from sharpen.distributed import connect
 
-        if actors < 1:
-            raise ConfigError("--actors must be >= 1 (fix: e.g. --actors 2)")
-        connect(ray)
+        connect(ray, actors)
     out_dir = new_out_dir(out, "search") if out is not None else None
     if ray is None:
         process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
@@ -188,9 +186,7 @@ def evaluate(
     if ray is not None:  # a cluster that does not answer is an error before anything is written
         from sharpen.distributed import connect
 
-        if actors < 1:
-            raise ConfigError("--actors must be >= 1 (fix: e.g. --actors 2)")
-        connect(ray)
+        connect(ray, actors)
     backend = load_model(model, seed=cfg.seed, max_batch=batch) if ray is None else None
     jsonl = None
     if out_dir is not None:

@@ -78,7 +78,10 @@ class Worker:
         return rows, (self.backend.meter.snapshot() - before).to_dict()
 
 
-def connect(address: str) -> Any:
+def connect(address: str, actors: int = 1) -> Any:
+    """Ray, connected to the cluster at `address` (checked to answer first); `actors` is checked too."""
+    if actors < 1:
+        raise ConfigError("--actors must be >= 1 (fix: e.g. --actors 2)")
     ray = _ray()
     if not ray.is_initialized():
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -113,8 +116,6 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
     from sharpen.io import JsonlAppender, read_jsonl
     from sharpen.meter import Usage
 
-    if actors < 1:
-        raise ConfigError("--actors must be >= 1 (fix: e.g. --actors 2)")
     done: dict[str, dict] = {}
     if out_jsonl is not None and Path(out_jsonl).exists():
         done = {d[key]: d for d in read_jsonl(out_jsonl)}
@@ -126,7 +127,7 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
     usage = Usage()
     if not todo:
         return done, usage
-    ray = connect(address)
+    ray = connect(address, actors)
     n = min(actors, len(todo))
     if address == "local":  # more actors than cores: they share the cores rather than wait forever for one
         actor_cpus = min(actor_cpus, ray.cluster_resources().get("CPU", 1.0) / n)
