@@ -181,12 +181,21 @@ def _f(x: Any, digits: int = 3) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
+def md_table(rows: list[list[str]]) -> list[str]:
+    """A header and data rows as the lines of a Markdown table."""
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]), *["| " + " | ".join(r) + " |" for r in rows[1:]]]
+
+
+def html_table(rows: list[list[str]]) -> str:
+    """A header and data rows as an HTML table (cells escaped)."""
+    t = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
+    for r in rows[1:]:
+        t += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+    return t + "</table>"
+
+
 def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
-    rows = summary_table(facts)
-    lines = [f"# sharpen run: {facts['run']}", "", "## Held-out results per round", ""]
-    lines.append("| " + " | ".join(rows[0]) + " |")
-    lines.append("|" + "---|" * len(rows[0]))
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines = [f"# sharpen run: {facts['run']}", "", "## Held-out results per round", "", *md_table(summary_table(facts))]
     p = facts.get("paired")
     if p:
         lines += ["", f"Greedy accuracy change, round {p['from_round']} -> {p['to_round']}: "
@@ -217,11 +226,7 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
 
 
 def render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
-    rows = summary_table(facts)
-    table = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
-    for r in rows[1:]:
-        table += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-    table += "</table>"
+    table = html_table(summary_table(facts))
     imgs = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(n)}">'
         f"<figcaption>{html.escape(n)}</figcaption></figure>"

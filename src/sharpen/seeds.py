@@ -37,6 +37,7 @@ from typing import Any
 
 from sharpen.errors import ConfigError
 from sharpen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from sharpen.report import _f, html_table, md_table
 
 SEEDS_FIX = "comma-separated distinct integers >= 0, e.g. --seeds 0,1,2"
 MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; the loop adds the round to the seed
@@ -250,10 +251,6 @@ def _yaml(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _f(x: Any, digits: int = 3) -> str:
-    return "" if x is None else f"{x:.{digits}f}"
-
-
 def _change(p: dict[str, Any] | None) -> str:
     return f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" if p else "unfinished"
 
@@ -334,17 +331,6 @@ def _rows_table(facts: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-def _html_table(rows: list[list[str]]) -> str:
-    t = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"
-    for r in rows[1:]:
-        t += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-    return t + "</table>"
-
-
-def _md_table(rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]), *["| " + " | ".join(r) + " |" for r in rows[1:]]]
-
-
 def write_seeds_report(parent: str | Path) -> Path:
     """`parent/report.html` (and report.md, seeds.json, plots/greedy_by_seed.png) from the seed runs alone."""
     parent = Path(parent)
@@ -356,7 +342,7 @@ def write_seeds_report(parent: str | Path) -> Path:
     acc, rows = seeds_table(facts, every_round=True), _rows_table(facts)
     first = facts["seeds"][0]
     md = [f"# sharpen seeds: {facts['parent']}", "", facts["problems"], "", "## Held-out greedy accuracy by seed", "",
-          *_md_table(acc), "", _summary(facts), "", "## New training rows per round (build stage)", "", *_md_table(rows)]
+          *md_table(acc), "", _summary(facts), "", "## New training rows per round (build stage)", "", *md_table(rows)]
     md += ["", "![greedy_by_seed.png](plots/greedy_by_seed.png)"] if png else []
     md += ["", "## Runs", "", *[f"- seed {s['seed']}: [{s['run']}/report.html]({s['run']}/report.html)"
                                 + ("" if s["finished"] else " (unfinished)") for s in facts["seeds"]]]
@@ -374,8 +360,8 @@ def write_seeds_report(parent: str | Path) -> Path:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block;margin:8px}"
         "pre{background:#f6f6f6;padding:8px}</style></head><body>"
         f"<h1>sharpen seeds</h1><p>{html.escape(facts['parent'])}</p><p>{html.escape(facts['problems'])}</p>"
-        f"<h2>Held-out greedy accuracy by seed</h2>{_html_table(acc)}<p>{html.escape(_summary(facts))}</p>"
-        f"<h2>New training rows per round (build stage)</h2>{_html_table(rows)}"
+        f"<h2>Held-out greedy accuracy by seed</h2>{html_table(acc)}<p>{html.escape(_summary(facts))}</p>"
+        f"<h2>New training rows per round (build stage)</h2>{html_table(rows)}"
         f"<h2>Plots</h2>{img}<h2>Runs</h2><ul>{links}</ul>"
         f"<h2>Config (seed {first['seed']}; the others differ only in <code>seed</code>)</h2>"
         f"<pre>{html.escape(facts['config'])}</pre></body></html>"
