@@ -14,7 +14,8 @@ holding "Answer:" ends a path; at most max_depth steps).
 Two small adaptations, in `ServeLM`, a subclass of `OpenAICompatibleLanguageModel`:
 - `endpoint_type = "openai"` (a URL without "openai" is taken for vLLM, whose raw `extra_body` the
   server refuses with HTTP 422), and a `generation_config` JSON field with `do_sample` (the client has
-  no way to add body fields, and `transformers serve` samples only when that field says so);
+  no way to add body fields, and `transformers serve` samples only when that field says so; `top_k: 0`,
+  or transformers' global default top-k 50 would truncate the distribution sharpen samples in full);
 - beam search and particle filtering flatten the chat into one "system: ...\\nuser: ..." user message
   (`ChatMessages.to_prompt`); the request gets the task's own messages back, so the prompt is sharpen's.
 `SharpenPRM` puts `sharpen.train.prm.PRMModel` behind `AbstractProcessRewardModel`: a partial solution
@@ -78,7 +79,7 @@ class ServeLM(OpenAICompatibleLanguageModel):
         data = super()._prepare_request_data(messages, stop, max_completion_tokens, temperature, None, *rest)
         if (data.get("temperature") or 0) > 0:
             data["generation_config"] = json.dumps({"do_sample": True, "temperature": data["temperature"],
-                                                    "top_p": 1.0, "max_new_tokens": data.get("max_completion_tokens"),
+                                                    "top_p": 1.0, "top_k": 0, "max_new_tokens": data.get("max_completion_tokens"),
                                                     **self.ids})
         return data
 

@@ -109,6 +109,32 @@ def test_each_row_samples_from_its_own_seed(tiny_server, problems):
     backend.close()
 
 
+def test_sampling_is_not_truncated_to_the_top_50_tokens(tiny_server, tiny_model_dir, problems):
+    """transformers fills unset generation fields with its global defaults, top-k 50 among them; the
+    HF backend samples the whole distribution, so the server must be told top_k 0. The tiny random
+    model spreads its next-token mass over ~400 tokens, most of it outside its top 50."""
+    import torch
+
+    from sharpen.backends.hf import HFBackend
+    from sharpen.backends.openai import OpenAIBackend
+
+    hf = HFBackend(tiny_model_dir, seed=0)
+    task, probs = problems
+    prompt = hf.chat_prompt(task.messages(probs[0]))
+    with torch.inference_mode():
+        ids = hf.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        probs_next = hf.model(ids).logits[0, -1].float().softmax(-1)
+    top = probs_next.topk(50).indices.tolist()
+    assert 1.0 - float(probs_next[top].sum()) > 0.5  # the premise: most mass lies outside the top 50
+    top_text = {hf.tokenizer.decode([t]) for t in top}
+    backend = OpenAIBackend(tiny_server.spec)
+    rows = backend.generate([prompt], SamplingParams(n=24, temperature=1.0, max_tokens=1, stop_at="answer"),
+                            seeds=[3])[0]
+    backend.close()
+    outside = [c.text for c in rows if c.text and c.text not in top_text]
+    assert len(outside) >= 6, [c.text for c in rows]  # with top-k 50 there would be none
+
+
 def test_features_that_need_logprobs_refuse_without_them(tiny_server, problems):
     from sharpen.api import make_process
     from sharpen.backends.openai import OpenAIBackend

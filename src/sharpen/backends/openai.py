@@ -19,7 +19,9 @@
 - Sampling: `temperature`, `top_p` and `seed` as the API defines them. `transformers serve` samples
   only when the model's generation config sets `do_sample`; `;sampling=auto` (the default) finds out
   at start-up and then sends its `generation_config` field instead (`;sampling=standard` or
-  `;sampling=generation_config` fixes the choice). A server that never samples refuses sampled calls.
+  `;sampling=generation_config` fixes the choice). That config sets `top_k: 0`: transformers fills an
+  unset field with its global default, and top-k 50 would truncate what the HF backend samples in
+  full. A server that never samples refuses sampled calls.
   `transformers serve` seeds torch's process-global generator per request, so its sampled rows are
   reproducible only one request at a time (`;in_flight=1`); vLLM and SGLang seed each request alone.
 - Log-probabilities: asked for (`logprobs`) and summed when the server returns them. A server that
@@ -326,7 +328,7 @@ class OpenAIBackend(LocalTokenizer):
 
             tok = self.tokenizer
             kw["extra_body"] = {"generation_config": json.dumps({
-                "do_sample": True, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_tokens,
+                "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "max_new_tokens": max_tokens,
                 "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})}
         where = self.spec.base_url
         client = self._client if retries is None else self._client.with_options(max_retries=retries)
