@@ -1,0 +1,76 @@
+"""Why step pairs dry up from round to round: the expansions of each round's collection trees, read
+from a run directory (no model run).
+
+    .venv/bin/python benchmarks/starvation.py runs/demo [--margin 0.25]
+
+Per round: expansions (nodes with children), candidate steps sampled per expansion (merged duplicates
+counted by their `count`), distinct steps among them, the share of sampled candidates that duplicated
+a sibling, the share of expansions with at least two distinct children, the share whose children's
+values differ by at least the pair margin (what a step pair needs), how those splits fall (every child
+right, every child wrong, mixed), and the pairs the round's build stage wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def value(n: dict) -> float | None:
+    return n["value_sum"] / n["visits"] if n["visits"] else None
+
+
+def round_stats(trees: Path, margin: float) -> dict:
+    exp = sampled = distinct = two = spread = all_right = all_wrong = 0
+    for line in trees.open():
+        t = json.loads(line)
+        nodes = t["nodes"]
+        for n in nodes:
+            kids = [nodes[c] for c in n["children"]]
+            if not kids:
+                continue
+            exp += 1
+            sampled += sum(k["meta"].get("count", 1) for k in kids)
+            distinct += len(kids)
+            vals = [v for v in (value(k) for k in kids) if v is not None]
+            if len(kids) >= 2:
+                two += 1
+            if len(vals) >= 2 and max(vals) - min(vals) >= margin:
+                spread += 1
+            elif vals and min(vals) >= 1 - margin:
+                all_right += 1
+            elif vals and max(vals) <= margin:
+                all_wrong += 1
+    return {"expansions": exp, "sampled": sampled, "distinct": distinct, "two": two, "spread": spread,
+            "all_right": all_right, "all_wrong": all_wrong}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--margin", type=float, default=0.25)
+    args = ap.parse_args()
+    rows = []
+    for rd in sorted(args.run.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
+        trees = rd / "collect" / "trees.jsonl"
+        if not trees.exists():
+            continue
+        s = round_stats(trees, args.margin)
+        summary = rd / "data" / "summary.json"
+        pairs = json.loads(summary.read_text()).get("rows", {}).get("pairs") if summary.exists() else None
+        e = max(s["expansions"], 1)
+        rows.append([rd.name, s["expansions"], f"{s['sampled'] / e:.1f}", f"{s['distinct'] / e:.1f}",
+                     f"{1 - s['distinct'] / max(s['sampled'], 1):.0%}", f"{s['two'] / e:.0%}",
+                     f"{s['spread'] / e:.0%}", f"{s['all_right'] / e:.0%}", f"{s['all_wrong'] / e:.0%}",
+                     pairs if pairs is not None else "-"])
+    head = ["round", "expansions", "sampled/exp", "distinct/exp", "duplicates", ">=2 distinct",
+            f"spread>={args.margin:g}", "all right", "all wrong", "pairs"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+
+
+if __name__ == "__main__":
+    main()
