@@ -15,6 +15,7 @@ import pytest
 from conftest import changed_tensors
 
 from sharpen.data import load_dataset_dir
+from sharpen.errors import ConfigError
 from sharpen.io import read_jsonl
 from sharpen.loop.config import validate
 from sharpen.loop.runner import LoopRunner, prepare_run_dir
@@ -93,6 +94,15 @@ def test_rft_round_builds_verified_traces_and_trains(tmp_path, tiny_model_dir):
         assert node.terminal and node.correct is True  # verified against the reference
         assert row["completion"] == t.text(node.id) and row["answer"] == node.answer
     _trained_policy(run, 1, tiny_model_dir, "traces", "sft")
+
+
+def test_collection_temperature_rises_by_round(tmp_path, tiny_model_dir):
+    """`collect.temperature_step`: round r collects at temperature + (r - 1) x step."""
+    run = _run(tmp_path, tiny_model_dir, "rft", {**VOTE, "problems": 2, "temperature_step": 0.5}, rounds=2)
+    temps = [_json(run / f"round-{r}" / "collect" / "metrics.json")["temperature"] for r in (1, 2)]
+    assert temps == [1.0, 1.5]
+    with pytest.raises(ConfigError, match="temperature_step"):
+        validate({"collect": {"temperature_step": -0.1}})
 
 
 def test_prm_guided_round_trains_a_prm_and_the_policy(tmp_path, tiny_model_dir):

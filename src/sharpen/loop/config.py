@@ -39,6 +39,12 @@ class CollectConfig(SearchSettings):
         "while the held-out set, distinct by construction, holds mostly long ones",
     )
     budget: int = Field(512, ge=1, description="generated-token budget per problem")
+    temperature_step: float = Field(
+        0.0, ge=0.0,
+        description="added to `temperature` for each round after the first. A trained policy is sharper: at "
+        "the same temperature its sibling steps repeat and fewer pairs split by value "
+        "(benchmarks/starvation.py); a hotter collection keeps them apart",
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="the algorithm's options (e.g. mcts: k, c_puct; "
                                  "`sharpen algos` lists each algorithm's), checked when the config is loaded")
     strict_format: bool = Field(

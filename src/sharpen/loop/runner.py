@@ -125,6 +125,8 @@ class LoopRunner:
         from sharpen.scorers import make_scorer
 
         c, cluster = self.cfg.collect, self.cfg.cluster
+        if c.temperature_step:
+            c = c.model_copy(update={"temperature": c.temperature + (r - 1) * c.temperature_step})
         d = self._dir(r, "collect")
         problems = self.round_problems(r)
         if self.recipe.online:  # the trainer samples its own completions: nothing to search
@@ -153,7 +155,7 @@ class LoopRunner:
                                         out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
                                         parallel=c.parallel, split="train", scorer_spec=spec)
         metrics = search_metrics(trees, c.budget)
-        metrics.update(collect_monitors(trees), scorer=spec, model=model)
+        metrics.update(collect_monitors(trees), scorer=spec, model=model, temperature=c.temperature)
         atomic_write_json(d / "metrics.json", metrics)
         self.say(f"round {r}: collected {len(trees)} trees, search accuracy {metrics['accuracy']:.3f}")
         return {"artifacts": {"trees": f"round-{r}/collect/trees.jsonl"}}
