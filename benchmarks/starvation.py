@@ -32,9 +32,9 @@ def round_stats(trees: Path, margin: float) -> dict:
                 continue
             exp += 1
             sampled += sum(k["meta"].get("count", 1) for k in kids)
-            distinct += len(kids)
+            distinct += len({k["step"] for k in kids})  # without merge_duplicates, equal steps are separate nodes
             vals = [v for v in (value(k) for k in kids) if v is not None]
-            if len(kids) >= 2:
+            if len({k["step"] for k in kids}) >= 2:
                 two += 1
             if len(vals) >= 2 and max(vals) - min(vals) >= margin:
                 spread += 1
