@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp server threads")
+    ap.add_argument("--servers", default="transformers,llamacpp", help="which servers: transformers, llamacpp or both")
     args = ap.parse_args()
 
     from servers import LlamaCppServer, TransformersServer, builtin_gguf
@@ -56,6 +57,8 @@ def main() -> None:
     results = {"HF (in process)": run_eval("smollm2-135m", args.n, args.samples, work / "hf")}
     servers = [("transformers serve", TransformersServer(model_dir, work / "ts.log"), ";tokenizer=smollm2-135m;in_flight=8"),
                ("llama.cpp server", LlamaCppServer(builtin_gguf(), work / "llama.log", threads=args.threads), ";logprobs=off")]
+    keep = {{"transformers": "transformers serve", "llamacpp": "llama.cpp server"}.get(x.strip(), x) for x in args.servers.split(",")}
+    servers = [s for s in servers if s[0] in keep]
     for name, server, extra in servers:
         server.start()
         try:
