@@ -34,6 +34,8 @@ def free_port() -> int:
 def start(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "sharpen", "serve", "--model", args.model, "--port", str(port),
            "--budget", str(args.budget), "--queue", str(args.queue), "--algo", args.algo]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     for _ in range(600):
@@ -103,6 +105,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=256)
     ap.add_argument("--algo", default="vote")
     ap.add_argument("--queue", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="the server's rows per forward pass (default: its own)")
     args = ap.parse_args()
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"sharpen-serve-{port}.log"
@@ -116,7 +119,8 @@ def main() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
     base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else None
-    print(f"\n{args.model}, algo {args.algo}, budget {args.budget}, queue {args.queue}, {args.seconds:g} s per row")
+    print(f"\n{args.model}, algo {args.algo}, budget {args.budget}, queue {args.queue}, "
+          f"batch {args.batch or 'default'}, {args.seconds:g} s per row")
     print("| clients | requests | req/s | p50 s | p95 s | errors | 429 | gen tok/s | vs 1 client |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
