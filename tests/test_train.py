@@ -268,3 +268,31 @@ def test_dpo_with_sft_term_raises_chosen_likelihood(tiny_model_dir, data_dirs, t
         return total
 
     assert chosen_logp(merged) > chosen_logp(tiny_model_dir)
+
+
+def test_sft_under_a_two_process_distributed_launch(tiny_model_dir, data_dirs, tmp_path):
+    """What `accelerate launch` or `torchrun` does on several GPUs, here on the CPU (gloo): two processes
+    train one model with DDP, and only the first writes the outputs."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "sft"
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "sharpen", "train",
+                        "sft", "--model", tiny_model_dir, "--data", data_dirs["traces"], "--out", str(out),
+                        "--max-steps", "2", "--batch-size", "2"],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    # 4 traces, 2 a device on 2 devices: one step an epoch (one process alone would take two)
+    assert state["global_step"] == 2 and state["num_train_epochs"] == 2
+    AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert json.loads((out / "sharpen_train.json").read_text())["kind"] == "sft"

@@ -156,9 +156,19 @@ def last_checkpoint(out: Path) -> str | None:
     return None
 
 
+def main_process() -> bool:
+    """False in every process but the first of a distributed launch (`torchrun`, `accelerate launch`
+    set RANK): only the first writes adapter/, merged/ and sharpen_train.json."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def write_summary(
     out: Path, kind: str, config: Any, metrics: dict[str, Any], extra: dict | None = None
 ) -> None:
+    if not main_process():
+        return
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     atomic_write_json(
         out / "sharpen_train.json", {"kind": kind, "config": cfg, "metrics": metrics, **(extra or {})}
@@ -199,6 +209,8 @@ def save_outputs(trainer: Any, out: Path, lora: bool, extra: Callable[[Path], No
     """adapter/ (LoRA), then merged/: a plain model dir `--model` accepts; `extra(dir)` adds files."""
     from sharpen.io import atomic_dir
 
+    if not main_process():  # the trainer has synchronised the weights; the first process writes them
+        return out / "merged"
     tok, model = trainer.processing_class, trainer.model
     if lora:
         atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
