@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from sharpen.backends.base import SamplingParams
 from sharpen.backends.hf import HFBackend
 
@@ -154,3 +156,43 @@ def test_finished_rows_leave_the_batch_same_tokens_as_generate(tiny_model_dir):
                 finishes.add(c1.finish_reason)
         shrank = shrank or min(sizes) < max(sizes)
     assert shrank and len(finishes) > 1  # rows stopped at different points and left the batch early
+
+
+def test_mixture_sends_a_share_of_step_rows_to_the_other_model(tiny_model_dir, tmp_path):
+    """collect.reference_share: each sampled step row goes to one of two models by its own seed (the
+    same split however rows are batched); rollouts and log-probs stay the policy's; one meter."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sharpen.backends.base import row_seed
+    from sharpen.backends.mixture import MixtureBackend
+
+    other_dir = tmp_path / "other"  # the tiny model with other output weights: other texts
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        model.lm_head.weight.normal_(0, 1)
+    model.save_pretrained(other_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other_dir)
+    main, other = HFBackend(tiny_model_dir, seed=0), HFBackend(str(other_dir), seed=0)
+    mix = MixtureBackend(HFBackend(tiny_model_dir, seed=0), HFBackend(str(other_dir), seed=0), 0.5)
+    prompts = ["a b", "c d e"]
+    step = SamplingParams(n=8, temperature=1.0, max_tokens=6, stop_at="step")
+    out = mix.generate(prompts, step, seeds=[5, 9])
+    assert mix.rows["main"] > 0 and mix.rows["other"] > 0 and sum(mix.rows.values()) == 16
+    for i, s in enumerate([5, 9]):
+        for j in range(8):
+            rs = row_seed(s, j)
+            alone = (other if mix.to_other(rs) else main).generate([prompts[i]], replace(step, n=1), seeds=[rs])[0][0]
+            assert out[i][j].text == alone.text  # the row its model samples alone
+    differs = [out[0][j].text != main.generate([prompts[0]], replace(step, n=1), seeds=[row_seed(5, j)])[0][0].text
+               for j in range(8) if mix.to_other(row_seed(5, j))]
+    assert any(differs)  # the other model's rows are not what the policy would have sampled
+    flat = mix.generate([prompts[0]] * 8, replace(step, n=1), seeds=[row_seed(5, j) for j in range(8)])
+    assert [r[0].text for r in flat] == [c.text for c in out[0]]  # the lockstep batcher's flattening
+    assert mix.meter.snapshot().generated_tokens == sum(c.num_tokens for rows in out + flat for c in rows)
+    rollout = SamplingParams(n=4, temperature=1.0, max_tokens=6, stop_at="answer")
+    assert [c.text for c in mix.generate(prompts[:1], rollout, seeds=[3])[0]] == \
+        [c.text for c in main.generate(prompts[:1], rollout, seeds=[3])[0]]
+    assert mix.next_token_logprobs(prompts, ["a"]) == main.next_token_logprobs(prompts, ["a"])
+    assert len({c.text for c in out[0]}) > 1

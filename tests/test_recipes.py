@@ -96,6 +96,17 @@ def test_rft_round_builds_verified_traces_and_trains(tmp_path, tiny_model_dir):
     _trained_policy(run, 1, tiny_model_dir, "traces", "sft")
 
 
+def test_reference_share_draws_round_two_steps_from_the_starting_model(tmp_path, tiny_model_dir):
+    """`collect.reference_share`: from round 2 on, part of the sampled steps come from the run's model."""
+    run = _run(tmp_path, tiny_model_dir, "mcts-dpo", {**MCTS, "reference_share": 0.5},
+               rounds=2)
+    m1, m2 = (_json(run / f"round-{r}" / "collect" / "metrics.json") for r in (1, 2))
+    assert "step_rows" not in m1  # round 1 samples the starting model itself
+    assert m2["model"] != tiny_model_dir and m2["step_rows"]["reference"] > 0 and m2["step_rows"]["policy"] > 0
+    with pytest.raises(ConfigError, match="reference_share"):
+        validate({"collect": {"reference_share": 0.5}, "cluster": {"address": "local"}})
+
+
 def test_collection_temperature_rises_by_round(tmp_path, tiny_model_dir):
     """`collect.temperature_step`: round r collects at temperature + (r - 1) x step."""
     run = _run(tmp_path, tiny_model_dir, "rft", {**VOTE, "problems": 2, "temperature_step": 0.5}, rounds=2)

@@ -45,6 +45,12 @@ class CollectConfig(SearchSettings):
         "the same temperature its sibling steps repeat and fewer pairs split by value "
         "(benchmarks/starvation.py); a hotter collection keeps them apart",
     )
+    reference_share: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="from round 2 on, this share of the sampled step rows comes from the run's starting model "
+        "instead of the trained policy (rollouts stay the policy's): diverse siblings after training "
+        "(`sharpen.backends.mixture`). Not with a cluster section",
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="the algorithm's options (e.g. mcts: k, c_puct; "
                                  "`sharpen algos` lists each algorithm's), checked when the config is loaded")
     strict_format: bool = Field(
@@ -201,6 +207,9 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
     from sharpen.loop.recipes import get_recipe
     from sharpen.registry import get_algorithm, parse_scorer
 
+    if cfg.cluster is not None and cfg.collect.reference_share > 0:
+        raise ConfigError(f"{where}: collect.reference_share does not run on a cluster yet (fix: remove the cluster "
+                          "section, or set collect.reference_share: 0)")
     if cfg.cluster is not None and importlib.util.find_spec("ray") is None:
         raise ConfigError(f"{where}: cluster: needs Ray (fix: pip install 'sharpen[ray]', or remove the section)")
 

@@ -135,6 +135,7 @@ class LoopRunner:
                      f"{len(problems)} training problems picked")
             return {"artifacts": {"problems": f"round-{r}/collect/problems.jsonl"}, "searched": 0}
         spec = self.recipe.scorer_spec(self.cfg, self.run, r)
+        step_rows = None  # with collect.reference_share: step rows sampled by the policy and by the reference
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
             if cluster is not None:
                 from sharpen.distributed import search_on_ray
@@ -147,6 +148,12 @@ class LoopRunner:
                 # drop_finished=False: HF `generate`. Steps are short, so letting finished rows leave the batch
                 # saved nothing here (258 s against 259 s for 40 problems); both decoders draw the same rows.
                 backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
+                mixture = None
+                if c.reference_share > 0 and model != self.cfg.model:  # a trained policy: part of its steps from the start
+                    from sharpen.backends.mixture import MixtureBackend
+
+                    backend = mixture = MixtureBackend(backend, load_backend(
+                        self.cfg.model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False), c.reference_share)
                 process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
                                     rollout_tokens=c.rollout_tokens, max_depth=c.max_depth,
                                     strict_answers=c.strict_format, merge_duplicates=c.merge_duplicates)
@@ -154,8 +161,12 @@ class LoopRunner:
                 trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
                                         out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
                                         parallel=c.parallel, split="train", scorer_spec=spec)
+                if mixture is not None:
+                    step_rows = {"policy": mixture.rows["main"], "reference": mixture.rows["other"]}
         metrics = search_metrics(trees, c.budget)
         metrics.update(collect_monitors(trees), scorer=spec, model=model, temperature=c.temperature)
+        if step_rows is not None:
+            metrics["step_rows"] = step_rows
         atomic_write_json(d / "metrics.json", metrics)
         self.say(f"round {r}: collected {len(trees)} trees, search accuracy {metrics['accuracy']:.3f}")
         return {"artifacts": {"trees": f"round-{r}/collect/trees.jsonl"}}
