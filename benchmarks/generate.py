@@ -5,6 +5,7 @@ machine, the ceiling for `sharpen serve`'s many-clients speed-up:
 
     .venv/bin/python benchmarks/generate.py [--model smollm2-135m] [--max-tokens 64] [--rounds 2]
     .venv/bin/python benchmarks/generate.py --batches 8,16,32,64,128 --rounds 1
+    .venv/bin/python benchmarks/generate.py --batches 8,32,64,128,256 --per-prompt 8 --rounds 1   # serve's shape
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--per-prompt", type=int, default=1,
+                    help="rows per distinct prompt: 8 gives a batch of b/8 prompts x 8 samples, the shape of "
+                         "`sharpen serve` merging b/8 vote requests (each prompt prefilled once)")
     args = ap.parse_args()
     quiet_libraries()
     batches = [int(x) for x in args.batches.split(",")]
-    backend = load_backend(args.model, max_batch=max(64, *batches))
+    backend = load_backend(args.model, max_batch=max(64, *batches))  # every row of a batch in one forward
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     problems = task.problems("test", 32)
     prompts = [backend.chat_prompt(task.messages(p)) for p in problems]
@@ -66,7 +70,7 @@ def main() -> None:
         tot = {"bare": [0, 0.0], "ours": [0, 0.0]}
         for r in range(args.rounds):
             # past 32 rows the problems repeat, as a vote request's samples repeat its prompt
-            batch = [prompts[i % len(prompts)] for i in range(b)] if b > 1 else prompts[r : r + 1]
+            batch = [prompts[(i // args.per_prompt) % len(prompts)] for i in range(b)] if b > 1 else prompts[r : r + 1]
             for name, fn in (("bare", bare_generate), ("ours", ours)):
                 n, s = fn(backend, batch, args.max_tokens, 0.7, 100 + r)
                 tot[name][0] += n
