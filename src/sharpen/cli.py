@@ -234,8 +234,7 @@ def serve_cmd(
     step_tokens: Annotated[int, typer.Option(help=_help(S, "step_tokens"))] = S["step_tokens"].default,
     rollout_tokens: Annotated[int, typer.Option(help=_help(S, "rollout_tokens"))] = S["rollout_tokens"].default,
     max_depth: Annotated[int, typer.Option(help=_help(S, "max_depth"))] = S["max_depth"].default,
-    batch: Annotated[int, typer.Option(help="rows per forward pass; many clients' rows merge, so more than a "
-                     "search's default (32 -> 128: 2.0x -> 2.7x one client's tokens/s at 32 clients on 2 cores)")] = 128,
+    batch: Annotated[int, typer.Option(help=_help(S, "batch"))] = S["batch"].default,
 ) -> None:
     """Test-time search behind an OpenAI-compatible endpoint: POST /v1/chat/completions with a `search` object."""
     quiet_libraries()

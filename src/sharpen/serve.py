@@ -371,7 +371,7 @@ def _reply(tree: Any, job: _Job, model_name: str, process: Any) -> dict[str, Any
 
 def serve(model: str = "smollm2-135m", task: str | None = None, scorer: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, api_key: str | None = None, cfg: ServeConfig | None = None, settings: Any = None,
-          task_args: dict[str, Any] | None = None, batch: int = 128) -> None:
+          task_args: dict[str, Any] | None = None, batch: int = 32) -> None:
     """Load the model and task, then serve until interrupted."""
     import uvicorn
 
