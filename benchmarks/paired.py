@@ -8,14 +8,16 @@ and forward tokens of each, and the paired bootstrap 95% interval of B - A. For 
 
 from __future__ import annotations
 
-import json
 import sys
 
+from sharpen.collect import search_metrics
+from sharpen.io import read_jsonl
 from sharpen.stats import paired_bootstrap
+from sharpen.tree import Tree
 
 
-def load(path: str) -> dict[str, dict]:
-    return {t["problem_id"]: t for t in (json.loads(line) for line in open(path))}
+def load(path: str) -> dict[str, Tree]:
+    return {t.problem_id: t for t in map(Tree.from_dict, read_jsonl(path))}
 
 
 def main() -> None:
@@ -26,15 +28,13 @@ def main() -> None:
         sys.exit(f"not the same problems: {len(set(a) - set(b))} only in A, {len(set(b) - set(a))} only in B "
                  "(fix: two cells run with the same --n, --split, --skip and task options)")
     ids = sorted(a)
-    ca, cb = [float(bool(a[i]["correct"])) for i in ids], [float(bool(b[i]["correct"])) for i in ids]
+    ca, cb = [float(bool(a[i].correct)) for i in ids], [float(bool(b[i].correct)) for i in ids]
     d, (lo, hi) = paired_bootstrap(ca, cb, seed=0)
-    for name, trees, c in (("A", a, ca), ("B", b, cb)):
-        u = [t["usage"] for t in trees.values()]
-        gen = sum(x.get("generated_tokens", 0) for x in u) / len(u)
-        fwd = sum(x.get("forward_tokens", 0) for x in u) / len(u)
-        ver = sum(x.get("verifier_tokens", 0) for x in u) / len(u)
-        print(f"{name}: accuracy {sum(c) / len(c):.3f}  generated {gen:.0f}  forward {fwd:.0f} + verifier {ver:.0f}"
-              f"  ({trees[ids[0]]['algo']}, {len(c)} problems)")
+    for name, trees in (("A", a), ("B", b)):
+        m = search_metrics([trees[i] for i in ids], trees[ids[0]].usage.get("budget_tokens", 0))
+        print(f"{name}: accuracy {m['accuracy']:.3f}  generated {m['mean_generated_tokens']:.0f}  forward "
+              f"{m['mean_forward_tokens']:.0f} + verifier {m['mean_verifier_tokens']:.0f}  "
+              f"({trees[ids[0]].algo}, {m['n']} problems)")
     print(f"B - A: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap 95%)")
 
 

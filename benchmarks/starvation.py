@@ -16,26 +16,25 @@ import argparse
 import json
 from pathlib import Path
 
-
-def value(n: dict) -> float | None:
-    return n["value_sum"] / n["visits"] if n["visits"] else None
+from sharpen.credit import q_values
+from sharpen.io import read_jsonl
+from sharpen.tree import Tree
 
 
 def round_stats(trees: Path, margin: float) -> dict:
     exp = sampled = distinct = two = spread = all_right = all_wrong = 0
-    for line in trees.open():
-        t = json.loads(line)
-        nodes = t["nodes"]
-        for n in nodes:
-            kids = [nodes[c] for c in n["children"]]
+    for t in map(Tree.from_dict, read_jsonl(trees)):
+        q = q_values(t)  # MCTS Q of each visited node
+        for n in t.nodes:
+            kids = [t.nodes[c] for c in n.children]
             if not kids:
                 continue
             exp += 1
-            sampled += sum(k["meta"].get("count", 1) for k in kids)
-            distinct += len({k["step"] for k in kids})  # without merge_duplicates, equal steps are separate nodes
-            vals = [v for v in (value(k) for k in kids) if v is not None]
-            if len({k["step"] for k in kids}) >= 2:
-                two += 1
+            sampled += sum(k.meta.get("count", 1) for k in kids)
+            steps = {k.step for k in kids}  # without merge_duplicates, equal steps are separate nodes
+            distinct += len(steps)
+            two += len(steps) >= 2
+            vals = [q[k.id] for k in kids if k.id in q]
             if len(vals) >= 2 and max(vals) - min(vals) >= margin:
                 spread += 1
             elif vals and min(vals) >= 1 - margin:
