@@ -29,22 +29,15 @@ class MixtureBackend:
         self.main, self.other, self.share = main, other, share
         other.meter = main.meter  # one budget: both models' tokens count
         self.meter = main.meter
-        self.name = main.name
-        self.eos_text = getattr(main, "eos_text", "")
         self.rows = {"main": 0, "other": 0}  # step rows each model sampled
         self._rng = random.Random(0)
 
-    def __getattr__(self, name: str) -> Any:  # tokenizer, require_logprobs, close, ...: the policy's
+    def __getattr__(self, name: str) -> Any:
+        """Everything but `generate` is the policy's: name, eos_text, chat_prompt, count_tokens,
+        next_token_logprobs, tokenizer, require_logprobs, ..."""
+        if name == "main":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.main, name)
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        return self.main.chat_prompt(messages)
-
-    def count_tokens(self, text: str) -> int:
-        return self.main.count_tokens(text)
-
-    def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
-        return self.main.next_token_logprobs(prompts, candidates)
 
     def to_other(self, seed: int) -> bool:
         return random.Random(mix_seed(seed, _SPLIT)).random() < self.share
