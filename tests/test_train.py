@@ -274,16 +274,16 @@ def test_sft_under_a_two_process_distributed_launch(tiny_model_dir, data_dirs, t
     """What `accelerate launch` or `torchrun` does on several GPUs, here on the CPU (gloo): two processes
     train one model with DDP, and only the first writes the outputs."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    sys.path.insert(0, str(Path(__file__).parent))
+    from servers import free_port
+
+    port = free_port()
     torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "sft"
     r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "sharpen", "train",

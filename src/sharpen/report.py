@@ -165,10 +165,10 @@ def summary_table(facts: dict[str, Any]) -> list[list[str]]:
         maj = next((v for k, v in ev.items() if k.startswith("majority@")), None)
         rows.append([
             str(e["round"]),
-            _f(ev.get("greedy")),
-            _f(ev.get("pass@1")),
-            _f(maj),
-            _f(ev.get("mean_tokens"), 1),
+            fmt(ev.get("greedy")),
+            fmt(ev.get("pass@1")),
+            fmt(maj),
+            fmt(ev.get("mean_tokens"), 1),
             str(data.get("pairs", "")),
             str(data.get("labels", "")),
             str(data.get("traces", "")),
@@ -177,7 +177,8 @@ def summary_table(facts: dict[str, Any]) -> list[list[str]]:
     return [[r[i] for i in keep] for r in rows]
 
 
-def _f(x: Any, digits: int = 3) -> str:
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number with `digits` decimals; "" for None (a round not reached)."""
     return "" if x is None else f"{x:.{digits}f}"
 
 
@@ -209,9 +210,9 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
         lines += ["", "## Collection (B-STaR monitors)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for e in mon:
             c = e["collect"]
-            cells = [str(e["round"]), _f(c.get("accuracy")), _f(c.get("mean_generated_tokens"), 0), _f(c.get("exploration"), 2)]
+            cells = [str(e["round"]), fmt(c.get("accuracy")), fmt(c.get("mean_generated_tokens"), 0), fmt(c.get("exploration"), 2)]
             if auroc:
-                cells.append(_f(c.get("exploitation_auroc")) or "n/a")
+                cells.append(fmt(c.get("exploitation_auroc")) or "n/a")
             lines.append("| " + " | ".join(cells) + " |")
     times = facts.get("stage_seconds") or {}
     if times:

@@ -37,7 +37,7 @@ from typing import Any
 
 from sharpen.errors import ConfigError
 from sharpen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
-from sharpen.report import _f, html_table, md_table
+from sharpen.report import fmt, html_table, md_table
 
 SEEDS_FIX = "comma-separated distinct integers >= 0, e.g. --seeds 0,1,2"
 MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; the loop adds the round to the seed
@@ -276,15 +276,15 @@ def seeds_table(facts: dict[str, Any], every_round: bool = False) -> list[list[s
     rows = [["seed", *[f"round {r}" for r in shown], "change [95% CI]", *[f"new {k}/round" for k in kinds]]]
     for s in facts["seeds"]:
         acc = {e["round"]: e["greedy"] for e in s["rounds"]}
-        rows.append([str(s["seed"]), *[_f(acc.get(r)) for r in shown], _change(s["paired"]),
+        rows.append([str(s["seed"]), *[fmt(acc.get(r)) for r in shown], _change(s["paired"]),
                      *[_per_round(s, k) for k in kinds]])
     done = [s for s in facts["seeds"] if s["finished"]]
     if done:
         by = {r: [e["greedy"] for s in done for e in s["rounds"] if e["round"] == r] for r in shown}
         c = facts["change"]
-        rows.append(["median", *[_f(_median(by[r])) for r in shown], f"{c['median']:+.3f}", *[""] * len(kinds)])
+        rows.append(["median", *[fmt(_median(by[r])) for r in shown], f"{c['median']:+.3f}", *[""] * len(kinds)])
         for name, fn in (("min", min), ("max", max)):  # the spread, one row each: narrow enough for 80 columns
-            rows.append([name, *[_f(fn(by[r])) if by[r] else "" for r in shown], f"{c[name]:+.3f}", *[""] * len(kinds)])
+            rows.append([name, *[fmt(fn(by[r])) if by[r] else "" for r in shown], f"{c[name]:+.3f}", *[""] * len(kinds)])
     return rows
 
 
