@@ -209,18 +209,20 @@ def save_outputs(trainer: Any, out: Path, lora: bool, extra: Callable[[Path], No
     """adapter/ (LoRA), then merged/: a plain model dir `--model` accepts; `extra(dir)` adds files."""
     from sharpen.io import atomic_dir
 
-    if not main_process():  # the trainer has synchronised the weights; the first process writes them
-        return out / "merged"
-    tok, model = trainer.processing_class, trainer.model
-    if lora:
-        atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
-        model = model.merge_and_unload()
-    model = model.to("cpu")
+    merged = out / "merged"
+    if main_process():  # the trainer has synchronised the weights; the first process writes them
+        tok, model = trainer.processing_class, trainer.model
+        if lora:
+            atomic_dir(out / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
+            model = model.merge_and_unload()
+        model = model.to("cpu")
 
-    def write(d: Path) -> None:
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-        if extra is not None:
-            extra(d)
+        def write(d: Path) -> None:
+            model.save_pretrained(d)
+            tok.save_pretrained(d)
+            if extra is not None:
+                extra(d)
 
-    return atomic_dir(out / "merged", write)
+        merged = atomic_dir(merged, write)
+    trainer.accelerator.wait_for_everyone()  # every process returns a merged/ that exists (one process: no wait)
+    return merged
