@@ -225,3 +225,25 @@ def test_mcts_widens_when_every_child_is_terminal():
     tree = mcts(proc, DistanceScorer(proc), problem, 40, seed=0, k=2, max_children=8)
     assert len(step_children(tree, 0)) == 8
     assert tree.root.visits == sum(tree.nodes[c].visits for c in step_children(tree, 0))
+
+
+@pytest.mark.parametrize("algo", ["pf", "beam"])
+def test_fill_spends_the_budget_that_a_fixed_count_leaves(algo):
+    # with `fill`, finished searches restart from the root while budget is left: spend goes up to the
+    # budget (within one row), where the fixed particle / beam count stops short of it
+    proc = RandomWalkProcess(horizon=H, early_stop=True)
+    scorer = DistanceScorer(proc, noise=0.3)
+    budget, fixed, filled = 120, [], []
+    for i, p in enumerate(PROBLEMS[:20]):
+        a = ALGORITHMS[algo](proc, scorer, p, budget, seed=i, **{"n" if algo == "pf" else "width": 2})
+        b = ALGORITHMS[algo](proc, scorer, p, budget, seed=i, fill=True, **{"n" if algo == "pf" else "width": 2})
+        fixed.append(a.usage["generated_tokens"])
+        filled.append(b.usage["generated_tokens"])
+        assert b.usage["generated_tokens"] <= budget + proc.step_tokens
+        if b.answer is not None:
+            assert proc.answer(b, b.chosen[-1]) == b.answer
+        if algo == "pf":
+            restarts = b.meta["restarts"]
+            assert restarts == sorted(restarts) and len(b.meta["particles"]) == len(b.meta["resampled"])
+    assert sum(filled) > 1.5 * sum(fixed), (sum(filled), sum(fixed))
+    assert min(filled) >= budget - 2 * proc.step_tokens - 2, filled

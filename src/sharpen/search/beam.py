@@ -8,6 +8,10 @@ Thoughts", arXiv 2305.10601).
         score the children
         beams = the `width` best of (finished beams + children)
     answer = the best-scoring finished beam
+
+With `fill`, once every beam has finished and budget is left, a fresh beam search starts from the
+root, again and again; the answer is the best-scoring finished beam of them all. The token budget,
+rather than width x expansions, then sets the spend, as it does for vote.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sharpen.tree import Tree
 class BeamOptions(Options):
     width: int = Field(4, ge=1, description="beams kept after each step")
     expansions: int = Field(4, ge=1, description="next steps sampled per unfinished beam")
+    fill: bool = Field(False, description="when every beam has finished and budget is left, search again from the root (best of all)")
 
 
 @algorithm("beam", BeamOptions)
@@ -34,8 +39,12 @@ def beam_search(process: Process, scorer, problem: Problem, budget_tokens: int, 
     scorer = need_scorer(scorer, "beam")
     tree, budget = open_search(process, problem, budget_tokens, seed, "beam")
     beams = [tree.root.id]
+    done: list[int] = []  # the finished beams of earlier searches (with `fill`)
     while not budget.exhausted:
         unfinished = [b for b in beams if not tree.nodes[b].terminal]
+        if not unfinished and o.fill:
+            done += beams
+            beams = unfinished = [tree.root.id]
         if not unfinished:
             break
         parents, k = plan(budget, scorer, unfinished, expansions, {"step": process.step_tokens})
@@ -45,7 +54,7 @@ def beam_search(process: Process, scorer, problem: Problem, budget_tokens: int, 
         scorer.score(tree, children, budget)
         pool = list(dict.fromkeys([b for b in beams if tree.nodes[b].terminal] + children))
         beams = sorted(pool, key=lambda n: value(tree, n), reverse=True)[:width]  # stable: ties keep order
-    finished = [b for b in beams if tree.nodes[b].terminal] or [n.id for n in tree.terminals()]
+    finished = [b for b in dict.fromkeys(done + beams) if tree.nodes[b].terminal] or [n.id for n in tree.terminals()]
     chosen = max(finished or beams, key=lambda n: value(tree, n))
     tree.meta["beams"] = beams
     return finish(process, tree, budget, chosen)

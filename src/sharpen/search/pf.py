@@ -11,6 +11,11 @@ Inference-Time Scaling of LLMs using Particle-Based Monte Carlo Methods", arXiv 
             if ESS < ess_threshold * |U|:  resample U from U with probabilities w   (multinomial)
     answer = weighted vote of the finished particles' answers with weights w
 
+With `fill`, once every particle has finished and budget is left, a fresh set of N particles starts
+from the root, again and again; the final weighted vote pools the finished particles of every set.
+The token budget, rather than N, then sets the spend, as it does for vote (whose sample count is
+whatever the budget buys), so the two compare at equal generated tokens.
+
 Finished particles stay finished: they are never extended, never resampled away and never copied
 into an unfinished slot (resampling draws only among the unfinished; its_hub issue #208 revived
 them). The PRM score of a partial solution judges the whole prefix, so weights are not multiplied
@@ -50,6 +55,7 @@ class PFOptions(Options):
     n: int = Field(4, ge=1, description="particles")
     temperature: float = Field(0.5, gt=0, description="softmax temperature turning scores into weights")
     ess_threshold: float = Field(0.5, ge=0, le=1, description="resample when ESS < this x unfinished particles (1: every step)")
+    fill: bool = Field(False, description="when every particle has finished and budget is left, start a fresh set of n (the vote pools all sets)")
 
 
 @algorithm("pf", PFOptions)
@@ -61,13 +67,21 @@ def particle_filter(process: Process, scorer, problem: Problem, budget_tokens: i
     tree, budget = open_search(process, problem, budget_tokens, seed, "pf")
     rng = random.Random(seed)
     x = [tree.root.id] * n
+    done: list[int] = []  # the finished particles of earlier sets (with `fill`)
     tree.meta["particles"], tree.meta["resampled"] = [], []
+    if o.fill:
+        tree.meta["restarts"] = []  # how many steps had been taken when each fresh set started
 
     def r(i: int) -> float:
         return value(tree, x[i], default=0.5)
 
     while not budget.exhausted:
         unfinished = [i for i in range(n) if not tree.nodes[x[i]].terminal]
+        if not unfinished and o.fill:
+            done += x
+            x = [tree.root.id] * n
+            tree.meta["restarts"].append(len(tree.meta["particles"]))
+            unfinished = list(range(n))
         if not unfinished:
             break
         served, _ = plan(budget, scorer, unfinished, 1, {"step": process.step_tokens})  # particle indices
@@ -90,8 +104,8 @@ def particle_filter(process: Process, scorer, problem: Problem, budget_tokens: i
         tree.meta["particles"].append(list(x))
         tree.meta["resampled"].append(resampled)
 
-    finished = [i for i in range(n) if tree.nodes[x[i]].terminal]
-    voters = finished or list(range(n))
-    w = softmax([r(i) for i in voters], temperature)
-    chosen = weighted_vote(process, tree, [x[i] for i in voters], w)
+    finished = [p for p in done + x if tree.nodes[p].terminal]
+    voters = finished or x
+    w = softmax([value(tree, p, default=0.5) for p in voters], temperature)
+    chosen = weighted_vote(process, tree, voters, w)
     return finish(process, tree, budget, chosen)
