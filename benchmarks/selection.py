@@ -10,12 +10,19 @@ answer: how often the top-scored sample is right, a random pick's expectation, v
 mean within-problem AUROC beside the pooled one (pooled AUROC also rewards telling easy problems from
 hard ones, which selection does not use). With a second file (a `bon@...` cell of the same sweep),
 checks that best-of-N read off the scores picks what the bon cell picked.
+
+With `--prm DIR`, the stored solutions are first scored afresh by that PRM (one forward pass per
+solution, as the `prm:DIR` scorer reads a whole sample: its value at the last token), so one set of
+sampled trees (a `vote` cell will do) judges any number of PRMs without searching again; weighted
+vote is then recomputed from the new scores:
+
+    .venv/bin/python benchmarks/selection.py runs/sweep/vote@none/budget-192/trees.jsonl --prm /tmp/prm/merged
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 
 from sharpen.answer import vote_key
@@ -45,10 +52,43 @@ def vote(t: dict) -> bool:
     return bool(first[next(k for k, v in total.items() if v == top)]["correct"])
 
 
+def weighted(t: dict) -> bool:
+    """Weighted vote from the stored scores: the answer whose solutions' scores sum highest."""
+    total: dict[str, float] = defaultdict(float)
+    first: dict[str, dict] = {}
+    for n in solutions(t):
+        k = vote_key(n["answer"])
+        if k is not None and n["score"] is not None:
+            total[k] += n["score"]
+            first.setdefault(k, n)
+    if not total:
+        return False
+    top = max(total.values())
+    return bool(first[next(k for k, v in total.items() if v == top)]["correct"])
+
+
+def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> None:
+    """Every solution's score replaced by `prm_dir`'s value at its last token (in place)."""
+    from sharpen.train.prm import PRMModel
+
+    prm = PRMModel.load(prm_dir, max_length=None, require_format=False)
+    items = [(t, x) for t in trees for x in solutions(t)]
+    heads = [prm.context_of(t.get("prompt") or t["question"], t["question"]) for t, _ in items]
+    enc = prm.encode(heads, [[x["step"]] for _, x in items])
+    enc = [(ids, pos[-1:] if pos else [len(ids) - 1]) for ids, pos in enc]
+    for (_, x), p in zip(items, prm.score_encoded(enc, batch_size=batch), strict=True):
+        x["score"] = p[-1]
+
+
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    trees = [json.loads(line) for line in open(sys.argv[1])]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("trees")
+    ap.add_argument("bon_trees", nargs="?", help="a bon@... cell of the same sweep, to check against")
+    ap.add_argument("--prm", help="score the stored solutions afresh with this PRM first")
+    args = ap.parse_args()
+    trees = [json.loads(line) for line in open(args.trees)]
+    if args.prm:
+        rescore(trees, args.prm)
     n = len(trees)
     pos, neg, within = [], [], []
     mixed = top = vote_right = 0
@@ -64,15 +104,16 @@ def main() -> None:
             vote_right += vote(t)
             chance += len(right) / len(s)
             within.append(auroc(right, wrong))
-    print(f"n={n}: weighted {sum(bool(t['correct']) for t in trees) / n:.3f}, best-of-N "
+    searched = sum(map(weighted, trees)) if args.prm else sum(bool(t["correct"]) for t in trees)
+    print(f"n={n}: weighted {searched / n:.3f}, best-of-N "
           f"{sum(bool(best_of_n(t)) for t in trees) / n:.3f}, vote on the same samples {sum(map(vote, trees)) / n:.3f}, "
           f"pass@N {sum(any(x['correct'] for x in solutions(t)) for t in trees) / n:.3f}")
     if mixed:
         print(f"{mixed} problems with right and wrong samples: top-scored right on {top}, a random pick "
               f"{chance:.1f}, vote {vote_right}; within-problem AUROC {sum(within) / len(within):.3f}, "
               f"pooled {auroc(pos, neg):.3f}")
-    if len(sys.argv) > 2:
-        bon = {t["problem_id"]: t for t in (json.loads(line) for line in open(sys.argv[2]))}
+    if args.bon_trees:
+        bon = {t["problem_id"]: t for t in (json.loads(line) for line in open(args.bon_trees))}
         same = sum(bool(best_of_n(t)) == bool(bon[t["problem_id"]]["correct"]) for t in trees)
         print(f"best-of-N from the scores == the bon cell on {same} of {n} problems")
 

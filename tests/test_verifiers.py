@@ -90,6 +90,10 @@ def test_implicit_prm_finds_the_base_in_a_trained_policy_dir(setup, tiny_model_d
         make_scorer(f"implicit:{other}", proc)  # a bare model dir records no base
 
 
+LONG_SYSTEM = "Solve step by step, one short step per line, and end with the answer line. " * 4
+"""Stands in for a policy prompt's system text and worked examples, which a question-context PRM skips."""
+
+
 def _labels(problems: range, tmp, name: str):
     """Step labels by hand: a right equation (value 0.9) and a wrong one (0.1) for each problem,
     the wrong one recognisable by its form ('... = ?'), as a malformed step would be."""
@@ -99,7 +103,8 @@ def _labels(problems: range, tmp, name: str):
     for i in problems:
         a, b = i % 10, (i * 7) % 10
         for step, v in ((f"{a} + {b} = {a + b}", 0.9), (f"{a} + {b} = ?", 0.1)):
-            rows.append({"prompt": f"What is {a} + {b}?\n", "prefix_steps": [], "step": step, "value": v,
+            rows.append({"prompt": f"{LONG_SYSTEM}What is {a} + {b}?\n", "question": f"What is {a} + {b}?",
+                         "prefix_steps": [], "step": step, "value": v,
                          "label": int(v >= 0.5), "path_values": [v], "path_labels": [int(v >= 0.5)], "leaf": True,
                          "terminal": False, "problem_id": f"p{i}", "node_id": 1, "parent_id": 0, "depth": 1,
                          "round": 0, "recipe": "test", "delimiter": "\n"})
@@ -124,6 +129,43 @@ def test_soft_label_prm_ranks_unseen_right_steps_above_wrong(tiny_model_dir, tmp
     best = soft_label_loss(type("O", (), {"logits": logits})(), torch.tensor([[0.3]]))
     worse = soft_label_loss(type("O", (), {"logits": torch.log(torch.tensor([[[0.4, 0.6]]]))})(), torch.tensor([[0.3]]))
     assert best < worse
+
+
+def test_question_context_prm_reads_the_bare_question(tiny_model_dir, tmp_path, setup):
+    """A PRM trained with context=question reads `question + "\\n"` where the default reads the
+    rendered prompt: recorded in sharpen_prm.json, used by training, by prm_auroc and by the scorer
+    (which then charges far fewer verifier tokens), and it still learns to rank unseen steps."""
+    from sharpen.train.metrics import prm_auroc
+    from sharpen.train.prm import PRMModel, PRMTrainConfig, build_trainer, encode, train_prm
+
+    train, held = _labels(range(0, 40), tmp_path, "train"), _labels(range(40, 60), tmp_path, "held")
+    opts = dict(max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3, lora=False, save_steps=100,
+                logging_steps=10, soft=True)
+    cfg = PRMTrainConfig(model=tiny_model_dir, data=str(train), output_dir=str(tmp_path / "q"), context="question", **opts)
+    first = build_trainer(cfg).train_dataset[0]["input_ids"]
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert first == encode(tok, "What is 0 + 0?\n", ["0 + 0 = 0"])[0]  # no system text
+    merged = train_prm(cfg)
+    assert json.loads((merged / "sharpen_prm.json").read_text())["context"] == "question"
+    prm = PRMModel.load(merged)
+    assert prm.context == "question" and prm.context_of("PROMPT", "Q?") == "Q?\n"
+    m = prm_auroc(merged, __import__("datasets").load_from_disk(str(held)))
+    assert m["auroc"] > 0.9 and m["n"] == 40
+
+    proc, tree, nodes, _ = setup
+    spent = {}
+    for name, path in (("question", merged), ("prompt", random_prm(tmp_path / "p", tiny_model_dir, seed=0))):
+        for n in nodes:
+            tree.nodes[n].score = None
+        before = proc.meter.total.verifier_tokens
+        make_scorer(f"prm:{path}", proc).score(tree, nodes)
+        spent[name] = proc.meter.total.verifier_tokens - before
+    q_len = len(tok(tree.question + "\n", add_special_tokens=False)["input_ids"])
+    p_len = len(tok(tree.prompt, add_special_tokens=False)["input_ids"])
+    assert spent["prompt"] - spent["question"] >= len(nodes) * (p_len - q_len) - len(nodes)
+    with pytest.raises(ConfigError, match="context"):
+        build_trainer(PRMTrainConfig(model=tiny_model_dir, data=str(train), output_dir=str(tmp_path / "x"),
+                                     context="everything", **opts))
 
 
 def test_pav_scores_value_plus_alpha_times_progress(setup, tiny_model_dir, tmp_path):

@@ -56,6 +56,7 @@ PAIR_FEATURES = Features(
 LABEL_FEATURES = Features(
     {
         "prompt": Value("string"),
+        "question": Value("string"),
         "prefix_steps": HFSequence(Value("string")),
         "step": Value("string"),
         "value": Value("float64"),
@@ -293,7 +294,8 @@ def step_labels(
     `value >= threshold` (Math-Shepherd's hard label at threshold > 0). `path_values` / `path_labels`
     cover the whole path up to and including the step (-1.0 / -1 where a step has no value), and
     `leaf` marks steps with no valued child: a PRM trains on leaf rows, one sequence per path.
-    `delimiter` is the tree's step delimiter: the PRM input is prompt + every step followed by it.
+    `delimiter` is the tree's step delimiter: the PRM input is prompt + every step followed by it
+    (or, for a PRM trained with `context="question"`, `question` and a newline in place of the prompt).
     """
     rows: list[dict] = []
     for tree in trees:
@@ -307,6 +309,7 @@ def step_labels(
             rows.append(
                 {
                     "prompt": base_prompt(tree),
+                    "question": tree.question,
                     "prefix_steps": [m.step for m in path[:-1]],
                     "step": n.step,
                     "value": vals[n.id],

@@ -267,7 +267,8 @@ class PRMScorer:
         return [tree.nodes[n].score for n in node_ids]
 
     def _encode(self, tree: Tree, todo: list[int]) -> list:
-        return self.prm.encode([tree.prompt or tree.question] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
+        head = self.prm.context_of(tree.prompt or tree.question, tree.question)
+        return self.prm.encode([head] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
 
     def _meter(self, enc: list, t0: float) -> None:
         """One budget token per node; the PRM's input tokens as verifier tokens."""
@@ -304,7 +305,7 @@ class ProgressScorer(PRMScorer):
         todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
         if todo:
             t0 = time.perf_counter()
-            head = self._prompt_len(tree.prompt or tree.question) - 1  # the prompt's last token
+            head = self._prompt_len(self.prm.context_of(tree.prompt or tree.question, tree.question)) - 1  # the context's last token
             enc = self._encode(tree, todo)
             at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
             for i, (before, after) in zip(todo, self._score_encoded(at), strict=True):

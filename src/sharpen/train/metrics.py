@@ -135,7 +135,9 @@ def prm_auroc(
         raise TaskError("no held-out step labels to evaluate (fix: build labels on test-split trees)")
     prm = PRMModel.load(prm_dir)
     scores = prm.score(
-        [r["prompt"] for r in rows], [list(r["prefix_steps"]) + [r["step"]] for r in rows], batch_size
+        [prm.context_of(r["prompt"], r.get("question")) for r in rows],
+        [list(r["prefix_steps"]) + [r["step"]] for r in rows],
+        batch_size,
     )
     last = [sc[-1] for sc in scores]
     out: dict[str, Any] = auroc_with_ci([r["label"] for r in rows], last, n_boot=n_boot, seed=seed)

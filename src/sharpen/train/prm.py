@@ -9,7 +9,12 @@ backbone.
 
 `PRMModel.load(path).score(prompts, steps_lists)` gives P(label=1) at each step boundary: the
 `prm:<path>` scorer (`sharpen.scorers.PRMScorer`) and `sharpen.train.metrics.prm_auroc` call it. The
-delimiter the PRM was trained with is recorded in sharpen_prm.json and used when scoring.
+delimiter the PRM was trained with is recorded in sharpen_prm.json and used when scoring, and so is
+its context: the policy's rendered prompt (`context="prompt"`, the default: system prompt and worked
+examples included) or the bare question and a newline (`context="question"`, as Math-Shepherd's PRM
+reads a problem). The question context is ~5x shorter on chain_sum (about 25 tokens against 126), so
+training and every scoring pass cost a fraction; callers pass both texts to `PRMModel.context_of`,
+which picks the one the PRM reads.
 
 Output: out/checkpoint-N/, out/merged/ (model + tokenizer + sharpen_prm.json), out/sharpen_train.json.
 With LoRA the adapter is merged (the classification head is trained in full) and also kept in out/adapter/.
@@ -26,7 +31,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from sharpen.data import load_dataset_dir
-from sharpen.errors import ModelError, TaskError
+from sharpen.errors import ConfigError, ModelError, TaskError
 from sharpen.io import atomic_write_json
 from sharpen.models import resolve_model
 from sharpen.train.common import (
@@ -43,12 +48,29 @@ DELIMITER = "\n"
 does not name one."""
 
 
-def prm_format(delimiter: str = DELIMITER) -> dict[str, Any]:
-    """The contents of sharpen_prm.json for a PRM trained on steps ending with `delimiter`."""
+CONTEXTS = ("prompt", "question")
+
+
+def context_text(context: str, prompt: str, question: str | None) -> str:
+    """What a PRM with `context` reads before the steps: the rendered prompt, or the question and a
+    newline."""
+    if context == "question":
+        if question is None:
+            raise TaskError("this PRM reads the bare question, which these rows lack "
+                            "(fix: rebuild the labels with `sharpen build labels`, which records it)")
+        return question + "\n"
+    return prompt
+
+
+def prm_format(delimiter: str = DELIMITER, context: str = "prompt") -> dict[str, Any]:
+    """The contents of sharpen_prm.json for a PRM trained on steps ending with `delimiter`, reading
+    `context` ("prompt" or "question") before them."""
     return {
         "kind": "sharpen-prm",
         "version": 1,
-        "input": "prompt + ''.join(step + delimiter for step in steps)",
+        "context": context,
+        "input": ("question + '\\n'" if context == "question" else "prompt")
+        + " + ''.join(step + delimiter for step in steps)",
         "label_position": "the last token of each step (the one holding its delimiter's last character)",
         "labels": {"0": "step leads away from the answer", "1": "step keeps the answer reachable"},
         "score": "softmax(logits)[..., 1] at each step's last token",
@@ -101,6 +123,9 @@ class PRMTrainConfig(SharpenArgs, TrainingArguments):
     target distribution [1 - v, v] at each step, instead of the hard label `v >= threshold`."""
     max_length: int | None = 1024
     """Longest tokenised sequence (prompt + steps); longer rows are truncated."""
+    context: str = "prompt"
+    """What the PRM reads before the steps: "prompt" (the policy's rendered prompt) or "question"
+    (the bare question and a newline: a fraction of the tokens to train on and to score)."""
     learning_rate: float = 1e-4
     remove_unused_columns: bool = False
 
@@ -121,7 +146,7 @@ def dataset_delimiter(ds: Any) -> str:
     return found.pop() if found else DELIMITER
 
 
-def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False) -> list[dict]:
+def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False, context: str = "prompt") -> list[dict]:
     """One example per leaf path: every valued step on it carries its label (hard: 0/1, -100
     elsewhere) or, `soft`, its Monte Carlo value (a float in [0, 1], -100.0 elsewhere)."""
     out = []
@@ -129,7 +154,8 @@ def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False) -> 
         if not r["leaf"]:
             continue
         steps = list(r["prefix_steps"]) + [r["step"]]
-        ids, pos = encode(tok, r["prompt"], steps, max_length, _row_delimiter(r))
+        head = context_text(context, r["prompt"], r.get("question"))
+        ids, pos = encode(tok, head, steps, max_length, _row_delimiter(r))
         targets = r["path_values"] if soft else r["path_labels"]
         labels: list[Any] = [-100] * len(ids)
         for p, lab in zip(pos, targets, strict=True):
@@ -181,12 +207,15 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         Trainer,
     )
 
+    if cfg.context not in CONTEXTS:
+        raise ConfigError(f"context={cfg.context!r} is not one of {', '.join(CONTEXTS)} "
+                          "(fix: --arg context=prompt or --arg context=question)")
     path = resolve_model(cfg.model)
     if dataset is None:
         dataset = load_dataset_dir(cfg.data, LABEL_COLUMNS)
     tok = load_tokenizer(path)
     delimiter = dataset_delimiter(dataset)
-    rows = _examples(dataset, tok, cfg.max_length, soft=cfg.soft)
+    rows = _examples(dataset, tok, cfg.max_length, soft=cfg.soft, context=cfg.context)
     if not rows:
         raise TaskError(
             f"{cfg.data} has no labelled steps (fix: build labels from trees scored by the oracle)"
@@ -227,7 +256,7 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     metrics, _ = fit(trainer, out, cfg.resume)
     merged = save_outputs(trainer, out, cfg.lora,
                           extra=lambda d: atomic_write_json(d / "sharpen_prm.json",
-                                                            prm_format(trainer.sharpen_prm_delimiter)))
+                                                            prm_format(trainer.sharpen_prm_delimiter, cfg.context)))
     metrics["sequences"] = len(trainer.train_dataset)
     write_summary(out, "prm", cfg, metrics)
     return merged
@@ -235,12 +264,17 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
 
 class PRMModel:
     """A trained PRM: `score(prompts, steps_lists)` -> P(good) at each step boundary, the input
-    rendered with the delimiter it was trained with (`delimiter`)."""
+    rendered with the delimiter it was trained with (`delimiter`) after the context it was trained
+    with (`context`: pass `context_of(prompt, question)` as the prompt)."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", max_length: int | None = None,
-                 delimiter: str = DELIMITER):
+                 delimiter: str = DELIMITER, context: str = "prompt"):
         self.model, self.tokenizer, self.device, self.max_length = model, tokenizer, device, max_length
-        self.delimiter = delimiter
+        self.delimiter, self.context = delimiter, context
+
+    def context_of(self, prompt: str, question: str | None) -> str:
+        """The text this PRM reads before the steps of a problem with this rendered prompt and question."""
+        return context_text(self.context, prompt, question)
 
     @classmethod
     def load(
@@ -266,6 +300,7 @@ class PRMModel:
         from transformers import AutoModelForTokenClassification
 
         p = Path(path)
+        context = "prompt"
         if (p / "merged" / "sharpen_prm.json").exists() or (
             not require_format and (p / "merged" / "config.json").exists()
         ):
@@ -273,7 +308,9 @@ class PRMModel:
         if (p / "sharpen_prm.json").exists():
             fmt = json.loads((p / "sharpen_prm.json").read_text())
             delimiter = fmt.get("delimiter", DELIMITER)
-            if fmt.get("kind") != "sharpen-prm" or not isinstance(delimiter, str) or not delimiter:
+            context = fmt.get("context", "prompt")
+            if (fmt.get("kind") != "sharpen-prm" or not isinstance(delimiter, str) or not delimiter
+                    or context not in CONTEXTS):
                 raise ModelError(f"{p}/sharpen_prm.json describes an unknown format")
         elif require_format:
             raise ModelError(
@@ -288,7 +325,7 @@ class PRMModel:
                 f"cannot load a PRM from {path}: {str(e).splitlines()[0]} "
                 "(fix: a directory of a token-classification model trained by `sharpen train prm`)"
             ) from None
-        return cls(model, tokenizer, device, max_length, delimiter)
+        return cls(model, tokenizer, device, max_length, delimiter, context)
 
     def encode(self, prompts: Sequence[str], steps_lists: Sequence[Sequence[str]]) -> list[tuple[list[int], list[int]]]:
         """`encode` of each (prompt, steps) with this PRM's delimiter and max_length: token ids and
