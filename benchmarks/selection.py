@@ -38,33 +38,28 @@ def best_of_n(t: dict) -> bool | None:
     return bool(max(scored, key=lambda n: n["score"])["correct"]) if scored else None
 
 
-def vote(t: dict) -> bool:
+def _top_answer(t: dict, weight) -> bool:
+    """Whether the answer whose solutions' weights (`weight(node)`, None: no vote) sum highest is right."""
     total: dict[str, float] = defaultdict(float)
     first: dict[str, dict] = {}
     for n in solutions(t):
-        k = vote_key(n["answer"])
-        if k is not None:
-            total[k] += 1.0
+        k, w = vote_key(n["answer"]), weight(n)
+        if k is not None and w is not None:
+            total[k] += w
             first.setdefault(k, n)
     if not total:
         return False
     top = max(total.values())
     return bool(first[next(k for k, v in total.items() if v == top)]["correct"])
+
+
+def vote(t: dict) -> bool:
+    return _top_answer(t, lambda n: 1.0)
 
 
 def weighted(t: dict) -> bool:
     """Weighted vote from the stored scores: the answer whose solutions' scores sum highest."""
-    total: dict[str, float] = defaultdict(float)
-    first: dict[str, dict] = {}
-    for n in solutions(t):
-        k = vote_key(n["answer"])
-        if k is not None and n["score"] is not None:
-            total[k] += n["score"]
-            first.setdefault(k, n)
-    if not total:
-        return False
-    top = max(total.values())
-    return bool(first[next(k for k, v in total.items() if v == top)]["correct"])
+    return _top_answer(t, lambda n: n["score"])
 
 
 def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> None:
@@ -73,7 +68,7 @@ def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> None:
 
     prm = PRMModel.load(prm_dir, max_length=None, require_format=False)
     items = [(t, x) for t in trees for x in solutions(t)]
-    heads = [prm.context_of(t.get("prompt") or t["question"], t["question"]) for t, _ in items]
+    heads = [prm.context_of(t.get("prompt"), t["question"]) for t, _ in items]
     enc = prm.encode(heads, [[x["step"]] for _, x in items])
     enc = [(ids, pos[-1:] if pos else [len(ids) - 1]) for ids, pos in enc]
     for (_, x), p in zip(items, prm.score_encoded(enc, batch_size=batch), strict=True):

@@ -267,8 +267,11 @@ class PRMScorer:
         return [tree.nodes[n].score for n in node_ids]
 
     def _encode(self, tree: Tree, todo: list[int]) -> list:
-        head = self.prm.context_of(tree.prompt or tree.question, tree.question)
-        return self.prm.encode([head] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
+        return self.prm.encode([self._context(tree)] * len(todo), [[n.step for n in tree.path(i)] for i in todo])
+
+    def _context(self, tree: Tree) -> str:
+        """What the PRM reads before a tree's steps (its rendered prompt, or the bare question)."""
+        return self.prm.context_of(tree.prompt, tree.question)
 
     def _meter(self, enc: list, t0: float) -> None:
         """One budget token per node; the PRM's input tokens as verifier tokens."""
@@ -305,7 +308,7 @@ class ProgressScorer(PRMScorer):
         todo = todo[: allowed_rows(budget, len(todo), 1, "judge")]
         if todo:
             t0 = time.perf_counter()
-            head = self._prompt_len(self.prm.context_of(tree.prompt or tree.question, tree.question)) - 1  # the context's last token
+            head = self._prompt_len(self._context(tree)) - 1  # the context's last token
             enc = self._encode(tree, todo)
             at = [(ids, [head, *pos][-2:] if pos else [head, head]) for ids, pos in enc]
             for i, (before, after) in zip(todo, self._score_encoded(at), strict=True):

@@ -51,15 +51,15 @@ does not name one."""
 CONTEXTS = ("prompt", "question")
 
 
-def context_text(context: str, prompt: str, question: str | None) -> str:
-    """What a PRM with `context` reads before the steps: the rendered prompt, or the question and a
-    newline."""
+def context_text(context: str, prompt: str | None, question: str | None) -> str:
+    """What a PRM with `context` reads before the steps: the rendered prompt (the question when there
+    is none), or the question and a newline."""
     if context == "question":
         if question is None:
             raise TaskError("this PRM reads the bare question, which these rows lack "
                             "(fix: rebuild the labels with `sharpen build labels`, which records it)")
         return question + "\n"
-    return prompt
+    return prompt or question or ""
 
 
 def prm_format(delimiter: str = DELIMITER, context: str = "prompt") -> dict[str, Any]:
@@ -272,7 +272,7 @@ class PRMModel:
         self.model, self.tokenizer, self.device, self.max_length = model, tokenizer, device, max_length
         self.delimiter, self.context = delimiter, context
 
-    def context_of(self, prompt: str, question: str | None) -> str:
+    def context_of(self, prompt: str | None, question: str | None) -> str:
         """The text this PRM reads before the steps of a problem with this rendered prompt and question."""
         return context_text(self.context, prompt, question)
 
