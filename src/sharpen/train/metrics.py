@@ -148,4 +148,18 @@ def prm_auroc(
         labels = {lab for lab, _ in part}
         out[name] = (auroc_with_ci([lab for lab, _ in part], [x for _, x in part], n_boot=n_boot, seed=seed)
                      if len(labels) == 2 else None)
+    out["within_problem"] = within_problem_auroc(rows, last)
     return out
+
+
+def within_problem_auroc(rows: list[dict], scores: list[float]) -> dict | None:
+    """The mean, over problems whose leaf steps hold both labels, of the AUROC of those leaf steps'
+    scores within the problem: how well the PRM orders one problem's own solutions, which is what
+    best-of-N and weighted vote use (pooled AUROC also rewards telling easy problems from hard ones).
+    None when no problem has both labels."""
+    by: dict[Any, tuple[list[float], list[float]]] = {}
+    for r, x in zip(rows, scores, strict=True):
+        if r.get("leaf", True) and r.get("problem_id") is not None:
+            by.setdefault(r["problem_id"], ([], []))[int(r["label"]) == 1].append(x)
+    per = [stats.auroc(np.array(right), np.array(wrong)) for wrong, right in by.values() if right and wrong]
+    return {"auroc": sum(per) / len(per), "problems": len(per)} if per else None

@@ -126,6 +126,15 @@ class PRMTrainConfig(SharpenArgs, TrainingArguments):
     context: str = "prompt"
     """What the PRM reads before the steps: "prompt" (the policy's rendered prompt) or "question"
     (the bare question and a newline: a fraction of the tokens to train on and to score)."""
+    ranking: float = 0.0
+    """Weight of a within-problem ranking loss (the Bradley-Terry loss of a reward model, as TRL's
+    `RewardTrainer` has): > 0 trains on pairs of one problem's paths whose last steps are labelled right
+    and wrong, -log sigmoid(z_right - z_wrong) on the PRM's logit margin z at each path's last step,
+    beside the labels' cross-entropy on both paths. A pointwise PRM can score well by telling easy
+    problems from hard ones; picking among one problem's samples needs this ordering. Problems with
+    no such pair are left out."""
+    ranking_pairs: int = 4
+    """With `ranking`: at most this many wrong paths paired with each right one (drawn with `seed`)."""
     learning_rate: float = 1e-4
     remove_unused_columns: bool = False
 
@@ -162,8 +171,56 @@ def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False, con
             if p >= 0 and lab >= 0:
                 labels[p] = float(lab) if soft else int(lab)
         if any(lab != -100 for lab in labels):
-            out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+            out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
+                        "problem_id": r.get("problem_id"), "final": r["path_labels"][-1]})
     return out
+
+
+def ranking_examples(examples: Sequence[dict], per_right: int = 4, seed: int = 0) -> list[dict]:
+    """Pairs of `_examples` rows of one problem whose last steps are labelled right (1) and wrong (0):
+    each right path with up to `per_right` wrong ones, drawn with `seed`; rows without a problem id
+    or a label on their last step are left out. Each pair is {"right": row, "wrong": row}."""
+    import random
+
+    by: dict[str, dict[int, list[dict]]] = {}
+    for e in examples:
+        if e["problem_id"] is not None and e["final"] in (0, 1):
+            by.setdefault(e["problem_id"], {0: [], 1: []})[int(e["final"])].append(e)
+    rng = random.Random(seed)
+    pairs = []
+    for pid in sorted(by):
+        right, wrong = by[pid][1], by[pid][0]
+        for r in right:
+            for w in rng.sample(wrong, min(per_right, len(wrong))):
+                pairs.append({"right": r, "wrong": w})
+    return pairs
+
+
+def pair_collate(pad_id: int):
+    """A batch of B pairs as 2B right-padded rows: the B right paths, then the B wrong ones, float
+    targets (-100 where there is none)."""
+    collate = soft_collate(pad_id)
+    return lambda pairs: collate([p["right"] for p in pairs] + [p["wrong"] for p in pairs])
+
+
+def ranking_loss(weight: float):
+    """The loss of a batch from `pair_collate`: the labels' cross-entropy at every labelled position
+    (`soft_label_loss`; a hard label is a target of 0 or 1) plus `weight` times the mean of
+    -log sigmoid(z_right - z_wrong), z = logit(good) - logit(bad) at each path's last labelled token."""
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        import torch
+
+        logits = outputs.logits.float()
+        z = logits[..., 1] - logits[..., 0]
+        at = labels >= 0
+        last = (at.long() * torch.arange(1, labels.shape[1] + 1, device=labels.device)).argmax(-1)
+        zl = z[torch.arange(labels.shape[0], device=labels.device), last]
+        half = labels.shape[0] // 2
+        rank = -torch.nn.functional.logsigmoid(zl[:half] - zl[half:]).mean()
+        return soft_label_loss(outputs, labels) + weight * rank
+
+    return loss
 
 
 def soft_collate(pad_id: int):
@@ -205,6 +262,7 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         AutoModelForTokenClassification,
         DataCollatorForTokenClassification,
         Trainer,
+        set_seed,
     )
 
     if cfg.context not in CONTEXTS:
@@ -220,6 +278,16 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         raise TaskError(
             f"{cfg.data} has no labelled steps (fix: build labels from trees scored by the oracle)"
         )
+    if cfg.ranking < 0:
+        raise ConfigError(f"ranking={cfg.ranking} is negative (fix: --arg ranking=1, or 0 for no ranking loss)")
+    if cfg.ranking > 0:
+        rows = ranking_examples(rows, cfg.ranking_pairs, cfg.seed)
+        if not rows:
+            raise TaskError(f"{cfg.data} has no problem with both a right and a wrong path to rank "
+                            "(fix: label more samples per problem, or train without --arg ranking)")
+    else:
+        rows = [{k: v for k, v in r.items() if k not in ("problem_id", "final")} for r in rows]
+    set_seed(cfg.seed)  # the new head's initial weights come from the seed, not from whatever ran before
     model = AutoModelForTokenClassification.from_pretrained(
         path,
         num_labels=2,
@@ -241,9 +309,10 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
         model=model,
         args=cfg,
         train_dataset=Dataset.from_list(rows),
-        data_collator=soft_collate(tok.pad_token_id or 0) if cfg.soft else DataCollatorForTokenClassification(tok),
+        data_collator=(pair_collate(tok.pad_token_id or 0) if cfg.ranking > 0
+                       else soft_collate(tok.pad_token_id or 0) if cfg.soft else DataCollatorForTokenClassification(tok)),
         processing_class=tok,
-        compute_loss_func=soft_label_loss if cfg.soft else None,
+        compute_loss_func=ranking_loss(cfg.ranking) if cfg.ranking > 0 else soft_label_loss if cfg.soft else None,
     )
     trainer.sharpen_prm_delimiter = delimiter  # recorded in sharpen_prm.json by `train_prm`
     return trainer
@@ -257,7 +326,7 @@ def train_prm(cfg: PRMTrainConfig) -> Path:
     merged = save_outputs(trainer, out, cfg.lora,
                           extra=lambda d: atomic_write_json(d / "sharpen_prm.json",
                                                             prm_format(trainer.sharpen_prm_delimiter, cfg.context)))
-    metrics["sequences"] = len(trainer.train_dataset)
+    metrics["pairs" if cfg.ranking > 0 else "sequences"] = len(trainer.train_dataset)
     write_summary(out, "prm", cfg, metrics)
     return merged
 
