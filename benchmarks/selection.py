@@ -17,6 +17,10 @@ sampled trees (a `vote` cell will do) judges any number of PRMs without searchin
 vote is then recomputed from the new scores:
 
     .venv/bin/python benchmarks/selection.py runs/sweep/vote@none/budget-192/trees.jsonl --prm /tmp/prm/merged
+
+and then also prints the tokens each model read per problem (generated, the policy's forward tokens, the
+PRM's) and best-of-N's and weighted vote's paired bootstrap difference from vote on the same samples: the
+comparison at equal generated tokens.
 """
 
 from __future__ import annotations
@@ -62,8 +66,9 @@ def weighted(t: dict) -> bool:
     return _top_answer(t, lambda n: n["score"])
 
 
-def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> None:
-    """Every solution's score replaced by `prm_dir`'s value at its last token (in place)."""
+def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> int:
+    """Every solution's score replaced by `prm_dir`'s value at its last token (in place); returns the
+    tokens the PRM read (its forward tokens: context and solution, once per solution)."""
     from sharpen.train.prm import PRMModel
 
     prm = PRMModel.load(prm_dir, max_length=None, require_format=False)
@@ -73,6 +78,7 @@ def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> None:
     enc = [(ids, pos[-1:] if pos else [len(ids) - 1]) for ids, pos in enc]
     for (_, x), p in zip(items, prm.score_encoded(enc, batch_size=batch), strict=True):
         x["score"] = p[-1]
+    return sum(len(ids) for ids, _ in enc)
 
 
 def main() -> None:
@@ -82,8 +88,7 @@ def main() -> None:
     ap.add_argument("--prm", help="score the stored solutions afresh with this PRM first")
     args = ap.parse_args()
     trees = [json.loads(line) for line in open(args.trees)]
-    if args.prm:
-        rescore(trees, args.prm)
+    read = rescore(trees, args.prm) if args.prm else None
     n = len(trees)
     pos, neg, within = [], [], []
     mixed = top = vote_right = 0
@@ -107,6 +112,19 @@ def main() -> None:
         print(f"{mixed} problems with right and wrong samples: top-scored right on {top}, a random pick "
               f"{chance:.1f}, vote {vote_right}; within-problem AUROC {sum(within) / len(within):.3f}, "
               f"pooled {auroc(pos, neg):.3f}")
+    if read is not None:
+        from sharpen.stats import paired_bootstrap
+
+        usage = [t.get("usage") or {} for t in trees]
+        gen = sum(u.get("generated_tokens", 0) for u in usage) / n
+        fwd = sum(u.get("forward_tokens", 0) for u in usage) / n
+        print(f"tokens per problem: generated {gen:.1f}, policy forward {fwd:.1f}, PRM forward {read / n:.1f} "
+              f"(vote spends the policy's alone)")
+        v = [float(vote(t)) for t in trees]
+        for name, picked in (("best-of-N", [float(bool(best_of_n(t))) for t in trees]),
+                             ("weighted", [float(weighted(t)) for t in trees])):
+            d, (lo, hi) = paired_bootstrap(v, picked)
+            print(f"{name} - vote on the same samples: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap 95%)")
     if args.bon_trees:
         bon = {t["problem_id"]: t for t in (json.loads(line) for line in open(args.bon_trees))}
         same = sum(bool(best_of_n(t)) == bool(bon[t["problem_id"]]["correct"]) for t in trees)
