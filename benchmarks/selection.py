@@ -30,7 +30,8 @@ import json
 from collections import defaultdict
 
 from sharpen.answer import vote_key
-from sharpen.stats import auroc
+from sharpen.stats import paired_bootstrap
+from sharpen.train.metrics import auroc, within_problem_auroc
 
 
 def solutions(t: dict) -> list[dict]:
@@ -90,44 +91,41 @@ def main() -> None:
     trees = [json.loads(line) for line in open(args.trees)]
     read = rescore(trees, args.prm) if args.prm else None
     n = len(trees)
-    pos, neg, within = [], [], []
+    v = [float(vote(t)) for t in trees]
+    b = [float(bool(best_of_n(t))) for t in trees]
+    w = [float(weighted(t)) if args.prm else float(bool(t["correct"])) for t in trees]  # as searched without --prm
+    rows, scores = [], []  # every scored solution, for the pooled and within-problem AUROC
     mixed = top = vote_right = 0
     chance = 0.0
-    for t in trees:
+    for t, voted, picked in zip(trees, v, b, strict=True):
         s = [x for x in solutions(t) if x["score"] is not None]
-        right, wrong = [x["score"] for x in s if x["correct"]], [x["score"] for x in s if not x["correct"]]
-        pos += right
-        neg += wrong
-        if right and wrong:
+        rows += [{"problem_id": t["problem_id"], "label": int(bool(x["correct"]))} for x in s]
+        scores += [x["score"] for x in s]
+        right = sum(bool(x["correct"]) for x in s)
+        if 0 < right < len(s):
             mixed += 1
-            top += bool(best_of_n(t))
-            vote_right += vote(t)
-            chance += len(right) / len(s)
-            within.append(auroc(right, wrong))
-    searched = sum(map(weighted, trees)) if args.prm else sum(bool(t["correct"]) for t in trees)
-    print(f"n={n}: weighted {searched / n:.3f}, best-of-N "
-          f"{sum(bool(best_of_n(t)) for t in trees) / n:.3f}, vote on the same samples {sum(map(vote, trees)) / n:.3f}, "
+            top += picked
+            vote_right += voted
+            chance += right / len(s)
+    print(f"n={n}: weighted {sum(w) / n:.3f}, best-of-N {sum(b) / n:.3f}, vote on the same samples {sum(v) / n:.3f}, "
           f"pass@N {sum(any(x['correct'] for x in solutions(t)) for t in trees) / n:.3f}")
     if mixed:
-        print(f"{mixed} problems with right and wrong samples: top-scored right on {top}, a random pick "
-              f"{chance:.1f}, vote {vote_right}; within-problem AUROC {sum(within) / len(within):.3f}, "
-              f"pooled {auroc(pos, neg):.3f}")
+        pooled = auroc([r["label"] for r in rows], scores)
+        print(f"{mixed} problems with right and wrong samples: top-scored right on {top:.0f}, a random pick "
+              f"{chance:.1f}, vote {vote_right:.0f}; within-problem AUROC "
+              f"{within_problem_auroc(rows, scores)['auroc']:.3f}, pooled {pooled:.3f}")
     if read is not None:
-        from sharpen.stats import paired_bootstrap
-
         usage = [t.get("usage") or {} for t in trees]
         gen = sum(u.get("generated_tokens", 0) for u in usage) / n
         fwd = sum(u.get("forward_tokens", 0) for u in usage) / n
         print(f"tokens per problem: generated {gen:.1f}, policy forward {fwd:.1f}, PRM forward {read / n:.1f} "
               f"(vote spends the policy's alone)")
-        v = [float(vote(t)) for t in trees]
-        for name, picked in (("best-of-N", [float(bool(best_of_n(t))) for t in trees]),
-                             ("weighted", [float(weighted(t)) for t in trees])):
+        for name, picked in (("best-of-N", b), ("weighted", w)):
             d, (lo, hi) = paired_bootstrap(v, picked)
             print(f"{name} - vote on the same samples: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap 95%)")
     if args.bon_trees:
         bon = {t["problem_id"]: t for t in (json.loads(line) for line in open(args.bon_trees))}
-        same = sum(bool(best_of_n(t)) == bool(bon[t["problem_id"]]["correct"]) for t in trees)
+        same = sum(bool(picked) == bool(bon[t["problem_id"]]["correct"]) for t, picked in zip(trees, b, strict=True))
         print(f"best-of-N from the scores == the bon cell on {same} of {n} problems")
 
 

@@ -161,5 +161,5 @@ def within_problem_auroc(rows: list[dict], scores: list[float]) -> dict | None:
     for r, x in zip(rows, scores, strict=True):
         if r.get("leaf", True) and r.get("problem_id") is not None:
             by.setdefault(r["problem_id"], ([], []))[int(r["label"]) == 1].append(x)
-    per = [stats.auroc(np.array(right), np.array(wrong)) for wrong, right in by.values() if right and wrong]
+    per = [stats.auroc(right, wrong) for wrong, right in by.values() if right and wrong]
     return {"auroc": sum(per) / len(per), "problems": len(per)} if per else None

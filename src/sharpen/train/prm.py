@@ -155,7 +155,8 @@ def dataset_delimiter(ds: Any) -> str:
     return found.pop() if found else DELIMITER
 
 
-def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False, context: str = "prompt") -> list[dict]:
+def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False, context: str = "prompt",
+              meta: bool = False) -> list[dict]:
     """One example per leaf path: every valued step on it carries its label (hard: 0/1, -100
     elsewhere) or, `soft`, its Monte Carlo value (a float in [0, 1], -100.0 elsewhere)."""
     out = []
@@ -171,13 +172,15 @@ def _examples(ds: Any, tok: Any, max_length: int | None, soft: bool = False, con
             if p >= 0 and lab >= 0:
                 labels[p] = float(lab) if soft else int(lab)
         if any(lab != -100 for lab in labels):
-            out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
-                        "problem_id": r.get("problem_id"), "final": r["path_labels"][-1]})
+            row = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+            if meta:  # what `ranking_examples` pairs by
+                row.update(problem_id=r.get("problem_id"), final=r["path_labels"][-1])
+            out.append(row)
     return out
 
 
 def ranking_examples(examples: Sequence[dict], per_right: int = 4, seed: int = 0) -> list[dict]:
-    """Pairs of `_examples` rows of one problem whose last steps are labelled right (1) and wrong (0):
+    """Pairs of `_examples(..., meta=True)` rows of one problem whose last steps are labelled right (1) and wrong (0):
     each right path with up to `per_right` wrong ones, drawn with `seed`; rows without a problem id
     or a label on their last step are left out. Each pair is {"right": row, "wrong": row}."""
     import random
@@ -268,25 +271,23 @@ def build_trainer(cfg: PRMTrainConfig, dataset: Any | None = None) -> Any:
     if cfg.context not in CONTEXTS:
         raise ConfigError(f"context={cfg.context!r} is not one of {', '.join(CONTEXTS)} "
                           "(fix: --arg context=prompt or --arg context=question)")
+    if cfg.ranking < 0:
+        raise ConfigError(f"ranking={cfg.ranking} is negative (fix: --arg ranking=1, or 0 for no ranking loss)")
     path = resolve_model(cfg.model)
     if dataset is None:
         dataset = load_dataset_dir(cfg.data, LABEL_COLUMNS)
     tok = load_tokenizer(path)
     delimiter = dataset_delimiter(dataset)
-    rows = _examples(dataset, tok, cfg.max_length, soft=cfg.soft, context=cfg.context)
+    rows = _examples(dataset, tok, cfg.max_length, soft=cfg.soft, context=cfg.context, meta=cfg.ranking > 0)
     if not rows:
         raise TaskError(
             f"{cfg.data} has no labelled steps (fix: build labels from trees scored by the oracle)"
         )
-    if cfg.ranking < 0:
-        raise ConfigError(f"ranking={cfg.ranking} is negative (fix: --arg ranking=1, or 0 for no ranking loss)")
     if cfg.ranking > 0:
         rows = ranking_examples(rows, cfg.ranking_pairs, cfg.seed)
         if not rows:
             raise TaskError(f"{cfg.data} has no problem with both a right and a wrong path to rank "
                             "(fix: label more samples per problem, or train without --arg ranking)")
-    else:
-        rows = [{k: v for k, v in r.items() if k not in ("problem_id", "final")} for r in rows]
     set_seed(cfg.seed)  # the new head's initial weights come from the seed, not from whatever ran before
     model = AutoModelForTokenClassification.from_pretrained(
         path,
