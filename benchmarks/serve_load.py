@@ -36,6 +36,8 @@ def start(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
            "--budget", str(args.budget), "--queue", str(args.queue), "--algo", args.algo]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     for _ in range(600):
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--algo", default="vote")
     ap.add_argument("--queue", type=int, default=64)
     ap.add_argument("--batch", type=int, default=None, help="the server's rows per forward pass (default: its own)")
+    ap.add_argument("--dtype", default=None, help="the server's --dtype (default: its own, auto)")
     args = ap.parse_args()
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"sharpen-serve-{port}.log"
@@ -120,7 +123,7 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGTERM)
     base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else None
     print(f"\n{args.model}, algo {args.algo}, budget {args.budget}, queue {args.queue}, "
-          f"batch {args.batch or 'default'}, {args.seconds:g} s per row")
+          f"batch {args.batch or 'default'}, dtype {args.dtype or 'default'}, {args.seconds:g} s per row")
     print("| clients | requests | req/s | p50 s | p95 s | errors | 429 | gen tok/s | vs 1 client |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

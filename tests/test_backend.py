@@ -196,3 +196,76 @@ def test_mixture_sends_a_share_of_step_rows_to_the_other_model(tiny_model_dir, t
         [c.text for c in main.generate(prompts[:1], rollout, seeds=[3])[0]]
     assert mix.next_token_logprobs(prompts, ["a"]) == main.next_token_logprobs(prompts, ["a"])
     assert len({c.text for c in out[0]}) > 1
+
+
+def test_sample_rows_draws_by_probability_never_a_filtered_token_and_alone_as_in_a_batch():
+    """The per-row sampler inverts each row's CDF at one draw of the row's own stream: token
+    frequencies follow the probabilities, a token of probability 0 (filtered by top-p, say) is never
+    drawn, also at the ends of the vocabulary and of a 256-token block, and a row draws the same
+    token alone or beside others."""
+    import collections
+
+    import torch
+
+    from sharpen.backends.hf import sample_rows
+
+    torch.manual_seed(0)
+    vocab = 1000  # not a multiple of the 256-token blocks
+    logits = torch.randn(4, vocab) * 2
+    logits[1, 10:] = float("-inf")
+    logits[2, :] = float("-inf")
+    logits[2, vocab - 1] = 0.0  # the only token: the last one
+    logits[3, :] = float("-inf")
+    logits[3, [255, 256]] = 0.0  # two tokens either side of a block edge
+    probs = torch.softmax(logits, dim=-1)
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    draws = 3000
+    counts = [collections.Counter() for _ in range(4)]
+    for _ in range(draws):
+        for r, t in enumerate(sample_rows(logits, gens).tolist()):
+            counts[r][t] += 1
+    for r in range(4):
+        assert all(probs[r, t] > 0 for t in counts[r]), f"row {r} drew a token of probability 0"
+    assert counts[2] == {vocab - 1: draws}
+    assert set(counts[3]) == {255, 256} and abs(counts[3][255] / draws - 0.5) < 0.05
+    for r in (0, 1):
+        top = probs[r].topk(3)
+        for p, t in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            sd = (p * (1 - p) / draws) ** 0.5
+            assert abs(counts[r][t] / draws - p) < 5 * sd + 1e-3, (r, t, p, counts[r][t])
+    a = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
+    b = [torch.Generator().manual_seed(6)]
+    together = [sample_rows(logits[:3], a)[1].item() for _ in range(50)]
+    alone = [sample_rows(logits[1:2], b)[0].item() for _ in range(50)]
+    assert together == alone
+
+
+def test_growing_kv_cache_gives_the_dynamic_caches_logits(tiny_model_dir):
+    """The decode loop's cache appends into a buffer with room to spare instead of concatenating:
+    the same logits as transformers' DynamicCache over prefill, steps, a buffer growth and a row
+    selection."""
+    import torch
+    from transformers import DynamicCache
+
+    from sharpen.backends.hf import _GrowingCache, _GrowingLayer
+
+    b = HFBackend(tiny_model_dir, seed=0)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (3, 12))
+    outs = []
+    for cache in (DynamicCache(), _GrowingCache()):
+        logits = []
+        with torch.inference_mode():
+            out = b.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            cache, step = out.past_key_values, ids[:, -1:]
+            for i in range(_GrowingLayer.chunk + 8):  # past the first buffer's spare room
+                if i == 5:
+                    cache.batch_select_indices(torch.tensor([0, 2]))
+                    step = step[[0, 2]]
+                out = b.model(input_ids=step, past_key_values=cache, use_cache=True)
+                cache, step = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                logits.append(out.logits[:, -1])
+        outs.append(torch.cat(logits))
+        assert cache.get_seq_length() == 12 + _GrowingLayer.chunk + 8
+    assert isinstance(cache.layers[0], _GrowingLayer)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)

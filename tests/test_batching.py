@@ -43,3 +43,44 @@ def test_parallel_search_is_deterministic_and_within_budget(tiny_model_dir, setu
     assert sum(t.usage["generated_tokens"] for t in a) == backend.meter.total.generated_tokens
     # calls were merged: fewer backend calls than searches made
     assert backend.meter.total.calls < sum(t.usage["calls"] for t in a)
+
+
+def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_gets_alone(tiny_model_dir, setup):
+    """`LockstepBatcher.serve` (what `sharpen serve` runs): a search handed over while another is
+    running joins it at the next merged call, their calls merge, and each gets the tree it gets
+    searched alone."""
+    from sharpen.batching import LockstepBatcher, fork_search
+    from sharpen.registry import get_algorithm
+
+    task, problems = setup
+    backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)
+    process = LMProcess(backend, task, temperature=1.0, step_tokens=5, rollout_tokens=10, max_depth=3)
+    vote = get_algorithm("vote").fn
+
+    def job(i):
+        return lambda proxy: vote(fork_search(process, None, proxy)[0], None, problems[i], 80, seed=10 + i)
+
+    def steps(tree):
+        return [(n.step, n.answer) for n in tree.nodes], tree.answer, tree.usage["generated_tokens"]
+
+    alone = [steps(LockstepBatcher(backend).run([job(i)])[0]) for i in range(3)]
+    rows: list[int] = []
+    generate = backend.generate
+    backend.generate = lambda prompts, *a, **kw: rows.append(len(prompts)) or generate(prompts, *a, **kw)
+    got: dict[int, tuple] = {}
+    handed = []
+
+    def take(block):
+        # the first search at once, the other two once the first has made a call
+        if not handed:
+            handed.append(0)
+            return [(job(0), None, lambda r, e: got.__setitem__(0, r if e is None else e))]
+        if len(handed) == 1 and rows:
+            handed.extend([1, 2])
+            return [(job(i), None, lambda r, e, i=i: got.__setitem__(i, r if e is None else e)) for i in (1, 2)]
+        return None if len(handed) == 3 else []
+
+    LockstepBatcher(backend).serve(take)
+    assert sorted(got) == [0, 1, 2]
+    assert [steps(got[i]) for i in range(3)] == alone
+    assert rows[0] == 8 and max(rows) > 8  # the first call was the first search's alone; later ones merged

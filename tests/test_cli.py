@@ -103,3 +103,11 @@ def test_train_sft_command_and_bad_data_dir(tmp_path, tiny_model_dir):
     r = run(["train", "dpo", "--model", tiny_model_dir, "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "d")],
             cwd=tmp_path)
     assert r.returncode == 2 and "dataset dir not found" in r.stderr and not (tmp_path / "d").exists()
+
+
+def test_serve_unknown_dtype_one_line_exit_2(tmp_path):
+    r = run(["serve", "--dtype", "fp8", "--port", "1"], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "unknown dtype 'fp8'" in lines[0] and "fix" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -94,46 +94,25 @@ class LockstepBatcher:
         self._cv = threading.Condition()
         self._pending: dict[int, _Request] = {}
         self._live: set[int] = set()
-        self._cancelled: list[Callable[[], bool]] | None = None
+        self._cancelled: dict[int, Callable[[], bool]] = {}
+        self._proxies: dict[int, ProxyBackend] = {}
+        self._next_slot = 0
 
     def run(self, jobs: list[Callable[[ProxyBackend], T]],
             cancelled: list[Callable[[], bool]] | None = None) -> list[T]:
         """Run each job (given its own proxy backend) concurrently; results in job order.
         `cancelled[i]()` true stops job i at its next backend call (it raises `SearchCancelled`),
         so a search nobody waits for any more stops spending tokens."""
-        self._cancelled = cancelled
         results: list[Any] = [None] * len(jobs)
         errors: list[BaseException | None] = [None] * len(jobs)
-        proxies = [ProxyBackend(self, i) for i in range(len(jobs))]
 
-        def work(i: int) -> None:
-            try:
-                results[i] = jobs[i](proxies[i])
-            except BaseException as e:  # re-raised in the caller's thread
-                errors[i] = e
-            finally:
-                with self._cv:
-                    self._live.discard(i)
-                    self._cv.notify_all()
+        def keep(i: int) -> Callable[[Any, BaseException | None], None]:
+            def done(result: Any, error: BaseException | None) -> None:
+                results[i], errors[i] = result, error
+            return done
 
-        with self._cv:
-            self._live = set(range(len(jobs)))
-            self._pending = {}
-        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(jobs))]
-        for t in threads:
-            t.start()
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: not self._live or all(i in self._pending for i in self._live))
-                if not self._live:
-                    break
-                batch = dict(sorted(self._pending.items()))
-                self._pending = {}
-            self._execute(batch, proxies)
-            with self._cv:
-                for req in batch.values():
-                    req.done = True
-                self._cv.notify_all()
+        threads = [self._start(job, cancelled[i] if cancelled else None, keep(i)) for i, job in enumerate(jobs)]
+        self._loop(lambda block: None)
         for t in threads:
             t.join()
         for e in errors:
@@ -141,8 +120,65 @@ class LockstepBatcher:
                 raise e
         return results
 
+    def serve(self, take: Callable[[bool], list[tuple[Callable[[ProxyBackend], Any], Callable[[], bool] | None,
+                                                     Callable[[Any, BaseException | None], None]]]]) -> None:
+        """Continuous admission: before every merged call, `take(block)` hands over new searches as
+        (job, cancelled, done) triples, which join the searches already running (`block` is true
+        when none is running: wait for one). `done(result, error)` receives each search's outcome.
+        A search that finishes early no longer waits for the slowest of its batch-mates before the
+        next one starts. Runs until `take` returns None with no search running."""
+        self._loop(take)
+
+    def _start(self, job: Callable[[ProxyBackend], Any], cancelled: Callable[[], bool] | None,
+               done: Callable[[Any, BaseException | None], None]) -> threading.Thread:
+        with self._cv:
+            slot, self._next_slot = self._next_slot, self._next_slot + 1
+            proxy = self._proxies[slot] = ProxyBackend(self, slot)
+            if cancelled is not None:
+                self._cancelled[slot] = cancelled
+            self._live.add(slot)  # live before its thread runs: no merge goes ahead without it
+
+        def work() -> None:
+            result, error = None, None
+            try:
+                result = job(proxy)
+            except BaseException as e:  # noqa: BLE001 - handed to `done`, re-raised by `run`
+                error = e
+            finally:
+                with self._cv:
+                    self._live.discard(slot)
+                    self._cancelled.pop(slot, None)
+                    self._proxies.pop(slot, None)
+                    self._cv.notify_all()
+            done(result, error)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        return thread
+
+    def _loop(self, take: Callable[[bool], Any]) -> None:
+        while True:
+            new = take(not self._live)
+            for job, cancelled, done in new or []:
+                self._start(job, cancelled, done)
+            with self._cv:
+                if new is None and not self._live:
+                    return
+                self._cv.wait_for(lambda: not self._live or all(i in self._pending for i in self._live))
+                if not self._live:
+                    continue
+                batch = dict(sorted(self._pending.items()))
+                self._pending = {}
+                proxies = {slot: self._proxies[slot] for slot in batch}
+            self._execute(batch, proxies)
+            with self._cv:
+                for req in batch.values():
+                    req.done = True
+                self._cv.notify_all()
+
     def _submit(self, slot: int, req: _Request) -> Any:
-        if self._cancelled is not None and self._cancelled[slot]():
+        cancelled = self._cancelled.get(slot)
+        if cancelled is not None and cancelled():
             raise SearchCancelled(f"search {slot} cancelled")
         with self._cv:
             self._pending[slot] = req
@@ -152,7 +188,7 @@ class LockstepBatcher:
             raise req.result
         return req.result
 
-    def _execute(self, batch: dict[int, _Request], proxies: list[ProxyBackend]) -> None:
+    def _execute(self, batch: dict[int, _Request], proxies: dict[int, ProxyBackend]) -> None:
         groups: dict[Any, list[tuple[int, _Request]]] = {}
         for slot, req in batch.items():
             if req.kind == "batched":
@@ -169,7 +205,7 @@ class LockstepBatcher:
                 for _, req in members:
                     req.result = e
 
-    def _run_group(self, key: Any, members: list[tuple[int, _Request]], proxies: list[ProxyBackend]) -> None:
+    def _run_group(self, key: Any, members: list[tuple[int, _Request]], proxies: dict[int, ProxyBackend]) -> None:
         if key[0] == "batched":  # the callers meter their own share
             out = members[0][1].fn([x for _, req in members for x in req.prompts])
             pos = 0

@@ -234,7 +234,10 @@ def serve_cmd(
     step_tokens: Annotated[int, typer.Option(help=_help(S, "step_tokens"))] = S["step_tokens"].default,
     rollout_tokens: Annotated[int, typer.Option(help=_help(S, "rollout_tokens"))] = S["rollout_tokens"].default,
     max_depth: Annotated[int, typer.Option(help=_help(S, "max_depth"))] = S["max_depth"].default,
-    batch: Annotated[int, typer.Option(help=_help(S, "batch"))] = S["batch"].default,
+    batch: Annotated[int, typer.Option(help="rows per forward pass of the backend: the merged requests' samples "
+                                       "(256, as vLLM's max_num_seqs: 32 vote requests of 8)")] = 256,
+    dtype: Annotated[str, typer.Option(help="weights' precision: auto (float32 on CPU, bfloat16 on GPU), float32, "
+                                       "bfloat16 (faster on CPUs with AVX-512 BF16), float16")] = "auto",
 ) -> None:
     """Test-time search behind an OpenAI-compatible endpoint: POST /v1/chat/completions with a `search` object."""
     quiet_libraries()
@@ -242,11 +245,15 @@ def serve_cmd(
 
     if queue < 1 or budget < 1 or max_budget < budget or timeout <= 0:
         raise ConfigError("--queue, --budget >= 1, --max-budget >= --budget, --timeout > 0 (fix: positive values)")
+    if dtype != "auto":
+        from sharpen.backends.hf import parse_dtype
+
+        parse_dtype(dtype)
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
                          max_depth=max_depth, batch=batch)
     cfg = ServeConfig(algo=algo, budget=budget, max_budget=max_budget, queue=queue, wave=queue, timeout=timeout)
     err.print(f"sharpen serve: {model} on http://{host}:{port}/v1 (default search: {algo}, budget {budget})")
-    serve(model, task, scorer, host, port, api_key, cfg, settings, _kv(task_arg), batch)
+    serve(model, task, scorer, host, port, api_key, cfg, settings, _kv(task_arg), batch, dtype)
 
 
 @app.command("algos")

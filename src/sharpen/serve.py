@@ -9,9 +9,9 @@
     GET  /v1/trees/{id}         the search tree of a reply (`sharpen view` renders it)
     GET  /v1/models, /health, /metrics (Prometheus text)
 
-Requests from many clients are searched together: a worker thread takes every queued request (up to
-`wave`) and runs their searches in one `LockstepBatcher`, so their backend calls merge into batched
-forward passes. Requests that arrive during a wave wait for the next one. The queue is bounded
+Requests from many clients are searched together: a worker thread runs one `LockstepBatcher` that
+admits queued requests (up to `wave` searched at once) before each merged call, so their backend calls
+merge into batched forward passes and a request that arrives mid-search joins at the next call. The queue is bounded
 (beyond it: 429 with Retry-After); a request over the budget cap or malformed gets a 400 with a
 one-line message; a request past its timeout gets a 504, and a search whose client disconnected or
 timed out stops at its next backend call. With an API key, requests without it get a 401 and no work.
@@ -136,20 +136,32 @@ class SearchService:
     def _work(self) -> None:
         from sharpen.batching import LockstepBatcher
 
-        while True:
-            with self._cv:
+        LockstepBatcher(self.process.backend).serve(self._take)
+
+    def _take(self, block: bool) -> list[tuple[Any, Any, Any]]:
+        """The queued requests that fit beside the running ones (at most `wave` searched at once);
+        with `block`, waits for one."""
+        with self._cv:
+            if block:
                 self._cv.wait_for(lambda: bool(self._queue))
-                wave = [self._queue.popleft() for _ in range(min(self.cfg.wave, len(self._queue)))]
-                self.running = len(wave)
-            wave = [j for j in wave if not self._drop_if_stopped(j)]
-            if wave:
-                results = LockstepBatcher(self.process.backend).run([self._job(j) for j in wave],
-                                                                    cancelled=[j.stop for j in wave])
-                for j, r in zip(wave, results, strict=True):
-                    if not j.future.done():
-                        (j.future.set_exception if isinstance(r, BaseException) else j.future.set_result)(r)
-            with self._cv:
-                self.running = 0
+            room = max(0, self.cfg.wave - self.running)
+            jobs = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+            self.running += len(jobs)
+        taken = []
+        for j in jobs:
+            if self._drop_if_stopped(j):
+                self._finished(j, None, None)
+            else:
+                taken.append((self._job(j), j.stop, lambda r, e, j=j: self._finished(j, r, e)))
+        return taken
+
+    def _finished(self, job: _Job, result: Any, error: BaseException | None) -> None:
+        with self._cv:
+            self.running -= 1
+        if not job.future.done():
+            outcome = error if error is not None else result
+            if outcome is not None:
+                (job.future.set_exception if isinstance(outcome, BaseException) else job.future.set_result)(outcome)
 
     def _drop_if_stopped(self, job: _Job) -> bool:
         if job.stop():
@@ -371,7 +383,7 @@ def _reply(tree: Any, job: _Job, model_name: str, process: Any) -> dict[str, Any
 
 def serve(model: str = "smollm2-135m", task: str | None = None, scorer: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, api_key: str | None = None, cfg: ServeConfig | None = None, settings: Any = None,
-          task_args: dict[str, Any] | None = None, batch: int = 32) -> None:
+          task_args: dict[str, Any] | None = None, batch: int = 256, dtype: str = "auto") -> None:
     """Load the model and task, then serve until interrupted."""
     import uvicorn
 
@@ -384,7 +396,8 @@ def serve(model: str = "smollm2-135m", task: str | None = None, scorer: str | No
     cfg.api_key = api_key
     check_model(model)
     the_task = load_task(task, task_args or {}) if task else GenericMathTask()
-    process = make_process(load_model(model, max_batch=batch), the_task, settings)
+    options: dict[str, Any] = {"max_batch": batch} | ({"dtype": dtype} if dtype != "auto" else {})
+    process = make_process(load_model(model, **options), the_task, settings)
     service = SearchService(process, cfg, start=False)
     service.check(cfg.algo, cfg.scorer, cfg.budget, {})  # the defaults, before the port is bound
     uvicorn.run(create_app(service.start(), model), host=host, port=port, log_level="warning")
