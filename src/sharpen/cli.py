@@ -237,7 +237,8 @@ def serve_cmd(
     batch: Annotated[int, typer.Option(help="rows per forward pass of the backend: the merged requests' samples "
                                        "(256, as vLLM's max_num_seqs: 32 vote requests of 8)")] = 256,
     dtype: Annotated[str, typer.Option(help="weights' precision: auto (float32 on CPU, bfloat16 on GPU), float32, "
-                                       "bfloat16 (faster on CPUs with AVX-512 BF16), float16")] = "auto",
+                                       "bfloat16 (faster on CPUs with AVX-512 BF16, but a request's answer can "
+                                       "then depend on its batch-mates), float16")] = "auto",
 ) -> None:
     """Test-time search behind an OpenAI-compatible endpoint: POST /v1/chat/completions with a `search` object."""
     quiet_libraries()
