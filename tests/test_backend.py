@@ -250,6 +250,7 @@ def test_growing_kv_cache_gives_the_dynamic_caches_logits(tiny_model_dir):
     from sharpen.backends.hf import _GrowingCache, _GrowingLayer
 
     b = HFBackend(tiny_model_dir, seed=0)
+    assert b._growing  # a Llama: every layer's cache is a plain one
     torch.manual_seed(0)
     ids = torch.randint(5, 200, (3, 12))
     outs = []

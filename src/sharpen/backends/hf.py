@@ -240,6 +240,11 @@ class HFBackend(LocalTokenizer):
         self._masks: dict[str, torch.Tensor] = {}
         # finished rows leave a decode's batch once they are this share of it (0: at once)
         self.compact_at = 0.5
+        # the appending KV cache only where every layer's cache is a plain one (no sliding window)
+        try:
+            self._growing = all(type(x) is DynamicLayer for x in DynamicCache(config=self.model.config).layers)
+        except Exception:  # noqa: BLE001 - a config the cache cannot read: transformers' own cache
+            self._growing = False
 
     # -- prompts: chat_prompt, count_tokens, eos_text from LocalTokenizer --------------------
     def _delimiter_mask(self, delimiter: str) -> torch.Tensor:
@@ -394,8 +399,8 @@ class HFBackend(LocalTokenizer):
         max_new: int,
         generators: list[torch.Generator] | None,
     ) -> tuple[list[list[int]], torch.Tensor]:
-        """The decode loop of `model.generate`, except that a row leaves the batch (and the KV cache)
-        once it stops, so the rows still going no longer carry the finished ones.
+        """The decode loop of `model.generate`, except that rows that stopped leave the batch (and
+        the KV cache) once they are `compact_at` of it, so the rows still going no longer carry them.
 
         Sampling (`generators` given, one per row) draws each row from its own stream
         (`sample_rows`), as `generate` does here through `_RowSampler`, so both decoders draw the
@@ -406,7 +411,7 @@ class HFBackend(LocalTokenizer):
         eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=self.device)
         pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         past = cache.get_seq_length() if cache is not None else 0
-        cache = cache if cache is not None else _GrowingCache()
+        cache = cache if cache is not None else self._new_cache()
         step_ids, step_pos, attn = input_ids[:, past:], pos[:, past:], mask
         batch = list(range(n_rows))  # the rows in the forward pass, in order
         live = list(range(n_rows))  # positions in `batch` of the rows still going
@@ -483,7 +488,7 @@ class HFBackend(LocalTokenizer):
         if cache is None:
             return None
         rows = torch.tensor(owner, device=self.device)
-        full = _GrowingCache()
+        full = _GrowingCache() if self._growing else DynamicCache()
         for i, layer in enumerate(cache.layers):
             full.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
         return full
@@ -498,13 +503,18 @@ class HFBackend(LocalTokenizer):
                     self._prefix_kv.pop(next(iter(self._prefix_kv)))
                 out = self.model(torch.tensor([list(key)], device=self.device), use_cache=True)
                 self._prefix_kv[key] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-            cache = _GrowingCache()
+            cache = _GrowingCache() if self._growing else DynamicCache()
             for i, (k, v) in enumerate(self._prefix_kv[key]):
                 cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)  # copied into its buffer
             return cache
         except Exception:  # a model whose cache is not a plain per-layer KV: no sharing
             self.prefix_cache = False
             return None
+
+    def _new_cache(self) -> DynamicCache | None:
+        """An empty KV cache for the decode loop: the appending one where the model allows it, else
+        None (the model makes its own, as `DynamicCache(config=...)`)."""
+        return _GrowingCache() if self._growing else None
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
