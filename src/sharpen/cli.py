@@ -246,10 +246,9 @@ def serve_cmd(
 
     if queue < 1 or budget < 1 or max_budget < budget or timeout <= 0:
         raise ConfigError("--queue, --budget >= 1, --max-budget >= --budget, --timeout > 0 (fix: positive values)")
-    if dtype != "auto":
-        from sharpen.backends.hf import parse_dtype
+    from sharpen.backends.hf import parse_dtype
 
-        parse_dtype(dtype)
+    parse_dtype(dtype)  # a bad --dtype fails before the model loads
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
                          max_depth=max_depth, batch=batch)
     cfg = ServeConfig(algo=algo, budget=budget, max_budget=max_budget, queue=queue, wave=queue, timeout=timeout)

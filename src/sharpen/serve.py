@@ -158,10 +158,8 @@ class SearchService:
     def _finished(self, job: _Job, result: Any, error: BaseException | None) -> None:
         with self._cv:
             self.running -= 1
-        if not job.future.done():
-            outcome = error if error is not None else result
-            if outcome is not None:
-                (job.future.set_exception if isinstance(outcome, BaseException) else job.future.set_result)(outcome)
+        if not job.future.done():  # a request dropped before its search started has its answer already
+            job.future.set_exception(error) if error is not None else job.future.set_result(result)
 
     def _drop_if_stopped(self, job: _Job) -> bool:
         if job.stop():
@@ -177,14 +175,11 @@ class SearchService:
 
         entry = get_algorithm(job.algo)
 
-        def run(proxy: Any) -> Any:
-            try:
-                process, scorer = fork_search(self.process, self.scorer(job.scorer), proxy)
-                tree = entry.fn(process, scorer, job.problem, job.budget, seed=job.seed, **job.options)
-                tree.scorer = job.scorer if entry.needs_scorer else None
-                return tree
-            except BaseException as e:  # noqa: BLE001 - handed to the request that owns it
-                return e
+        def run(proxy: Any) -> Any:  # an exception reaches `_finished` through the batcher
+            process, scorer = fork_search(self.process, self.scorer(job.scorer), proxy)
+            tree = entry.fn(process, scorer, job.problem, job.budget, seed=job.seed, **job.options)
+            tree.scorer = job.scorer if entry.needs_scorer else None
+            return tree
 
         return run
 
@@ -396,8 +391,7 @@ def serve(model: str = "smollm2-135m", task: str | None = None, scorer: str | No
     cfg.api_key = api_key
     check_model(model)
     the_task = load_task(task, task_args or {}) if task else GenericMathTask()
-    options: dict[str, Any] = {"max_batch": batch} | ({"dtype": dtype} if dtype != "auto" else {})
-    process = make_process(load_model(model, **options), the_task, settings)
+    process = make_process(load_model(model, max_batch=batch, dtype=dtype), the_task, settings)
     service = SearchService(process, cfg, start=False)
     service.check(cfg.algo, cfg.scorer, cfg.budget, {})  # the defaults, before the port is bound
     uvicorn.run(create_app(service.start(), model), host=host, port=port, log_level="warning")

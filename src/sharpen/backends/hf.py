@@ -430,8 +430,8 @@ class HFBackend(LocalTokenizer):
             cache = getattr(out, self._cache_kwarg)
             logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
             seen = step_ids
+            at = torch.tensor(live, device=self.device)  # the rows still going, among those in the forward
             if len(live) < len(batch):  # finished rows still in the forward pass: left out from here on
-                at = torch.tensor(live, device=self.device)
                 logits, seen = logits[at], step_ids[at]
             scores = logits
             for proc in processors:
@@ -453,7 +453,7 @@ class HFBackend(LocalTokenizer):
             if not keep or step == max_new - 1:
                 break
             fed = torch.full((len(batch),), pad, dtype=torch.long, device=self.device)
-            fed[torch.tensor(live, device=self.device)] = tokens
+            fed[at] = tokens
             # finished rows leave the batch (and the KV cache) once they are half of it: copying
             # the cache whenever one row stops cost more than carrying a few rows a little longer
             if len(batch) - len(keep) >= max(1, int(len(batch) * self.compact_at)):
