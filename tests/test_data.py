@@ -182,3 +182,24 @@ def test_load_trees(tmp_path):
     assert len(load_trees(tmp_path)) == 2
     with pytest.raises(TaskError):
         load_trees(tmp_path / "missing.jsonl")
+
+
+def test_outcome_steps_split_whole_solutions_into_steps_labelled_by_the_outcome():
+    t = Tree(problem_id="p3", scorer=None, question="What is 1 + 2 + 3?", prompt=P, reference="6")
+    t.add(0, step="1 + 2 = 3\n3 + 3 = 6\nAnswer: 6", terminal=True, answer="6", correct=True)
+    t.add(0, step="1 + 2 = 4\n\nAnswer: 7", terminal=True, answer="7", correct=False)
+    t.add(0, step="Answer: 6", terminal=True, answer="6", correct=True)
+    plain = step_labels([t]).to_list()
+    assert [r["step"] for r in plain] == [n.step for n in t.nodes[1:]]  # off: one row per node, as before
+    rows = step_labels([t], outcome_steps=True).to_list()
+    assert [r["step"] for r in rows] == ["1 + 2 = 3", "3 + 3 = 6", "Answer: 6", "1 + 2 = 4", "Answer: 7", "Answer: 6"]
+    first = rows[:3]
+    assert [r["prefix_steps"] for r in first] == [[], ["1 + 2 = 3"], ["1 + 2 = 3", "3 + 3 = 6"]]
+    assert [r["leaf"] for r in rows] == [False, False, True, False, True, True]
+    assert [r["terminal"] for r in rows] == [False, False, True, False, True, True]
+    assert [r["node_id"] for r in rows] == [-1, -1, 1, -1, 2, 3]
+    assert [r["label"] for r in rows] == [1, 1, 1, 0, 0, 1]
+    assert rows[2]["path_labels"] == [1, 1, 1] and rows[4]["path_labels"] == [0, 0]
+    assert rows[4]["path_values"] == [0.0, 0.0] and rows[4]["depth"] == 2
+    # the PRM reads the same text either way: prefix + step joined by the delimiter
+    assert "\n".join(rows[2]["prefix_steps"] + [rows[2]["step"]]) == t.nodes[1].step

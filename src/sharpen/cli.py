@@ -185,7 +185,8 @@ def sweep_cmd(
     n: Annotated[int, typer.Option(help="problems (held-out: the test split)")] = 100,
     seed: int = 0,
     split: Annotated[str, typer.Option(help="test (held-out) or train: training-split problems, e.g. a "
-                                       "validation set with --skip past those labels were collected on")] = "test",
+                                       "validation set with --skip past those labels were collected on; the oracle scorer "
+                                       "(reference answers) is allowed here only")] = "test",
     skip: Annotated[int, typer.Option(help="skip the split's first SKIP problems")] = 0,
     arg: Annotated[list[str] | None, typer.Option("--arg", help="algo.key=value, e.g. mcts.k=4; repeatable")] = None,
     temperature: Annotated[float, typer.Option(help=_help(S, "temperature"))] = S["temperature"].default,
@@ -211,7 +212,8 @@ def sweep_cmd(
     from sharpen.sweep import sweep_rows
 
     out.print(_rows_table(f"accuracy (generated / forward tokens per problem: policy + verifier; paired change vs the "
-                          f"first row, 95% CI), {split} split, n={n}", sweep_rows(results, budget_list)))
+                          f"first row, 95% CI), {split} split, n={n}",
+                          sweep_rows(results, sorted({r["budget"] for r in results}))))
     out.print(f"sweep: {sweep_dir / 'sweep.json'}   plot: {sweep_dir / 'accuracy_vs_tokens.png'}")
 
 
@@ -328,9 +330,13 @@ def build_pairs(
 
 @build_app.command("labels")
 def build_labels(trees: TreesOpt, out_dir: DataOutOpt, threshold: float = 0.5, source: str = "mc",
-                 round_: RoundOpt = 0, holdout: HoldoutOpt = 0.0, allow_test_split: AllowTestOpt = False) -> None:
+                 round_: RoundOpt = 0, holdout: HoldoutOpt = 0.0, allow_test_split: AllowTestOpt = False,
+                 outcome_steps: Annotated[bool, typer.Option(
+                     "--outcome-steps", help="split whole sampled solutions (vote, bon) into their steps, each "
+                     "labelled with the solution's outcome (an outcome-supervised value model)")] = False) -> None:
     """Step labels for a PRM: each step with its value and a binary label at a threshold."""
-    _build("labels", trees, out_dir, holdout, allow_test_split, threshold=threshold, source=source, round=round_)
+    _build("labels", trees, out_dir, holdout, allow_test_split, threshold=threshold, source=source, round=round_,
+           outcome_steps=outcome_steps)
 
 
 @build_app.command("traces")

@@ -289,6 +289,7 @@ def step_labels(
     threshold: float = 0.5,
     round: int = 0,
     source: ValueSource = "mc",
+    outcome_steps: bool = False,
 ) -> Dataset:
     """One row per valued step: its prompt, the steps before it, the step, its value and the label
     `value >= threshold` (Math-Shepherd's hard label at threshold > 0). `path_values` / `path_labels`
@@ -296,37 +297,52 @@ def step_labels(
     `leaf` marks steps with no valued child: a PRM trains on leaf rows, one sequence per path.
     `delimiter` is the tree's step delimiter: the PRM input is prompt + every step followed by it
     (or, for a PRM trained with `context="question"`, `question` and a newline in place of the prompt).
+
+    `outcome_steps`: a terminal node that holds a whole multi-step solution (vote and best-of-N
+    sample one node per solution) is split at the delimiter into its steps, and every step takes the
+    solution's value: outcome supervision at each step, which trains a value model of P(right | prefix)
+    (OVM, Yu et al. 2023, arXiv 2311.09724), so the PRM learns to score the partial paths that beam
+    search and particle filtering ask it about. The split steps' rows have `node_id` -1 but the last.
     """
     rows: list[dict] = []
     for tree in trees:
         vals = values(tree, source)
+        delim = tree_delimiter(tree)
         for n in tree.nodes:
             if n.parent is None or n.id not in vals:
                 continue
             path = tree.path(n.id)
+            steps = [m.step for m in path]
             pv = [vals.get(m.id, -1.0) for m in path]
-            pl = [int(vals[m.id] >= threshold) if m.id in vals else -1 for m in path]
-            rows.append(
-                {
-                    "prompt": base_prompt(tree),
-                    "question": tree.question,
-                    "prefix_steps": [m.step for m in path[:-1]],
-                    "step": n.step,
-                    "value": vals[n.id],
-                    "label": int(vals[n.id] >= threshold),
-                    "path_values": pv,
-                    "path_labels": pl,
-                    "leaf": not any(c in vals for c in n.children),
-                    "terminal": n.terminal,
-                    "problem_id": tree.problem_id,
-                    "node_id": n.id,
-                    "parent_id": n.parent,
-                    "depth": n.depth,
-                    "round": round,
-                    "recipe": f"mc-labels@{threshold:g}",
-                    "delimiter": tree_delimiter(tree),
-                }
-            )
+            parts = [n.step]
+            if outcome_steps and n.terminal and not any(c in vals for c in n.children):
+                parts = [p for p in n.step.split(delim) if p.strip()] or [n.step]
+            base = len(path) - 1
+            steps, pv = steps[:base] + parts, pv[:base] + [vals[n.id]] * len(parts)
+            pl = [int(v >= threshold) if v >= 0 else -1 for v in pv]
+            for k in range(len(parts)):
+                last = k == len(parts) - 1
+                rows.append(
+                    {
+                        "prompt": base_prompt(tree),
+                        "question": tree.question,
+                        "prefix_steps": steps[: base + k],
+                        "step": parts[k],
+                        "value": vals[n.id],
+                        "label": int(vals[n.id] >= threshold),
+                        "path_values": pv[: base + k + 1],
+                        "path_labels": pl[: base + k + 1],
+                        "leaf": last and not any(c in vals for c in n.children),
+                        "terminal": n.terminal and last,
+                        "problem_id": tree.problem_id,
+                        "node_id": n.id if last else -1,
+                        "parent_id": n.parent,
+                        "depth": n.depth + k,
+                        "round": round,
+                        "recipe": f"{'outcome' if outcome_steps else 'mc'}-labels@{threshold:g}",
+                        "delimiter": delim,
+                    }
+                )
     return _to_dataset(rows, LABEL_FEATURES)
 
 
