@@ -31,3 +31,38 @@ def test_sweep_on_training_problems_after_skip_with_paired_change(tiny_model_dir
     assert (header["split"], header["skip"]) == ("train", 4)
     with pytest.raises(ConfigError, match="--split"):
         api.sweep(["vote"], [16], model=tiny_model_dir, n=1, task_args=TASK_ARGS, split="val")
+    # the oracle scorer reads reference answers: a sweep may use it on the training split, never on the test split
+    with pytest.raises(ConfigError, match="reference answers"):
+        api.sweep(["omega@oracle:2"], [16], model=tiny_model_dir, n=1, task_args=TASK_ARGS)
+    results, _ = api.sweep(["omega@oracle:2"], [24], model=tiny_model_dir, n=1, settings=settings,
+                           task_args=TASK_ARGS, out=tmp_path / "om", split="train", skip=4)
+    assert results[0]["n"] == 1
+
+
+def test_a_sweep_dir_grows_keeps_its_cells_and_refuses_other_settings(tiny_model_dir, tmp_path):
+    from sharpen import api
+    from sharpen.process import SearchSettings
+
+    settings = SearchSettings(rollout_tokens=8, step_tokens=4, max_depth=2)
+    kw = dict(model=tiny_model_dir, n=2, settings=settings, task_args=TASK_ARGS, out=tmp_path / "sw")
+    first, out = api.sweep(["vote", "pf@rollout:1"], [16], options={"pf": {"fill": "true"}}, **kw)
+    vote_trees = out / "vote@none" / "budget-16" / "trees.jsonl"
+    stamp = vote_trees.stat().st_mtime_ns
+    assert first[1]["options"]["fill"] is True and first[1]["options"]["n"] == 4  # defaults recorded
+    # extend: vote again at 16 (its finished trees are reused) and a new budget; pf at 16 is kept
+    results, _ = api.sweep(["vote"], [16, 24], **kw)
+    assert [(r["algo"], r["budget"]) for r in results] == [("vote", 16), ("pf", 16), ("vote", 24)]
+    assert vote_trees.stat().st_mtime_ns == stamp and results[0]["accuracy"] == first[0]["accuracy"]
+    assert results[1] == first[1]
+    header = json.loads((out / "sweep.json").read_text())
+    assert [(r["algo"], r["budget"]) for r in header["results"]] == [("vote", 16), ("pf", 16), ("vote", 24)]
+    assert header["task_args"] == TASK_ARGS and header["settings"]["step_tokens"] == 4
+    assert (out / "accuracy_vs_tokens.png").stat().st_size > 0
+    # other problems or settings, or a cell asked for again with other options: refused before any work
+    with pytest.raises(ConfigError, match="another n"):
+        api.sweep(["vote"], [16], **(kw | {"n": 3}))
+    with pytest.raises(ConfigError, match="another settings"):
+        api.sweep(["vote"], [16], **(kw | {"settings": SearchSettings(rollout_tokens=9, step_tokens=4, max_depth=2)}))
+    with pytest.raises(ConfigError, match="other options"):
+        api.sweep(["pf@rollout:1"], [16], options={"pf": {"n": 2}}, **kw)
+    assert json.loads((out / "sweep.json").read_text()) == header

@@ -234,7 +234,7 @@ def sweep(
     from sharpen.models import check_model
     from sharpen.registry import parse_algo_spec
     from sharpen.scorers import make_scorer
-    from sharpen.sweep import run_sweep
+    from sharpen.sweep import prior_cells, run_sweep
 
     settings = settings or SearchSettings()
     pairs = [parse_algo_spec(a, scorer) for a in algos if a.strip()]
@@ -244,23 +244,26 @@ def sweep(
     for algo in options:
         if algo not in {a for a, _ in pairs}:
             raise ConfigError(f"--arg names {algo!r}, which is not swept (fix: one of {', '.join(a for a, _ in pairs)})")
-    for algo, sc in pairs:
-        _check_search(algo, sc, options.get(algo), min(budgets), collect=False)
     if split not in ("train", "test") or skip < 0:
         raise ConfigError(f"bad --split {split!r} / --skip {skip} (fix: --split train or test, --skip >= 0)")
+    for algo, sc in pairs:  # the oracle scorer reads reference answers: training split only, as --collect
+        _check_search(algo, sc, options.get(algo), min(budgets), collect=split == "train")
     the_task = load_task(task, **(task_args or {}))
     if n < 1:
         raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
     problems = the_task.problems(split, skip + n, seed=seed)[skip:]
     check_model(model)
     out_dir = new_out_dir(out, "sweep")
+    header = {"model": model, "task": task, "task_args": dict(task_args or {}), "n": n, "seed": seed,
+              "split": split, "skip": skip,
+              "settings": settings.model_dump(exclude={"batch", "parallel"})}  # those two are speed only
+    prior = prior_cells(out_dir, header, pairs, budgets, options)  # before any model is loaded
     process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
-    scorers = {sc: make_scorer(sc, process) for _, sc in pairs}
+    scorers = {sc: make_scorer(sc, process, collect=split == "train") for _, sc in pairs}
     results = run_sweep(process, scorers, pairs, budgets, problems, out_dir, seed=seed, options=options,
-                        parallel=settings.parallel, progress=progress,
-                        header={"model": model, "task": task, "n": n, "seed": seed, "split": split, "skip": skip},
+                        parallel=settings.parallel, progress=progress, header=header,
                         title=f"{model} on {task} ({split}" + (f", after {skip}" if skip else "") + f"), n={n}",
-                        split=split)
+                        split=split, prior=prior)
     return results, out_dir
 
 

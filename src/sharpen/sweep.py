@@ -1,5 +1,10 @@
 """`sharpen sweep`: every algorithm at every budget on the same problems, and the plot of accuracy
-against generated tokens."""
+against generated tokens and against forward tokens (policy + verifier).
+
+A sweep directory grows: sweeping again into it with the same problems and search settings (its
+`sweep.json` header) keeps the cells already there, reuses a cell's finished trees when it is asked
+for again (a killed sweep resumes), and adds the new ones, so one table and one plot hold e.g.
+every algorithm at 4x and 8x and the best few also at 2x and 16x."""
 
 from __future__ import annotations
 
@@ -31,21 +36,68 @@ def parse_algo_options(kv: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _cell_key(r: dict[str, Any]) -> tuple[str, str | None, int]:
+    return r["algo"], r["scorer"], r["budget"]
+
+
+def prior_cells(out_dir: str | Path, header: dict[str, Any], pairs: list[tuple[str, str | None]],
+                budgets: list[int], options: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells of an earlier sweep in `out_dir` (none when there is no `sweep.json`). Refused with
+    a one-line error, before any work, when that sweep searched other problems or with other search
+    settings (its header differs), or when a cell asked for again was searched with other options."""
+    import json
+
+    path = Path(out_dir) / "sweep.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{path} is not a sweep.json (fix: another --out)") from None
+    differs = sorted(k for k in header if old.get(k) != header[k])
+    if differs:
+        raise ConfigError(f"{out_dir} holds a sweep with another {', '.join(differs)} (fix: the same settings "
+                          "to extend it, or another --out)")
+    cells = list(old.get("results", []))
+    asked = {(a, sc, b) for a, sc in pairs for b in budgets}
+    for c in cells:
+        if _cell_key(c) in asked and c.get("options") not in (None, algo_options(c["algo"], options)):
+            raise ConfigError(f"{out_dir}: {c['algo']} at {c['budget']} was swept with other options {c['options']} "
+                              f"(fix: the same --arg to reuse it, or another --out)")
+    return cells
+
+
+def algo_options(algo: str, options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """Every option of `algo` as it searches (its defaults filled in), from a sweep's `--arg`s."""
+    from sharpen.registry import get_algorithm
+
+    return get_algorithm(algo).parse((options or {}).get(algo, {})).model_dump()
+
+
 def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[str, str | None]], budgets: list[int],
               problems: list, out_dir: Path, seed: int = 0, options: dict[str, dict[str, Any]] | None = None,
               parallel: int = 16, progress: Any = None, header: dict[str, Any] | None = None,
-              title: str = "", split: str = "test") -> list[dict[str, Any]]:
+              title: str = "", split: str = "test", prior: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Search `problems` with each (algorithm, scorer) in `pairs` at each budget; every cell's trees
     and metrics under `out_dir/<algo>@<scorer>/budget-<b>/`, all of them in `out_dir/sweep.json`
     (rewritten after each cell), then `accuracy_vs_tokens.png`. Every cell after the first of a
     budget carries `vs_first`: its accuracy minus the first pair's on the same problems, with a
-    paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`)."""
+    paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`). `prior` cells (of an
+    earlier sweep into `out_dir`, `prior_cells`) that are not asked for again are kept in the results;
+    one asked for again resumes from its trees. Returns every cell, ordered by budget."""
     from contextlib import nullcontext
 
     from sharpen.collect import search_metrics, search_problems
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    asked = {(a, sc, b) for a, sc in pairs for b in budgets}
+    kept = [c for c in prior or [] if _cell_key(c) not in asked]
+    order = list(dict.fromkeys([*pairs, *((c["algo"], c["scorer"]) for c in kept)]))
+
+    def merged(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted([*kept, *new], key=lambda c: (c["budget"], order.index((c["algo"], c["scorer"]))))
+
     results: list[dict[str, Any]] = []
     for budget in budgets:
         base: list[float] | None = None
@@ -56,7 +108,8 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
                 trees = search_problems(process, scorers.get(sc), algo, problems, budget, seed=seed,
                                         out_jsonl=d / "trees.jsonl", algo_args=(options or {}).get(algo, {}),
                                         on_progress=advance, parallel=parallel, split=split, scorer_spec=sc)
-            m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl")}
+            m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl"),
+                                                 "options": algo_options(algo, options)}
             right = [1.0 if t.correct else 0.0 for t in trees]
             if base is None:
                 base = right
@@ -66,7 +119,8 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
                                  "delta": delta, "ci95": [lo, hi]}
             atomic_write_json(d / "metrics.json", m)
             results.append(m)
-            atomic_write_json(out_dir / "sweep.json", {**(header or {}), "results": results})
+            atomic_write_json(out_dir / "sweep.json", {**(header or {}), "results": merged(results)})
+    results = merged(results)
     plot_sweep(results, out_dir / "accuracy_vs_tokens.png", title=title)
     return results
 
@@ -92,29 +146,33 @@ def sweep_rows(results: list[dict[str, Any]], budgets: list[int]) -> list[list[s
 
 
 def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """One line per algorithm@scorer: x = mean generated tokens actually spent per problem (log2),
-    y = accuracy with its 95% bootstrap interval."""
+    """One line per algorithm@scorer, y = accuracy with its 95% bootstrap interval; on the left
+    x = mean generated tokens actually spent per problem, on the right the forward tokens the
+    models processed per problem (policy + verifier: a FLOP proxy); both log2."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120, sharey=True)
     keys = list(dict.fromkeys((r["algo"], r["scorer"]) for r in results))
     for algo, scorer in keys:
         rs = sorted((r for r in results if r["algo"] == algo and r["scorer"] == scorer), key=lambda r: r["budget"])
-        x = [max(1.0, r["mean_generated_tokens"]) for r in rs]
         y = [r["accuracy"] for r in rs]
         lo = [r["accuracy"] - r["accuracy_ci95"][0] for r in rs]
         hi = [r["accuracy_ci95"][1] - r["accuracy"] for r in rs]
         label = algo if scorer in (None, "none") else f"{algo} ({scorer})"
-        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("generated tokens per problem (actually spent)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        for ax, x in ((axes[0], [r["mean_generated_tokens"] for r in rs]),
+                      (axes[1], [r["mean_forward_tokens"] + r["mean_verifier_tokens"] for r in rs])):
+            ax.errorbar([max(1.0, v) for v in x], y, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    for ax, what in zip(axes, ("generated tokens per problem (actually spent)",
+                               "forward tokens per problem (policy + verifier)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
