@@ -93,11 +93,13 @@ class ServeLM(OpenAICompatibleLanguageModel):
 class SharpenPRM(AbstractProcessRewardModel):
     """sharpen's PRM (`PRMModel.encode` + `score_encoded`, as `PRMScorer` calls it) for its_hub."""
 
-    def __init__(self, path: str, prompts: dict[str, str]):
+    def __init__(self, path: str, prompts: dict[str, tuple[str, str]]):
         from sharpen.train.prm import PRMModel
 
         self.prm = PRMModel.load(path, max_length=None, require_format=False, delimiter="\n")
-        self.prompts = prompts  # ChatMessages.to_prompt() text -> sharpen's chat-rendered prompt
+        # ChatMessages.to_prompt() text -> what this PRM reads before the steps: sharpen's chat-rendered
+        # prompt, or the bare question for a PRM trained with context=question (as PRMScorer gives it)
+        self.prompts = {k: self.prm.context_of(rendered, q) for k, (rendered, q) in prompts.items()}
         self.tokens = 0  # the PRM's input tokens (sharpen's verifier tokens)
 
     def score(self, prompt_or_messages, steps: list[str]) -> list[float]:
@@ -133,7 +135,7 @@ def its_hub_rows(args, server, task, problems, pilot, model_dir: str) -> list[di
         msgs = task.messages(p)
         flat = ChatMessages([ChatMessage(**m) for m in msgs]).to_prompt()
         chats[flat] = msgs
-        prompts[flat] = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        prompts[flat] = (tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), p.question)
     sample_lm = ServeLM(server.url, model_dir, tok, ROLLOUT_TOKENS, chats)
     step_lm = ServeLM(server.url, model_dir, tok, STEP_TOKENS, chats)
     prm = SharpenPRM(args.prm, prompts) if args.prm else None
