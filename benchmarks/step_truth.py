@@ -1,0 +1,94 @@
+"""A PRM's inner-step AUROC on chain_sum against the step's exact truth, beside its Monte Carlo label.
+
+    .venv/bin/python benchmarks/step_truth.py LABELS_DIR --prm PRM_DIR
+
+LABELS_DIR: step labels from `sharpen build labels` (e.g. on an `omega@oracle:4` sweep of training
+problems the PRM never saw). The rows kept are the non-final steps that read as one equation,
+`<terms> = <number>` with one-digit-or-more integers and + / -: the equation steps, so neither
+empty or chatty lines nor final answers can carry the number.
+
+A Monte Carlo label (any or half of k rollouts from the step reach the answer) says whether *this
+policy* finishes from the step; with a policy right 13% of the time, most correct steps are
+labelled wrong. The exact truth asks only whether the step is right: the equation holds, and its
+result is a partial result of the problem (the first two terms combined, or all three: for
+`7 - 7 + 2`, 0 or 2), so `7 + 2 = 9` there is wrong although it is true arithmetic.
+
+Prints, on the same rows, the PRM's AUROC with a bootstrap 95% interval against each label, the share
+of exact-right steps among MC-wrong ones, and the rows' counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+EQUATION = re.compile(r"^\s*(-?\d+(?:\s*[-+]\s*-?\d+)+)\s*=\s*(-?\d+)\s*\.?\s*$")
+PROBLEM = re.compile(r"(-?\d+(?:\s*[-+]\s*-?\d+)+)\s*=?\s*\??\s*$")
+
+
+def terms(expr: str) -> list[int]:
+    """`3 - 4 + 5` as the signed terms [3, -4, 5]."""
+    out, sign = [], 1
+    for tok in re.findall(r"\d+|[-+]", expr.replace(" ", "")):
+        if tok in "+-":
+            sign = -sign if tok == "-" else sign
+        else:
+            out.append(sign * int(tok))
+            sign = 1
+    return out
+
+
+def partial_results(question: str) -> set[int] | None:
+    """The running totals of the problem's terms from the second on (None: no expression found)."""
+    m = PROBLEM.search(question.strip())
+    if not m:
+        return None
+    ts = terms(m.group(1))
+    return {sum(ts[:k]) for k in range(2, len(ts) + 1)}
+
+
+def step_truth(question: str, step: str) -> bool | None:
+    """True/False for an equation step of a chain_sum problem; None for any other line."""
+    m = EQUATION.match(step)
+    partial = partial_results(question)
+    if not m or partial is None:
+        return None
+    value = int(m.group(2))
+    return sum(terms(m.group(1))) == value and value in partial
+
+
+def main() -> None:
+    import datasets
+
+    from sharpen.train.metrics import auroc_with_ci
+    from sharpen.train.prm import PRMModel
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("labels")
+    ap.add_argument("--prm", required=True)
+    args = ap.parse_args()
+    rows = []
+    for r in datasets.load_from_disk(args.labels):
+        if not r["terminal"]:
+            truth = step_truth(r["question"], r["step"])
+            if truth is not None:
+                rows.append(r | {"truth": int(truth)})
+    prm = PRMModel.load(args.prm)
+    scores = [s[-1] for s in prm.score([prm.context_of(r["prompt"], r.get("question")) for r in rows],
+                                       [list(r["prefix_steps"]) + [r["step"]] for r in rows], 16)]
+
+    def line(name: str, labels: list[int]) -> str:
+        a = auroc_with_ci(labels, scores)
+        return f"{name}: AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] ({a['positives']} of {a['n']} positive)"
+
+    print(f"{len(rows)} non-final equation steps of {len({r['problem_id'] for r in rows})} problems")
+    print(line("exact truth", [r["truth"] for r in rows]))
+    print(line("Monte Carlo label", [r["label"] for r in rows]))
+    mc_wrong = [r for r in rows if r["label"] == 0]
+    print(f"exact-right among MC-wrong: {sum(r['truth'] for r in mc_wrong)} of {len(mc_wrong)}; "
+          f"exact-wrong among MC-right: {sum(1 - r['truth'] for r in rows if r['label'] == 1)} of "
+          f"{len(rows) - len(mc_wrong)}")
+
+
+if __name__ == "__main__":
+    main()
