@@ -214,6 +214,25 @@ def test_prm_calls_of_many_searches_are_batched(tiny_model_dir, tmp_path):
         assert a.usage["verifier_tokens"] == b.usage["verifier_tokens"] > 0
 
 
+def test_implicit_prm_scores_many_searches_at_once_as_one_at_a_time(tiny_model_dir, tmp_path):
+    """The implicit scorer under lockstep batching (a sweep's --parallel): the same trees and scores."""
+    from sharpen.collect import search_problems
+
+    other = build_tiny_model(str(tmp_path / "other"), seed=1)
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
+    problems = task.problems("test", 4)
+
+    def run(parallel: int):
+        proc = LMProcess(HFBackend(tiny_model_dir, max_batch=32), task, temperature=1.0, step_tokens=4, max_depth=3)
+        scorer = make_scorer(f"implicit:{other}:ref={tiny_model_dir}", proc)
+        return search_problems(proc, scorer, "pf", problems, 32, seed=2, parallel=parallel)
+
+    for a, b in zip(run(1), run(4), strict=True):
+        assert [n.step for n in a.nodes] == [n.step for n in b.nodes] and a.answer == b.answer
+        assert [n.score for n in a.nodes] == pytest.approx([n.score for n in b.nodes], abs=1e-5)
+        assert a.usage["verifier_tokens"] == b.usage["verifier_tokens"] > 0
+
+
 def test_omega_finds_the_first_wrong_step_by_binary_search():
     from sharpen.data import step_labels
     from sharpen.search import get_algorithm

@@ -56,6 +56,8 @@ class ProxyBackend:
         self.meter = UsageMeter()
         self.name = batcher.backend.name
         self.eos_text = getattr(batcher.backend, "eos_text", "")
+        if hasattr(batcher.backend, "tokenizer"):  # a local model's tokenizer (the implicit scorer reads ids)
+            self.tokenizer = batcher.backend.tokenizer
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return self._batcher.backend.chat_prompt(messages)
