@@ -311,14 +311,14 @@ def step_labels(
         for n in tree.nodes:
             if n.parent is None or n.id not in vals:
                 continue
-            path = tree.path(n.id)
-            steps = [m.step for m in path]
-            pv = [vals.get(m.id, -1.0) for m in path]
+            before = tree.path(n.id)[:-1]
+            leaf = not any(c in vals for c in n.children)
             parts = [n.step]
-            if outcome_steps and n.terminal and not any(c in vals for c in n.children):
+            if outcome_steps and n.terminal and leaf:
                 parts = [p for p in n.step.split(delim) if p.strip()] or [n.step]
-            base = len(path) - 1
-            steps, pv = steps[:base] + parts, pv[:base] + [vals[n.id]] * len(parts)
+            base = len(before)
+            steps = [m.step for m in before] + parts
+            pv = [vals.get(m.id, -1.0) for m in before] + [vals[n.id]] * len(parts)
             pl = [int(v >= threshold) if v >= 0 else -1 for v in pv]
             for k in range(len(parts)):
                 last = k == len(parts) - 1
@@ -332,7 +332,7 @@ def step_labels(
                         "label": int(vals[n.id] >= threshold),
                         "path_values": pv[: base + k + 1],
                         "path_labels": pl[: base + k + 1],
-                        "leaf": last and not any(c in vals for c in n.children),
+                        "leaf": last and leaf,
                         "terminal": n.terminal and last,
                         "problem_id": tree.problem_id,
                         "node_id": n.id if last else -1,

@@ -42,9 +42,10 @@ def _cell_key(r: dict[str, Any]) -> tuple[str, str | None, int]:
 
 def prior_cells(out_dir: str | Path, header: dict[str, Any], pairs: list[tuple[str, str | None]],
                 budgets: list[int], options: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cells of an earlier sweep in `out_dir` (none when there is no `sweep.json`). Refused with
-    a one-line error, before any work, when that sweep searched other problems or with other search
-    settings (its header differs), or when a cell asked for again was searched with other options."""
+    """The cells of an earlier sweep in `out_dir` that this one does not ask for again (none when there
+    is no `sweep.json`); a cell asked for again resumes from its trees instead. Refused with a one-line
+    error, before any work, when that sweep searched other problems or with other search settings (its
+    header differs), or when a cell asked for again was searched with other options."""
     import json
 
     path = Path(out_dir) / "sweep.json"
@@ -58,13 +59,15 @@ def prior_cells(out_dir: str | Path, header: dict[str, Any], pairs: list[tuple[s
     if differs:
         raise ConfigError(f"{out_dir} holds a sweep with another {', '.join(differs)} (fix: the same settings "
                           "to extend it, or another --out)")
-    cells = list(old.get("results", []))
     asked = {(a, sc, b) for a, sc in pairs for b in budgets}
-    for c in cells:
-        if _cell_key(c) in asked and c.get("options") not in (None, algo_options(c["algo"], options)):
+    kept = []
+    for c in old.get("results", []):
+        if _cell_key(c) not in asked:
+            kept.append(c)
+        elif c.get("options") not in (None, algo_options(c["algo"], options)):
             raise ConfigError(f"{out_dir}: {c['algo']} at {c['budget']} was swept with other options {c['options']} "
                               f"(fix: the same --arg to reuse it, or another --out)")
-    return cells
+    return kept
 
 
 def algo_options(algo: str, options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
@@ -82,17 +85,16 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     and metrics under `out_dir/<algo>@<scorer>/budget-<b>/`, all of them in `out_dir/sweep.json`
     (rewritten after each cell), then `accuracy_vs_tokens.png`. Every cell after the first of a
     budget carries `vs_first`: its accuracy minus the first pair's on the same problems, with a
-    paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`). `prior` cells (of an
-    earlier sweep into `out_dir`, `prior_cells`) that are not asked for again are kept in the results;
-    one asked for again resumes from its trees. Returns every cell, ordered by budget."""
+    paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`). `prior`: the cells of
+    an earlier sweep into `out_dir` that are not asked for again (`prior_cells`), kept in the results.
+    Returns every cell, ordered by budget."""
     from contextlib import nullcontext
 
     from sharpen.collect import search_metrics, search_problems
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    asked = {(a, sc, b) for a, sc in pairs for b in budgets}
-    kept = [c for c in prior or [] if _cell_key(c) not in asked]
+    kept = list(prior or [])
     order = list(dict.fromkeys([*pairs, *((c["algo"], c["scorer"]) for c in kept)]))
 
     def merged(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
