@@ -214,20 +214,28 @@ def test_prm_calls_of_many_searches_are_batched(tiny_model_dir, tmp_path):
         assert a.usage["verifier_tokens"] == b.usage["verifier_tokens"] > 0
 
 
-def test_implicit_prm_scores_many_searches_at_once_as_one_at_a_time(tiny_model_dir, tmp_path):
-    """The implicit scorer under lockstep batching (a sweep's --parallel): the same trees and scores."""
+def test_implicit_prm_scores_many_searches_at_once_as_one_at_a_time(tiny_model_dir, tmp_path, monkeypatch):
+    """The implicit scorer under lockstep batching (a sweep's --parallel): the same trees and scores,
+    from fewer forward calls (the searches' scoring calls merge into one)."""
     from sharpen.collect import search_problems
+    from sharpen.scorers import ImplicitPRMScorer
 
     other = build_tiny_model(str(tmp_path / "other"), seed=1)
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
     problems = task.problems("test", 4)
+    calls = []
+    inner = ImplicitPRMScorer._log_ratios
+    monkeypatch.setattr(ImplicitPRMScorer, "_log_ratios", lambda self, rows: calls.append(len(rows)) or inner(self, rows))
 
     def run(parallel: int):
+        calls.clear()
         proc = LMProcess(HFBackend(tiny_model_dir, max_batch=32), task, temperature=1.0, step_tokens=4, max_depth=3)
         scorer = make_scorer(f"implicit:{other}:ref={tiny_model_dir}", proc)
-        return search_problems(proc, scorer, "pf", problems, 32, seed=2, parallel=parallel)
+        return search_problems(proc, scorer, "pf", problems, 32, seed=2, parallel=parallel), list(calls)
 
-    for a, b in zip(run(1), run(4), strict=True):
+    (alone, alone_calls), (together, together_calls) = run(1), run(4)
+    assert sum(alone_calls) == sum(together_calls) and len(together_calls) < len(alone_calls)
+    for a, b in zip(alone, together, strict=True):
         assert [n.step for n in a.nodes] == [n.step for n in b.nodes] and a.answer == b.answer
         assert [n.score for n in a.nodes] == pytest.approx([n.score for n in b.nodes], abs=1e-5)
         assert a.usage["verifier_tokens"] == b.usage["verifier_tokens"] > 0

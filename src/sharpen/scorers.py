@@ -402,7 +402,7 @@ class ImplicitPRMScorer:
         t0 = time.perf_counter()
         paths = [tree.path(n) for n in todo]
         rows = [prompt_ids + [t for m in path for t in m.token_ids] for path in paths]
-        ratios = _batched(self.process, ("implicit", id(self)), self._log_ratios, rows)
+        ratios = _batched(self.process, ("implicit", id(self.models[0])), self._log_ratios, rows)  # one key for every bound copy
         for n, path, ratio in zip(todo, paths, ratios, strict=True):
             q, scores, at = 0.0, [], len(prompt_ids) - 1  # index of the first step token's log-ratio
             for m in path:
