@@ -65,4 +65,22 @@ def test_a_sweep_dir_grows_keeps_its_cells_and_refuses_other_settings(tiny_model
         api.sweep(["vote"], [16], **(kw | {"settings": SearchSettings(rollout_tokens=9, step_tokens=4, max_depth=2)}))
     with pytest.raises(ConfigError, match="other options"):
         api.sweep(["pf@rollout:1"], [16], options={"pf": {"n": 2}}, **kw)
+    # ... also at a budget the row was never swept at: one row is one configuration
+    with pytest.raises(ConfigError, match="other options"):
+        api.sweep(["pf@rollout:1"], [32], options={"pf": {"n": 2}}, **kw)
     assert json.loads((out / "sweep.json").read_text()) == header
+    # a new budget asked for with pf first: vote, the first sweep's first row, stays the baseline
+    grown, _ = api.sweep(["pf@rollout:1", "vote"], [32], options={"pf": {"fill": "true"}}, **kw)
+    at32 = [r for r in grown if r["budget"] == 32]
+    assert [r["algo"] for r in at32] == ["vote", "pf"]
+    assert "vs_first" not in at32[0] and at32[1]["vs_first"]["baseline"] == "vote"
+    assert at32[1]["vs_first"]["delta"] == pytest.approx(at32[1]["accuracy"] - at32[0]["accuracy"])
+    pf32 = json.loads((out / "pf@rollout-1" / "budget-32" / "metrics.json").read_text())
+    assert pf32["vs_first"] == at32[1]["vs_first"]
+    # a sweep.json that is not one, or one from before the header was recorded: one-line refusals
+    (out / "sweep.json").write_text("[]")
+    with pytest.raises(ConfigError, match="is not a sweep.json"):
+        api.sweep(["vote"], [16], **kw)
+    (out / "sweep.json").write_text(json.dumps({k: v for k, v in header.items() if k != "settings"}))
+    with pytest.raises(ConfigError, match="older sharpen"):
+        api.sweep(["vote"], [16], **kw)

@@ -257,13 +257,13 @@ def sweep(
     header = {"model": model, "task": task, "task_args": dict(task_args or {}), "n": n, "seed": seed,
               "split": split, "skip": skip,
               "settings": settings.model_dump(exclude={"batch", "parallel"})}  # those two are speed only
-    prior = prior_cells(out_dir, header, pairs, budgets, options)  # before any model is loaded
+    prior, prior_rows = prior_cells(out_dir, header, pairs, budgets, options)  # before any model is loaded
     process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
     scorers = {sc: make_scorer(sc, process, collect=split == "train") for _, sc in pairs}
     results = run_sweep(process, scorers, pairs, budgets, problems, out_dir, seed=seed, options=options,
                         parallel=settings.parallel, progress=progress, header=header,
                         title=f"{model} on {task} ({split}" + (f", after {skip}" if skip else "") + f"), n={n}",
-                        split=split, prior=prior)
+                        split=split, prior=prior, prior_rows=prior_rows)
     return results, out_dir
 
 

@@ -41,33 +41,42 @@ def _cell_key(r: dict[str, Any]) -> tuple[str, str | None, int]:
 
 
 def prior_cells(out_dir: str | Path, header: dict[str, Any], pairs: list[tuple[str, str | None]],
-                budgets: list[int], options: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cells of an earlier sweep in `out_dir` that this one does not ask for again (none when there
-    is no `sweep.json`); a cell asked for again resumes from its trees instead. Refused with a one-line
+                budgets: list[int], options: dict[str, dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], list[tuple[str, str | None]]]:
+    """The cells of an earlier sweep in `out_dir` that this one does not ask for again, and that sweep's
+    rows (algorithm, scorer) in order (both empty when there is no `sweep.json`); a cell asked for again
+    resumes from its trees instead. Refused with a one-line
     error, before any work, when that sweep searched other problems or with other search settings (its
-    header differs), or when a cell asked for again was searched with other options."""
+    header differs), or when a row asked for (an algorithm@scorer, at any budget) was searched with other
+    options: one row, one line of the plot, is one configuration."""
     import json
 
     path = Path(out_dir) / "sweep.json"
     if not path.is_file():
-        return []
+        return [], []
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise ConfigError(f"{path} is not a sweep.json (fix: another --out)") from None
-    differs = sorted(k for k in header if old.get(k) != header[k])
+        old = None
+    cells = old.get("results") if isinstance(old, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and {"algo", "scorer", "budget"} <= c.keys()
+                                              for c in cells):
+        raise ConfigError(f"{path} is not a sweep.json (fix: another --out)")
+    missing = sorted(k for k in header if k not in old)
+    if missing:
+        raise ConfigError(f"{out_dir} holds a sweep recorded by an older sharpen (no {', '.join(missing)}) "
+                          "(fix: another --out)")
+    differs = sorted(k for k in header if old[k] != header[k])
     if differs:
         raise ConfigError(f"{out_dir} holds a sweep with another {', '.join(differs)} (fix: the same settings "
                           "to extend it, or another --out)")
     asked = {(a, sc, b) for a, sc in pairs for b in budgets}
-    kept = []
-    for c in old.get("results", []):
-        if _cell_key(c) not in asked:
-            kept.append(c)
-        elif c.get("options") not in (None, algo_options(c["algo"], options)):
+    for c in cells:
+        if (c["algo"], c["scorer"]) in pairs and c.get("options") not in (None, algo_options(c["algo"], options)):
             raise ConfigError(f"{out_dir}: {c['algo']} at {c['budget']} was swept with other options {c['options']} "
-                              f"(fix: the same --arg to reuse it, or another --out)")
-    return kept
+                              f"(fix: the same --arg to extend its row, or another --out)")
+    rows = list(dict.fromkeys((c["algo"], c["scorer"]) for c in cells))
+    return [c for c in cells if _cell_key(c) not in asked], rows
 
 
 def algo_options(algo: str, options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
@@ -80,13 +89,15 @@ def algo_options(algo: str, options: dict[str, dict[str, Any]] | None) -> dict[s
 def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[str, str | None]], budgets: list[int],
               problems: list, out_dir: Path, seed: int = 0, options: dict[str, dict[str, Any]] | None = None,
               parallel: int = 16, progress: Any = None, header: dict[str, Any] | None = None,
-              title: str = "", split: str = "test", prior: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+              title: str = "", split: str = "test", prior: list[dict[str, Any]] | None = None,
+              prior_rows: list[tuple[str, str | None]] | None = None) -> list[dict[str, Any]]:
     """Search `problems` with each (algorithm, scorer) in `pairs` at each budget; every cell's trees
     and metrics under `out_dir/<algo>@<scorer>/budget-<b>/`, all of them in `out_dir/sweep.json`
     (rewritten after each cell), then `accuracy_vs_tokens.png`. Every cell after the first of a
     budget carries `vs_first`: its accuracy minus the first pair's on the same problems, with a
     paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`). `prior`: the cells of
-    an earlier sweep into `out_dir` that are not asked for again (`prior_cells`), kept in the results.
+    an earlier sweep into `out_dir` that are not asked for again (`prior_cells`), kept in the results;
+    `prior_rows`, that sweep's rows in order, come first, so its first row stays the baseline.
     Returns every cell, ordered by budget."""
     from contextlib import nullcontext
 
@@ -95,14 +106,32 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kept = list(prior or [])
-    order = list(dict.fromkeys([*pairs, *((c["algo"], c["scorer"]) for c in kept)]))
+    # the earlier sweep's rows first: its first row stays every budget's baseline as the dir grows
+    order = list(dict.fromkeys([*(tuple(r) for r in prior_rows or []), *((c["algo"], c["scorer"]) for c in kept),
+                                *pairs]))
+    right: dict[tuple[str, str | None, int], list[float]] = {}
 
     def merged(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted([*kept, *new], key=lambda c: (c["budget"], order.index((c["algo"], c["scorer"]))))
 
+    def compare(cells: list[dict[str, Any]], budget: int) -> None:
+        """`vs_first` on every cell at `budget` against the first of them in `order` (the baseline)."""
+        at = [c for c in merged(cells) if c["budget"] == budget]
+        if not at:
+            return
+        base, label = _correct(at[0], right), _label(at[0])
+        for i, c in enumerate(at):
+            before = c.pop("vs_first", None)
+            mine = _correct(c, right) if i else None
+            if base is not None and mine is not None and len(mine) == len(base):  # (a kept cell's trees may be gone)
+                delta, (lo, hi) = paired_bootstrap(base, mine, seed=seed)
+                c["vs_first"] = {"baseline": label, "delta": delta, "ci95": [lo, hi]}
+            metrics = Path(c["trees"]).parent / "metrics.json"
+            if c.get("vs_first") != before and metrics.is_file():
+                atomic_write_json(metrics, c)  # a cell's own record follows its baseline (searched later)
+
     results: list[dict[str, Any]] = []
     for budget in budgets:
-        base: list[float] | None = None
         for algo, sc in pairs:
             d = out_dir / f"{algo}@{(sc or 'none').replace(':', '-').replace('/', '_')}" / f"budget-{budget}"
             bar = progress(f"{algo}@{sc} {budget} tok" if sc else f"{algo} {budget} tok", len(problems)) if progress else nullcontext(None)
@@ -112,19 +141,33 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
                                         on_progress=advance, parallel=parallel, split=split, scorer_spec=sc)
             m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl"),
                                                  "options": algo_options(algo, options)}
-            right = [1.0 if t.correct else 0.0 for t in trees]
-            if base is None:
-                base = right
-            else:
-                delta, (lo, hi) = paired_bootstrap(base, right, seed=seed)
-                m["vs_first"] = {"baseline": f"{pairs[0][0]}@{pairs[0][1]}" if pairs[0][1] else pairs[0][0],
-                                 "delta": delta, "ci95": [lo, hi]}
-            atomic_write_json(d / "metrics.json", m)
+            right[_cell_key(m)] = [1.0 if t.correct else 0.0 for t in trees]
             results.append(m)
+            compare(results, budget)
+            atomic_write_json(d / "metrics.json", m)
             atomic_write_json(out_dir / "sweep.json", {**(header or {}), "results": merged(results)})
     results = merged(results)
     plot_sweep(results, out_dir / "accuracy_vs_tokens.png", title=title)
     return results
+
+
+def _label(cell: dict[str, Any]) -> str:
+    return f"{cell['algo']}@{cell['scorer']}" if cell["scorer"] else cell["algo"]
+
+
+def _correct(cell: dict[str, Any], cache: dict[tuple[str, str | None, int], list[float]]) -> list[float] | None:
+    """A cell's per-problem correctness (1/0), from its trees.jsonl for a cell of an earlier sweep;
+    None when those trees are gone."""
+    import json
+
+    key = _cell_key(cell)
+    if key not in cache:
+        try:
+            with open(cell["trees"]) as f:
+                cache[key] = [1.0 if json.loads(line).get("correct") else 0.0 for line in f if line.strip()]
+        except (OSError, KeyError, ValueError):
+            return None
+    return cache[key]
 
 
 def sweep_rows(results: list[dict[str, Any]], budgets: list[int]) -> list[list[str]]:
