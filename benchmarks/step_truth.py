@@ -9,9 +9,10 @@ empty or chatty lines nor final answers can carry the number.
 
 A Monte Carlo label (any or half of k rollouts from the step reach the answer) says whether *this
 policy* finishes from the step; with a policy right 13% of the time, most correct steps are
-labelled wrong. The exact truth asks only whether the step is right: the equation holds, and its
-result is a partial result of the problem (the first two terms combined, or all three: for
-`7 - 7 + 2`, 0 or 2), so `7 + 2 = 9` there is wrong although it is true arithmetic.
+labelled wrong. The exact truth asks only whether the step is right: the equation holds, and either
+its result is a running total of the problem (the first two terms combined, or all three: for
+`8 + 9 - 6`, 17 or 11) or it combines terms of the problem as they stand, signs included (`9 - 6 = 3`
+there; `6 - 9 = -3` and `8 + 6 = 14` are wrong). Through three terms that covers every order of work.
 
 Prints, on the same rows, the PRM's AUROC with a bootstrap 95% interval against each label, the share
 of exact-right steps among MC-wrong ones, and the rows' counts.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 
 EQUATION = re.compile(r"^\s*(-?\d+(?:\s*[-+]\s*-?\d+)+)\s*=\s*(-?\d+)\s*\.?\s*$")
 PROBLEM = re.compile(r"(-?\d+(?:\s*[-+]\s*-?\d+)+)\s*=?\s*\??\s*$")
@@ -53,15 +55,19 @@ def step_truth(question: str, step: str) -> bool | None:
     partial = partial_results(question)
     if not m or partial is None:
         return None
-    value = int(m.group(2))
-    return sum(terms(m.group(1))) == value and value in partial
+    value, left = int(m.group(2)), terms(m.group(1))
+    if sum(left) != value:
+        return False
+    if value in partial:
+        return True
+    pool = Counter(terms(PROBLEM.search(question.strip()).group(1)))
+    return len(left) >= 2 and not Counter(left) - pool  # terms of the problem, combined in another order
 
 
 def main() -> None:
     import datasets
 
-    from sharpen.train.metrics import auroc_with_ci
-    from sharpen.train.prm import PRMModel
+    from sharpen.train.metrics import auroc_with_ci, score_last
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("labels")
@@ -73,9 +79,7 @@ def main() -> None:
             truth = step_truth(r["question"], r["step"])
             if truth is not None:
                 rows.append(r | {"truth": int(truth)})
-    prm = PRMModel.load(args.prm)
-    scores = [s[-1] for s in prm.score([prm.context_of(r["prompt"], r.get("question")) for r in rows],
-                                       [list(r["prefix_steps"]) + [r["step"]] for r in rows], 16)]
+    scores = score_last(args.prm, rows, 16)
 
     def line(name: str, labels: list[int]) -> str:
         a = auroc_with_ci(labels, scores)

@@ -123,23 +123,27 @@ def auroc_with_ci(
     }
 
 
+def score_last(prm_dir: str | Path, rows: list[dict], batch_size: int = 8) -> list[float]:
+    """The PRM's score of each label row's step: its whole path (the prefix steps, then the step)
+    scored in the row's context, the last value taken."""
+    from sharpen.train.prm import PRMModel
+
+    prm = PRMModel.load(prm_dir)
+    scores = prm.score([prm.context_of(r["prompt"], r.get("question")) for r in rows],
+                       [list(r["prefix_steps"]) + [r["step"]] for r in rows], batch_size)
+    return [sc[-1] for sc in scores]
+
+
 def prm_auroc(
     prm_dir: str | Path, labels_ds: Any, n_boot: int = 1000, seed: int = 0, batch_size: int = 8
 ) -> dict:
     """The PRM's score of each held-out step (its full prefix path scored, the last value taken)
     against the step's label."""
-    from sharpen.train.prm import PRMModel
 
     rows = list(labels_ds)
     if not rows:
         raise TaskError("no held-out step labels to evaluate (fix: build labels on test-split trees)")
-    prm = PRMModel.load(prm_dir)
-    scores = prm.score(
-        [prm.context_of(r["prompt"], r.get("question")) for r in rows],
-        [list(r["prefix_steps"]) + [r["step"]] for r in rows],
-        batch_size,
-    )
-    last = [sc[-1] for sc in scores]
+    last = score_last(prm_dir, rows, batch_size)
     out: dict[str, Any] = auroc_with_ci([r["label"] for r in rows], last, n_boot=n_boot, seed=seed)
     # the final-answer level (terminal steps: is the solution right?) and the inner steps alone, so
     # that easy negatives such as malformed last lines cannot carry the step-level number
