@@ -201,5 +201,7 @@ def test_outcome_steps_split_whole_solutions_into_steps_labelled_by_the_outcome(
     assert [r["label"] for r in rows] == [1, 1, 1, 0, 0, 1]
     assert rows[2]["path_labels"] == [1, 1, 1] and rows[4]["path_labels"] == [0, 0]
     assert rows[4]["path_values"] == [0.0, 0.0] and rows[4]["depth"] == 2
-    # the PRM reads the same text either way: prefix + step joined by the delimiter
+    # a solution without blank lines reads as the same text split or not (blank lines are dropped)
     assert "\n".join(rows[2]["prefix_steps"] + [rows[2]["step"]]) == t.nodes[1].step
+    # only split rows are outcome labels: a one-line solution is its node's own (Monte Carlo) label
+    assert [r["recipe"] for r in rows] == ["outcome-labels@0.5"] * 5 + ["mc-labels@0.5"]

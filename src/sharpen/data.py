@@ -316,6 +316,7 @@ def step_labels(
             parts = [n.step]
             if outcome_steps and n.terminal and leaf:
                 parts = [p for p in n.step.split(delim) if p.strip()] or [n.step]
+            split = len(parts) > 1  # a whole solution's steps, each labelled with its outcome
             base = len(before)
             steps = [m.step for m in before] + parts
             pv = [vals.get(m.id, -1.0) for m in before] + [vals[n.id]] * len(parts)
@@ -339,7 +340,7 @@ def step_labels(
                         "parent_id": n.parent,
                         "depth": n.depth + k,
                         "round": round,
-                        "recipe": f"{'outcome' if outcome_steps else 'mc'}-labels@{threshold:g}",
+                        "recipe": f"{'outcome' if split else 'mc'}-labels@{threshold:g}",
                         "delimiter": delim,
                     }
                 )
