@@ -84,3 +84,57 @@ def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_
     assert sorted(got) == [0, 1, 2]
     assert [steps(got[i]) for i in range(3)] == alone
     assert rows[0] == 8 and max(rows) > 8  # the first call was the first search's alone; later ones merged
+
+
+def test_rows_join_a_running_call_between_stages_and_each_search_gets_the_tree_it_gets_alone(tiny_model_dir, setup):
+    """`LockstepBatcher(rows=True)` (what `sharpen serve` runs): a search handed over while another's
+    call is mid-way joins that call's decode at the next stage (rows of both in one forward), the
+    first call returns when its own rows are done, and each search gets the tree, tokens and usage it
+    gets searched alone."""
+    from sharpen.backends.hf import RowRun
+    from sharpen.batching import LockstepBatcher, fork_search
+    from sharpen.registry import get_algorithm
+
+    task, problems = setup
+    # 4-token stages: a 10-token sample takes two (4, then the last 6)
+    backend = HFBackend(tiny_model_dir, seed=0, max_batch=64, stage_tokens=4)
+    process = LMProcess(backend, task, temperature=1.0, step_tokens=5, rollout_tokens=10, max_depth=3)
+    vote = get_algorithm("vote").fn
+
+    def job(i):
+        return lambda proxy: vote(fork_search(process, None, proxy)[0], None, problems[i], 80, seed=10 + i)
+
+    def steps(tree):
+        u = tree.usage
+        return [(n.step, n.answer) for n in tree.nodes], tree.answer, u["generated_tokens"], u["calls"]
+
+    alone = [steps(LockstepBatcher(backend).run([job(i)])[0]) for i in range(3)]
+    stages: list[list[int]] = []  # each stage: the rows' tokens so far
+    original = RowRun._stage
+
+    def record(self, rows):
+        stages.append([len(r.ids) for r in rows])
+        return original(self, rows)
+
+    RowRun._stage = record
+    got: dict[int, tuple] = {}
+    handed = []
+
+    def take(block):
+        if not handed:
+            handed.append(0)
+            return [(job(0), None, lambda r, e: got.__setitem__(0, r if e is None else e))]
+        if len(handed) == 1 and stages:
+            handed.extend([1, 2])
+            return [(job(i), None, lambda r, e, i=i: got.__setitem__(i, r if e is None else e)) for i in (1, 2)]
+        return None if len(handed) == 3 else []
+
+    try:
+        LockstepBatcher(backend, rows=True).serve(take)
+    finally:
+        RowRun._stage = original
+    assert sorted(got) == [0, 1, 2]
+    assert [steps(got[i]) for i in range(3)] == alone
+    assert stages[0] == [0] * 8  # the first search's first call, alone
+    # searches 1 and 2 joined while its rows were 4 tokens in: 8 rows mid-way beside 16 new ones
+    assert sorted(stages[1]) == [0] * 16 + [4] * 8
