@@ -86,14 +86,11 @@ def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_
     assert rows[0] == 8 and max(rows) > 8  # the first call was the first search's alone; later ones merged
 
 
-@pytest.mark.parametrize("leave", [0.0, 0.5])
-def test_rows_join_a_running_call_between_stages_and_each_search_gets_the_tree_it_gets_alone(
-        tiny_model_dir, setup, monkeypatch, leave):
+def test_rows_join_a_running_call_between_stages_and_each_search_gets_the_tree_it_gets_alone(tiny_model_dir, setup):
     """`LockstepBatcher(rows=True)` (what `sharpen serve` runs): a search handed over while another's
     call is mid-way joins that call's decode at the next stage (rows of both in one forward), the
     first call returns when its own rows are done, and each search gets the tree, tokens and usage it
-    gets searched alone; also when a stage ends early, its last rows going on in the next (`leave`)."""
-    import sharpen.backends.hf
+    gets searched alone."""
     from sharpen.backends.hf import RowRun
     from sharpen.batching import LockstepBatcher, fork_search
     from sharpen.registry import get_algorithm
@@ -112,7 +109,6 @@ def test_rows_join_a_running_call_between_stages_and_each_search_gets_the_tree_i
         return [(n.step, n.answer) for n in tree.nodes], tree.answer, u["generated_tokens"], u["calls"]
 
     alone = [steps(LockstepBatcher(backend).run([job(i)])[0]) for i in range(3)]
-    monkeypatch.setattr(sharpen.backends.hf, "ROW_LEAVE", leave)
     stages: list[list[int]] = []  # each stage: the rows' tokens so far
     original = RowRun._stage
 
@@ -140,29 +136,5 @@ def test_rows_join_a_running_call_between_stages_and_each_search_gets_the_tree_i
     assert sorted(got) == [0, 1, 2]
     assert [steps(got[i]) for i in range(3)] == alone
     assert stages[0] == [0] * 8  # the first search's first call, alone
-    if not leave:  # searches 1 and 2 joined while its rows were 4 tokens in: 8 rows mid-way beside 16 new ones
-        assert sorted(stages[1]) == [0] * 16 + [4] * 8
-    else:  # some stage ended with rows still going: a later one carries rows mid-way beside others
-        assert any(len(set(s)) > 1 for s in stages[1:])
-
-
-def test_a_row_run_whose_stages_end_after_one_token_draws_what_one_call_draws(tiny_model_dir):
-    """`RowRun(leave=1.0)`: every stage ends after one token and the rows go on in the next, from their
-    exact ids with a fresh prefill; each row still gets the tokens it gets in one uninterrupted call."""
-    from sharpen.backends.base import SamplingParams
-    from sharpen.backends.hf import RowRun
-
-    backend = HFBackend(tiny_model_dir, seed=0)
-    params = SamplingParams(temperature=1.0, max_tokens=8, stop_at="step")
-    texts, seeds = ["Question: 2 + 3\n", "Question: 7 - 1 + 4\n", "Question: 5 + 5\n"], [11, 12, 13]
-    want = backend._generate_batch(texts, params, seeds)
-    run = RowRun(backend, params, leave=1.0)
-    ids = run.add(texts, seeds)
-    stages = 0
-    while run.active:
-        run.stage()
-        stages += 1
-    got = [run.pop(i).completion for i in ids]
-    assert stages == max(c.num_tokens for c in want)  # one token a stage
-    assert [(c.text, c.token_ids, c.finish_reason) for c in got] == [(c.text, c.token_ids, c.finish_reason) for c in want]
-    assert [c.logprob for c in got] == pytest.approx([c.logprob for c in want], abs=1e-3)
+    # searches 1 and 2 joined while its rows were 4 tokens in: 8 rows mid-way beside 16 new ones
+    assert sorted(stages[1]) == [0] * 16 + [4] * 8

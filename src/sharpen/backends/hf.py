@@ -197,10 +197,6 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-# `row_run`'s stages end once this share of their rows is still going (see `RowRun`)
-ROW_LEAVE = 0.0
-
-
 @dataclass
 class _Row:
     prompt: list[int]
@@ -221,11 +217,8 @@ class RowRun:
     the same tokens whenever it joined and whoever ran beside it (up to float rounding of batched
     kernels). `_generate_batch` is one such run with a single call's rows."""
 
-    def __init__(self, backend: HFBackend, params: SamplingParams, leave: float = 0.0):
+    def __init__(self, backend: HFBackend, params: SamplingParams):
         self.backend, self.params = backend, params
-        # a stage ends once this share of its rows is still going (0: it runs to its end): the
-        # few long rows then go on beside the rows of calls that joined, not alone
-        self.leave = leave
         self.rows: dict[int, _Row] = {}
         self.prompt_tokens = 0
         self._next = 0
@@ -277,7 +270,6 @@ class RowRun:
             params,
             stage,
             [r.stream for r in rows],
-            int(len(rows) * self.leave),
         )
         self.prompt_tokens += n_prompt
         eos_ids = b._eos_ids()
@@ -411,11 +403,11 @@ class HFBackend(LocalTokenizer):
     def row_run(self, params: SamplingParams) -> RowRun:
         """An empty `RowRun` of `params` (n=1 rows, each with its own seed): rows of many calls
         join it between stages (`sharpen serve`'s batcher)."""
-        return RowRun(self, params, ROW_LEAVE)
+        return RowRun(self, params)
 
     def _run_stage(
         self, inputs: list[list[int]], prefixes: list[str], params: SamplingParams, max_new: int,
-        generators: list[torch.Generator], leave_at: int = 0,
+        generators: list[torch.Generator],
     ) -> tuple[list[list[int]], torch.Tensor, list[int], int]:
         pad = self.tokenizer.pad_token_id
         shared = _common_prefix_len(inputs) if self.prefix_cache else 0
@@ -448,7 +440,7 @@ class HFBackend(LocalTokenizer):
         stop = _DelimiterStop(self, params, total, prefixes)
         sampler = None if params.greedy else generators
         if self.drop_finished:
-            ids, logprobs = self._decode(input_ids, mask, cache, processors, stop, max_new, sampler, leave_at)
+            ids, logprobs = self._decode(input_ids, mask, cache, processors, stop, max_new, sampler)
             return ids, logprobs, stop.stopped_at, prompt_tokens
         recorder = _LogprobRecorder(total)
         if sampler is not None:
@@ -477,7 +469,6 @@ class HFBackend(LocalTokenizer):
         stop: _DelimiterStop,
         max_new: int,
         generators: list[torch.Generator] | None,
-        leave_at: int = 0,
     ) -> tuple[list[list[int]], torch.Tensor]:
         """The decode loop of `model.generate`, except that rows that stopped leave the batch (and
         the KV cache) once they are `compact_at` of it, so the rows still going no longer carry them.
@@ -530,8 +521,7 @@ class HFBackend(LocalTokenizer):
                 logprobs[row, step] = picked[k]
                 if not ended[k] and not (hit[k] and stop.stops_at_delimiter(row, gen[row])):
                     keep.append(j)
-            # leave_at: the stage ends early once this few rows are still going (they go on in the next)
-            if not keep or step == max_new - 1 or len(keep) <= leave_at:
+            if not keep or step == max_new - 1:
                 break
             fed = torch.full((len(batch),), pad, dtype=torch.long, device=self.device)
             fed[at] = tokens
