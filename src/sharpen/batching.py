@@ -91,16 +91,8 @@ class ProxyBackend:
 
 
 class LockstepBatcher:
-    """`rows=True` (`sharpen serve`): generate calls do not run to completion one merged call at a
-    time; their rows join the backend's running `RowRun` of the same settings between stages, and a
-    call returns as soon as its own rows are done, while the others' go on. Needs a backend with
-    `row_run` (the HF backend); others merge whole calls."""
-
-    def __init__(self, backend: Backend, rows: bool = False):
+    def __init__(self, backend: Backend):
         self.backend = backend
-        self._rows = rows and hasattr(backend, "row_run")
-        self._runs: dict[Any, Any] = {}  # sampling settings -> the backend's RowRun
-        self._inflight: dict[int, tuple[Any, _Request, list[int], ProxyBackend]] = {}  # slot -> run key, call, row ids
         self._cv = threading.Condition()
         self._pending: dict[int, _Request] = {}
         self._live: set[int] = set()
@@ -174,81 +166,17 @@ class LockstepBatcher:
             with self._cv:
                 if new is None and not self._live:
                     return
-                # every live search waits on the backend: with a call pending, or rows in a run
-                self._cv.wait_for(lambda: not self._live
-                                  or all(i in self._pending or i in self._inflight for i in self._live))
+                self._cv.wait_for(lambda: not self._live or all(i in self._pending for i in self._live))
                 if not self._live:
                     continue
                 batch = dict(sorted(self._pending.items()))
                 self._pending = {}
                 proxies = {slot: self._proxies[slot] for slot in batch}
-            finished: list[_Request] = []
-            if self._rows:
-                for slot in [s for s, r in batch.items() if r.kind == "generate"]:
-                    self._join(slot, batch.pop(slot), proxies[slot])
             self._execute(batch, proxies)
-            if self._rows:
-                finished = self._stage()
             with self._cv:
-                for req in [*batch.values(), *finished]:
+                for req in batch.values():
                     req.done = True
                 self._cv.notify_all()
-
-    def _join(self, slot: int, req: _Request, proxy: ProxyBackend) -> None:
-        """A generate call's rows join the run of its sampling settings (one row per sample, each with
-        its own stream, as in `_run_group`)."""
-        key = replace(req.params, n=1, seed=None)
-        if key not in self._runs:
-            self._runs[key] = self.backend.row_run(key)
-        texts = [p for p in req.prompts for _ in range(req.params.n)]
-        seeds = [row_seed(s, j) for s in req.seeds for j in range(req.params.n)]
-        try:
-            ids = self._runs[key].add(texts, seeds)
-        except BaseException as e:  # noqa: BLE001 - the call's error, raised in its search
-            req.result = e
-            ids = []
-        self._inflight[slot] = (key, req, ids, proxy)
-
-    def _stage(self) -> list[_Request]:
-        """One stage of every run; the calls whose rows are all done (or whose search was
-        cancelled, or whose run failed) get their result and leave."""
-        for slot, (key, req, ids, _) in list(self._inflight.items()):
-            cancelled = self._cancelled.get(slot)
-            if req.result is None and cancelled is not None and cancelled():
-                self._runs[key].drop(ids)
-                req.result = SearchCancelled(f"search {slot} cancelled")
-        for key, run in list(self._runs.items()):
-            if run.active:
-                try:
-                    run.stage()
-                except BaseException as e:  # noqa: BLE001 - every call in the run gets it
-                    for k, req, _ids, _proxy in self._inflight.values():
-                        if k == key and req.result is None:
-                            req.result = e
-                    del self._runs[key]
-        finished = []
-        for slot, (key, req, ids, proxy) in list(self._inflight.items()):
-            run = self._runs.get(key)
-            if req.result is None and not all(run.done(i) for i in ids):
-                continue
-            del self._inflight[slot]
-            finished.append(req)
-            if req.result is not None:
-                if run is not None:
-                    run.drop(ids)
-                continue
-            rows = [run.pop(i) for i in ids]
-            n = req.params.n
-            req.result = [[rows[p * n + j].completion for j in range(n)] for p in range(len(req.prompts))]
-            proxy.meter.record(prompt_tokens=round(sum(r.prompt_tokens for r in rows)),
-                               generated_tokens=sum(r.completion.num_tokens for r in rows),
-                               seconds=sum(r.seconds for r in rows))
-            self.backend.meter.record(prompt_tokens=round(sum(r.prompt_tokens for r in rows)),
-                                      generated_tokens=sum(r.completion.num_tokens for r in rows),
-                                      seconds=sum(r.seconds for r in rows))
-        for key in [k for k, run in self._runs.items() if not run.rows]:
-            del self._runs[key]
-        return finished
 
     def _submit(self, slot: int, req: _Request) -> Any:
         cancelled = self._cancelled.get(slot)

@@ -11,9 +11,7 @@
 
 Requests from many clients are searched together: a worker thread runs one `LockstepBatcher` that
 admits queued requests (up to `wave` searched at once) before each merged call, so their backend calls
-merge into batched forward passes and a request that arrives mid-search joins at the next call. With
-the HF backend, sampled rows of new calls join the rows already decoding at the next stage
-(`RowRun`), and a call returns once its own rows are done. The queue is bounded
+merge into batched forward passes and a request that arrives mid-search joins at the next call. The queue is bounded
 (beyond it: 429 with Retry-After); a request over the budget cap or malformed gets a 400 with a
 one-line message; a request past its timeout gets a 504, and a search whose client disconnected or
 timed out stops at its next backend call. With an API key, requests without it get a 401 and no work.
@@ -138,7 +136,7 @@ class SearchService:
     def _work(self) -> None:
         from sharpen.batching import LockstepBatcher
 
-        LockstepBatcher(self.process.backend, rows=True).serve(self._take)
+        LockstepBatcher(self.process.backend).serve(self._take)
 
     def _take(self, block: bool) -> list[tuple[Any, Any, Any]]:
         """The queued requests that fit beside the running ones (at most `wave` searched at once);

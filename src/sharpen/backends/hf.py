@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -197,108 +196,6 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-@dataclass
-class _Row:
-    prompt: list[int]
-    stream: torch.Generator
-    ids: list[int] = field(default_factory=list)
-    logprob: float = 0.0
-    reason: str | None = None
-    prompt_tokens: float = 0.0  # its share of the prefills it was in
-    seconds: float = 0.0  # its share of the stages it was in
-    completion: Completion | None = None
-
-
-class RowRun:
-    """Sampled rows of one setting, generated in stages of the backend's `stage_tokens`. Between
-    stages, rows of new calls can join (`add`): a merged decode is then no longer carried by a few
-    long rows while new requests wait (continuous batching at stage granularity). After every stage
-    a row goes on from its exact token ids with a fresh prefill and its own random stream, so it gets
-    the same tokens whenever it joined and whoever ran beside it (up to float rounding of batched
-    kernels). `_generate_batch` is one such run with a single call's rows."""
-
-    def __init__(self, backend: HFBackend, params: SamplingParams):
-        self.backend, self.params = backend, params
-        self.rows: dict[int, _Row] = {}
-        self.prompt_tokens = 0
-        self._next = 0
-
-    def add(self, texts: list[str], seeds: list[int]) -> list[int]:
-        """New rows (one per text, drawing from the stream of its seed); their ids."""
-        b = self.backend
-        ids = []
-        for t, s in zip(texts, seeds, strict=True):
-            prompt = b.tokenizer(t, add_special_tokens=False)["input_ids"]
-            self.rows[self._next] = _Row(prompt, torch.Generator(device=b.device).manual_seed(s))
-            ids.append(self._next)
-            self._next += 1
-        return ids
-
-    @property
-    def active(self) -> list[int]:
-        return [i for i, r in self.rows.items() if r.completion is None]
-
-    def done(self, i: int) -> bool:
-        return self.rows[i].completion is not None
-
-    def pop(self, i: int) -> _Row:
-        return self.rows.pop(i)
-
-    def drop(self, ids: list[int]) -> None:
-        for i in ids:
-            self.rows.pop(i, None)
-
-    def stage(self) -> None:
-        """One stage of every active row, at most `max_batch` rows a forward (rows of similar
-        length together)."""
-        active = self.active
-        b = self.backend
-        if len(active) > b.max_batch:
-            active.sort(key=lambda i: len(self.rows[i].prompt) + len(self.rows[i].ids))
-        for start in range(0, len(active), b.max_batch):
-            self._stage([self.rows[i] for i in active[start : start + b.max_batch]])
-
-    def _stage(self, rows: list[_Row]) -> None:
-        b, params = self.backend, self.params
-        t0 = time.perf_counter()
-        remaining = max(params.max_tokens - len(r.ids) for r in rows)
-        stage = remaining if len(rows) == 1 or remaining <= 1.5 * b.stage_tokens else b.stage_tokens
-        inputs = [r.prompt + r.ids for r in rows]
-        new_ids, new_lp, stopped, n_prompt = b._run_stage(
-            inputs,
-            [b.tokenizer.decode(r.ids, skip_special_tokens=True) for r in rows],
-            params,
-            stage,
-            [r.stream for r in rows],
-        )
-        self.prompt_tokens += n_prompt
-        eos_ids = b._eos_ids()
-        seconds = (time.perf_counter() - t0) / len(rows)
-        width = sum(len(x) for x in inputs)
-        for i, r in enumerate(rows):
-            ids = new_ids[i]
-            eos_at = next((j for j, t in enumerate(ids) if t in eos_ids), None)
-            n, reason = len(ids), None
-            if stopped[i] >= 0 and (eos_at is None or stopped[i] <= eos_at):
-                n, reason = stopped[i], params.stop_at
-            elif eos_at is not None:
-                n, reason = eos_at + 1, "eos"
-            left = params.max_tokens - len(r.ids)
-            if n > left:  # a row that joined later, in a stage longer than its own rest: cut at its limit
-                n, reason = left, None
-            r.ids += ids[:n]
-            r.logprob += float(new_lp[i, :n].sum()) if n else 0.0
-            r.prompt_tokens += n_prompt * len(inputs[i]) / width
-            r.seconds += seconds
-            if reason is None and len(r.ids) >= params.max_tokens:
-                reason = "length"
-            if reason is not None:
-                text = b.tokenizer.decode(r.ids, skip_special_tokens=True)
-                if reason == "step" and params.delimiter in text:
-                    text = text[: text.index(params.delimiter) + len(params.delimiter)]
-                r.completion = Completion(text, r.ids, len(r.ids), reason, r.logprob)
-
-
 class HFBackend(LocalTokenizer):
     """Batched generation with a transformers causal LM, on CPU or GPU."""
 
@@ -386,24 +283,56 @@ class HFBackend(LocalTokenizer):
         token ids with a fresh prefill (and the finished ones are gone, also when HF `generate`,
         which keeps finished rows to the end of its call, does the decoding)."""
         t0 = time.perf_counter()
-        run = RowRun(self, params)
-        ids = run.add(texts, seeds)
-        while run.active:
-            run.stage()
-        rows = [run.pop(i) for i in ids]
-        completions = [r.completion for r in rows]
+        prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        gen: list[list[int]] = [[] for _ in texts]
+        logprob = [0.0] * len(texts)
+        reason: list[str | None] = [None] * len(texts)
+        prompt_tokens = 0
+        active = list(range(len(texts)))
+        eos_ids = self._eos_ids()
+        # one random stream per row, kept across stages
+        gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        while active:
+            remaining = params.max_tokens - len(gen[active[0]])
+            stage = remaining if len(active) == 1 or remaining <= 1.5 * self.stage_tokens else self.stage_tokens
+            new_ids, new_lp, stopped, n_prompt = self._run_stage(
+                [prompts[r] + gen[r] for r in active],
+                [self.tokenizer.decode(gen[r], skip_special_tokens=True) for r in active],
+                params,
+                stage,
+                [gens[r] for r in active],
+            )
+            prompt_tokens += n_prompt
+            still = []
+            for i, r in enumerate(active):
+                ids = new_ids[i]
+                eos_at = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+                n = len(ids)
+                if stopped[i] >= 0 and (eos_at is None or stopped[i] <= eos_at):
+                    n, reason[r] = stopped[i], params.stop_at
+                elif eos_at is not None:
+                    n, reason[r] = eos_at + 1, "eos"
+                gen[r] += ids[:n]
+                logprob[r] += float(new_lp[i, :n].sum()) if n else 0.0
+                if reason[r] is None:
+                    if len(gen[r]) >= params.max_tokens:
+                        reason[r] = "length"
+                    else:
+                        still.append(r)
+            active = still
+        completions = []
+        for r, ids in enumerate(gen):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if reason[r] == "step" and params.delimiter in text:
+                text = text[: text.index(params.delimiter) + len(params.delimiter)]
+            completions.append(Completion(text, ids, len(ids), reason[r] or "length", logprob[r]))
         self.meter.record(
-            prompt_tokens=run.prompt_tokens,
+            prompt_tokens=prompt_tokens,
             generated_tokens=sum(c.num_tokens for c in completions),
             seconds=time.perf_counter() - t0,
             calls=calls,
         )
         return completions
-
-    def row_run(self, params: SamplingParams) -> RowRun:
-        """An empty `RowRun` of `params` (n=1 rows, each with its own seed): rows of many calls
-        join it between stages (`sharpen serve`'s batcher)."""
-        return RowRun(self, params)
 
     def _run_stage(
         self, inputs: list[list[int]], prefixes: list[str], params: SamplingParams, max_new: int,
