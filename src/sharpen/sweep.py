@@ -199,9 +199,13 @@ def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120, sharey=True)
     keys = list(dict.fromkeys((r["algo"], r["scorer"]) for r in results))
-    for algo, scorer in keys:
+    legend_rows = -(-len(keys) // 3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4 + 0.22 * legend_rows), dpi=120, sharey=True)
+    colors = plt.get_cmap("tab10").colors
+    for i, (algo, scorer) in enumerate(keys):
+        # a style no other line has: ten colours, then other markers and dashes
+        style = {"color": colors[i % 10], "marker": "osD^v"[i // 10 % 5], "linestyle": ("-", "--", ":")[i // 10 % 3]}
         rs = sorted((r for r in results if r["algo"] == algo and r["scorer"] == scorer), key=lambda r: r["budget"])
         y = [r["accuracy"] for r in rs]
         lo = [r["accuracy"] - r["accuracy_ci95"][0] for r in rs]
@@ -209,16 +213,18 @@ def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "")
         label = algo if scorer in (None, "none") else f"{algo} ({scorer})"
         for ax, x in ((axes[0], [r["mean_generated_tokens"] for r in rs]),
                       (axes[1], [r["mean_forward_tokens"] + r["mean_verifier_tokens"] for r in rs])):
-            ax.errorbar([max(1.0, v) for v in x], y, yerr=[lo, hi], marker="o", capsize=3, label=label)
+            ax.errorbar([max(1.0, v) for v in x], y, yerr=[lo, hi], capsize=3, label=label, **style)
     for ax, what in zip(axes, ("generated tokens per problem (actually spent)",
                                "forward tokens per problem (policy + verifier)"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel(what)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    # below both panels, where it hides no point
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(keys)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.055 * legend_rows * 4.4 / (4.4 + 0.22 * legend_rows), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
