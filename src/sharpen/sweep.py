@@ -200,8 +200,9 @@ def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "")
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys((r["algo"], r["scorer"]) for r in results))
-    legend_rows = -(-len(keys) // 3)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4 + 0.22 * legend_rows), dpi=120, sharey=True)
+    legend_in = 0.24 * -(-len(keys) // 3)  # inches below the panels: 3 legend entries a row
+    height = 4.4 + legend_in
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), dpi=120, sharey=True)
     colors = plt.get_cmap("tab10").colors
     for i, (algo, scorer) in enumerate(keys):
         # a style no other line has: ten colours, then other markers and dashes
@@ -224,7 +225,7 @@ def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "")
     # below both panels, where it hides no point
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(keys)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.055 * legend_rows * 4.4 / (4.4 + 0.22 * legend_rows), 1, 1))
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
