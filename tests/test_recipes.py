@@ -217,6 +217,28 @@ def test_grpo_round_trains_online_within_the_token_budget(tmp_path, tiny_model_d
     assert write_report(run).exists()
 
 
+def test_grpo_round_counts_accumulated_micro_batches_and_shares_each_prompt(tmp_path, tiny_model_dir):
+    """One prompt's completions per micro-batch (per_device_train_batch_size == num_generations,
+    generating at every micro-step) with 2 accumulation steps: an optimizer step takes 2 prompts,
+    so one epoch of 2 prompts x 2 completions is 1 step, not 2; and every micro-batch's forward runs
+    its shared prompt once (`share_prefix`)."""
+    from sharpen.train.common import quiet
+    from sharpen.train.grpo import GRPOTrainConfig, build_trainer
+    from sharpen.train.prefix import backbone_of
+
+    layout = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "steps_per_generation": 1}
+    cfg = prepare_run_dir(validate(_grpo_config(tiny_model_dir, max_epochs=1.0, **layout)), tmp_path / "run", False)
+    LoopRunner(cfg, tmp_path / "run").run_all()
+    summary = _json(tmp_path / "run" / "round-1" / "train" / "summary.json")
+    assert summary["steps"] == 1 and summary["usage"]["calls"] == 2 and summary["completions"] == 4
+
+    trainer, _ = build_trainer(GRPOTrainConfig(
+        model=tiny_model_dir, output_dir=str(tmp_path / "grpo"), task="gym:chain_sum", task_args=TASK_ARGS, problems=2,
+        strict_answers=False, max_steps=1, num_generations=2, max_completion_length=8, **layout))
+    quiet(trainer).train()
+    assert backbone_of(trainer.model)._sharpen_shared_calls >= 2  # each micro-batch's loss forward split
+
+
 def test_grpo_verifier_reward_counts_tokens():
     import json as _json_mod
 

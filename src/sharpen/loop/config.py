@@ -79,7 +79,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     max_epochs: float | None = Field(None, gt=0, description="cap on passes over the round's data: steps = "
-                                     "min(max_steps, ceil(max_epochs x rows / per_device_train_batch_size))")
+                                     "min(max_steps, ceil(max_epochs x rows / (per_device_train_batch_size x "
+                                     "gradient_accumulation_steps))); grpo's rows are completions")
     prm_soft_labels: bool = Field(False, description="prm-guided: train the PRM on the Monte Carlo values "
                                   "themselves (soft labels) instead of value >= build.label_threshold")
     replay: bool = Field(False, description="train on this round's data plus every earlier round's (exact duplicates "

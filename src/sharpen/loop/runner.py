@@ -211,7 +211,8 @@ class LoopRunner:
         trainer = self.recipe.trainer
         opts = trainer_options(self.cfg, trainer)
         defaults = trainer_fields(config_class(trainer))
-        batch = opts.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
+        batch = (opts.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
+                 * opts.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"]))
         samples = rows.get(kind, 0) * self.recipe.samples_per_row(opts, defaults)
         steps = train_steps(opts.get("max_steps", defaults["max_steps"]), t.max_epochs, samples, batch)
         opts |= {"max_steps": steps, "seed": self.cfg.seed + r, "save_steps": max(1, steps // 4)}
