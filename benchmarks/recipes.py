@@ -1,0 +1,84 @@
+"""Runs of different recipes side by side (issue 16: "the table for mcts-dpo, rft and grpo side by side at
+comparable generated tokens, with the tokens each spent"). Reads finished run dirs only (no model run):
+
+    .venv/bin/python benchmarks/recipes.py runs/full-s0 runs/rft-s0 runs/grpo-s0
+
+Per run: recipe and seed, held-out greedy accuracy after each round, the tokens the policy generated to make
+its training data in each round (an offline round's search: collect's mean generated tokens x problems; a grpo
+round: what GRPO sampled, `round-N/train/summary.json`), stage minutes, and the last round's paired change
+against round 0. Then every run's last round against the first run's, problem by problem on the same held-out
+problems (paired bootstrap 95% interval; runs evaluated on different problems are refused).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sharpen.errors import ConfigError
+from sharpen.io import read_jsonl
+from sharpen.report import collect_facts
+from sharpen.stats import paired_bootstrap
+
+
+def generated_per_round(entry: dict) -> float | None:
+    train, collect = entry.get("train") or {}, entry.get("collect") or {}
+    if train.get("generated_tokens") is not None:  # online: the trainer sampled its own data
+        return float(train["generated_tokens"])
+    if collect.get("mean_generated_tokens") is not None:
+        return float(collect["mean_generated_tokens"]) * int(collect.get("n", 0))
+    return None
+
+
+def greedy_by_problem(run: Path, r: int) -> dict[str, float]:
+    return {row["id"]: float(row["greedy"]["correct"]) for row in read_jsonl(run / f"round-{r}" / "eval" / "problems.jsonl")}
+
+
+def recipe_of(facts: dict) -> tuple[str, str]:
+    import yaml
+
+    cfg = yaml.safe_load(facts["config"] or "{}") or {}
+    return str(cfg.get("recipe", "?")), str(cfg.get("seed", "?"))
+
+
+def main() -> None:
+    runs = [Path(a) for a in sys.argv[1:]]
+    if not runs:
+        sys.exit(__doc__)
+    try:
+        facts = [collect_facts(r) for r in runs]
+    except ConfigError as e:
+        sys.exit(str(e))
+    rounds = max(len(f["rounds"]) for f in facts)
+    head = ["run", "recipe", "seed", *(f"greedy r{r}" for r in range(rounds)),
+            *(f"gen. tokens r{r}" for r in range(1, rounds)), "stage min", "last vs r0 [95% CI]"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for run, f in zip(runs, facts, strict=True):
+        recipe, seed = recipe_of(f)
+        greedy = [e["eval"]["greedy"] if e.get("eval") else None for e in f["rounds"]]
+        gen = [generated_per_round(e) for e in f["rounds"][1:]]
+        p = f.get("paired") or {}
+        change = f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" if p else ""
+        cells = [run.name, recipe, seed, *(f"{g:.3f}" if g is not None else "" for g in greedy),
+                 *[""] * (rounds - len(greedy)), *(f"{t:,.0f}" if t is not None else "" for t in gen),
+                 *[""] * (rounds - 1 - len(gen)), f"{sum(f['stage_seconds'].values()) / 60:.1f}", change]
+        print("| " + " | ".join(cells) + " |")
+    if len(runs) < 2:
+        return
+    base_run, base_last = runs[0], len(facts[0]["rounds"]) - 1
+    base = greedy_by_problem(base_run, base_last)
+    print(f"\nLast round against {base_run.name}'s round {base_last} (same held-out problems, paired):")
+    for run, f in zip(runs[1:], facts[1:], strict=True):
+        last = len(f["rounds"]) - 1
+        other = greedy_by_problem(run, last)
+        if set(other) != set(base):
+            sys.exit(f"{run} was evaluated on other problems than {base_run} (fix: runs with the same task, eval.n "
+                     "and eval split)")
+        ids = sorted(base)
+        delta, (lo, hi) = paired_bootstrap([base[i] for i in ids], [other[i] for i in ids])
+        print(f"- {run.name} round {last} - {base_run.name}: {delta:+.3f} [{lo:+.3f}, {hi:+.3f}] (n = {len(ids)})")
+
+
+if __name__ == "__main__":
+    main()
