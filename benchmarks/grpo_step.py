@@ -3,12 +3,14 @@
 
     python benchmarks/grpo_step.py --model smollm2-135m --steps 3
 
-Layouts (each with `num_generations` = 8 completions per prompt, 2 prompts per optimizer step):
-- `two-prompts`: configs/chain_sum-grpo.yaml's: one micro-batch of 16 completions, both prompts
-  generated together. Two left-padded prompts share no prefix, so `share_prefix` cannot split.
-- `one-prompt`: micro-batches of 8 (one prompt's completions), 2 accumulation steps, generation at
-  every micro-step (`steps_per_generation: 1`). Every micro-batch's rows start with the same prompt,
-  so the shared-prefix forward runs it once.
+Task, completions per prompt, lengths, temperature and learning rate are configs/chain_sum-grpo.yaml's;
+the layouts (each 2 prompts x 8 completions an optimizer step) differ in micro-batches only:
+- `two-prompts`: one micro-batch of 16 completions, both prompts generated together (the config's
+  layout before the twenty-eighth stop). Two left-padded prompts share no prefix unless they have one
+  length, so `share_prefix` rarely splits.
+- `one-prompt` (the config's): micro-batches of 8 (one prompt's completions), 2 accumulation steps,
+  generation at every micro-step (`steps_per_generation: 1`). Every micro-batch's rows start with the
+  same prompt, so the shared-prefix forward runs it once.
 - `one-prompt-plain`: the same with `share_prefix: false` (what the prefix sharing alone saves).
 
 Prints, per layout, seconds per optimizer step (median of the steps after the first), the part of it
@@ -22,7 +24,9 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
+CONFIG = Path(__file__).parents[1] / "configs" / "chain_sum-grpo.yaml"
 LAYOUTS = {
     "two-prompts": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
     "one-prompt": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "steps_per_generation": 1},
@@ -36,8 +40,12 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per layout (the first is warm-up)")
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
-    ap.add_argument("--max-completion-length", type=int, default=48)
     args = ap.parse_args()
+
+    import yaml
+
+    run_cfg = yaml.safe_load(CONFIG.read_text())
+    train = run_cfg["train"]
 
     from transformers import TrainerCallback
 
@@ -61,10 +69,9 @@ def main() -> None:
         layout = dict(LAYOUTS[name])
         with tempfile.TemporaryDirectory() as out:
             cfg = GRPOTrainConfig(
-                model=args.model, output_dir=out, task="gym:chain_sum",
-                task_args={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1},
-                problems=4 * args.steps, max_steps=args.steps, save_steps=10_000, num_generations=8,
-                max_completion_length=args.max_completion_length, temperature=0.8, learning_rate=5e-5,
+                model=args.model, output_dir=out, task=run_cfg["task"], task_args=run_cfg["task_args"],
+                problems=4 * args.steps, max_steps=args.steps, save_steps=10_000,
+                **{k: train[k] for k in ("num_generations", "max_completion_length", "temperature", "learning_rate")},
                 **layout)
             trainer, budget = build_trainer(cfg)
             quiet(trainer)

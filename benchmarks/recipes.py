@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from sharpen.errors import ConfigError
-from sharpen.io import read_jsonl
-from sharpen.report import collect_facts
+from sharpen.loop.runner import greedy_by_problem
+from sharpen.report import collect_facts, fmt, md_table
+from sharpen.seeds import _change, _yaml
 from sharpen.stats import paired_bootstrap
 
 
@@ -30,17 +31,6 @@ def generated_per_round(entry: dict) -> float | None:
     return None
 
 
-def greedy_by_problem(run: Path, r: int) -> dict[str, float]:
-    return {row["id"]: float(row["greedy"]["correct"]) for row in read_jsonl(run / f"round-{r}" / "eval" / "problems.jsonl")}
-
-
-def recipe_of(facts: dict) -> tuple[str, str]:
-    import yaml
-
-    cfg = yaml.safe_load(facts["config"] or "{}") or {}
-    return str(cfg.get("recipe", "?")), str(cfg.get("seed", "?"))
-
-
 def main() -> None:
     runs = [Path(a) for a in sys.argv[1:]]
     if not runs:
@@ -50,20 +40,16 @@ def main() -> None:
     except ConfigError as e:
         sys.exit(str(e))
     rounds = max(len(f["rounds"]) for f in facts)
-    head = ["run", "recipe", "seed", *(f"greedy r{r}" for r in range(rounds)),
-            *(f"gen. tokens r{r}" for r in range(1, rounds)), "stage min", "last vs r0 [95% CI]"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    table = [["run", "recipe", "seed", *(f"greedy r{r}" for r in range(rounds)),
+              *(f"gen. tokens r{r}" for r in range(1, rounds)), "stage min", "last vs r0 [95% CI]"]]
     for run, f in zip(runs, facts, strict=True):
-        recipe, seed = recipe_of(f)
-        greedy = [e["eval"]["greedy"] if e.get("eval") else None for e in f["rounds"]]
-        gen = [generated_per_round(e) for e in f["rounds"][1:]]
-        p = f.get("paired") or {}
-        change = f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" if p else ""
-        cells = [run.name, recipe, seed, *(f"{g:.3f}" if g is not None else "" for g in greedy),
-                 *[""] * (rounds - len(greedy)), *(f"{t:,.0f}" if t is not None else "" for t in gen),
-                 *[""] * (rounds - 1 - len(gen)), f"{sum(f['stage_seconds'].values()) / 60:.1f}", change]
-        print("| " + " | ".join(cells) + " |")
+        cfg = _yaml(f["config"])
+        by_round = f["rounds"] + [{}] * (rounds - len(f["rounds"]))  # rounds not reached: empty cells
+        greedy = [fmt((e.get("eval") or {}).get("greedy")) for e in by_round]
+        gen = [fmt(generated_per_round(e), 0) for e in by_round[1:]]
+        table.append([run.name, str(cfg.get("recipe", "?")), str(cfg.get("seed", "?")), *greedy, *gen,
+                      fmt(sum(f["stage_seconds"].values()) / 60, 1), _change(f.get("paired"))])
+    print("\n".join(md_table(table)))
     if len(runs) < 2:
         return
     base_run, base_last = runs[0], len(facts[0]["rounds"]) - 1

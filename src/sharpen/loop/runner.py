@@ -211,10 +211,10 @@ class LoopRunner:
         trainer = self.recipe.trainer
         opts = trainer_options(self.cfg, trainer)
         defaults = trainer_fields(config_class(trainer))
-        batch = (opts.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
-                 * opts.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"]))
+        o = defaults | opts
+        batch = o["per_device_train_batch_size"] * o["gradient_accumulation_steps"]  # rows an optimizer step takes
         samples = rows.get(kind, 0) * self.recipe.samples_per_row(opts, defaults)
-        steps = train_steps(opts.get("max_steps", defaults["max_steps"]), t.max_epochs, samples, batch)
+        steps = train_steps(o["max_steps"], t.max_epochs, samples, batch)
         opts |= {"max_steps": steps, "seed": self.cfg.seed + r, "save_steps": max(1, steps // 4)}
         opts |= self.recipe.policy_options(self.cfg)
         if opts.get("precompute_ref_log_probs", "auto") == "auto" and trainer == "dpo":
@@ -269,16 +269,18 @@ class LoopRunner:
 
         from sharpen.stats import paired_bootstrap
 
-        def greedy(r: int) -> dict[str, float]:
-            rows = read_jsonl(self.run / f"round-{r}" / "eval" / "problems.jsonl")
-            return {row["id"]: float(row["greedy"]["correct"]) for row in rows}
-
-        a, b = greedy(r0), greedy(r1)
+        a, b = greedy_by_problem(self.run, r0), greedy_by_problem(self.run, r1)
         ids = [p.id for p in self.test if p.id in a and p.id in b]
         before, after = [a[i] for i in ids], [b[i] for i in ids]
         delta, (lo, hi) = paired_bootstrap(before, after, iters=iters, seed=self.cfg.seed)
         return {"from_round": r0, "to_round": r1, "n": len(ids), "before": float(np.mean(before)),
                 "after": float(np.mean(after)), "delta": delta, "ci95": [lo, hi]}
+
+
+def greedy_by_problem(run: Path, r: int) -> dict[str, float]:
+    """Round `r`'s held-out greedy correctness (0 or 1), by problem id."""
+    rows = read_jsonl(Path(run) / f"round-{r}" / "eval" / "problems.jsonl")
+    return {row["id"]: float(row["greedy"]["correct"]) for row in rows}
 
 
 def train_steps(max_steps: int, max_epochs: float | None, rows: int, batch_size: int) -> int:
