@@ -4,14 +4,17 @@
     python benchmarks/grpo_step.py --model smollm2-135m --steps 3
 
 Task, completions per prompt, lengths, temperature and learning rate are configs/chain_sum-grpo.yaml's;
-the layouts (each 2 prompts x 8 completions an optimizer step) differ in micro-batches only:
-- `two-prompts`: one micro-batch of 16 completions, both prompts generated together (the config's
-  layout before the twenty-eighth stop). Two left-padded prompts share no prefix unless they have one
-  length, so `share_prefix` rarely splits.
-- `one-prompt` (the config's): micro-batches of 8 (one prompt's completions), 2 accumulation steps,
-  generation at every micro-step (`steps_per_generation: 1`). Every micro-batch's rows start with the
-  same prompt, so the shared-prefix forward runs it once.
-- `one-prompt-plain`: the same with `share_prefix: false` (what the prefix sharing alone saves).
+the layouts (each 2 prompts x 8 completions an optimizer step) differ in micro-batches and sampler:
+- `two-prompts`: one micro-batch of 16 completions, both prompts generated together by TRL's
+  `generate` (the config's layout before the twenty-eighth stop). Two left-padded prompts share no
+  prefix unless they have one length, so `share_prefix` rarely splits.
+- `one-prompt-trl`: micro-batches of 8 (one prompt's completions), 2 accumulation steps, generation
+  at every micro-step (`steps_per_generation: 1`), TRL's `generate` (the config of the twenty-eighth
+  stop). Every micro-batch's rows start with the same prompt, so the shared-prefix forward runs it once.
+- `one-prompt` (the config's): the same with `sampler: sharpen` (sharpen's HF sampler over the
+  training policy: the prompt's KV once for its 8 samples, finished rows leave the batch, a
+  completion ends with its `Answer:` line).
+- `one-prompt-plain`: that with `share_prefix: false` (what the prefix sharing alone saves).
 
 Prints, per layout, seconds per optimizer step (median of the steps after the first), the part of it
 spent generating (TRL's `_generate`, timed), and how many forwards the prefix
@@ -27,11 +30,12 @@ import time
 from pathlib import Path
 
 CONFIG = Path(__file__).parents[1] / "configs" / "chain_sum-grpo.yaml"
+ONE = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "steps_per_generation": 1}
 LAYOUTS = {
-    "two-prompts": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
-    "one-prompt": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "steps_per_generation": 1},
-    "one-prompt-plain": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "steps_per_generation": 1,
-                         "share_prefix": False},
+    "two-prompts": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "sampler": "trl"},
+    "one-prompt-trl": {**ONE, "sampler": "trl"},
+    "one-prompt": {**ONE, "sampler": "sharpen"},
+    "one-prompt-plain": {**ONE, "sampler": "sharpen", "share_prefix": False},
 }
 
 

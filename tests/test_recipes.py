@@ -239,6 +239,56 @@ def test_grpo_round_counts_accumulated_micro_batches_and_shares_each_prompt(tmp_
     assert backbone_of(trainer.model)._sharpen_shared_calls >= 2  # each micro-batch's loss forward split
 
 
+def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_model_dir):
+    """`sampler: sharpen` (TRL's rollout_func): G completions per prompt from sharpen's HF sampler
+    over the training policy, token for token what a fresh backend over the same weights draws with
+    the same seeds; after the weights move, no prompt KV from before is reused; the policy is left
+    in training mode."""
+    import torch
+
+    from sharpen.backends.base import mix_seed
+    from sharpen.backends.hf import HFBackend
+    from sharpen.train.grpo import GRPOTrainConfig, build_trainer
+
+    trainer, _ = build_trainer(GRPOTrainConfig(
+        model=tiny_model_dir, output_dir=str(tmp_path / "grpo"), task="gym:chain_sum", task_args=TASK_ARGS,
+        problems=2, strict_answers=False, max_steps=1, num_generations=3, per_device_train_batch_size=3,
+        max_completion_length=12, temperature=1.0, sampler="sharpen", seed=5))
+    rollout = trainer.rollout_func
+    prompts = [row["prompt"] for row in trainer.train_dataset for _ in range(3)]
+    policy = trainer.model.get_base_model()
+    policy.train()
+
+    def fresh(call: int) -> list[list[int]]:
+        backend = HFBackend.from_model(policy, rollout.tokenizer, seed=0)
+        texts = [backend.chat_prompt(p) for p in prompts[::3]]
+        training = policy.training
+        policy.eval()
+        groups = backend.generate(texts, rollout.params(3), seeds=[mix_seed(5, 0, call, i) for i in range(2)])
+        policy.train(training)
+        return [c.token_ids for g in groups for c in g]
+
+    out = rollout(prompts, trainer)
+    assert set(out) == {"prompt_ids", "completion_ids", "logprobs"} and len(out["completion_ids"]) == 6
+    tok = rollout.tokenizer
+    assert out["prompt_ids"][0] == out["prompt_ids"][2] != out["prompt_ids"][3]
+    assert out["prompt_ids"][0] == tok(tok.apply_chat_template(prompts[0], tokenize=False, add_generation_prompt=True),
+                                       add_special_tokens=False)["input_ids"]
+    assert out["completion_ids"] == fresh(0) and policy.training
+    with torch.no_grad():  # the LoRA update moves the policy (B starts at zero)
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.add_(torch.randn_like(param))
+    moved = fresh(1)
+    assert rollout(prompts, trainer)["completion_ids"] == moved
+    policy.eval()
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+    assert fresh(1) != moved, "the perturbation did not change the draws: the check above proves nothing"
+
+
 def test_grpo_verifier_reward_counts_tokens():
     import json as _json_mod
 

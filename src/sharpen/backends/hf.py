@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -225,6 +226,26 @@ class HFBackend(LocalTokenizer):
                 "(fix: point --model at a directory with config.json, weights and a tokenizer)"
             ) from None
         self.model.eval()
+        self._setup(seed, max_batch, stage_tokens, prefix_cache, drop_finished)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, seed: int = 0, **kw: Any) -> HFBackend:
+        """A backend over a model already in memory (GRPO's policy while it trains, LoRA adapters
+        active). Its weights may change between calls: call `forget_prefixes()` after they do; and it
+        is left in the mode it is in (generate in `eval()` mode: no dropout)."""
+        self = cls.__new__(cls)
+        self.name = getattr(model, "name_or_path", "") or type(model).__name__
+        self.model, self.tokenizer = model, tokenizer
+        self.device = str(next(model.parameters()).device)
+        self._setup(seed, **kw)
+        return self
+
+    def forget_prefixes(self) -> None:
+        """Drop the prompt KV kept across calls (stale once the model's weights change)."""
+        self._prefix_kv.clear()
+
+    def _setup(self, seed: int = 0, max_batch: int = 32, stage_tokens: int = 32, prefix_cache: bool = True,
+               drop_finished: bool = True) -> None:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -482,9 +503,10 @@ class HFBackend(LocalTokenizer):
                 input_ids=input_ids[firsts, cached : total - 1],
                 attention_mask=mask[firsts, : total - 1],
                 position_ids=pos[firsts, cached : total - 1],
-                past_key_values=cache,
                 use_cache=True,
-            ).past_key_values
+                **{self._cache_kwarg: cache},
+            )
+            cache = getattr(cache, self._cache_kwarg)
         if cache is None:
             return None
         rows = torch.tensor(owner, device=self.device)
@@ -502,7 +524,7 @@ class HFBackend(LocalTokenizer):
                 if len(self._prefix_kv) >= 8:
                     self._prefix_kv.pop(next(iter(self._prefix_kv)))
                 out = self.model(torch.tensor([list(key)], device=self.device), use_cache=True)
-                self._prefix_kv[key] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                self._prefix_kv[key] = [(layer.keys, layer.values) for layer in getattr(out, self._cache_kwarg).layers]
             cache = _GrowingCache() if self._growing else DynamicCache()
             for i, (k, v) in enumerate(self._prefix_kv[key]):
                 cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)  # copied into its buffer

@@ -28,6 +28,7 @@ did generate is in `sharpen_train.json`. The counts live in the Trainer's checkp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -75,9 +76,20 @@ class GRPOTrainConfig(SharpenArgs, GRPOConfig):
     """`prm:<path>[:agg=last|min|prod|mean]`: a PRM from `sharpen train prm` scores the completion's
     steps (lines) as a second reward beside the verifier's (weights: `reward_weights`, 1 each by
     default). Empty: the verifier alone."""
+    sampler: str = "sharpen"
+    """Who samples the completions. `sharpen`: the HF backend search and eval use, over the policy
+    as it trains (a prompt's KV is computed once for its G samples, finished rows leave the batch,
+    a completion ends with its `Answer:` line as the offline recipes' do; the policy generates in
+    eval mode: no LoRA dropout); `trl`: TRL's own `model.generate` (each completion runs to EOS or
+    `max_completion_length`)."""
     token_budget: int | None = None
     """Generated (completion) tokens allowed in all: training stops before a step whose generations
     could pass it at `max_completion_length` each. None: `max_steps` alone decides."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("sharpen", "trl"):
+            raise ConfigError(f"sampler={self.sampler!r} is not a GRPO sampler (fix: sampler=sharpen or sampler=trl)")
+        super().__post_init__()
 
 
 def prompt_rows(task: Any, problems: list, round: int = 0) -> Any:
@@ -156,6 +168,64 @@ class TokenBudget(TrainerCallback, ExportableState):
             control.should_training_stop = True
             control.should_save = True  # a resumed run finds this step's checkpoint and stops there
             self.stopped_at = state.global_step
+
+
+class SharpenRollout:
+    """TRL's `rollout_func` with sharpen's sampler: TRL hands it a generation batch's prompts, each
+    repeated G times in a row, and it returns G completions of each from the policy as it is now.
+    Each call's sampling seeds come from (seed, optimizer step, call within the step, prompt), so a
+    resumed run draws what the uninterrupted one would have."""
+
+    SAMPLING_DEFAULTS = {"top_k": (0, None), "min_p": (None, 0.0), "repetition_penalty": (1.0,)}
+
+    def __init__(self, cfg: GRPOTrainConfig, tokenizer: Any):
+        import copy
+
+        for name, defaults in self.SAMPLING_DEFAULTS.items():
+            if getattr(cfg, name, None) not in defaults:
+                raise ConfigError(f"{name}={getattr(cfg, name)!r} is not supported by sampler=sharpen "
+                                  f"(fix: leave {name} unset, or sampler=trl)")
+        self.cfg = cfg
+        self.tokenizer = copy.deepcopy(tokenizer)  # the backend left-pads; TRL's own stays as it was
+        self.backend: Any = None
+        self._step, self._call = -1, 0
+
+    def params(self, n: int) -> Any:
+        from sharpen.backends.base import SamplingParams
+
+        return SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                              max_tokens=self.cfg.max_completion_length, stop_at="answer")
+
+    def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
+        import torch
+
+        from sharpen.backends.base import mix_seed
+        from sharpen.backends.hf import HFBackend
+
+        g = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
+        if len(prompts) % g:
+            raise RuntimeError(f"{len(prompts)} prompts are not groups of {g}")
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if self.backend is None or self.backend.model is not model:
+            self.backend = HFBackend.from_model(model, self.tokenizer, seed=self.cfg.seed)
+        self.backend.forget_prefixes()  # the weights moved since the last call
+        step = trainer.state.global_step
+        self._step, self._call = step, (self._call + 1 if step == self._step else 0)
+        unique = prompts[::g]
+        texts = [self.backend.chat_prompt(p) if not isinstance(p, str) else p for p in unique]
+        seeds = [mix_seed(self.cfg.seed, step, self._call, i) for i in range(len(unique))]
+        training = model.training
+        model.eval()
+        try:
+            groups = self.backend.generate(texts, self.params(g), seeds=seeds)
+        finally:
+            model.train(training)
+        prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        with torch.no_grad():
+            return {"prompt_ids": [prompt_ids[i] for i, group in enumerate(groups) for _ in group],
+                    "completion_ids": [c.token_ids for group in groups for c in group],
+                    "logprobs": None}
 
 
 class VerifierReward:
@@ -268,9 +338,29 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
     if cfg.process_reward:
         rewards.append(PRMReward(cfg.process_reward, tok, budget))
     model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg)
-    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=cfg, train_dataset=dataset,
-                          processing_class=tok, peft_config=cfg.peft_config(), callbacks=[budget])
+    rollout = SharpenRollout(cfg, tok) if cfg.sampler == "sharpen" else None
+    with _quiet_experimental():
+        trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=cfg, train_dataset=dataset,
+                              processing_class=tok, peft_config=cfg.peft_config(), callbacks=[budget],
+                              rollout_func=rollout)
     return trainer, budget
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Any:
+    """TRL warns that `rollout_func` is experimental on every trainer it builds; said once here (in
+    `SharpenRollout`'s docstring), not on each round's log."""
+    import os
+
+    old = os.environ.get("TRL_EXPERIMENTAL_SILENCE")
+    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TRL_EXPERIMENTAL_SILENCE")
+        else:
+            os.environ["TRL_EXPERIMENTAL_SILENCE"] = old
 
 
 def _stopped_at(out: Path) -> int | None:
