@@ -243,13 +243,17 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
     """`sampler: sharpen` (TRL's rollout_func): G completions per prompt from sharpen's HF sampler
     over the training policy, token for token what a fresh backend over the same weights draws with
     the same seeds; after the weights move, no prompt KV from before is reused; the policy is left
-    in training mode."""
+    in training mode; options it would ignore are refused."""
     import torch
 
     from sharpen.backends.base import mix_seed
     from sharpen.backends.hf import HFBackend
-    from sharpen.train.grpo import GRPOTrainConfig, build_trainer
+    from sharpen.errors import ConfigError
+    from sharpen.train.grpo import GRPOTrainConfig, SharpenRollout, build_trainer
 
+    with pytest.raises(ConfigError, match="mask_truncated_completions=True is not supported by sampler=sharpen"):
+        SharpenRollout(GRPOTrainConfig(model=tiny_model_dir, output_dir=str(tmp_path / "x"), task="gym:chain_sum",
+                                       mask_truncated_completions=True), None)
     trainer, _ = build_trainer(GRPOTrainConfig(
         model=tiny_model_dir, output_dir=str(tmp_path / "grpo"), task="gym:chain_sum", task_args=TASK_ARGS,
         problems=2, strict_answers=False, max_steps=1, num_generations=3, per_device_train_batch_size=3,
@@ -264,7 +268,7 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
         texts = [backend.chat_prompt(p) for p in prompts[::3]]
         training = policy.training
         policy.eval()
-        groups = backend.generate(texts, rollout.params(3), seeds=[mix_seed(5, 0, call, i) for i in range(2)])
+        groups = backend.generate(texts, rollout.params(3), seeds=[mix_seed(5, 0, 0, call, 0, i) for i in range(2)])
         policy.train(training)
         return [c.token_ids for g in groups for c in g]
 
@@ -287,6 +291,10 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
             if "lora_B" in name:
                 param.zero_()
     assert fresh(1) != moved, "the perturbation did not change the draws: the check above proves nothing"
+    # a process's share that splits a group: as many completions as each prompt has rows
+    split = rollout(prompts[1:], trainer)
+    assert [len(x) for x in split["completion_ids"]] and len(split["completion_ids"]) == 5
+    assert split["prompt_ids"][:2] == out["prompt_ids"][:2] and split["prompt_ids"][2] == out["prompt_ids"][3]
 
 
 def test_grpo_verifier_reward_counts_tokens():

@@ -172,23 +172,32 @@ class TokenBudget(TrainerCallback, ExportableState):
 
 class SharpenRollout:
     """TRL's `rollout_func` with sharpen's sampler: TRL hands it a generation batch's prompts, each
-    repeated G times in a row, and it returns G completions of each from the policy as it is now.
-    Each call's sampling seeds come from (seed, optimizer step, call within the step, prompt), so a
-    resumed run draws what the uninterrupted one would have."""
+    repeated in a row (G times, or fewer where a process's share splits a group), and it returns as
+    many completions of each from the policy as it is now. Each call's sampling seeds come from
+    (seed, train or eval, optimizer step, call within the step, process, prompt). A resumed run
+    draws what the uninterrupted one would have where TRL generates at every optimizer step's first
+    micro-step (`steps_per_generation x num_iterations` divides `gradient_accumulation_steps`: the
+    config's layout); otherwise TRL itself regenerates a resumed step's batch.
 
-    SAMPLING_DEFAULTS = {"top_k": (0, None), "min_p": (None, 0.0), "repetition_penalty": (1.0,)}
+    Its completions end with their `Answer:` line, without the end-of-turn token, so TRL's
+    `completions/clipped_ratio` and terminated-length metrics count them as truncated; the loss and
+    the reward do not depend on it (`mask_truncated_completions` would, and is refused)."""
+
+    UNSUPPORTED = {"top_k": (0, None), "min_p": (None, 0.0), "repetition_penalty": (1.0,),
+                   "generation_kwargs": (None, {}), "use_vllm": (False,), "mask_truncated_completions": (False,),
+                   "use_transformers_continuous_batching": (False,)}
 
     def __init__(self, cfg: GRPOTrainConfig, tokenizer: Any):
         import copy
 
-        for name, defaults in self.SAMPLING_DEFAULTS.items():
+        for name, defaults in self.UNSUPPORTED.items():
             if getattr(cfg, name, None) not in defaults:
                 raise ConfigError(f"{name}={getattr(cfg, name)!r} is not supported by sampler=sharpen "
                                   f"(fix: leave {name} unset, or sampler=trl)")
         self.cfg = cfg
         self.tokenizer = copy.deepcopy(tokenizer)  # the backend left-pads; TRL's own stays as it was
         self.backend: Any = None
-        self._step, self._call = -1, 0
+        self._calls: dict[str, tuple[int, int]] = {}  # mode -> (step, calls so far in it)
 
     def params(self, n: int) -> Any:
         from sharpen.backends.base import SamplingParams
@@ -196,36 +205,46 @@ class SharpenRollout:
         return SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                               max_tokens=self.cfg.max_completion_length, stop_at="answer")
 
-    def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
-        import torch
-
+    def seeds(self, mode: str, step: int, process: int, n: int) -> list[int]:
+        """The random stream of each of a call's `n` prompts."""
         from sharpen.backends.base import mix_seed
+
+        last, calls = self._calls.get(mode, (-1, 0))
+        call = calls if step == last else 0
+        self._calls[mode] = (step, call + 1)
+        return [mix_seed(self.cfg.seed, int(mode == "eval"), step, call, process, i) for i in range(n)]
+
+    def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
         from sharpen.backends.hf import HFBackend
 
-        g = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
-        if len(prompts) % g:
-            raise RuntimeError(f"{len(prompts)} prompts are not groups of {g}")
         model = trainer.accelerator.unwrap_model(trainer.model)
         model = model.get_base_model() if hasattr(model, "get_base_model") else model
         if self.backend is None or self.backend.model is not model:
             self.backend = HFBackend.from_model(model, self.tokenizer, seed=self.cfg.seed)
         self.backend.forget_prefixes()  # the weights moved since the last call
-        step = trainer.state.global_step
-        self._step, self._call = step, (self._call + 1 if step == self._step else 0)
-        unique = prompts[::g]
-        texts = [self.backend.chat_prompt(p) if not isinstance(p, str) else p for p in unique]
-        seeds = [mix_seed(self.cfg.seed, step, self._call, i) for i in range(len(unique))]
+        runs: list[list] = []  # [prompt, repeats]
+        for p in prompts:
+            if runs and runs[-1][0] == p:
+                runs[-1][1] += 1
+            else:
+                runs.append([p, 1])
+        texts = [p if isinstance(p, str) else self.backend.chat_prompt(p) for p, _ in runs]
+        mode = "train" if trainer.model.training else "eval"
+        seeds = self.seeds(mode, trainer.state.global_step, trainer.accelerator.process_index, len(runs))
+        completions: list[list[int]] = [[] for _ in runs]
         training = model.training
         model.eval()
         try:
-            groups = self.backend.generate(texts, self.params(g), seeds=seeds)
+            for n in sorted({k for _, k in runs}):  # one call per group size (G, unless a share split a group)
+                idx = [i for i, (_, k) in enumerate(runs) if k == n]
+                groups = self.backend.generate([texts[i] for i in idx], self.params(n), seeds=[seeds[i] for i in idx])
+                for i, group in zip(idx, groups, strict=True):
+                    completions[i] = [c.token_ids for c in group]
         finally:
             model.train(training)
         prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        with torch.no_grad():
-            return {"prompt_ids": [prompt_ids[i] for i, group in enumerate(groups) for _ in group],
-                    "completion_ids": [c.token_ids for group in groups for c in group],
-                    "logprobs": None}
+        return {"prompt_ids": [prompt_ids[i] for i, group in enumerate(completions) for _ in group],
+                "completion_ids": [c for group in completions for c in group], "logprobs": None}
 
 
 class VerifierReward:
@@ -343,6 +362,9 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
         trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=cfg, train_dataset=dataset,
                               processing_class=tok, peft_config=cfg.peft_config(), callbacks=[budget],
                               rollout_func=rollout)
+    if rollout is not None and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        raise ConfigError("sampler=sharpen generates with the policy's full weights in each process; DeepSpeed and "
+                          "FSDP shard them (fix: sampler=trl)")
     return trainer, budget
 
 
