@@ -28,12 +28,14 @@ did generate is in `sharpen_train.json`. The counts live in the Trainer's checkp
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -222,12 +224,7 @@ class SharpenRollout:
         if self.backend is None or self.backend.model is not model:
             self.backend = HFBackend.from_model(model, self.tokenizer, seed=self.cfg.seed)
         self.backend.forget_prefixes()  # the weights moved since the last call
-        runs: list[list] = []  # [prompt, repeats]
-        for p in prompts:
-            if runs and runs[-1][0] == p:
-                runs[-1][1] += 1
-            else:
-                runs.append([p, 1])
+        runs = [(p, len(list(same))) for p, same in itertools.groupby(prompts)]  # (prompt, repeats)
         texts = [p if isinstance(p, str) else self.backend.chat_prompt(p) for p, _ in runs]
         mode = "train" if trainer.model.training else "eval"
         seeds = self.seeds(mode, trainer.state.global_step, trainer.accelerator.process_index, len(runs))
@@ -358,7 +355,8 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
         rewards.append(PRMReward(cfg.process_reward, tok, budget))
     model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg)
     rollout = SharpenRollout(cfg, tok) if cfg.sampler == "sharpen" else None
-    with _quiet_experimental():
+    # TRL warns that rollout_func is experimental on every trainer it builds; said once in SharpenRollout's docstring
+    with mock.patch.dict(os.environ, {"TRL_EXPERIMENTAL_SILENCE": "1"}):
         trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=cfg, train_dataset=dataset,
                               processing_class=tok, peft_config=cfg.peft_config(), callbacks=[budget],
                               rollout_func=rollout)
@@ -366,23 +364,6 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
         raise ConfigError("sampler=sharpen generates with the policy's full weights in each process; DeepSpeed and "
                           "FSDP shard them (fix: sampler=trl)")
     return trainer, budget
-
-
-@contextlib.contextmanager
-def _quiet_experimental() -> Any:
-    """TRL warns that `rollout_func` is experimental on every trainer it builds; said once here (in
-    `SharpenRollout`'s docstring), not on each round's log."""
-    import os
-
-    old = os.environ.get("TRL_EXPERIMENTAL_SILENCE")
-    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TRL_EXPERIMENTAL_SILENCE")
-        else:
-            os.environ["TRL_EXPERIMENTAL_SILENCE"] = old
 
 
 def _stopped_at(out: Path) -> int | None:
