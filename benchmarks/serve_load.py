@@ -3,6 +3,7 @@ fixed time against a server on 127.0.0.1, beside the same requests sent one at a
 
     .venv/bin/python benchmarks/serve_load.py --clients 1,8,32 --seconds 60 --budget 256
     .venv/bin/python benchmarks/serve_load.py --clients 8 --seconds 20 --queue 2    # the 429 path
+    .venv/bin/python benchmarks/serve_load.py --clients 1,32 --continuous-batching  # rows join the running decode
 
 Starts `sharpen serve` itself (embedded model unless --model), prints one row per client count:
 requests/s, p50/p95 latency, errors, 429s, generated tokens/s; and the speed-up over one client.
@@ -38,6 +39,8 @@ def start(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
         cmd += ["--batch", str(args.batch)]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
+    if args.continuous_batching:
+        cmd += ["--continuous-batching"]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     for _ in range(600):
@@ -109,6 +112,8 @@ def main() -> None:
     ap.add_argument("--queue", type=int, default=64)
     ap.add_argument("--batch", type=int, default=None, help="the server's rows per forward pass (default: its own)")
     ap.add_argument("--dtype", default=None, help="the server's --dtype (default: its own, auto)")
+    ap.add_argument("--continuous-batching", action="store_true",
+                    help="the server joins rows into the running decode instead of merging whole calls")
     args = ap.parse_args()
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"sharpen-serve-{port}.log"
@@ -123,7 +128,8 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGTERM)
     base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else None
     print(f"\n{args.model}, algo {args.algo}, budget {args.budget}, queue {args.queue}, "
-          f"batch {args.batch or 'default'}, dtype {args.dtype or 'default'}, {args.seconds:g} s per row")
+          f"batch {args.batch or 'default'}, dtype {args.dtype or 'default'}, "
+          f"{'continuous batching' if args.continuous_batching else 'merged calls'}, {args.seconds:g} s per row")
     print("| clients | requests | req/s | p50 s | p95 s | errors | 429 | gen tok/s | vs 1 client |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

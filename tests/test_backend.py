@@ -1,6 +1,6 @@
 from dataclasses import replace
 
-from sharpen.backends.base import SamplingParams
+from sharpen.backends.base import SamplingParams, row_seed
 from sharpen.backends.hf import HFBackend
 
 
@@ -270,3 +270,50 @@ def test_growing_kv_cache_gives_the_dynamic_caches_logits(tiny_model_dir):
         assert cache.get_seq_length() == 12 + _GrowingLayer.chunk + 8
     assert isinstance(cache.layers[0], _GrowingLayer)
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_continuous_decode_rows_join_mid_decode_and_get_generates_tokens(tiny_model_dir):
+    """`HFBackend.continuous` (sharpen serve's row-level continuous batching): calls that arrive while
+    others decode join the running batch, each call is handed back once its own rows are done, and
+    every row gets the tokens, stop and log-probability `generate` gives it for the same seed."""
+    from sharpen.backends.hf import RowJob
+
+    plain = HFBackend(tiny_model_dir, seed=0, stage_tokens=1000)
+    joined = HFBackend(tiny_model_dir, seed=0, max_batch=64)
+    joined.max_wait = 2
+    sizes: list[int] = []
+    forward = joined.model.forward
+    joined.model.forward = lambda *a, **kw: sizes.append(kw["input_ids"].shape) or forward(*a, **kw)
+    long = "What is 1 + 2?\n1 + 2 = 3\nAnswer: 3\nState the final answer: 4 - 1 =\n4 - 1 = 3\n"
+    calls = [  # (prompt, samples, max_tokens, seed), arriving one per decode step after the first two
+        (long + "What is 5 + 5?\n", 4, 20, 1), ("7 +", 3, 12, 2), (long + "9 - 1 =", 2, 20, 3),
+        ("What is 6 + 3?\n6 + 3 = ", 3, 6, 4), (long + "2 + 2 =", 1, 20, 5),
+    ]
+    overtaken = False
+    for params in (SamplingParams(temperature=1.0, top_p=0.9), SamplingParams(temperature=0.0),
+                   SamplingParams(temperature=0.8, stop_at="step")):
+        jobs = [RowJob([p] * n, [row_seed(s, j) for j in range(n)], m, token=i) for i, (p, n, m, s) in enumerate(calls)]
+        arrivals = jobs[2:]
+        got: dict[int, list] = {}
+        order: list[int] = []
+
+        def admit(arrivals=arrivals):
+            return [arrivals.pop(0)] if arrivals else []
+
+        def deliver(job, completions, prompt_tokens, seconds, got=got, order=order):
+            assert prompt_tokens > 0 and seconds >= 0
+            got[job.token] = completions
+            order.append(job.token)
+
+        sizes.clear()
+        joined.continuous(params, jobs[:2], admit, deliver)
+        assert sorted(got) == list(range(len(calls)))
+        for i, (p, n, m, s) in enumerate(calls):
+            want = plain.generate([p], replace(params, n=n, max_tokens=m), seeds=[s])[0]
+            for c1, c2 in zip(want, got[i], strict=True):
+                assert c1.token_ids == c2.token_ids and c1.text == c2.text and c1.finish_reason == c2.finish_reason
+                assert abs(c1.logprob - c2.logprob) < 1e-4 + 1e-5 * abs(c1.logprob)
+        decode = [shape[0] for shape in sizes if shape[1] == 1]
+        assert max(decode) > 7  # later calls' rows decoded beside the first two calls' 7
+        overtaken = overtaken or order != sorted(order)
+    assert overtaken  # a later call was handed back before an earlier one: no call waits for the slowest row

@@ -45,10 +45,12 @@ def test_parallel_search_is_deterministic_and_within_budget(tiny_model_dir, setu
     assert backend.meter.total.calls < sum(t.usage["calls"] for t in a)
 
 
-def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_gets_alone(tiny_model_dir, setup):
+@pytest.mark.parametrize("continuous", [False, True])
+def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_gets_alone(tiny_model_dir, setup,
+                                                                                           continuous):
     """`LockstepBatcher.serve` (what `sharpen serve` runs): a search handed over while another is
-    running joins it at the next merged call, their calls merge, and each gets the tree it gets
-    searched alone."""
+    running joins it at the next merged call (with `continuous`, at the next decode step of the call
+    running), their rows share forward passes, and each gets the tree it gets searched alone."""
     from sharpen.batching import LockstepBatcher, fork_search
     from sharpen.registry import get_algorithm
 
@@ -64,9 +66,10 @@ def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_
         return [(n.step, n.answer) for n in tree.nodes], tree.answer, tree.usage["generated_tokens"]
 
     alone = [steps(LockstepBatcher(backend).run([job(i)])[0]) for i in range(3)]
-    rows: list[int] = []
-    generate = backend.generate
-    backend.generate = lambda prompts, *a, **kw: rows.append(len(prompts)) or generate(prompts, *a, **kw)
+    rows: list[int] = []  # rows of each decode step's forward pass
+    forward = backend.model.forward
+    backend.model.forward = lambda *a, **kw: (kw.get("logits_to_keep") == 1 and rows.append(kw["input_ids"].shape[0])
+                                              or forward(*a, **kw))
     got: dict[int, tuple] = {}
     handed = []
 
@@ -80,7 +83,8 @@ def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_
             return [(job(i), None, lambda r, e, i=i: got.__setitem__(i, r if e is None else e)) for i in (1, 2)]
         return None if len(handed) == 3 else []
 
-    LockstepBatcher(backend).serve(take)
+    LockstepBatcher(backend, continuous=continuous).serve(take)
     assert sorted(got) == [0, 1, 2]
     assert [steps(got[i]) for i in range(3)] == alone
-    assert rows[0] == 8 and max(rows) > 8  # the first call was the first search's alone; later ones merged
+    assert rows[0] == 8 and max(rows) > 8  # the first search's 8 rows decoded alone at first, then beside others'
+

@@ -131,7 +131,17 @@ def test_a_client_that_disconnects_stops_its_search(server):
     assert 'status="499"' in get(f"{server.base}/metrics")[1]
 
 
-def test_concurrent_requests_answer_as_sequential_ones_for_the_same_seeds(server):
+@pytest.fixture(scope="module")
+def continuous_server(tmp_path_factory):
+    """A server with row-level continuous batching (`--continuous-batching`)."""
+    s = SharpenServer([*ARGS, "--continuous-batching"], tmp_path_factory.mktemp("continuous") / "log").start()
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("which", ["server", "continuous_server"])
+def test_concurrent_requests_answer_as_sequential_ones_for_the_same_seeds(which, request):
+    server = request.getfixturevalue(which)
     seeds = list(range(6))
 
     def ask(seed: int) -> tuple[str, str | None]:

@@ -91,8 +91,14 @@ class ProxyBackend:
 
 
 class LockstepBatcher:
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, continuous: bool = False):
+        """`continuous` (with `serve`, on a backend whose `joins_rows` is true: the HF one, on most
+        models): sampling calls run as one decode loop that later calls join row by row
+        (`HFBackend.continuous`), and a search gets its rows as soon as they are done instead of
+        when the merged call's slowest row is."""
         self.backend = backend
+        self.continuous = continuous and getattr(backend, "joins_rows", False)
+        self._take: Callable[[bool], Any] = lambda block: None
         self._cv = threading.Condition()
         self._pending: dict[int, _Request] = {}
         self._live: set[int] = set()
@@ -159,6 +165,7 @@ class LockstepBatcher:
         return thread
 
     def _loop(self, take: Callable[[bool], Any]) -> None:
+        self._take = take
         while True:
             new = take(not self._live)
             for job, cancelled, done in new or []:
@@ -198,7 +205,7 @@ class LockstepBatcher:
             elif req.kind == "logprobs":
                 key = ("logprobs", req.candidates)
             else:
-                key = ("generate", replace(req.params, n=1, seed=None))
+                key = self._generate_key(req)
             groups.setdefault(key, []).append((slot, req))
         for key, members in groups.items():
             try:
@@ -207,7 +214,63 @@ class LockstepBatcher:
                 for _, req in members:
                     req.result = e
 
+    def _generate_key(self, req: _Request) -> tuple:
+        """Sampling calls merge when their settings are equal (continuously batched, `max_tokens` is
+        each row's own)."""
+        return "generate", replace(req.params, n=1, seed=None, **({"max_tokens": 0} if self.continuous else {}))
+
+    def _run_continuous(self, params: SamplingParams, members: list[tuple[int, _Request]],
+                        proxies: dict[int, ProxyBackend]) -> None:
+        """Sampling calls as one `backend.continuous` decode: a search whose rows are done goes on at
+        once, and its next call (or a new search's first) joins the running decode; a call of another
+        kind or other settings stops the joining and waits for the decode to end."""
+        from sharpen.backends.hf import RowJob
+
+        key = ("generate", params)
+        open_jobs: dict[int, RowJob] = {}
+
+        def job(slot: int, req: _Request, proxy: ProxyBackend) -> RowJob:
+            n = req.params.n
+            j = RowJob([p for p in req.prompts for _ in range(n)],
+                       [row_seed(s, i) for s in req.seeds for i in range(n)], req.params.max_tokens,
+                       token=(slot, req, proxy))
+            open_jobs[id(j)] = j
+            return j
+
+        def admit() -> list[RowJob]:
+            for new_job, cancelled, done in self._take(False) or []:
+                self._start(new_job, cancelled, done)
+            with self._cv:
+                if any(r.kind != "generate" or self._generate_key(r) != key for r in self._pending.values()):
+                    return []  # let the decode drain: those calls run after it
+                got, self._pending = sorted(self._pending.items()), {}
+                return [job(slot, req, self._proxies[slot]) for slot, req in got]
+
+        def deliver(j: RowJob, completions: list[Completion], prompt_tokens: int, seconds: float) -> None:
+            slot, req, proxy = j.token
+            open_jobs.pop(id(j), None)
+            n = req.params.n
+            req.result = [completions[i * n : (i + 1) * n] for i in range(len(req.prompts))]
+            proxy.meter.record(prompt_tokens=prompt_tokens, generated_tokens=sum(c.num_tokens for c in completions),
+                               seconds=seconds)
+            with self._cv:
+                req.done = True
+                self._cv.notify_all()
+
+        try:
+            self.backend.continuous(replace(params, max_tokens=max(r.params.max_tokens for _, r in members)),
+                                    [job(slot, req, proxies[slot]) for slot, req in members], admit, deliver)
+        except BaseException as e:  # noqa: BLE001 - every call not yet answered gets it (those answered keep theirs)
+            with self._cv:
+                for j in open_jobs.values():
+                    j.token[1].result = e
+                    j.token[1].done = True
+                self._cv.notify_all()
+
     def _run_group(self, key: Any, members: list[tuple[int, _Request]], proxies: dict[int, ProxyBackend]) -> None:
+        if key[0] == "generate" and self.continuous:
+            self._run_continuous(key[1], members, proxies)
+            return
         if key[0] == "batched":  # the callers meter their own share
             out = members[0][1].fn([x for _, req in members for x in req.prompts])
             pos = 0

@@ -241,6 +241,9 @@ def serve_cmd(
     dtype: Annotated[str, typer.Option(help="weights' precision: auto (float32 on CPU, bfloat16 on GPU), float32, "
                                        "bfloat16 (faster on CPUs with AVX-512 BF16, but a request's answer can "
                                        "then depend on its batch-mates), float16")] = "auto",
+    continuous_batching: Annotated[bool, typer.Option(help="row-level continuous batching: a request's samples join "
+                                                      "the decode already running and leave it when done; slower "
+                                                      "than merged calls on a 2-core CPU so far (docs/results.md)")] = False,
 ) -> None:
     """Test-time search behind an OpenAI-compatible endpoint: POST /v1/chat/completions with a `search` object."""
     quiet_libraries()
@@ -253,7 +256,8 @@ def serve_cmd(
     parse_dtype(dtype)  # a bad --dtype fails before the model loads
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
                          max_depth=max_depth, batch=batch)
-    cfg = ServeConfig(algo=algo, budget=budget, max_budget=max_budget, queue=queue, wave=queue, timeout=timeout)
+    cfg = ServeConfig(algo=algo, budget=budget, max_budget=max_budget, queue=queue, wave=queue, timeout=timeout,
+                      continuous=continuous_batching)
     err.print(f"sharpen serve: {model} on http://{host}:{port}/v1 (default search: {algo}, budget {budget})")
     serve(model, task, scorer, host, port, api_key, cfg, settings, _kv(task_arg), batch, dtype)
 

@@ -10,8 +10,10 @@
     GET  /v1/models, /health, /metrics (Prometheus text)
 
 Requests from many clients are searched together: a worker thread runs one `LockstepBatcher` that
-admits queued requests (up to `wave` searched at once) before each merged call, so their backend calls
-merge into batched forward passes and a request that arrives mid-search joins at the next call. The queue is bounded
+admits queued requests (up to `wave` searched at once), so their backend calls share batched forward
+passes: merged calls by default; with `--continuous-batching` a search's samples join the decode
+already running and are handed back as soon as they are done, so its next call joins the same
+decode too (`HFBackend.continuous`; slower than merged calls on this 2-core CPU so far). The queue is bounded
 (beyond it: 429 with Retry-After); a request over the budget cap or malformed gets a 400 with a
 one-line message; a request past its timeout gets a 504, and a search whose client disconnected or
 timed out stops at its next backend call. With an API key, requests without it get a 401 and no work.
@@ -55,6 +57,7 @@ class ServeConfig:
     timeout: float = 600.0
     api_key: str | None = None
     keep_trees: int = 1000
+    continuous: bool = False  # row-level continuous batching (HFBackend.continuous): slower here so far
 
 
 @dataclass
@@ -136,7 +139,7 @@ class SearchService:
     def _work(self) -> None:
         from sharpen.batching import LockstepBatcher
 
-        LockstepBatcher(self.process.backend).serve(self._take)
+        LockstepBatcher(self.process.backend, continuous=self.cfg.continuous).serve(self._take)
 
     def _take(self, block: bool) -> list[tuple[Any, Any, Any]]:
         """The queued requests that fit beside the running ones (at most `wave` searched at once);

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,16 @@ class _GrowingLayer(DynamicLayer):
         self._view = self.keys
         return self.keys, self.values
 
+    @classmethod
+    def over(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> _GrowingLayer:
+        """A layer whose cache is the first `length` positions of these buffers (the rest: room to grow)."""
+        layer = cls()
+        layer.lazy_initialization(keys, values)
+        layer._buf = (keys, values)
+        layer.keys, layer.values = keys[..., :length, :], values[..., :length, :]
+        layer._view = layer.keys
+        return layer
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.get_seq_length() > 0 and getattr(self, "_buf", None) is not None and self.keys is self._view:
             length = self.get_seq_length()
@@ -181,6 +193,39 @@ def _common_prefix_len(rows: list[list[int]]) -> int:
         if any(r[i] != t for r in rows):
             return i
     return max(0, n)
+
+
+@dataclass
+class RowJob:
+    """One backend call's rows for `HFBackend.continuous`: one text and one stream seed a row."""
+
+    texts: list[str]
+    seeds: list[int]
+    max_tokens: int
+    token: Any = None  # the caller's
+
+
+@dataclass
+class _LiveRow:
+    job: int
+    stop_row: int  # its index in the decode's `_DelimiterStop`
+    generator: torch.Generator
+    max_tokens: int
+    next_id: int  # the token fed at the next step
+    position: int  # its position id
+    gen: list[int] = field(default_factory=list)
+    logprob: float = 0.0
+    done: bool = False
+    reason: str | None = None
+
+
+@dataclass
+class _RowJobState:
+    job: RowJob
+    left: int
+    prompt_tokens: int
+    started: float
+    rows: list[_LiveRow] = field(default_factory=list)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -261,6 +306,7 @@ class HFBackend(LocalTokenizer):
         self._masks: dict[str, torch.Tensor] = {}
         # finished rows leave a decode's batch once they are this share of it (0: at once)
         self.compact_at = 0.5
+        self.max_wait = 8  # continuous(): decode steps new rows may wait for a quarter of the batch to join
         # the appending KV cache only where every layer's cache is a plain one (no sliding window)
         try:
             self._growing = all(type(x) is DynamicLayer for x in DynamicCache(config=self.model.config).layers)
@@ -489,6 +535,195 @@ class HFBackend(LocalTokenizer):
             step_pos = step_pos[:, -1:] + 1
             step_ids = fed[:, None]
         return gen, logprobs
+
+    # -- row-level continuous batching (`sharpen serve`) -------------------------------------
+    @property
+    def joins_rows(self) -> bool:
+        """Whether `continuous` runs on this model: every layer's KV cache a plain one (no sliding
+        window), which it pads and joins row by row."""
+        return self._growing
+
+    @torch.inference_mode()
+    def continuous(self, params: SamplingParams, first: list[RowJob], admit: Callable[[], list[RowJob]],
+                   deliver: Callable[[RowJob, list[Completion], int, float], None]) -> None:
+        """One decode loop that calls join while it runs, as vLLM schedules: the rows of `first` start
+        it; before every decode step `admit()` hands over more jobs (same sampling settings but for
+        `max_tokens`, which is each job's own), whose rows are prefilled and join the running batch;
+        a job is handed to `deliver(job, completions, prompt_tokens, seconds)` as soon as its own
+        rows are done, not when the slowest row of the batch is. Returns when no row is left and
+        `admit()` brings nothing.
+
+        Each row draws from its own stream (`sample_rows`), as in `generate`; a row's tokens are
+        those `generate` gives it (no stages here, so no re-prefill at stage boundaries; float32
+        logits can round differently in another batch, see `_decode`). Joining copies the KV cache,
+        so new rows wait until they are a quarter of the batch, or `max_wait` steps."""
+        kw = self._cache_kwarg
+        pad = self.tokenizer.pad_token_id
+        eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=self.device)
+        processors: list[LogitsProcessor] = []
+        if not params.greedy:
+            processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_p < 1.0:
+                processors.append(TopPLogitsWarper(params.top_p))
+        stop = _DelimiterStop(self, replace(params, n=1), 0, [])
+        rows: list[_LiveRow] = []  # the rows in the forward pass, in batch order
+        cache = None  # their KV cache
+        mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # cached positions of each row
+        waiting: list[RowJob] = list(first)
+        waited = 0
+        jobs: dict[int, _RowJobState] = {}
+        while True:
+            waiting += admit()
+            live = sum(not r.done for r in rows)
+            fresh = sum(len(j.texts) for j in waiting)
+            finished = len(rows) - live
+            take = []
+            if waiting and (live == 0 or fresh >= max(1, live // 4) or waited >= self.max_wait):
+                # the jobs that fit beside the live rows (one job at least when none is live)
+                room = self.max_batch - live
+                while waiting and (len(waiting[0].texts) <= room or (live == 0 and not take)):
+                    take.append(waiting.pop(0))
+                    room -= len(take[-1].texts)
+            if take or (rows and finished >= max(1, int(len(rows) * self.compact_at))):
+                rows, cache, mask = self._continuous_rebuild(rows, cache, mask, take, stop, jobs)
+            waited = waited + 1 if waiting else 0
+            if not rows:
+                if waiting:
+                    continue
+                return
+            step_ids = torch.tensor([r.next_id for r in rows], device=self.device)[:, None]
+            position = torch.tensor([r.position for r in rows], device=self.device)[:, None]
+            attn = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            out = self.model(input_ids=step_ids, attention_mask=attn, position_ids=position, use_cache=True,
+                             logits_to_keep=1, **{kw: cache})
+            cache = getattr(out, kw)
+            mask = attn
+            at = [j for j, r in enumerate(rows) if not r.done]
+            logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            if len(at) < len(rows):
+                logits = logits[torch.tensor(at, device=self.device)]
+            scores = logits
+            for proc in processors:
+                scores = proc(step_ids, scores)
+            if params.greedy:
+                tokens = torch.argmax(scores, dim=-1)
+            else:
+                tokens = sample_rows(scores, [rows[j].generator for j in at])
+            picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1).tolist()
+            ended = torch.isin(tokens, eos).tolist()
+            hit = stop.mask[tokens].tolist()
+            now = time.perf_counter()
+            for k, (j, tok) in enumerate(zip(at, tokens.tolist(), strict=True)):
+                r = rows[j]
+                r.gen.append(tok)
+                r.logprob += picked[k]
+                r.next_id, r.position = tok, r.position + 1
+                if ended[k]:
+                    r.done, r.reason = True, "eos"
+                elif hit[k] and stop.stops_at_delimiter(r.stop_row, r.gen):
+                    r.done, r.reason = True, params.stop_at
+                elif len(r.gen) >= r.max_tokens:
+                    r.done, r.reason = True, "length"
+                if r.done:
+                    state = jobs[r.job]
+                    state.left -= 1
+                    if state.left == 0:
+                        del jobs[r.job]
+                        self._continuous_deliver(state, params, deliver, now)
+            for r in rows:
+                if r.done:
+                    r.next_id = pad
+
+    def _continuous_rebuild(self, rows: list[_LiveRow], cache: Any, mask: torch.Tensor, take: list[RowJob],
+                            stop: _DelimiterStop, jobs: dict[int, _RowJobState]):
+        """The batch without its finished rows, with `take`'s rows prefilled and joined: every row's
+        cached positions right-aligned (padding on the left, masked out, zero), columns no row uses
+        cut; the new KV cache written once, into a buffer the next steps append to."""
+        keep = [j for j, r in enumerate(rows) if not r.done]
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        parts_kv, parts_mask, out_rows = [], [], [rows[j] for j in keep]
+        if keep:
+            parts_kv.append([(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
+                             for layer in cache.layers])
+            parts_mask.append(mask.index_select(0, idx))
+        t0 = time.perf_counter()
+        for job in take:
+            prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in job.texts]
+            new_kv, new_mask, n_prompt = self._prefill_rows(prompts)
+            state = jobs[id(job)] = _RowJobState(job, len(prompts), n_prompt, t0)
+            for i, ids in enumerate(prompts):
+                stop.prefixes.append("")
+                stop.stopped_at.append(-1)
+                gen = torch.Generator(device=self.device).manual_seed(job.seeds[i])
+                row = _LiveRow(id(job), len(stop.prefixes) - 1, gen, job.max_tokens, ids[-1], len(ids) - 1)
+                state.rows.append(row)
+                out_rows.append(row)
+            parts_kv.append(new_kv)
+            parts_mask.append(new_mask)
+        if not out_rows:
+            return [], None, mask[:0]
+        widest = max(m.shape[1] for m in parts_mask)
+        mask = torch.cat([torch.nn.functional.pad(m, (widest - m.shape[1], 0)) for m in parts_mask])
+        unused = int((mask.cumsum(dim=1) == 0).all(dim=0).sum())  # leading columns no row uses
+        mask = mask[:, unused:]
+        width = mask.shape[1]
+        new = _GrowingCache()
+        for i in range(len(parts_kv[0])):
+            k0 = parts_kv[0][i][0]
+            shape = (len(out_rows), k0.shape[1], width + _GrowingLayer.chunk, k0.shape[3])
+            bufs = (k0.new_empty(shape), k0.new_empty(shape))
+            start = 0
+            for part in parts_kv:
+                for buf, t in zip(bufs, part[i], strict=True):
+                    n, length = t.shape[0], min(t.shape[2], width)
+                    buf[start : start + n, :, : width - length].zero_()  # left padding: masked, kept finite
+                    buf[start : start + n, :, width - length : width] = t[:, :, t.shape[2] - length :]
+                start += part[i][0].shape[0]
+            new.layers.append(_GrowingLayer.over(*bufs, width))
+        return out_rows, new, mask
+
+    def _prefill_rows(self, prompts: list[list[int]]) -> tuple[list, torch.Tensor, int]:
+        """The KV cache of every prompt but its last token (fed at the first decode step), each prompt
+        once however many rows repeat it, the shared prefix from `_expanded_prefix`: per layer
+        (rows, heads, positions, dim), left-padded; the mask of those positions; the prompt tokens."""
+        pad = self.tokenizer.pad_token_id
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(tuple(x), len(distinct)) for x in prompts]
+        uniq = [list(x) for x in distinct]
+        shared = _common_prefix_len(uniq) if self.prefix_cache else 0
+        cache = self._expanded_prefix(uniq[0][:shared], len(uniq)) if shared >= 16 else None
+        if cache is None:
+            shared = 0
+        width = max(len(x) - shared for x in uniq)
+        ids = torch.tensor([x[:shared] + [pad] * (width - len(x) + shared) + x[shared:] for x in uniq], device=self.device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(x) + shared) + [1] * (len(x) - shared) for x in uniq],
+                            device=self.device)
+        total = shared + width
+        cached = cache.get_seq_length() if cache is not None else 0
+        if total - 1 > cached:
+            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            out = self.model(input_ids=ids[:, cached : total - 1], attention_mask=mask[:, : total - 1],
+                             position_ids=pos[:, cached : total - 1], use_cache=True,
+                             **{self._cache_kwarg: cache if cache is not None else self._new_cache()})
+            cache = getattr(out, self._cache_kwarg)
+        if cache is None:
+            raise ModelError("a one-token prompt has nothing to prefill (fix: a prompt of two tokens or more)")
+        rows = torch.tensor(owner, device=self.device)
+        layers = [(layer.keys.index_select(0, rows), layer.values.index_select(0, rows)) for layer in cache.layers]
+        n_prompt = sum(len(x) for x in prompts) - shared * (len(prompts) - 1)
+        return layers, mask[rows, : total - 1], n_prompt
+
+    def _continuous_deliver(self, state: _RowJobState, params: SamplingParams, deliver, now: float) -> None:
+        completions = []
+        for r in state.rows:
+            text = self.tokenizer.decode(r.gen, skip_special_tokens=True)
+            if r.reason == "step" and params.delimiter in text:
+                text = text[: text.index(params.delimiter) + len(params.delimiter)]
+            completions.append(Completion(text, list(r.gen), len(r.gen), r.reason or "length", r.logprob))
+        seconds = now - state.started
+        self.meter.record(prompt_tokens=state.prompt_tokens, generated_tokens=sum(c.num_tokens for c in completions),
+                          seconds=seconds, calls=1)
+        deliver(state.job, completions, state.prompt_tokens, seconds)
 
     def _prefill_distinct(self, owner: list[int], input_ids: torch.Tensor, mask: torch.Tensor, cache, shared: int):
         """Prefill each distinct row once (row i is a copy of distinct row `owner[i]`; `cache` holds the
