@@ -205,9 +205,9 @@ class RowJob:
     token: Any = None  # the caller's
 
 
-@dataclass
+@dataclass(eq=False)  # a row and its job's state refer to each other
 class _LiveRow:
-    job: int
+    job: _RowJobState
     stop_row: int  # its index in the decode's `_DelimiterStop`
     generator: torch.Generator
     max_tokens: int
@@ -219,7 +219,7 @@ class _LiveRow:
     reason: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _RowJobState:
     job: RowJob
     left: int
@@ -345,6 +345,23 @@ class HFBackend(LocalTokenizer):
             out[rows[r][0]].append(results[r])
         return out
 
+    @staticmethod
+    def _warpers(params: SamplingParams) -> list[LogitsProcessor]:
+        """The logits warpers of a sampled call (none when greedy)."""
+        if params.greedy:
+            return []
+        warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(params.top_p))
+        return warpers
+
+    def _completion(self, ids: list[int], reason: str | None, logprob: float, params: SamplingParams) -> Completion:
+        """A finished row as a Completion: a step's text ends at its delimiter."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if reason == "step" and params.delimiter in text:
+            text = text[: text.index(params.delimiter) + len(params.delimiter)]
+        return Completion(text, ids, len(ids), reason or "length", logprob)
+
     def _generate_batch(self, texts: list[str], params: SamplingParams, seeds: list[int], calls: int = 1) -> list[Completion]:
         """Generate in stages of `stage_tokens`: after each stage the rows go on from their exact
         token ids with a fresh prefill (and the finished ones are gone, also when HF `generate`,
@@ -387,12 +404,7 @@ class HFBackend(LocalTokenizer):
                     else:
                         still.append(r)
             active = still
-        completions = []
-        for r, ids in enumerate(gen):
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if reason[r] == "step" and params.delimiter in text:
-                text = text[: text.index(params.delimiter) + len(params.delimiter)]
-            completions.append(Completion(text, ids, len(ids), reason[r] or "length", logprob[r]))
+        completions = [self._completion(ids, reason[r], logprob[r], params) for r, ids in enumerate(gen)]
         self.meter.record(
             prompt_tokens=prompt_tokens,
             generated_tokens=sum(c.num_tokens for c in completions),
@@ -428,11 +440,7 @@ class HFBackend(LocalTokenizer):
         if dedup and self.prefix_cache:  # (_expanded_prefix turns prefix_cache off for a cache it cannot share)
             cache = self._prefill_distinct(owner, input_ids, mask, cache, shared)
         prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
-        processors: list[LogitsProcessor] = []
-        if not params.greedy:
-            processors.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_p < 1.0:
-                processors.append(TopPLogitsWarper(params.top_p))
+        processors = self._warpers(params)
         stop = _DelimiterStop(self, params, total, prefixes)
         sampler = None if params.greedy else generators
         if self.drop_finished:
@@ -560,18 +568,13 @@ class HFBackend(LocalTokenizer):
         kw = self._cache_kwarg
         pad = self.tokenizer.pad_token_id
         eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=self.device)
-        processors: list[LogitsProcessor] = []
-        if not params.greedy:
-            processors.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_p < 1.0:
-                processors.append(TopPLogitsWarper(params.top_p))
+        processors = self._warpers(params)
         stop = _DelimiterStop(self, replace(params, n=1), 0, [])
         rows: list[_LiveRow] = []  # the rows in the forward pass, in batch order
         cache = None  # their KV cache
         mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # cached positions of each row
         waiting: list[RowJob] = list(first)
         waited = 0
-        jobs: dict[int, _RowJobState] = {}
         while True:
             waiting += admit()
             live = sum(not r.done for r in rows)
@@ -585,7 +588,7 @@ class HFBackend(LocalTokenizer):
                     take.append(waiting.pop(0))
                     room -= len(take[-1].texts)
             if take or (rows and finished >= max(1, int(len(rows) * self.compact_at))):
-                rows, cache, mask = self._continuous_rebuild(rows, cache, mask, take, stop, jobs)
+                rows, cache, mask = self._continuous_rebuild(rows, cache, mask, take, stop)
             waited = waited + 1 if waiting else 0
             if not rows:
                 if waiting:
@@ -625,17 +628,15 @@ class HFBackend(LocalTokenizer):
                 elif len(r.gen) >= r.max_tokens:
                     r.done, r.reason = True, "length"
                 if r.done:
-                    state = jobs[r.job]
-                    state.left -= 1
-                    if state.left == 0:
-                        del jobs[r.job]
-                        self._continuous_deliver(state, params, deliver, now)
+                    r.job.left -= 1
+                    if r.job.left == 0:
+                        self._continuous_deliver(r.job, params, deliver, now)
             for r in rows:
                 if r.done:
                     r.next_id = pad
 
     def _continuous_rebuild(self, rows: list[_LiveRow], cache: Any, mask: torch.Tensor, take: list[RowJob],
-                            stop: _DelimiterStop, jobs: dict[int, _RowJobState]):
+                            stop: _DelimiterStop):
         """The batch without its finished rows, with `take`'s rows prefilled and joined: every row's
         cached positions right-aligned (padding on the left, masked out, zero), columns no row uses
         cut; the new KV cache written once, into a buffer the next steps append to."""
@@ -650,12 +651,12 @@ class HFBackend(LocalTokenizer):
         for job in take:
             prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in job.texts]
             new_kv, new_mask, n_prompt = self._prefill_rows(prompts)
-            state = jobs[id(job)] = _RowJobState(job, len(prompts), n_prompt, t0)
+            state = _RowJobState(job, len(prompts), n_prompt, t0)
             for i, ids in enumerate(prompts):
                 stop.prefixes.append("")
                 stop.stopped_at.append(-1)
                 gen = torch.Generator(device=self.device).manual_seed(job.seeds[i])
-                row = _LiveRow(id(job), len(stop.prefixes) - 1, gen, job.max_tokens, ids[-1], len(ids) - 1)
+                row = _LiveRow(state, len(stop.prefixes) - 1, gen, job.max_tokens, ids[-1], len(ids) - 1)
                 state.rows.append(row)
                 out_rows.append(row)
             parts_kv.append(new_kv)
@@ -714,12 +715,7 @@ class HFBackend(LocalTokenizer):
         return layers, mask[rows, : total - 1], n_prompt
 
     def _continuous_deliver(self, state: _RowJobState, params: SamplingParams, deliver, now: float) -> None:
-        completions = []
-        for r in state.rows:
-            text = self.tokenizer.decode(r.gen, skip_special_tokens=True)
-            if r.reason == "step" and params.delimiter in text:
-                text = text[: text.index(params.delimiter) + len(params.delimiter)]
-            completions.append(Completion(text, list(r.gen), len(r.gen), r.reason or "length", r.logprob))
+        completions = [self._completion(list(r.gen), r.reason, r.logprob, params) for r in state.rows]
         seconds = now - state.started
         self.meter.record(prompt_tokens=state.prompt_tokens, generated_tokens=sum(c.num_tokens for c in completions),
                           seconds=seconds, calls=1)
