@@ -239,17 +239,21 @@ def test_grpo_round_counts_accumulated_micro_batches_and_shares_each_prompt(tmp_
     assert backbone_of(trainer.model)._sharpen_shared_calls >= 2  # each micro-batch's loss forward split
 
 
-def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("merged", [True, False])
+def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_model_dir, merged):
     """`sampler: sharpen` (TRL's rollout_func): G completions per prompt from sharpen's HF sampler
     over the training policy, token for token what a fresh backend over the same weights draws with
-    the same seeds; after the weights move, no prompt KV from before is reused; the policy is left
-    in training mode; options it would ignore are refused."""
+    the same seeds (`merged_sampling`: a plain model whose weights are W + B A alpha/r, computed here
+    by hand; else the adapters themselves); after the weights move, no prompt KV from before is
+    reused; the policy is left in training mode and its weights as they were; options it would
+    ignore are refused."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     from sharpen.backends.base import mix_seed
     from sharpen.backends.hf import HFBackend
     from sharpen.errors import ConfigError
-    from sharpen.train.grpo import GRPOTrainConfig, SharpenRollout, build_trainer
+    from sharpen.train.grpo import GRPOTrainConfig, MergedCopy, SharpenRollout, build_trainer
 
     with pytest.raises(ConfigError, match="mask_truncated_completions=True is not supported by sampler=sharpen"):
         SharpenRollout(GRPOTrainConfig(model=tiny_model_dir, output_dir=str(tmp_path / "x"), task="gym:chain_sum",
@@ -257,19 +261,30 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
     trainer, _ = build_trainer(GRPOTrainConfig(
         model=tiny_model_dir, output_dir=str(tmp_path / "grpo"), task="gym:chain_sum", task_args=TASK_ARGS,
         problems=2, strict_answers=False, max_steps=1, num_generations=3, per_device_train_batch_size=3,
-        max_completion_length=12, temperature=1.0, sampler="sharpen", seed=5))
+        max_completion_length=12, temperature=1.0, sampler="sharpen", seed=5, merged_sampling=merged))
     rollout = trainer.rollout_func
     prompts = [row["prompt"] for row in trainer.train_dataset for _ in range(3)]
     policy = trainer.model.get_base_model()
     policy.train()
+    frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" not in n}
+
+    def by_hand() -> object:  # the base weights plus each adapter's B A alpha/r
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        with torch.no_grad():
+            for name, layer in policy.named_modules():
+                if hasattr(layer, "lora_A") and "default" in layer.lora_A:
+                    model.get_submodule(name).weight.add_(
+                        layer.lora_B["default"].weight @ layer.lora_A["default"].weight * layer.scaling["default"])
+        return model
 
     def fresh(call: int) -> list[list[int]]:
-        backend = HFBackend.from_model(policy, rollout.tokenizer, seed=0)
+        model = by_hand() if merged else policy
+        backend = HFBackend.from_model(model, rollout.tokenizer, seed=0)
         texts = [backend.chat_prompt(p) for p in prompts[::3]]
-        training = policy.training
-        policy.eval()
+        training = model.training
+        model.eval()
         groups = backend.generate(texts, rollout.params(3), seeds=[mix_seed(5, 0, 0, call, 0, i) for i in range(2)])
-        policy.train(training)
+        model.train(training)
         return [c.token_ids for g in groups for c in g]
 
     out = rollout(prompts, trainer)
@@ -279,6 +294,7 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
     assert out["prompt_ids"][0] == tok(tok.apply_chat_template(prompts[0], tokenize=False, add_generation_prompt=True),
                                        add_special_tokens=False)["input_ids"]
     assert out["completion_ids"] == fresh(0) and policy.training
+    assert (rollout.merged is not None) == merged and (rollout.backend.model is policy) != merged
     with torch.no_grad():  # the LoRA update moves the policy (B starts at zero)
         for name, param in policy.named_parameters():
             if "lora_B" in name:
@@ -295,6 +311,9 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
     split = rollout(prompts[1:], trainer)
     assert [len(x) for x in split["completion_ids"]] and len(split["completion_ids"]) == 5
     assert split["prompt_ids"][:2] == out["prompt_ids"][:2] and split["prompt_ids"][2] == out["prompt_ids"][3]
+    assert all(torch.equal(p, frozen[n]) for n, p in policy.named_parameters() if "lora_" not in n)
+    policy.model.norm.weight.requires_grad_(True)  # a trainable weight outside the adapters: merging does not cover it
+    assert MergedCopy.of(trainer.model) is None
 
 
 def test_grpo_verifier_reward_counts_tokens():

@@ -84,6 +84,13 @@ class GRPOTrainConfig(SharpenArgs, GRPOConfig):
     a completion ends with its `Answer:` line as the offline recipes' do; the policy generates in
     eval mode: no LoRA dropout); `trl`: TRL's own `model.generate` (each completion runs to EOS or
     `max_completion_length`)."""
+    merged_sampling: bool = True
+    """With `sampler: sharpen` and a LoRA policy: draw from a plain copy of the model whose weights
+    are the base's plus the LoRA update (W + B A alpha/r), refreshed before each generation, instead
+    of through the adapter layers (as TRL's vLLM path syncs merged weights to its server). The same
+    policy with fewer operations per token; it holds one more copy of the weights. False: sample
+    through the adapters. A policy that merging does not cover (DoRA, adapters on other layer kinds,
+    trainable weights outside the adapters) is sampled through its adapters either way."""
     token_budget: int | None = None
     """Generated (completion) tokens allowed in all: training stops before a step whose generations
     could pass it at `max_completion_length` each. None: `max_steps` alone decides."""
@@ -172,6 +179,59 @@ class TokenBudget(TrainerCallback, ExportableState):
             self.stopped_at = state.global_step
 
 
+class MergedCopy:
+    """A plain (adapter-free) copy of a LoRA-wrapped policy whose weights are refreshed from it:
+    each adapted `Linear` gets `base weight + delta` (peft's `get_delta_weight`: B A alpha/r) and
+    every other weight is copied once (frozen while the adapters train). The training model is
+    never modified (peft's in-place `merge_adapter` / `unmerge_adapter` would round its base weights
+    a little on every cycle)."""
+
+    def __init__(self, source: Any, model: Any, pairs: list[tuple[Any, Any]]):
+        self.source, self.model, self.pairs = source, model, pairs
+
+    @classmethod
+    def of(cls, peft_model: Any) -> MergedCopy | None:
+        """The copy of `peft_model` (a peft `PeftModel`), or None when merging does not cover it."""
+        import torch
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+        from transformers import AutoModelForCausalLM
+
+        base = peft_model.get_base_model()
+        layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+        if not layers or any(type(m) is not LoraLinear or any(m.use_dora.values()) or getattr(m, "lora_variant", None)
+                             for m in layers.values()):
+            return None
+        if any(p.requires_grad and "lora_" not in name for name, p in base.named_parameters()):
+            return None  # e.g. modules_to_save: trainable weights the copy would have to follow too
+        first = next(base.parameters())
+        model = AutoModelForCausalLM.from_config(base.config, dtype=first.dtype).to(first.device)
+        model.eval().requires_grad_(False)
+        adapted = {f"{name}.{kind}" for name in layers for kind in ("weight", "bias")}
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name not in adapted:
+                    param.copy_(base.get_parameter(name))
+            for name, layer in layers.items():
+                bias = layer.get_base_layer().bias
+                if bias is not None:
+                    model.get_submodule(name).bias.copy_(bias)
+        return cls(peft_model, model, [(layer, model.get_submodule(name)) for name, layer in layers.items()])
+
+    def refresh(self) -> Any:
+        """The copy, with the source's adapters as they are now merged in."""
+        import torch
+
+        with torch.no_grad():
+            for layer, target in self.pairs:
+                weight = layer.get_base_layer().weight
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        weight = weight + layer.get_delta_weight(adapter)
+                target.weight.copy_(weight)
+        return self.model
+
+
 class SharpenRollout:
     """TRL's `rollout_func` with sharpen's sampler: TRL hands it a generation batch's prompts, each
     repeated in a row (G times, or fewer where a process's share splits a group), and it returns as
@@ -199,6 +259,8 @@ class SharpenRollout:
         self.cfg = cfg
         self.tokenizer = copy.deepcopy(tokenizer)  # the backend left-pads; TRL's own stays as it was
         self.backend: Any = None
+        self.merged: MergedCopy | None = None
+        self._merged_for: Any = None  # the policy `merged` was built for (None: merging not covered)
         self._calls: dict[str, tuple[int, int]] = {}  # mode -> (step, calls so far in it)
 
     def params(self, n: int) -> Any:
@@ -216,11 +278,19 @@ class SharpenRollout:
         self._calls[mode] = (step, call + 1)
         return [mix_seed(self.cfg.seed, int(mode == "eval"), step, call, process, i) for i in range(n)]
 
+    def sampling_model(self, policy: Any) -> Any:
+        """What generates: the merged copy of a LoRA policy (`merged_sampling`), else the policy's
+        model with its adapters active."""
+        if not hasattr(policy, "get_base_model"):
+            return policy
+        if self.cfg.merged_sampling and self._merged_for is not policy:
+            self.merged, self._merged_for = MergedCopy.of(policy), policy
+        return self.merged.refresh() if self.merged is not None else policy.get_base_model()
+
     def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
         from sharpen.backends.hf import HFBackend
 
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        model = self.sampling_model(trainer.accelerator.unwrap_model(trainer.model))
         if self.backend is None or self.backend.model is not model:
             self.backend = HFBackend.from_model(model, self.tokenizer, seed=self.cfg.seed)
         self.backend.forget_prefixes()  # the weights moved since the last call
