@@ -13,7 +13,10 @@ the layouts (each 2 prompts x 8 completions an optimizer step) differ in micro-b
   stop). Every micro-batch's rows start with the same prompt, so the shared-prefix forward runs it once.
 - `one-prompt` (the config's): the same with `sampler: sharpen` (sharpen's HF sampler over the
   training policy: the prompt's KV once for its 8 samples, finished rows leave the batch, a
-  completion ends with its `Answer:` line).
+  completion ends with its `Answer:` line), drawing from a copy with the LoRA update merged into
+  its weights (`merged_sampling`, since the thirty-first stop).
+- `one-prompt-adapters`: that sampling through the LoRA adapter layers (`merged_sampling: false`:
+  the config's before the thirty-first stop).
 - `one-prompt-plain`: that with `share_prefix: false` (what the prefix sharing alone saves).
 
 Prints, per layout, seconds per optimizer step (median of the steps after the first), the part of it
@@ -35,6 +38,7 @@ LAYOUTS = {
     "two-prompts": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "sampler": "trl"},
     "one-prompt-trl": {**ONE, "sampler": "trl"},
     "one-prompt": {**ONE, "sampler": "sharpen"},
+    "one-prompt-adapters": {**ONE, "sampler": "sharpen", "merged_sampling": False},
     "one-prompt-plain": {**ONE, "sampler": "sharpen", "share_prefix": False},
 }
 

@@ -426,19 +426,10 @@ class HFBackend(LocalTokenizer):
         cache = self._expanded_prefix(inputs[0][:shared], len(distinct) if dedup else len(inputs)) if shared >= 16 else None
         if cache is None:
             shared = 0
-        # [shared prefix][padding][row's own tokens]: padding in the middle is masked out and
-        # position ids come from the mask, so every row sees exactly its own sequence
-        width = max(len(x) - shared for x in inputs)
-        input_ids = torch.tensor(
-            [x[:shared] + [pad] * (width - len(x) + shared) + x[shared:] for x in inputs], device=self.device
-        )
-        mask = torch.tensor(
-            [[1] * shared + [0] * (width - len(x) + shared) + [1] * (len(x) - shared) for x in inputs],
-            device=self.device,
-        )
-        total = shared + width
+        input_ids, mask = self._padded(inputs, shared)
+        total = input_ids.shape[1]
         if dedup and self.prefix_cache:  # (_expanded_prefix turns prefix_cache off for a cache it cannot share)
-            cache = self._prefill_distinct(owner, input_ids, mask, cache, shared)
+            cache = self._prefill_distinct(owner, input_ids, mask, cache)
         prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
         processors = self._warpers(params)
         stop = _DelimiterStop(self, params, total, prefixes)
@@ -687,7 +678,6 @@ class HFBackend(LocalTokenizer):
         """The KV cache of every prompt but its last token (fed at the first decode step), each prompt
         once however many rows repeat it, the shared prefix from `_expanded_prefix`: per layer
         (rows, heads, positions, dim), left-padded; the mask of those positions; the prompt tokens."""
-        pad = self.tokenizer.pad_token_id
         distinct: dict[tuple[int, ...], int] = {}
         owner = [distinct.setdefault(tuple(x), len(distinct)) for x in prompts]
         uniq = [list(x) for x in distinct]
@@ -695,18 +685,9 @@ class HFBackend(LocalTokenizer):
         cache = self._expanded_prefix(uniq[0][:shared], len(uniq)) if shared >= 16 else None
         if cache is None:
             shared = 0
-        width = max(len(x) - shared for x in uniq)
-        ids = torch.tensor([x[:shared] + [pad] * (width - len(x) + shared) + x[shared:] for x in uniq], device=self.device)
-        mask = torch.tensor([[1] * shared + [0] * (width - len(x) + shared) + [1] * (len(x) - shared) for x in uniq],
-                            device=self.device)
-        total = shared + width
-        cached = cache.get_seq_length() if cache is not None else 0
-        if total - 1 > cached:
-            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-            out = self.model(input_ids=ids[:, cached : total - 1], attention_mask=mask[:, : total - 1],
-                             position_ids=pos[:, cached : total - 1], use_cache=True,
-                             **{self._cache_kwarg: cache if cache is not None else self._new_cache()})
-            cache = getattr(out, self._cache_kwarg)
+        ids, mask = self._padded(uniq, shared)
+        total = ids.shape[1]
+        cache = self._prefill(ids, mask, cache)
         if cache is None:
             raise ModelError("a one-token prompt has nothing to prefill (fix: a prompt of two tokens or more)")
         rows = torch.tensor(owner, device=self.device)
@@ -721,23 +702,35 @@ class HFBackend(LocalTokenizer):
                           seconds=seconds, calls=1)
         deliver(state.job, completions, state.prompt_tokens, seconds)
 
-    def _prefill_distinct(self, owner: list[int], input_ids: torch.Tensor, mask: torch.Tensor, cache, shared: int):
+    def _padded(self, rows: list[list[int]], shared: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask laid out [shared prefix][padding][row's own tokens]: padding
+        in the middle is masked out and position ids come from the mask, so every row sees exactly
+        its own sequence."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(x) - shared for x in rows)
+        ids = [x[:shared] + [pad] * (width - len(x) + shared) + x[shared:] for x in rows]
+        mask = [[1] * shared + [0] * (width - len(x) + shared) + [1] * (len(x) - shared) for x in rows]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
+
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any):
+        """Run every position but the last (fed at the first decode step) that `cache` (the shared
+        prefix's, or None) does not hold; the cache after it (None: nothing to run, no cache)."""
+        total = ids.shape[1]
+        cached = cache.get_seq_length() if cache is not None else 0
+        if total - 1 <= cached:
+            return cache
+        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = self.model(input_ids=ids[:, cached : total - 1], attention_mask=mask[:, : total - 1],
+                         position_ids=pos[:, cached : total - 1], use_cache=True,
+                         **{self._cache_kwarg: cache if cache is not None else self._new_cache()})
+        return getattr(out, self._cache_kwarg)
+
+    def _prefill_distinct(self, owner: list[int], input_ids: torch.Tensor, mask: torch.Tensor, cache):
         """Prefill each distinct row once (row i is a copy of distinct row `owner[i]`; `cache` holds the
         shared prefix for the distinct rows) and copy the KV cache out to every row, so generate's own
         prefill is a single token per row."""
-        total = input_ids.shape[1]
-        cached = shared - 1 if shared else 0  # _expanded_prefix leaves the prefix's last token uncached
         firsts = torch.tensor([owner.index(j) for j in range(max(owner) + 1)], device=self.device)
-        if total - 1 > cached:
-            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-            cache = self.model(
-                input_ids=input_ids[firsts, cached : total - 1],
-                attention_mask=mask[firsts, : total - 1],
-                position_ids=pos[firsts, cached : total - 1],
-                use_cache=True,
-                **{self._cache_kwarg: cache},
-            )
-            cache = getattr(cache, self._cache_kwarg)
+        cache = self._prefill(input_ids[firsts], mask[firsts], cache)
         if cache is None:
             return None
         rows = torch.tensor(owner, device=self.device)
