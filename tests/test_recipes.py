@@ -9,6 +9,7 @@ traces, step labels of both kinds and step pairs."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -258,7 +259,7 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
     with pytest.raises(ConfigError, match="mask_truncated_completions=True is not supported by sampler=sharpen"):
         SharpenRollout(GRPOTrainConfig(model=tiny_model_dir, output_dir=str(tmp_path / "x"), task="gym:chain_sum",
                                        mask_truncated_completions=True), None)
-    trainer, _ = build_trainer(GRPOTrainConfig(
+    trainer, budget = build_trainer(GRPOTrainConfig(
         model=tiny_model_dir, output_dir=str(tmp_path / "grpo"), task="gym:chain_sum", task_args=TASK_ARGS,
         problems=2, strict_answers=False, max_steps=1, num_generations=3, per_device_train_batch_size=3,
         max_completion_length=12, temperature=1.0, sampler="sharpen", seed=5, merged_sampling=merged))
@@ -288,6 +289,10 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
         return [c.token_ids for g in groups for c in g]
 
     out = rollout(prompts, trainer)
+    sampling = budget._sampled  # the usage meter's seconds are the sampler's own, not the step's so far
+    time.sleep(0.2)
+    budget.record(1, 1, 0, 1)
+    assert 0 < budget.usage["seconds"] == sampling and budget._sampled is None
     assert set(out) == {"prompt_ids", "completion_ids", "logprobs"} and len(out["completion_ids"]) == 6
     tok = rollout.tokenizer
     assert out["prompt_ids"][0] == out["prompt_ids"][2] != out["prompt_ids"][3]

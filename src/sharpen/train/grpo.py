@@ -132,6 +132,7 @@ class TokenBudget(TrainerCallback, ExportableState):
         self.stopped_at: int | None = None
         self._first_step = 0
         self._t0: float | None = None
+        self._sampled: float | None = None
 
     def state(self) -> dict:
         return {"args": {"limit": self.limit, "per_generation": self.per_generation,
@@ -143,11 +144,18 @@ class TokenBudget(TrainerCallback, ExportableState):
     def generated(self) -> int:
         return int(self.usage["generated_tokens"])
 
+    def sampled(self, seconds: float) -> None:
+        """The sampler's own time for the generation the reward will report next (sampler=sharpen)."""
+        self._sampled = (self._sampled or 0.0) + seconds
+
     def record(self, prompt_tokens: int, completion_tokens: int, correct: int, completions: int) -> None:
-        """One generation, reported by the reward; its seconds run from the step's start (TRL
-        generates at a step's first micro-step) or the last generation in the step."""
+        """One generation, reported by the reward. Its seconds: the sampling time sharpen's sampler
+        measured (`sampled`); with TRL's sampler, the time from the step's start (TRL generates at a
+        step's first micro-step) or the last generation in the step, which also holds the loss
+        forward and backward of the micro-batches in between."""
         now = time.perf_counter()
-        seconds, self._t0 = now - (self._t0 or now), now
+        seconds = self._sampled if self._sampled is not None else now - (self._t0 or now)
+        self._t0, self._sampled = now, None
         u = Usage(**self.usage) + Usage(prompt_tokens=prompt_tokens, generated_tokens=completion_tokens, calls=1,
                                         seconds=seconds)
         self.usage = u.to_dict()
@@ -259,6 +267,7 @@ class SharpenRollout:
         self.cfg = cfg
         self.tokenizer = copy.deepcopy(tokenizer)  # the backend left-pads; TRL's own stays as it was
         self.backend: Any = None
+        self.budget: TokenBudget | None = None  # told each generation's sampling time
         self.merged: MergedCopy | None = None
         self._merged_for: Any = None  # the policy `merged` was built for (None: merging not covered)
         self._calls: dict[str, tuple[int, int]] = {}  # mode -> (step, calls so far in it)
@@ -290,6 +299,7 @@ class SharpenRollout:
     def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
         from sharpen.backends.hf import HFBackend
 
+        t0 = time.perf_counter()
         model = self.sampling_model(trainer.accelerator.unwrap_model(trainer.model))
         if self.backend is None or self.backend.model is not model:
             self.backend = HFBackend.from_model(model, self.tokenizer, seed=self.cfg.seed)
@@ -310,6 +320,8 @@ class SharpenRollout:
         finally:
             model.train(training)
         prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if self.budget is not None:
+            self.budget.sampled(time.perf_counter() - t0)
         return {"prompt_ids": [prompt_ids[i] for i, group in enumerate(completions) for _ in group],
                 "completion_ids": [c for group in completions for c in group], "logprobs": None}
 
@@ -425,6 +437,8 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
         rewards.append(PRMReward(cfg.process_reward, tok, budget))
     model = prepare_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg)
     rollout = SharpenRollout(cfg, tok) if cfg.sampler == "sharpen" else None
+    if rollout is not None:
+        rollout.budget = budget
     # TRL warns that rollout_func is experimental on every trainer it builds; said once in SharpenRollout's docstring
     with mock.patch.dict(os.environ, {"TRL_EXPERIMENTAL_SILENCE": "1"}):
         trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=cfg, train_dataset=dataset,
