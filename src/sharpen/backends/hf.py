@@ -494,21 +494,10 @@ class HFBackend(LocalTokenizer):
                 **{self._cache_kwarg: cache},
             )
             cache = getattr(out, self._cache_kwarg)
-            logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
-            seen = step_ids
             at = torch.tensor(live, device=self.device)  # the rows still going, among those in the forward
-            if len(live) < len(batch):  # finished rows still in the forward pass: left out from here on
-                logits, seen = logits[at], step_ids[at]
-            scores = logits
-            for proc in processors:
-                scores = proc(seen, scores)
-            if generators is None:
-                tokens = torch.argmax(scores, dim=-1)
-            else:
-                tokens = sample_rows(scores, [generators[batch[j]] for j in live])
-            picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1).tolist()
-            ended = torch.isin(tokens, eos).tolist()
-            hit = stop.mask[tokens].tolist()  # only rows whose new token holds the delimiter are checked
+            tokens, picked, ended, hit = self._next_tokens(
+                out, live, step_ids, processors, None if generators is None else [generators[batch[j]] for j in live],
+                eos, stop)
             keep = []
             for k, (j, tok) in enumerate(zip(live, tokens.tolist(), strict=True)):
                 row = batch[j]
@@ -534,6 +523,24 @@ class HFBackend(LocalTokenizer):
             step_pos = step_pos[:, -1:] + 1
             step_ids = fed[:, None]
         return gen, logprobs
+
+    def _next_tokens(self, out: Any, at: list[int], step_ids: torch.Tensor, processors: list[LogitsProcessor],
+                     generators: list[torch.Generator] | None, eos: torch.Tensor, stop: _DelimiterStop):
+        """One decode step's tokens for the rows `at` of the forward pass (the rows still going; the
+        others are left out): greedy, or drawn from each row's own stream (`generators`, one per row
+        of `at`). Also each token's log-probability, whether it is an end-of-sequence token, and
+        whether it holds the stop delimiter (only those rows need the delimiter check)."""
+        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        seen = step_ids
+        if len(at) < logits.shape[0]:
+            idx = torch.tensor(at, device=self.device)
+            logits, seen = logits[idx], step_ids[idx]
+        scores = logits
+        for proc in processors:
+            scores = proc(seen, scores)
+        tokens = torch.argmax(scores, dim=-1) if generators is None else sample_rows(scores, generators)
+        picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1).tolist()
+        return tokens, picked, torch.isin(tokens, eos).tolist(), stop.mask[tokens].tolist()
 
     # -- row-level continuous batching (`sharpen serve`) -------------------------------------
     @property
@@ -593,19 +600,8 @@ class HFBackend(LocalTokenizer):
             cache = getattr(out, kw)
             mask = attn
             at = [j for j, r in enumerate(rows) if not r.done]
-            logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
-            if len(at) < len(rows):
-                logits = logits[torch.tensor(at, device=self.device)]
-            scores = logits
-            for proc in processors:
-                scores = proc(step_ids, scores)
-            if params.greedy:
-                tokens = torch.argmax(scores, dim=-1)
-            else:
-                tokens = sample_rows(scores, [rows[j].generator for j in at])
-            picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1).tolist()
-            ended = torch.isin(tokens, eos).tolist()
-            hit = stop.mask[tokens].tolist()
+            tokens, picked, ended, hit = self._next_tokens(
+                out, at, step_ids, processors, None if params.greedy else [rows[j].generator for j in at], eos, stop)
             now = time.perf_counter()
             for k, (j, tok) in enumerate(zip(at, tokens.tolist(), strict=True)):
                 r = rows[j]
