@@ -194,8 +194,8 @@ class MergedCopy:
     never modified (peft's in-place `merge_adapter` / `unmerge_adapter` would round its base weights
     a little on every cycle)."""
 
-    def __init__(self, source: Any, model: Any, pairs: list[tuple[Any, Any]]):
-        self.source, self.model, self.pairs = source, model, pairs
+    def __init__(self, model: Any, pairs: list[tuple[Any, Any]]):
+        self.model, self.pairs = model, pairs  # pairs: (the policy's LoRA layer, the copy's Linear)
 
     @classmethod
     def of(cls, peft_model: Any) -> MergedCopy | None:
@@ -224,7 +224,7 @@ class MergedCopy:
                 bias = layer.get_base_layer().bias
                 if bias is not None:
                     model.get_submodule(name).bias.copy_(bias)
-        return cls(peft_model, model, [(layer, model.get_submodule(name)) for name, layer in layers.items()])
+        return cls(model, [(layer, model.get_submodule(name)) for name, layer in layers.items()])
 
     def refresh(self) -> Any:
         """The copy, with the source's adapters as they are now merged in."""
