@@ -272,6 +272,79 @@ def test_growing_kv_cache_gives_the_dynamic_caches_logits(tiny_model_dir):
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
 
 
+def test_shared_prefix_attention_is_sdpa_over_the_prefix_and_the_rows_own_keys():
+    """Attention over a prefix kept once and each row's own keys equals sdpa over each row's whole
+    sequence (the prefix copied into every row): grouped heads, a padding mask, prefill and one step."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from sharpen.backends.kv_cache import _PENDING, shared_prefix_attention
+
+    class Module:  # what transformers' attention functions read off the attention module
+        num_key_value_groups, is_causal, training = 3, True, False
+
+    torch.manual_seed(0)
+    rows, kv_heads, dim, p, s = 5, 2, 16, 7, 6
+    pk, pv = torch.randn(1, kv_heads, p, dim), torch.randn(1, kv_heads, p, dim)
+    own_k, own_v = torch.randn(rows, kv_heads, s, dim), torch.randn(rows, kv_heads, s, dim)
+    full_k, full_v = torch.cat([pk.expand(rows, -1, -1, -1), own_k], 2), torch.cat([pv.expand(rows, -1, -1, -1), own_v], 2)
+    for q in (s, 1):  # the rows' own tokens prefilled at once (causal), then one decode step
+        query = torch.randn(rows, kv_heads * 3, q, dim)
+        visible = torch.ones(rows, 1, q, p + s, dtype=torch.bool)
+        visible[..., p : p + s] = torch.arange(s)[None, :] <= torch.arange(s - q, s)[:, None]  # causal
+        visible[1, ..., p : p + 2] = False  # row 1: two padding positions after the prefix
+        want, _ = sdpa_attention_forward(Module(), query, full_k, full_v, visible, scaling=dim**-0.5)
+        _PENDING.set((own_k, pk, pv))
+        got, _ = shared_prefix_attention(Module(), query, own_k, own_v, visible, scaling=dim**-0.5)
+        assert got.shape == want.shape == (rows, q, kv_heads * 3, dim)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert _PENDING.get() is None  # used once
+        # no mask at a decode step: every position visible
+        if q == 1:
+            want, _ = sdpa_attention_forward(Module(), query, full_k, full_v, None, scaling=dim**-0.5)
+            _PENDING.set((own_k, pk, pv))
+            assert torch.allclose(shared_prefix_attention(Module(), query, own_k, own_v, None, scaling=dim**-0.5)[0],
+                                  want, atol=1e-5)
+    # keys of any other cache: plain sdpa, whatever was left pending
+    _PENDING.set((own_k, pk, pv))
+    got, _ = shared_prefix_attention(Module(), query, full_k, full_v, None, scaling=dim**-0.5)
+    assert torch.allclose(got, sdpa_attention_forward(Module(), query, full_k, full_v, None, scaling=dim**-0.5)[0])
+
+
+def test_decode_keeps_the_shared_prefix_once_and_gives_the_per_row_caches_tokens(tiny_model_dir):
+    """With a prefix of >= 16 tokens the decode loop's KV cache holds it once (SharedPrefixCache:
+    each row only its own positions); tokens, stops and log-probabilities are those of the cache that
+    copies the prefix into every row, sampled and greedy, across stage boundaries and rows leaving."""
+    from sharpen.backends.kv_cache import SharedPrefixCache
+
+    shared = HFBackend(tiny_model_dir, seed=0, stage_tokens=4)
+    per_row = HFBackend(tiny_model_dir, seed=0, stage_tokens=4)
+    per_row.share_prefix = False
+    assert shared._shares_prefix()  # checked once against the plain cache: it passes on this model
+    caches = []
+    forward = shared.model.forward
+    shared.model.forward = lambda *a, **kw: caches.append(kw.get("cache", kw.get("past_key_values"))) or forward(*a, **kw)
+    long = "What is 1 + 2?\n1 + 2 = 3\nAnswer: 3\nState the final answer: 4 - 1 =\n4 - 1 = 3\n"
+    prompts = [long + "5 + 5 =", long + "What is 9 - 1?\n", long + "2 + 2 ="]
+    assert shared.count_tokens(long) >= 16
+    for params in (SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=3),
+                   SamplingParams(n=2, temperature=0.0, max_tokens=12),
+                   SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=4, stop_at="step")):
+        a, b = shared.generate(prompts, params), per_row.generate(prompts, params)
+        for x, y in zip(a, b, strict=True):
+            for c1, c2 in zip(x, y, strict=True):
+                assert c1.token_ids == c2.token_ids and c1.finish_reason == c2.finish_reason
+                assert abs(c1.logprob - c2.logprob) < 1e-3 + 1e-4 * abs(c1.logprob)
+    used = [c for c in caches if isinstance(c, SharedPrefixCache)]
+    assert used, "the decode loop never used the shared-prefix cache"
+    prefix = shared.count_tokens(long) - 1
+    for c in used:
+        layer = c.layers[0]
+        assert layer.prefix_keys.shape[0] == 1 and layer.prefix_keys.shape[-2] >= prefix - 1
+        assert c.get_seq_length() == layer.prefix_keys.shape[-2] + layer._own_length()
+    assert shared.model.config._attn_implementation == "sdpa"  # set back after each call
+
+
 def test_continuous_decode_rows_join_mid_decode_and_get_generates_tokens(tiny_model_dir):
     """`HFBackend.continuous` (sharpen serve's row-level continuous batching): calls that arrive while
     others decode join the running batch, each call is handed back once its own rows are done, and

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from sharpen.backends.base import Completion, LocalTokenizer, SamplingParams, prompt_seeds, row_seed
+from sharpen.backends.kv_cache import ATTENTION, SharedPrefixCache, _GrowingCache, _GrowingLayer
 from sharpen.errors import ConfigError, ModelError
 from sharpen.meter import UsageMeter
 from sharpen.models import cache_arg
@@ -126,62 +128,6 @@ class _RowSampler(LogitsProcessor):
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(scores.shape[0], device=scores.device), tokens] = 0.0
         return out
-
-
-class _GrowingLayer(DynamicLayer):
-    """A `DynamicLayer` that appends into a buffer with room to spare (grown `chunk` positions at a
-    time) instead of concatenating the whole cache at every step: `keys` and `values` are views of
-    the buffer's first positions. Decoding 256 rows, the concatenations took a sixth of the time.
-    Whatever replaces `keys` (cropping, a parent's reordering) is copied into a new buffer at the
-    next update."""
-
-    chunk = 64
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length, n = self.get_seq_length(), key_states.shape[-2]
-        buf = getattr(self, "_buf", None)
-        if buf is None or self.keys is not self._view or length + n > buf[0].shape[-2] \
-                or buf[0].shape[0] != key_states.shape[0]:
-            shape = (*key_states.shape[:-2], length + n + self.chunk, key_states.shape[-1])
-            buf = (key_states.new_empty(shape), value_states.new_empty(shape))
-            if length:
-                buf[0][..., :length, :] = self.keys
-                buf[1][..., :length, :] = self.values
-            self._buf = buf
-        buf[0][..., length : length + n, :] = key_states
-        buf[1][..., length : length + n, :] = value_states
-        self.keys, self.values = buf[0][..., : length + n, :], buf[1][..., : length + n, :]
-        self._view = self.keys
-        return self.keys, self.values
-
-    @classmethod
-    def over(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> _GrowingLayer:
-        """A layer whose cache is the first `length` positions of these buffers (the rest: room to grow)."""
-        layer = cls()
-        layer.lazy_initialization(keys, values)
-        layer._buf = (keys, values)
-        layer.keys, layer.values = keys[..., :length, :], values[..., :length, :]
-        layer._view = layer.keys
-        return layer
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.get_seq_length() > 0 and getattr(self, "_buf", None) is not None and self.keys is self._view:
-            length = self.get_seq_length()
-            self._buf = (self._buf[0].index_select(0, indices), self._buf[1].index_select(0, indices))
-            self.keys, self.values = self._buf[0][..., :length, :], self._buf[1][..., :length, :]
-            self._view = self.keys
-        else:
-            super().batch_select_indices(indices)
-
-
-class _GrowingCache(DynamicCache):
-    """A `DynamicCache` of `_GrowingLayer`s."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer_class_to_replicate = _GrowingLayer
 
 
 def _common_prefix_len(rows: list[list[int]]) -> int:
@@ -312,6 +258,12 @@ class HFBackend(LocalTokenizer):
             self._growing = all(type(x) is DynamicLayer for x in DynamicCache(config=self.model.config).layers)
         except Exception:  # noqa: BLE001 - a config the cache cannot read: transformers' own cache
             self._growing = False
+        # the prompt prefix all rows share kept once in the decode loop's KV cache (`SharedPrefixCache`),
+        # where the model runs sdpa attention through transformers' attention interface; checked on
+        # first use against the plain cache (`_shares_prefix`)
+        cfg = self.model.config
+        self.share_prefix: bool | None = (None if self._growing and getattr(cfg, "_attn_implementation", None) == "sdpa"
+                                          and not getattr(cfg, "sub_configs", None) else False)
 
     # -- prompts: chat_prompt, count_tokens, eos_text from LocalTokenizer --------------------
     def _delimiter_mask(self, delimiter: str) -> torch.Tensor:
@@ -423,19 +375,25 @@ class HFBackend(LocalTokenizer):
         distinct: dict[tuple[int, ...], int] = {}
         owner = [distinct.setdefault(tuple(x), len(distinct)) for x in inputs]
         dedup = self.prefix_cache and len(distinct) < len(inputs)
-        cache = self._expanded_prefix(inputs[0][:shared], len(distinct) if dedup else len(inputs)) if shared >= 16 else None
+        shares = self.drop_finished and shared >= 16 and self._shares_prefix()
+        if shares:
+            cache = self._shared_prefix(inputs[0][:shared])
+        else:
+            cache = self._expanded_prefix(inputs[0][:shared], len(distinct) if dedup else len(inputs)) if shared >= 16 else None
         if cache is None:
             shared = 0
         input_ids, mask = self._padded(inputs, shared)
         total = input_ids.shape[1]
         if dedup and self.prefix_cache:  # (_expanded_prefix turns prefix_cache off for a cache it cannot share)
-            cache = self._prefill_distinct(owner, input_ids, mask, cache)
+            with self._attention(cache):
+                cache = self._prefill_distinct(owner, input_ids, mask, cache)
         prompt_tokens = int(mask.sum()) - shared * (len(inputs) - 1) if shared else int(mask.sum())
         processors = self._warpers(params)
         stop = _DelimiterStop(self, params, total, prefixes)
         sampler = None if params.greedy else generators
         if self.drop_finished:
-            ids, logprobs = self._decode(input_ids, mask, cache, processors, stop, max_new, sampler)
+            with self._attention(cache):
+                ids, logprobs = self._decode(input_ids, mask, cache, processors, stop, max_new, sampler)
             return ids, logprobs, stop.stopped_at, prompt_tokens
         recorder = _LogprobRecorder(total)
         if sampler is not None:
@@ -730,6 +688,8 @@ class HFBackend(LocalTokenizer):
         if cache is None:
             return None
         rows = torch.tensor(owner, device=self.device)
+        if isinstance(cache, SharedPrefixCache):
+            return cache.select_rows(rows)
         full = _GrowingCache() if self._growing else DynamicCache()
         for i, layer in enumerate(cache.layers):
             full.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
@@ -740,18 +700,65 @@ class HFBackend(LocalTokenizer):
         computed once and kept, copied out to `rows` rows: the batch prefills only its suffixes."""
         key = tuple(prefix[:-1])  # keep >= 1 uncached token per row for generate's first step
         try:
-            if key not in self._prefix_kv:
-                if len(self._prefix_kv) >= 8:
-                    self._prefix_kv.pop(next(iter(self._prefix_kv)))
-                out = self.model(torch.tensor([list(key)], device=self.device), use_cache=True)
-                self._prefix_kv[key] = [(layer.keys, layer.values) for layer in getattr(out, self._cache_kwarg).layers]
+            layers = self._prefix_layers(key)
             cache = _GrowingCache() if self._growing else DynamicCache()
-            for i, (k, v) in enumerate(self._prefix_kv[key]):
+            for i, (k, v) in enumerate(layers):
                 cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)  # copied into its buffer
             return cache
         except Exception:  # a model whose cache is not a plain per-layer KV: no sharing
             self.prefix_cache = False
             return None
+
+    def _prefix_layers(self, key: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values (1, kv heads, positions, dim) of these tokens, computed once
+        and kept (the last 8 prefixes)."""
+        if key not in self._prefix_kv:
+            if len(self._prefix_kv) >= 8:
+                self._prefix_kv.pop(next(iter(self._prefix_kv)))
+            out = self.model(torch.tensor([list(key)], device=self.device), use_cache=True)
+            self._prefix_kv[key] = [(layer.keys, layer.values) for layer in getattr(out, self._cache_kwarg).layers]
+        return self._prefix_kv[key]
+
+    def _shared_prefix(self, prefix: list[int]) -> SharedPrefixCache:
+        """A cache holding a prefix every row shares, once (`SharedPrefixCache`): the rows' own
+        positions start at its last token, fed to the prefill or the first decode step."""
+        return SharedPrefixCache(self._prefix_layers(tuple(prefix[:-1])))
+
+    @contextmanager
+    def _attention(self, cache: Any):
+        """The model's attention set to the shared-prefix one while `cache` is a `SharedPrefixCache`."""
+        if not isinstance(cache, SharedPrefixCache):
+            yield
+            return
+        cfg = self.model.config
+        before = cfg._attn_implementation_internal
+        cfg._attn_implementation_internal = ATTENTION
+        try:
+            yield
+        finally:
+            cfg._attn_implementation_internal = before
+
+    def _shares_prefix(self) -> bool:
+        """Whether the decode loop keeps the shared prefix once: the model's logits through
+        `SharedPrefixCache` must match the plain cache's (checked once, on 24 tokens of a prompt)."""
+        if self.share_prefix is None:
+            ids = torch.tensor([self.tokenizer("Solve step by step: 3 + 4 - 2 = ? Then add 5 and state the "
+                                               "answer on its own line.", add_special_tokens=False)["input_ids"][:24]],
+                               device=self.device)
+            try:
+                with torch.inference_mode():
+                    plain = self.model(ids, use_cache=False).logits[0, -1].float()
+                    cache = SharedPrefixCache(self._prefix_layers(tuple(ids[0, :12].tolist())))
+                    with self._attention(cache):
+                        out = self.model(ids[:, 12:], position_ids=torch.arange(12, ids.shape[1], device=self.device)[None],
+                                         use_cache=True, **{self._cache_kwarg: cache})
+                    shared = out.logits[0, -1].float()
+                self.share_prefix = bool(ids.shape[1] == 24 and torch.allclose(plain, shared, rtol=1e-3, atol=1e-3 * float(plain.abs().max())))
+            except Exception:  # noqa: BLE001 - a model whose attention or cache does not take it: the plain cache
+                self.share_prefix = False
+            finally:
+                self._prefix_kv.pop(tuple(ids[0, :12].tolist()), None)
+        return self.share_prefix
 
     def _new_cache(self) -> DynamicCache | None:
         """An empty KV cache for the decode loop: the appending one where the model allows it, else
