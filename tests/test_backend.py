@@ -305,6 +305,10 @@ def test_shared_prefix_attention_is_sdpa_over_the_prefix_and_the_rows_own_keys()
             _PENDING.set((own_k, pk, pv))
             assert torch.allclose(shared_prefix_attention(Module(), query, own_k, own_v, None, scaling=dim**-0.5)[0],
                                   want, atol=1e-5)
+    # what it does not compute itself (here a sliding window): sdpa over the prefix copied into every row
+    _PENDING.set((own_k, pk, pv))
+    got, _ = shared_prefix_attention(Module(), query, own_k, own_v, None, scaling=dim**-0.5, sliding_window=64)
+    assert torch.allclose(got, sdpa_attention_forward(Module(), query, full_k, full_v, None, scaling=dim**-0.5)[0])
     # keys of any other cache: plain sdpa, whatever was left pending
     _PENDING.set((own_k, pk, pv))
     got, _ = shared_prefix_attention(Module(), query, full_k, full_v, None, scaling=dim**-0.5)
@@ -343,6 +347,7 @@ def test_decode_keeps_the_shared_prefix_once_and_gives_the_per_row_caches_tokens
         assert layer.prefix_keys.shape[0] == 1 and layer.prefix_keys.shape[-2] >= prefix - 1
         assert c.get_seq_length() == layer.prefix_keys.shape[-2] + layer._own_length()
     assert shared.model.config._attn_implementation == "sdpa"  # set back after each call
+    assert HFBackend(tiny_model_dir, seed=0, dtype="bfloat16")._shares_prefix()  # the check allows 16-bit rounding
 
 
 def test_continuous_decode_rows_join_mid_decode_and_get_generates_tokens(tiny_model_dir):

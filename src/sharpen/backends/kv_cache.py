@@ -138,23 +138,29 @@ def shared_prefix_attention(module, query: torch.Tensor, key: torch.Tensor, valu
     `value` (rows, kv heads, S, dim), in one softmax; sdpa's for any other cache. The mask (sdpa's
     boolean mask over all P + S positions, or None) applies to both parts."""
     pending = _PENDING.get()
-    if pending is None or pending[0] is not key or kwargs.get("softcap") is not None \
-            or kwargs.get("sliding_window") is not None or dropout:
+    if pending is None or pending[0] is not key:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     _PENDING.set(None)
     _, pk, pv = pending
     rows, heads, q, dim = query.shape
-    kv_heads, p = pk.shape[1], pk.shape[2]
+    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or dropout:
+        # what this function does not do: sdpa over the prefix copied into every row
+        key = torch.cat([pk.expand(rows, -1, -1, -1), key], dim=2)
+        value = torch.cat([pv.expand(rows, -1, -1, -1), value], dim=2)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    kv_heads, p, vdim = pk.shape[1], pk.shape[2], value.shape[-1]
     group = heads // kv_heads
     scaling = dim**-0.5 if scaling is None else scaling
+    # in float32 whatever the model's dtype, as sdpa's kernels accumulate
+    qf, pk, pv, key, value_f = query.float(), pk[0].float(), pv[0].float(), key.float(), value.float()
     # query heads h = k * group + j use kv head k (transformers' repeat_kv): rows of (j, q) per kv head
-    qg = query.reshape(rows, kv_heads, group * q, dim)
+    qg = qf.reshape(rows, kv_heads, group * q, dim)
     # the prefix, the same for every row: one matrix product per kv head over all rows' queries
-    s_pre = torch.bmm(qg.transpose(0, 1).reshape(kv_heads, rows * group * q, dim), pk[0].transpose(1, 2))
+    s_pre = torch.bmm(qg.transpose(0, 1).reshape(kv_heads, rows * group * q, dim), pk.transpose(1, 2))
     s_pre = s_pre.view(kv_heads, rows, group * q, p).transpose(0, 1)
-    s_own = torch.matmul(qg, key.transpose(-1, -2))
-    scores = torch.cat([s_pre, s_own], dim=-1).float() * scaling
+    scores = torch.cat([s_pre, torch.matmul(qg, key.transpose(-1, -2))], dim=-1) * scaling
     length = scores.shape[-1]
     if attention_mask is None:  # no padding: causal over the row's own positions (the prefix is before them)
         i = torch.arange(q, device=query.device)[:, None] + (length - q)
@@ -166,10 +172,10 @@ def shared_prefix_attention(module, query: torch.Tensor, key: torch.Tensor, valu
     else:  # an additive float mask
         add = attention_mask[..., -length:].float()
         scores = scores + add.unsqueeze(2).expand(add.shape[0], 1, group, q, length).reshape(-1, 1, group * q, length)
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out_pre = torch.bmm(probs[..., :p].transpose(0, 1).reshape(kv_heads, rows * group * q, p), pv[0])
-    out = out_pre.view(kv_heads, rows, group * q, dim).transpose(0, 1) + torch.matmul(probs[..., p:], value)
-    out = out.reshape(rows, heads, q, dim).transpose(1, 2).contiguous()
+    probs = torch.softmax(scores, dim=-1)
+    out_pre = torch.bmm(probs[..., :p].transpose(0, 1).reshape(kv_heads, rows * group * q, p), pv)
+    out = out_pre.view(kv_heads, rows, group * q, vdim).transpose(0, 1) + torch.matmul(probs[..., p:], value_f)
+    out = out.reshape(rows, heads, q, vdim).transpose(1, 2).contiguous().to(query.dtype)
     return out, None
 
 
