@@ -688,9 +688,10 @@ class HFBackend(LocalTokenizer):
         if cache is None:
             return None
         rows = torch.tensor(owner, device=self.device)
-        if isinstance(cache, SharedPrefixCache):
-            return cache.select_rows(rows)
-        full = _GrowingCache() if self._growing else DynamicCache()
+        if self._growing:  # every cache here is of `_GrowingLayer`s (also `SharedPrefixCache`'s own positions)
+            cache.batch_select_indices(rows)
+            return cache
+        full = DynamicCache()
         for i, layer in enumerate(cache.layers):
             full.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
         return full

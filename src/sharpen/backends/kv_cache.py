@@ -68,13 +68,18 @@ class _GrowingLayer(DynamicLayer):
         return layer
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows `indices` (repeats allowed), copied into a new buffer with `chunk` positions
+        of room: only the cached positions are copied, not the old buffer's spare ones."""
         length = self._own_length()
-        if length > 0 and getattr(self, "_buf", None) is not None and self.keys is self._view:
-            self._buf = (self._buf[0].index_select(0, indices), self._buf[1].index_select(0, indices))
-            self.keys, self.values = self._buf[0][..., :length, :], self._buf[1][..., :length, :]
-            self._view = self.keys
-        elif length > 0:
-            super().batch_select_indices(indices)
+        if length == 0:
+            return
+        keys, values = self.keys.index_select(0, indices), self.values.index_select(0, indices)
+        shape = (*keys.shape[:-2], length + self.chunk, keys.shape[-1])
+        buf = (keys.new_empty(shape), values.new_empty(shape))
+        buf[0][..., :length, :], buf[1][..., :length, :] = keys, values
+        self._buf = buf
+        self.keys, self.values = buf[0][..., :length, :], buf[1][..., :length, :]
+        self._view = self.keys
 
 
 class _GrowingCache(DynamicCache):
@@ -120,15 +125,6 @@ class SharedPrefixCache(DynamicCache):
     def __init__(self, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         super().__init__()
         self.layers = [SharedPrefixLayer(k, v) for k, v in prefix]
-
-    def select_rows(self, rows: torch.Tensor) -> SharedPrefixCache:
-        """A cache of the same prefix whose rows' own positions are these rows' (repeats allowed)."""
-        new = SharedPrefixCache([(layer.prefix_keys, layer.prefix_values) for layer in self.layers])
-        for old, layer in zip(self.layers, new.layers, strict=True):
-            if old._own_length():
-                layer.update(old.keys.index_select(0, rows), old.values.index_select(0, rows))
-        _PENDING.set(None)
-        return new
 
 
 def shared_prefix_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
