@@ -23,7 +23,7 @@ $(DEV): $(STAMP)
 
 setup: $(STAMP)
 
-# the main job: 2 rounds of MCTS-DPO, a before/after table and the path of report.html.
+# the main job: 2 rounds of rft (configs/demo.yaml), a before/after table and the path of report.html.
 # A finished demo is kept; `make demo` again continues an interrupted one, a fresh one after `rm -rf runs/demo`.
 demo: setup
 	$(BIN)/sharpen models prepare smollm2-135m
