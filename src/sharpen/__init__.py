@@ -19,9 +19,16 @@ Lower layers: `load_model` (a backend), `load_task`, `make_process` (what algori
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# transformers 5.2x loads models with `use_kernels` on whenever its `kernels` dependency is installed, and on
+# CUDA `model.train()` then fetches layer kernels from the Hub: code sharpen never asked for, and on a GPU
+# machine without internet every `sharpen train` fails (seen on an H200 here, thirty-fifth stop). Off unless
+# the user opts in with USE_HUB_KERNELS=YES.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 _API = {"load_model": "load_model", "load_task": "load_task", "make_process": "make_process", "run": "run",
         "run_seeds": "run_seeds",
