@@ -18,7 +18,7 @@ from conftest import changed_tensors
 from sharpen.data import load_dataset_dir
 from sharpen.errors import ConfigError
 from sharpen.io import read_jsonl
-from sharpen.loop.config import validate
+from sharpen.loop.config import load_config, validate
 from sharpen.loop.runner import LoopRunner, prepare_run_dir
 from sharpen.tree import Tree
 
@@ -413,3 +413,38 @@ def test_sharpen_train_grpo_from_the_command_line(tmp_path, tiny_model_dir):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "num_generations" in lines[0], r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_screen_searches_the_problems_the_policy_solves_some_of_the_time(tmp_path, tiny_model_dir, monkeypatch):
+    """`collect.screen`: from round 2 on, the round's problems are picked among more candidates by how often
+    the trained policy solves them (mixed first); round 1 is the run's usual draw, and a resumed round reads
+    its screen back instead of sampling again."""
+    run = _run(tmp_path, tiny_model_dir, "rft", {**VOTE, "problems": 2, "pool": 8, "screen": 4}, rounds=2)
+    runner = LoopRunner(load_config(run / "config.yaml"), run)
+    assert sorted(_trees(run, 1)) == sorted(p.id for p in runner.round_problems(1))
+    assert "screen" not in _json(run / "round-1" / "collect" / "metrics.json")
+    m2 = _json(run / "round-2" / "collect" / "metrics.json")
+    rows = list(read_jsonl(run / "round-2" / "collect" / "screen.jsonl"))
+    right = {r["id"]: r["right"] for r in rows[:-1]}
+    candidates = runner.screen_candidates(2)
+    assert [p.id for p in candidates] == list(right) and len(candidates) == 6  # 2 of its own + the 4 spare
+    assert m2["screen"]["candidates"] == 6 and m2["screen"]["usage"]["generated_tokens"] > 0
+    order = sorted(range(6), key=lambda i: (not 0 < right[candidates[i].id] < 4,
+                                            abs(right[candidates[i].id] / 4 - 0.5), i))
+    assert sorted(_trees(run, 2)) == sorted(candidates[i].id for i in order[:2])
+    import sharpen.backends as backends
+
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: pytest.fail("sampled again"))
+    again, info = runner.screen(2, "unused", run / "round-2" / "collect")
+    assert sorted(p.id for p in again) == sorted(_trees(run, 2)) and info["candidates"] == 6
+    # the ranking itself, on a screen written by hand: right share nearest 1/2 first, then candidate order
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "screen.jsonl").write_text("".join(json.dumps({"id": p.id, "right": k, "samples": 4}) + "\n" for p, k in
+                                               zip(candidates, [0, 4, 1, 3, 2, 1], strict=True))
+                                       + json.dumps({"usage": {"generated_tokens": 1}}) + "\n")
+    picked, info = runner.screen(2, "unused", fake)
+    assert [p.id for p in picked] == [candidates[2].id, candidates[4].id]  # kept in candidate order
+    assert (info["mixed"], info["kept_mixed"], info["never"], info["always"]) == (4, 2, 1, 1)
+    with pytest.raises(ConfigError, match="collect.pool above"):
+        validate({"rounds": 2, "collect": {"screen": 4, "problems": 2, "pool": 4}})

@@ -51,6 +51,15 @@ class CollectConfig(SearchSettings):
         "instead of the trained policy (rollouts stay the policy's): diverse siblings after training "
         "(`sharpen.backends.mixture`). Not with a cluster section",
     )
+    screen: int = Field(
+        0, ge=0,
+        description="from round 2 on, sample this many whole solutions of each candidate problem from the trained "
+        "policy and search the problems it solves only some of the time first (DAPO's dynamic sampling): "
+        "a problem the policy always or never solves gives few sibling steps that differ in value. The "
+        "candidates are the round's problems plus an equal share of the pool's unused ones (needs "
+        "collect.pool above problems x rounds); the samples' tokens are reported in the round's collect "
+        "metrics (`screen`). 0: off",
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="the algorithm's options (e.g. mcts: k, c_puct; "
                                  "`sharpen algos` lists each algorithm's), checked when the config is loaded")
     strict_format: bool = Field(
@@ -237,6 +246,15 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
             f"{where}: collect.pool={cfg.collect.pool} is smaller than collect.problems x rounds = {need} "
             f"(fix: collect.pool >= {need}, or leave it out)"
         )
+    if cfg.collect.screen and (cfg.collect.pool is None or cfg.collect.pool <= need or cfg.rounds < 2):
+        raise ConfigError(
+            f"{where}: collect.screen picks each round's problems among more candidates than it searches, so it "
+            f"needs collect.pool above collect.problems x rounds = {need} and two rounds or more "
+            f"(fix: collect.pool: {2 * need - cfg.collect.problems}, or collect.screen: 0)"
+        )
+    if cfg.collect.screen and cfg.cluster is not None:
+        raise ConfigError(f"{where}: collect.screen does not run on a cluster yet (fix: remove the cluster "
+                          "section, or set collect.screen: 0)")
     return cfg
 
 

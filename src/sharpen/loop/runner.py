@@ -45,11 +45,15 @@ class LoopRunner:
         self.task = load_task(cfg.task, cfg.task_args)
         self.test = self.task.problems("test", cfg.eval.n, seed=cfg.seed)
         need = cfg.collect.problems * cfg.rounds
+        self.spare_pool: list = []  # collect.screen's extra candidates: the pool's unused problems, shuffled
         if cfg.collect.pool is None:
             self.train_pool = self.task.problems("train", need, seed=cfg.seed)
         else:  # validated: pool >= need
             pool = self.task.problems("train", cfg.collect.pool, seed=cfg.seed)
             self.train_pool = random.Random(cfg.seed).sample(pool, need)
+            picked = {p.id for p in self.train_pool}
+            self.spare_pool = [p for p in pool if p.id not in picked]
+            random.Random(cfg.seed + 1).shuffle(self.spare_pool)
         self.manifest = Manifest(self.run)
         self.recipe = get_recipe(cfg.recipe)
 
@@ -118,6 +122,59 @@ class LoopRunner:
         n = self.cfg.collect.problems
         return self.train_pool[(r - 1) * n : r * n]
 
+    def screen_candidates(self, r: int) -> list:
+        """Round `r`'s candidates under collect.screen: its own problems, then its share of the spare pool."""
+        share = len(self.spare_pool) // max(1, self.cfg.rounds - 1)
+        return self.round_problems(r) + self.spare_pool[(r - 2) * share : (r - 1) * share]
+
+    def screen(self, r: int, model: str, d: Path) -> tuple[list, dict[str, Any]]:
+        """collect.screen: sample each candidate's solutions from `model`, keep `collect.problems` of them, those
+        solved some of the time first (right share nearest 1/2), then in candidate order. Written to
+        screen.jsonl, which a resumed round reads instead of sampling again."""
+        from sharpen.backends import load_backend
+        from sharpen.backends.base import SamplingParams
+        from sharpen.collect import problem_seed
+
+        c = self.cfg.collect
+        candidates = self.screen_candidates(r)
+        path = d / "screen.jsonl"
+        if path.exists():
+            rows = list(read_jsonl(path))
+        else:
+            backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
+            params = SamplingParams(n=c.screen, temperature=c.temperature, max_tokens=c.step_tokens + c.rollout_tokens)
+            rows, start = [], backend.meter.snapshot()
+            with self.progress(f"round {r}: screen ({c.screen} samples)", len(candidates)) as advance:
+                for i in range(0, len(candidates), 64):
+                    chunk = candidates[i : i + 64]
+                    outs = backend.generate([backend.chat_prompt(self.task.messages(p)) for p in chunk], params,
+                                            seeds=[problem_seed(self.cfg.seed + r, p.id) for p in chunk])
+                    for p, o in zip(chunk, outs, strict=True):
+                        rows.append({"id": p.id, "right": sum(bool(self.task.verify(p, self.task.extract(x.text, strict=c.strict_format)))
+                                                             for x in o), "samples": c.screen})
+                    advance(len(chunk))
+            usage = backend.meter.snapshot() - start
+            rows.append({"usage": usage.to_dict()})
+            atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in rows))
+        usage, rows = rows[-1]["usage"], rows[:-1]
+        right = {x["id"]: x["right"] for x in rows}
+
+        def key(ip: tuple[int, Any]) -> tuple[bool, float, int]:
+            i, p = ip
+            share = right[p.id] / c.screen
+            return (not 0 < right[p.id] < c.screen, abs(share - 0.5), i)
+
+        kept = sorted(sorted(enumerate(candidates), key=key)[: c.problems])
+        problems = [p for _, p in kept]
+        mixed = sum(0 < right[p.id] < c.screen for p in candidates)
+        info = {"candidates": len(candidates), "mixed": mixed, "kept_mixed": sum(0 < right[p.id] < c.screen for p in problems),
+                "never": sum(right[p.id] == 0 for p in candidates), "always": sum(right[p.id] == c.screen for p in candidates),
+                "usage": usage}
+        self.say(f"round {r}: screen: {mixed} of {len(candidates)} candidates solved some of the time; searching "
+                 f"{info['kept_mixed']} of them and {len(problems) - info['kept_mixed']} others "
+                 f"({usage['generated_tokens']} generated tokens)")
+        return problems, info
+
     def collect(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.backends import load_backend
         from sharpen.collect import search_metrics, search_problems
@@ -134,6 +191,9 @@ class LoopRunner:
             self.say(f"round {r}: collect: no search ({self.cfg.recipe} samples while it trains); "
                      f"{len(problems)} training problems picked")
             return {"artifacts": {"problems": f"round-{r}/collect/problems.jsonl"}, "searched": 0}
+        screened = None
+        if c.screen and r >= 2:
+            problems, screened = self.screen(r, model, d)
         spec = self.recipe.scorer_spec(self.cfg, self.run, r)
         step_rows = None  # with collect.reference_share: step rows sampled by the policy and by the reference
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
@@ -167,6 +227,8 @@ class LoopRunner:
         metrics.update(collect_monitors(trees), scorer=spec, model=model, temperature=c.temperature)
         if step_rows is not None:
             metrics["step_rows"] = step_rows
+        if screened is not None:
+            metrics["screen"] = screened
         atomic_write_json(d / "metrics.json", metrics)
         self.say(f"round {r}: collected {len(trees)} trees, search accuracy {metrics['accuracy']:.3f}")
         return {"artifacts": {"trees": f"round-{r}/collect/trees.jsonl"}}
