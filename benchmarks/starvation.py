@@ -8,12 +8,16 @@ counted by their `count`), distinct steps among them, the share of sampled candi
 a sibling, the share of expansions with at least two distinct children, the share whose children's
 values differ by at least the pair margin (what a step pair needs), how those splits fall (every child
 right, every child wrong, mixed), and the pairs the round's build stage wrote.
+
+A round collected with `collect.screen` also gets a second table: the problems it searched by how many
+of the screen's samples were right, and the step pairs each group gave per problem.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from sharpen.credit import q_values
@@ -69,6 +73,25 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(str(x) for x in r) + " |")
+    screened = [rd for rd in sorted(args.run.glob("round-*")) if (rd / "collect" / "screen.jsonl").exists()]
+    if screened:
+        print("\n| round | screen samples right | problems searched | step pairs | pairs per problem |\n|---|---|---|---|---|")
+    for rd in screened:
+        print_screen(rd)
+
+
+def print_screen(rd: Path) -> None:
+    """The searched problems of a `collect.screen` round by their screen result, and the pairs of each group."""
+    import datasets
+
+    right = {r["id"]: r["right"] for r in read_jsonl(rd / "collect" / "screen.jsonl") if "id" in r}
+    searched = [t["problem_id"] for t in read_jsonl(rd / "collect" / "trees.jsonl")]
+    pairs = Counter(datasets.load_from_disk(str(rd / "data" / "pairs"))["problem_id"])
+    groups: dict[int, list[int]] = {}
+    for pid in searched:
+        groups.setdefault(right[pid], []).append(pairs.get(pid, 0))
+    for k, got in sorted(groups.items()):
+        print(f"| {rd.name} | {k} | {len(got)} | {sum(got)} | {sum(got) / len(got):.2f} |")
 
 
 if __name__ == "__main__":
