@@ -127,51 +127,50 @@ class LoopRunner:
         share = len(self.spare_pool) // max(1, self.cfg.rounds - 1)
         return self.round_problems(r) + self.spare_pool[(r - 2) * share : (r - 1) * share]
 
-    def screen(self, r: int, model: str, d: Path) -> tuple[list, dict[str, Any]]:
-        """collect.screen: sample each candidate's solutions from `model`, keep `collect.problems` of them, those
-        solved some of the time first (right share nearest 1/2), then in candidate order. Written to
-        screen.jsonl, which a resumed round reads instead of sampling again."""
-        from sharpen.backends import load_backend
-        from sharpen.backends.base import SamplingParams
-        from sharpen.collect import problem_seed
-
+    def collect_settings(self, r: int) -> Any:
+        """The collect section as round `r` uses it (collect.temperature_step applied)."""
         c = self.cfg.collect
+        return c.model_copy(update={"temperature": c.temperature + (r - 1) * c.temperature_step}) if c.temperature_step else c
+
+    def screen(self, r: int, backend: Any, d: Path) -> tuple[list, dict[str, Any]]:
+        """collect.screen: sample each candidate's solutions from the policy `backend` (as `sharpen eval` samples,
+        at the round's collection temperature), keep `collect.problems` of them, those solved some of the time
+        first (right share nearest 1/2), then in candidate order. Written to screen.jsonl, which a resumed round
+        reads instead of sampling again."""
+        from sharpen.evaluate import EvalConfig, evaluate_chunk
+
+        c = self.collect_settings(r)
         candidates = self.screen_candidates(r)
         path = d / "screen.jsonl"
         if path.exists():
             rows = list(read_jsonl(path))
         else:
-            backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
-            params = SamplingParams(n=c.screen, temperature=c.temperature, max_tokens=c.step_tokens + c.rollout_tokens)
+            sampling = EvalConfig(samples=c.screen, temperature=c.temperature, max_tokens=c.step_tokens + c.rollout_tokens,
+                                  seed=self.cfg.seed + r, greedy=False)
             rows, start = [], backend.meter.snapshot()
             with self.progress(f"round {r}: screen ({c.screen} samples)", len(candidates)) as advance:
-                for i in range(0, len(candidates), 64):
-                    chunk = candidates[i : i + 64]
-                    outs = backend.generate([backend.chat_prompt(self.task.messages(p)) for p in chunk], params,
-                                            seeds=[problem_seed(self.cfg.seed + r, p.id) for p in chunk])
-                    for p, o in zip(chunk, outs, strict=True):
-                        rows.append({"id": p.id, "right": sum(bool(self.task.verify(p, self.task.extract(x.text, strict=c.strict_format)))
-                                                             for x in o), "samples": c.screen})
+                for i in range(0, len(candidates), sampling.problems_per_call):
+                    chunk = candidates[i : i + sampling.problems_per_call]
+                    for p, row in zip(chunk, evaluate_chunk(backend, self.task, chunk, sampling), strict=True):
+                        right = sum(self.task.verify(p, self.task.extract(x["text"], strict=c.strict_format))
+                                    for x in row["samples"])
+                        rows.append({"id": p.id, "right": right, "samples": c.screen})
                     advance(len(chunk))
-            usage = backend.meter.snapshot() - start
-            rows.append({"usage": usage.to_dict()})
+            rows.append({"usage": (backend.meter.snapshot() - start).to_dict()})
             atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in rows))
-        usage, rows = rows[-1]["usage"], rows[:-1]
-        right = {x["id"]: x["right"] for x in rows}
+        usage, right = rows[-1]["usage"], {x["id"]: x["right"] for x in rows[:-1]}
 
-        def key(ip: tuple[int, Any]) -> tuple[bool, float, int]:
-            i, p = ip
-            share = right[p.id] / c.screen
-            return (not 0 < right[p.id] < c.screen, abs(share - 0.5), i)
+        def mixed(p: Any) -> bool:
+            return 0 < right[p.id] < c.screen
 
-        kept = sorted(sorted(enumerate(candidates), key=key)[: c.problems])
-        problems = [p for _, p in kept]
-        mixed = sum(0 < right[p.id] < c.screen for p in candidates)
-        info = {"candidates": len(candidates), "mixed": mixed, "kept_mixed": sum(0 < right[p.id] < c.screen for p in problems),
-                "never": sum(right[p.id] == 0 for p in candidates), "always": sum(right[p.id] == c.screen for p in candidates),
-                "usage": usage}
-        self.say(f"round {r}: screen: {mixed} of {len(candidates)} candidates solved some of the time; searching "
-                 f"{info['kept_mixed']} of them and {len(problems) - info['kept_mixed']} others "
+        order = sorted(range(len(candidates)), key=lambda i: (not mixed(candidates[i]),
+                                                             abs(right[candidates[i].id] / c.screen - 0.5), i))
+        problems = [candidates[i] for i in sorted(order[: c.problems])]
+        info = {"candidates": len(candidates), "mixed": sum(map(mixed, candidates)),
+                "kept_mixed": sum(map(mixed, problems)), "never": sum(right[p.id] == 0 for p in candidates),
+                "always": sum(right[p.id] == c.screen for p in candidates), "usage": usage}
+        self.say(f"round {r}: screen: {info['mixed']} of {len(candidates)} candidates solved some of the time; "
+                 f"searching {info['kept_mixed']} of them and {len(problems) - info['kept_mixed']} others "
                  f"({usage['generated_tokens']} generated tokens)")
         return problems, info
 
@@ -181,9 +180,7 @@ class LoopRunner:
         from sharpen.process import LMProcess
         from sharpen.scorers import make_scorer
 
-        c, cluster = self.cfg.collect, self.cfg.cluster
-        if c.temperature_step:
-            c = c.model_copy(update={"temperature": c.temperature + (r - 1) * c.temperature_step})
+        c, cluster = self.collect_settings(r), self.cfg.cluster
         d = self._dir(r, "collect")
         problems = self.round_problems(r)
         if self.recipe.online:  # the trainer samples its own completions: nothing to search
@@ -191,9 +188,15 @@ class LoopRunner:
             self.say(f"round {r}: collect: no search ({self.cfg.recipe} samples while it trains); "
                      f"{len(problems)} training problems picked")
             return {"artifacts": {"problems": f"round-{r}/collect/problems.jsonl"}, "searched": 0}
-        screened = None
-        if c.screen and r >= 2:
-            problems, screened = self.screen(r, model, d)
+        # drop_finished=False: HF `generate`. Steps are short, so letting finished rows leave the batch
+        # saved nothing here (258 s against 259 s for 40 problems); both decoders draw the same rows.
+        def policy() -> Any:
+            return load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
+
+        screened = backend = None
+        if c.screen and r >= 2:  # validated: not with a cluster; the search below reuses the loaded policy
+            backend = policy()
+            problems, screened = self.screen(r, backend, d)
         spec = self.recipe.scorer_spec(self.cfg, self.run, r)
         step_rows = None  # with collect.reference_share: step rows sampled by the policy and by the reference
         with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
@@ -205,9 +208,7 @@ class LoopRunner:
                                       d / "trees.jsonl", on_progress=advance, backend_seed=self.cfg.seed,
                                       backend_options={"drop_finished": False}, strict_answers=c.strict_format)
             else:
-                # drop_finished=False: HF `generate`. Steps are short, so letting finished rows leave the batch
-                # saved nothing here (258 s against 259 s for 40 problems); both decoders draw the same rows.
-                backend = load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
+                backend = backend if backend is not None else policy()
                 mixture = None
                 if c.reference_share > 0 and model != self.cfg.model:  # a trained policy: part of its steps from the start
                     from sharpen.backends.mixture import MixtureBackend
