@@ -54,7 +54,7 @@ def main() -> None:
             taken += 1
         print(f"{path}: {taken} final-answer rows")
     rows = datasets.Dataset.from_list(extra, features=base.features)
-    mixed = datasets.concatenate_datasets([base, rows]).shuffle(seed=0).flatten_indices()
+    mixed = datasets.concatenate_datasets([base, rows]).shuffle(seed=0)  # save_dataset writes it in this order
     save_dataset(mixed, args.out)
     print(f"{len(base)} step-label rows + {len(rows)} final-answer rows ({sum(rows['label'])} right, of "
           f"{len(set(rows['problem_id']))} problems) = {len(mixed)} rows -> {args.out}")
