@@ -5,6 +5,8 @@
   margin >= `min_margin`.
 - `step_dpo_pairs`: the Step-DPO recipe (Lai et al. 2024, arXiv 2406.18629): the first wrong step of
   a failed solution against a correct continuation from the same prefix.
+- `trace_pairs`: outcome pairs of whole solutions, a verified correct one against a wrong one of the
+  same problem (Iterative RPO, Pang et al. 2024, arXiv 2404.19733), to mix with step pairs.
 - `step_labels`: each step with its value and a binary label at a threshold, for a PRM
   (Math-Shepherd, arXiv 2312.08935).
 - `verified_traces`: correct full solutions, deduplicated, for rejection-sampling fine-tuning.
@@ -281,6 +283,62 @@ def step_dpo_pairs(
                 continue
             best = min(cands, key=lambda s: (-vals[s], -good[s], s))
             rows.append(_pair_row(tree, wrong.parent, best, wrong.id, vals, round, "step-dpo"))
+    return _to_dataset(rows, PAIR_FEATURES)
+
+
+def trace_completion(tree: Tree, node_id: int, rejected: bool = False) -> str:
+    """A whole solution, root to `node_id`, as a DPO completion: every step but the last followed by
+    the delimiter, the last rendered by `step_completion` (an answer line ends with the end token)."""
+    path = tree.path(node_id)
+    d = tree_delimiter(tree)
+    return "".join(n.step + d for n in path[:-1]) + step_completion(tree, node_id, rejected=rejected)
+
+
+def trace_pairs(trees: Iterable[Tree], per_problem: int = 1, round: int = 0) -> Dataset:
+    """Outcome pairs of whole solutions (Iterative RPO, Pang et al. 2024, arXiv 2404.19733): in each
+    tree with both verified correct and verified wrong terminals, chosen = a correct solution and
+    rejected = a wrong one, prompt = the tree's prompt. Solutions are deduplicated by
+    whitespace-normalised text; up to `per_problem` pairs per tree, the i-th pairing the i-th
+    distinct correct solution with the i-th distinct wrong one (each list reused cyclically when the
+    other is longer), in the order the search found them. Values are the outcomes (1 and 0), the
+    prefix node is the root. With the DPO trainer's `sft_weight`, the correct solutions also get the
+    NLL term: the rft signal inside a DPO round.
+
+    Args:
+        trees: search trees.
+        per_problem: most pairs per tree (>= 1).
+        round: the loop round, stored as provenance.
+    """
+    if per_problem < 1:
+        raise ConfigError(f"per_problem must be >= 1, got {per_problem} (fix: e.g. 1 or 2)")
+    rows: list[dict] = []
+    for tree in trees:
+        sides: dict[bool, dict[str, int]] = {True: {}, False: {}}
+        for n in tree.terminals():
+            if n.correct is None or n.parent is None:
+                continue
+            text = trace_completion(tree, n.id, rejected=not n.correct)
+            sides[bool(n.correct)].setdefault(_norm(text), n.id)
+        good, bad = list(sides[True].values()), list(sides[False].values())
+        if not good or not bad:
+            continue
+        root = tree.path(good[0])[0].parent
+        for i in range(min(per_problem, max(len(good), len(bad)))):
+            c, r = good[i % len(good)], bad[i % len(bad)]
+            rows.append({
+                "prompt": base_prompt(tree),
+                "chosen": trace_completion(tree, c),
+                "rejected": trace_completion(tree, r, rejected=True),
+                "problem_id": tree.problem_id,
+                "prefix_node_id": root,
+                "chosen_node_id": c,
+                "rejected_node_id": r,
+                "chosen_value": 1.0,
+                "rejected_value": 0.0,
+                "margin": 1.0,
+                "round": round,
+                "recipe": "trace-pairs",
+            })
     return _to_dataset(rows, PAIR_FEATURES)
 
 

@@ -74,6 +74,13 @@ class BuildConfig(_Strict):
     min_margin: float = Field(0.2, ge=0.0, description="min value gap between chosen and rejected step")
     pairing: Literal["best_worst", "all"] = Field("best_worst", description="mcts-dpo: best vs worst sibling, or every sibling pair over the margin")
     label_threshold: float = Field(0.5, ge=0.0, le=1.0, description="PRM label = value >= threshold")
+    trace_pairs: int = Field(
+        0, ge=0,
+        description="pair recipes (mcts-dpo, step-dpo): add up to this many outcome pairs per problem to the round's "
+        "step pairs, a verified correct whole solution against a wrong one of the same tree (Iterative RPO, "
+        "arXiv 2404.19733); with train.sft_weight the correct solutions also get the NLL term, the rft signal "
+        "mixed into the DPO round. 0: off",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -231,6 +238,9 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
     except ConfigError as e:
         raise ConfigError(f"{where}: recipe: {e}") from None
     _check_train(cfg, recipe, where)
+    if cfg.build.trace_pairs and recipe.trains != "pairs":
+        raise ConfigError(f"{where}: build.trace_pairs adds pairs, but recipe {cfg.recipe} trains on "
+                          f"{recipe.trains} (fix: build.trace_pairs: 0, or recipe mcts-dpo or step-dpo)")
     try:
         get_algorithm(cfg.collect.algo).parse(cfg.collect.args)
         if cfg.collect.scorer != "none":

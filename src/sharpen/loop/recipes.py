@@ -62,7 +62,12 @@ class Recipe:
     def build(self, trees: list, cfg: Any, r: int) -> dict[str, Any]:
         from sharpen import data
 
-        return {"pairs": self.pairs(trees, cfg, r),
+        pairs = self.pairs(trees, cfg, r)
+        if self.trains == "pairs" and cfg.build.trace_pairs:
+            from datasets import concatenate_datasets
+
+            pairs = concatenate_datasets([pairs, data.trace_pairs(trees, cfg.build.trace_pairs, round=r)])
+        return {"pairs": pairs,
                 "labels": data.step_labels(trees, threshold=cfg.build.label_threshold, round=r),
                 "traces": data.verified_traces(trees, round=r)}
 

@@ -13,6 +13,7 @@ import gc
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -252,8 +253,14 @@ class LoopRunner:
         for name, ds in sets.items():
             data.save_dataset(ds, d / name)
         rows = {k: len(v) for k, v in sets.items()}
-        atomic_write_json(d / "summary.json", {"rows": rows, "recipe": self.cfg.recipe})
-        self.say(f"round {r}: data {rows}")
+        record: dict[str, Any] = {"rows": rows, "recipe": self.cfg.recipe}
+        kinds = ""
+        if "pairs" in sets and "recipe" in sets["pairs"].column_names:
+            # step pairs and outcome pairs (build.trace_pairs) apart: starvation is counted in step pairs
+            record["pair_kinds"] = dict(Counter(sets["pairs"]["recipe"]))
+            kinds = f", pairs by kind {record['pair_kinds']}" if len(record["pair_kinds"]) > 1 else ""
+        atomic_write_json(d / "summary.json", record)
+        self.say(f"round {r}: data {rows}{kinds}")
         return {"artifacts": {k: f"round-{r}/data/{k}" for k in sets}, "rows": rows}
 
     def train(self, r: int, model: str) -> dict[str, Any]:
