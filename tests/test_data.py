@@ -11,6 +11,7 @@ from sharpen.data import (
     step_dpo_pairs,
     step_labels,
     step_pairs,
+    trace_pairs,
     verified_traces,
 )
 from sharpen.errors import ConfigError, TaskError
@@ -160,6 +161,35 @@ def test_verified_traces_dedup():
     assert rows[0]["completion"] == "1 + 2 = 3\n3 + 3 = 6\nAnswer: 6" and rows[0]["prompt"] == P
     assert rows[1]["completion"] == "Answer: 4" and rows[1]["num_steps"] == 1 and rows[1]["round"] == 3
     assert len(verified_traces([Tree(problem_id="e", question="q")])) == 0
+
+
+def test_trace_pairs_whole_solutions_correct_against_wrong():
+    t = two_level()
+    t.meta["eos"] = "<eos>"
+    rows = trace_pairs([t, best_of_n()], per_problem=2, round=2).to_list()
+    # p1: the one correct solution (node 6) against each distinct wrong one, in search order (5, then 7)
+    assert [(r["problem_id"], r["chosen_node_id"], r["rejected_node_id"]) for r in rows] == [
+        ("p1", 6, 5), ("p1", 6, 7), ("p2", 1, 2)]
+    assert rows[0]["prompt"] == P and rows[0]["prefix_node_id"] == 0
+    assert rows[0]["chosen"] == "1 + 2 = 3\n3 + 3 = 6\nAnswer: 6<eos>"
+    assert rows[0]["rejected"] == "1 + 2 = 4\nAnswer: 7<eos>"
+    assert rows[1]["rejected"] == "1 + 2 = 3\n3 + 3 = 7\nAnswer: 7<eos>"
+    assert {r["recipe"] for r in rows} == {"trace-pairs"} and {r["round"] for r in rows} == {2}
+    assert (rows[0]["chosen_value"], rows[0]["rejected_value"], rows[0]["margin"]) == (1.0, 0.0, 1.0)
+    # p2's duplicate correct answer ("Answer:  4") is the same solution: one pair, not two
+    assert trace_pairs([best_of_n()], per_problem=5).num_rows == 1
+    assert [r["rejected_node_id"] for r in trace_pairs([two_level()], per_problem=1).to_list()] == [5]
+
+
+def test_trace_pairs_need_both_outcomes():
+    only_right = Tree(problem_id="r", question="q", prompt="Q\n")
+    only_right.add(0, step="Answer: 4", terminal=True, answer="4", correct=True)
+    unverified = Tree(problem_id="u", question="q", prompt="Q\n")
+    unverified.add(0, step="Answer: 4", terminal=True, answer="4")
+    unverified.add(0, step="Answer: 5", terminal=True, answer="5", correct=False)
+    assert trace_pairs([only_right, unverified], per_problem=3).num_rows == 0
+    with pytest.raises(ConfigError, match="per_problem"):
+        trace_pairs([only_right], per_problem=0)
 
 
 def test_save_and_load_atomic(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,12 @@ MCTS = {"algo": "mcts", "scorer": "oracle:4", "problems": 8, "budget": 400}
 VOTE = {"algo": "vote", "scorer": "none", "problems": 8, "budget": 384}  # 32 whole samples a problem
 
 
-def _run(tmp_path: Path, model: str, recipe: str, collect: dict, rounds: int = 1) -> Path:
+def _run(tmp_path: Path, model: str, recipe: str, collect: dict, rounds: int = 1, build: dict | None = None) -> Path:
     cfg = validate({
         "name": recipe, "recipe": recipe, "model": model, "rounds": rounds, "seed": 3, "task_args": TASK_ARGS,
         "collect": {"step_tokens": 6, "rollout_tokens": 12, "max_depth": 2, "temperature": 1.0,
                     "strict_format": False, **collect},
+        "build": build or {},
         "train": {"max_steps": 2, "per_device_train_batch_size": 2},
         "eval": {"n": 2, "samples": 0, "max_tokens": 4},
     })
@@ -82,6 +84,26 @@ def test_step_dpo_round_builds_first_wrong_step_pairs_and_trains(tmp_path, tiny_
         below = [n for n in t.terminals() if rejected.id in [m.id for m in t.path(n.id)]]
         assert any(n.correct is False for n in below) and not any(n.correct for n in below)
     _trained_policy(run, 1, tiny_model_dir, "pairs", "dpo")
+
+
+def test_trace_pairs_mix_whole_solutions_into_a_dpo_round(tmp_path, tiny_model_dir):
+    """`build.trace_pairs`: a pair recipe's round also pairs a verified correct whole solution against a
+    wrong one of the same problem; the data summary counts the two kinds apart and DPO trains on both."""
+    run = _run(tmp_path, tiny_model_dir, "mcts-dpo", {**VOTE, "problems": 4}, build={"trace_pairs": 2})
+    pairs = load_dataset_dir(run / "round-1" / "data" / "pairs")
+    kinds = _json(run / "round-1" / "data" / "summary.json")["pair_kinds"]
+    whole = [r for r in pairs if r["recipe"] == "trace-pairs"]
+    assert kinds == {k: sum(r["recipe"] == k for r in pairs) for k in kinds} and kinds["trace-pairs"] == len(whole) > 0
+    trees = _trees(run, 1)
+    for row in whole:
+        t = trees[row["problem_id"]]
+        c, r = t.nodes[row["chosen_node_id"]], t.nodes[row["rejected_node_id"]]
+        assert c.correct is True and r.correct is False and row["prompt"] == t.prompt
+        assert row["chosen"].startswith(t.text(c.id)) and row["rejected"].startswith(t.text(r.id))
+    assert max(Counter(r["problem_id"] for r in whole).values()) <= 2
+    _trained_policy(run, 1, tiny_model_dir, "pairs", "dpo")
+    with pytest.raises(ConfigError, match="build.trace_pairs"):
+        validate({"recipe": "rft", "build": {"trace_pairs": 1}})
 
 
 def test_rft_round_builds_verified_traces_and_trains(tmp_path, tiny_model_dir):
