@@ -21,6 +21,7 @@ from sharpen.errors import ConfigError
 from sharpen.io import read_jsonl
 from sharpen.loop.config import load_config, validate
 from sharpen.loop.runner import LoopRunner, prepare_run_dir
+from sharpen.seeds import seeds_facts
 from sharpen.tree import Tree
 
 TASK_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
@@ -28,7 +29,8 @@ MCTS = {"algo": "mcts", "scorer": "oracle:4", "problems": 8, "budget": 400}
 VOTE = {"algo": "vote", "scorer": "none", "problems": 8, "budget": 384}  # 32 whole samples a problem
 
 
-def _run(tmp_path: Path, model: str, recipe: str, collect: dict, rounds: int = 1, build: dict | None = None) -> Path:
+def _run(tmp_path: Path, model: str, recipe: str, collect: dict, rounds: int = 1, build: dict | None = None,
+         name: str = "run") -> Path:
     cfg = validate({
         "name": recipe, "recipe": recipe, "model": model, "rounds": rounds, "seed": 3, "task_args": TASK_ARGS,
         "collect": {"step_tokens": 6, "rollout_tokens": 12, "max_depth": 2, "temperature": 1.0,
@@ -37,7 +39,7 @@ def _run(tmp_path: Path, model: str, recipe: str, collect: dict, rounds: int = 1
         "train": {"max_steps": 2, "per_device_train_batch_size": 2},
         "eval": {"n": 2, "samples": 0, "max_tokens": 4},
     })
-    run = tmp_path / "run"
+    run = tmp_path / name
     cfg = prepare_run_dir(cfg, run, resume=False)
     LoopRunner(cfg, run).run_all()
     return run
@@ -89,7 +91,8 @@ def test_step_dpo_round_builds_first_wrong_step_pairs_and_trains(tmp_path, tiny_
 def test_trace_pairs_mix_whole_solutions_into_a_dpo_round(tmp_path, tiny_model_dir):
     """`build.trace_pairs`: a pair recipe's round also pairs a verified correct whole solution against a
     wrong one of the same problem; the data summary counts the two kinds apart and DPO trains on both."""
-    run = _run(tmp_path, tiny_model_dir, "mcts-dpo", {**VOTE, "problems": 4}, build={"trace_pairs": 2})
+    run = _run(tmp_path, tiny_model_dir, "mcts-dpo", {**VOTE, "problems": 4}, build={"trace_pairs": 2},
+               name="seed-0")
     pairs = load_dataset_dir(run / "round-1" / "data" / "pairs")
     kinds = _json(run / "round-1" / "data" / "summary.json")["pair_kinds"]
     whole = [r for r in pairs if r["recipe"] == "trace-pairs"]
@@ -101,6 +104,9 @@ def test_trace_pairs_mix_whole_solutions_into_a_dpo_round(tmp_path, tiny_model_d
         assert c.correct is True and r.correct is False and row["prompt"] == t.prompt
         assert row["chosen"].startswith(t.text(c.id)) and row["rejected"].startswith(t.text(r.id))
     assert max(Counter(r["problem_id"] for r in whole).values()) <= 2
+    # a `--seeds` report counts the two kinds apart (starvation is counted in step pairs)
+    (rows,) = seeds_facts(tmp_path)["seeds"][0]["rows"]
+    assert rows["pairs: trace-pairs"] == len(whole) and rows["pairs: mcts-dpo/best_worst"] == len(pairs) - len(whole)
     _trained_policy(run, 1, tiny_model_dir, "pairs", "dpo")
     with pytest.raises(ConfigError, match="build.trace_pairs"):
         validate({"recipe": "rft", "build": {"trace_pairs": 1}})

@@ -208,7 +208,10 @@ def seeds_facts(parent: str | Path) -> dict[str, Any]:
         f = collect_facts(d)
         rounds = [{"round": e["round"], "greedy": e["eval"]["greedy"]} for e in f["rounds"]
                   if e["eval"] and "greedy" in e["eval"]]
-        rows = {e["round"]: e["data"]["rows"] for e in f["rounds"] if e["data"]}
+        # with build.trace_pairs a round's pairs are of two kinds: each kind gets its own row too
+        rows = {e["round"]: {**e["data"]["rows"], **{f"pairs: {k}": n for k, n in e["data"].get("pair_kinds", {}).items()
+                                                      if len(e["data"]["pair_kinds"]) > 1}}
+                for e in f["rounds"] if e["data"]}
         cfg = _yaml(f["config"])
         task, config = task or cfg.get("task", ""), config or f["config"]
         train_ids: set[str] = set()
