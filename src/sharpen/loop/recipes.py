@@ -43,7 +43,8 @@ class Recipe:
         return {}
 
     def describe(self, rows: int, trainer_cfg: Any) -> str:
-        return f"DPO on {rows} step pairs" if self.trainer == "dpo" else f"SFT on {rows} verified traces"
+        # "pairs": step pairs, and whole-solution pairs too with build.trace_pairs
+        return f"DPO on {rows} pairs" if self.trainer == "dpo" else f"SFT on {rows} verified traces"
 
     def train_record(self, policy_dir: Path) -> dict[str, Any]:
         """What the round's train summary.json records from the policy's training, beside its model."""
