@@ -17,6 +17,7 @@ from sharpen.backends.hf import HFBackend
 from sharpen.budget import Budget
 from sharpen.collect import search_problems
 from sharpen.credit import mc_values
+from sharpen.data import load_dataset_dir
 from sharpen.errors import ConfigError
 from sharpen.meter import UsageMeter
 from sharpen.process import LMProcess
@@ -222,3 +223,18 @@ def test_merge_duplicates_keeps_one_node_per_distinct_step(tiny_model_dir):
               for c in landed}
     assert counts == {t: texts.count(t) for t in set(texts)}  # every sample counted on its node
     assert sum(merged.nodes[c].prior for c in landed) == pytest.approx(1.0)
+
+
+def test_cli_build_pairs_adds_whole_solution_pairs(tmp_path):
+    from test_data import two_level
+
+    trees = _write_trees(tmp_path / "t.jsonl", [two_level()])
+    r = _sharpen("build", "pairs", "--trees", str(trees), "--out", str(tmp_path / "pairs"), "--trace-pairs", "2",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    kinds = load_dataset_dir(tmp_path / "pairs")["recipe"]
+    assert kinds.count("trace-pairs") == 2 and kinds.count("mcts-dpo/best_worst") >= 1
+    r = _sharpen("build", "pairs", "--trees", str(trees), "--out", str(tmp_path / "bad"), "--trace-pairs", "-1",
+                 cwd=tmp_path)
+    assert r.returncode == 2 and "--trace-pairs" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

@@ -278,7 +278,8 @@ def build(
     allow_test_split: bool = False,
     **options: Any,
 ) -> list[tuple[str, dict[str, Any], Path]]:
-    """Build `pairs` (options: recipe mcts-dpo|step-dpo, min_margin, source, pairing, round),
+    """Build `pairs` (options: recipe mcts-dpo|step-dpo, min_margin, source, pairing, round, trace_pairs:
+    that many whole-solution pairs per problem added, `sharpen.data.trace_pairs`),
     `labels` (threshold, source, round) or `traces` (round) from a trees file and save them; with
     `holdout`, that share of problems (by id) goes to `<out>-heldout`. Trees searched on the test
     split are refused unless `allow_test_split`. Returns (name, summary, path) per saved dataset."""
@@ -293,6 +294,9 @@ def build(
     recipe = options.pop("recipe", "mcts-dpo")
     if recipe not in ("mcts-dpo", "step-dpo"):
         raise ConfigError(f"unknown --recipe {recipe!r} (fix: mcts-dpo or step-dpo)")
+    whole = options.pop("trace_pairs", 0)
+    if whole < 0:
+        raise ConfigError(f"--trace-pairs must be >= 0, got {whole} (fix: e.g. 2, or 0 for step pairs only)")
     path = Path(trees)
     if not path.is_file():
         raise ConfigError(f"trees file not found: {path} (fix: pass the trees.jsonl written by `sharpen search`)")
@@ -302,6 +306,10 @@ def build(
         ds = data.step_dpo_pairs(ts, round=options.get("round", 0), source=options.get("source", "mc"))
     else:
         ds = {"pairs": data.step_pairs, "labels": data.step_labels, "traces": data.verified_traces}[kind](ts, **options)
+    if kind == "pairs" and whole:
+        from datasets import concatenate_datasets
+
+        ds = concatenate_datasets([ds, data.trace_pairs(ts, whole, round=options.get("round", 0))])
     out = Path(out)
     saved = []
     if holdout > 0:

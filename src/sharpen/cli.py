@@ -323,13 +323,15 @@ def build_pairs(
     min_margin: Annotated[float, typer.Option(help="min value gap chosen - rejected (mcts-dpo)")] = 0.1,
     source: Annotated[str, typer.Option(help="step values: mc, q, score or value")] = "mc",
     pairing: Annotated[str, typer.Option(help="mcts-dpo: best_worst (one pair per prefix) or all sibling pairs")] = "best_worst",
+    trace_pairs: Annotated[int, typer.Option(help="also add up to this many whole-solution pairs per problem, a "
+                                             "correct solution against a wrong one (Iterative RPO)")] = 0,
     round_: RoundOpt = 0,
     holdout: HoldoutOpt = 0.0,
     allow_test_split: AllowTestOpt = False,
 ) -> None:
     """Step preference pairs (TRL DPO format) with provenance."""
     _build("pairs", trees, out_dir, holdout, allow_test_split, recipe=recipe, min_margin=min_margin, source=source,
-           pairing=pairing, round=round_)
+           pairing=pairing, round=round_, trace_pairs=trace_pairs)
 
 
 @build_app.command("labels")
