@@ -261,7 +261,8 @@ def _change(p: dict[str, Any] | None) -> str:
 def _kinds(facts: dict[str, Any]) -> list[str]:
     """The kinds of rows built, the one the recipe trains on first."""
     kinds = {k for s in facts["seeds"] for e in s["rows"] for k in e if k != "round"}
-    return sorted(kinds, key=lambda k: (k != facts.get("trains"), k))
+    trains = facts.get("trains") or ""
+    return sorted(kinds, key=lambda k: (k.split(":")[0] != trains, k))  # "pairs: <kind>" right after "pairs"
 
 
 def _per_round(s: dict[str, Any], kind: str) -> str:
