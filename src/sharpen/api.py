@@ -306,10 +306,8 @@ def build(
         ds = data.step_dpo_pairs(ts, round=options.get("round", 0), source=options.get("source", "mc"))
     else:
         ds = {"pairs": data.step_pairs, "labels": data.step_labels, "traces": data.verified_traces}[kind](ts, **options)
-    if kind == "pairs" and whole:
-        from datasets import concatenate_datasets
-
-        ds = concatenate_datasets([ds, data.trace_pairs(ts, whole, round=options.get("round", 0))])
+    if kind == "pairs":
+        ds = data.with_trace_pairs(ds, ts, whole, round=options.get("round", 0))
     out = Path(out)
     saved = []
     if holdout > 0:

@@ -313,24 +313,24 @@ def trace_pairs(trees: Iterable[Tree], per_problem: int = 1, round: int = 0) -> 
         raise ConfigError(f"per_problem must be >= 1, got {per_problem} (fix: e.g. 1 or 2)")
     rows: list[dict] = []
     for tree in trees:
-        sides: dict[bool, dict[str, int]] = {True: {}, False: {}}
+        # per outcome: normalised text -> (node id, completion), the first found of each text kept
+        sides: dict[bool, dict[str, tuple[int, str]]] = {True: {}, False: {}}
         for n in tree.terminals():
             if n.correct is None or n.parent is None:
                 continue
             text = trace_completion(tree, n.id, rejected=not n.correct)
-            sides[bool(n.correct)].setdefault(_norm(text), n.id)
+            sides[bool(n.correct)].setdefault(_norm(text), (n.id, text))
         good, bad = list(sides[True].values()), list(sides[False].values())
         if not good or not bad:
             continue
-        root = tree.path(good[0])[0].parent
         for i in range(min(per_problem, max(len(good), len(bad)))):
-            c, r = good[i % len(good)], bad[i % len(bad)]
+            (c, chosen), (r, rejected) = good[i % len(good)], bad[i % len(bad)]
             rows.append({
                 "prompt": base_prompt(tree),
-                "chosen": trace_completion(tree, c),
-                "rejected": trace_completion(tree, r, rejected=True),
+                "chosen": chosen,
+                "rejected": rejected,
                 "problem_id": tree.problem_id,
-                "prefix_node_id": root,
+                "prefix_node_id": tree.root.id,
                 "chosen_node_id": c,
                 "rejected_node_id": r,
                 "chosen_value": 1.0,
@@ -340,6 +340,15 @@ def trace_pairs(trees: Iterable[Tree], per_problem: int = 1, round: int = 0) -> 
                 "recipe": "trace-pairs",
             })
     return _to_dataset(rows, PAIR_FEATURES)
+
+
+def with_trace_pairs(pairs: Dataset, trees: Sequence[Tree], per_problem: int, round: int = 0) -> Dataset:
+    """`pairs` followed by `trace_pairs(trees, per_problem)`; `pairs` itself when `per_problem` is 0."""
+    if not per_problem:
+        return pairs
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets([pairs, trace_pairs(trees, per_problem, round=round)])
 
 
 def step_labels(

@@ -193,6 +193,13 @@ def _problems_line(per_seed: list[dict[str, Any]], task: str) -> tuple[str, dict
     return line, counts
 
 
+def _round_rows(summary: dict[str, Any]) -> dict[str, int]:
+    """A build stage's rows by kind; when its pairs are of two kinds or more (build.trace_pairs), each
+    kind of pair also on its own, as `pairs: <kind>`."""
+    kinds = summary.get("pair_kinds", {})
+    return {**summary["rows"], **({f"pairs: {k}": n for k, n in kinds.items()} if len(kinds) > 1 else {})}
+
+
 def seeds_facts(parent: str | Path) -> dict[str, Any]:
     """Every seed's held-out greedy accuracy by round, its paired change round 0 -> last (the run's
     own `paired.json`), its new training rows per round (the build stage's summary.json), and
@@ -208,10 +215,7 @@ def seeds_facts(parent: str | Path) -> dict[str, Any]:
         f = collect_facts(d)
         rounds = [{"round": e["round"], "greedy": e["eval"]["greedy"]} for e in f["rounds"]
                   if e["eval"] and "greedy" in e["eval"]]
-        # with build.trace_pairs a round's pairs are of two kinds: each kind gets its own row too
-        rows = {e["round"]: {**e["data"]["rows"], **{f"pairs: {k}": n for k, n in e["data"].get("pair_kinds", {}).items()
-                                                      if len(e["data"]["pair_kinds"]) > 1}}
-                for e in f["rounds"] if e["data"]}
+        rows = {e["round"]: _round_rows(e["data"]) for e in f["rounds"] if e["data"]}
         cfg = _yaml(f["config"])
         task, config = task or cfg.get("task", ""), config or f["config"]
         train_ids: set[str] = set()

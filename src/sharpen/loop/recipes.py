@@ -63,12 +63,8 @@ class Recipe:
     def build(self, trees: list, cfg: Any, r: int) -> dict[str, Any]:
         from sharpen import data
 
-        pairs = self.pairs(trees, cfg, r)
-        if self.trains == "pairs" and cfg.build.trace_pairs:
-            from datasets import concatenate_datasets
-
-            pairs = concatenate_datasets([pairs, data.trace_pairs(trees, cfg.build.trace_pairs, round=r)])
-        return {"pairs": pairs,
+        # build.trace_pairs is refused for recipes that do not train on pairs (loop.config.validate)
+        return {"pairs": data.with_trace_pairs(self.pairs(trees, cfg, r), trees, cfg.build.trace_pairs, round=r),
                 "labels": data.step_labels(trees, threshold=cfg.build.label_threshold, round=r),
                 "traces": data.verified_traces(trees, round=r)}
 

@@ -254,13 +254,11 @@ class LoopRunner:
             data.save_dataset(ds, d / name)
         rows = {k: len(v) for k, v in sets.items()}
         record: dict[str, Any] = {"rows": rows, "recipe": self.cfg.recipe}
-        kinds = ""
-        if "pairs" in sets and "recipe" in sets["pairs"].column_names:
-            # step pairs and outcome pairs (build.trace_pairs) apart: starvation is counted in step pairs
+        if "pairs" in sets:  # step pairs and whole-solution pairs apart: starvation is counted in step pairs
             record["pair_kinds"] = dict(Counter(sets["pairs"]["recipe"]))
-            kinds = f", pairs by kind {record['pair_kinds']}" if len(record["pair_kinds"]) > 1 else ""
         atomic_write_json(d / "summary.json", record)
-        self.say(f"round {r}: data {rows}{kinds}")
+        mixed = len(record.get("pair_kinds", {})) > 1
+        self.say(f"round {r}: data {rows}" + (f", pairs by kind {record['pair_kinds']}" if mixed else ""))
         return {"artifacts": {k: f"round-{r}/data/{k}" for k in sets}, "rows": rows}
 
     def train(self, r: int, model: str) -> dict[str, Any]:
