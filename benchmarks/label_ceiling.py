@@ -33,27 +33,18 @@ def fit_values(k: np.ndarray, rollouts: int, grid_size: int = 201, iters: int = 
     return grid, w
 
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUROC, ties counted half."""
-    pos, neg = scores[labels], scores[~labels]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    order = np.sort(neg)
-    below = np.searchsorted(order, pos, side="left")
-    ties = np.searchsorted(order, pos, side="right") - below
-    return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))
-
-
 def ceiling(k: np.ndarray, rollouts: int, threshold: float, draws: int = 200, seed: int = 0) -> dict[str, float]:
     """AUROC of the true value against fresh labels, over `draws` simulated label sets of len(k) steps."""
+    from sharpen.stats import auroc
+
     grid, w = fit_values(k, rollouts)
     rng = np.random.default_rng(seed)
     aucs = []
     for _ in range(draws):
         v = rng.choice(grid, size=len(k), p=w)
         labels = rng.binomial(rollouts, v) / rollouts >= threshold
-        aucs.append(auroc(labels, v))
-    aucs = np.array([a for a in aucs if a == a])  # a draw with one class only has no AUROC
+        aucs.append(auroc(v[labels], v[~labels]))
+    aucs = np.array([a for a in aucs if a is not None])  # a draw with one class only has no AUROC
     if not len(aucs):
         aucs = np.array([float("nan")])
     return {"median": float(np.median(aucs)), "low": float(np.percentile(aucs, 2.5)),
