@@ -15,22 +15,27 @@ answers and all steps, with the fitted mass at v = 0 and under 0.05.
 from __future__ import annotations
 
 import argparse
-from math import comb
 
 import numpy as np
 
 
 def fit_values(k: np.ndarray, rollouts: int, grid_size: int = 201, iters: int = 3000) -> tuple[np.ndarray, np.ndarray]:
-    """The grid of values and the NPMLE weights of the mixing distribution of binomial(rollouts, v)."""
+    """The grid of values and the NPMLE weights of the mixing distribution of binomial(rollouts, v).
+    The binomial coefficient is left out of the likelihood: it is one factor per step and cancels when
+    each step's posterior over the grid is normalised."""
     grid = np.linspace(0.0, 1.0, grid_size)
-    coef = np.array([comb(rollouts, int(x)) for x in k], dtype=float)[:, None]
-    like = coef * grid[None, :] ** k[:, None] * (1.0 - grid[None, :]) ** (rollouts - k[:, None])
+    like = grid[None, :] ** k[:, None] * (1.0 - grid[None, :]) ** (rollouts - k[:, None])
     w = np.full(grid_size, 1.0 / grid_size)
     for _ in range(iters):
         post = like * w
         post /= post.sum(1, keepdims=True)
         w = post.mean(0)
     return grid, w
+
+
+def labelled(k: np.ndarray, rollouts: int, threshold: float) -> np.ndarray:
+    """The label of a step with k of `rollouts` rollouts right (`sharpen build labels`: value >= threshold)."""
+    return k / rollouts >= threshold
 
 
 def ceiling(k: np.ndarray, rollouts: int, threshold: float, draws: int = 200, seed: int = 0) -> dict[str, float]:
@@ -42,7 +47,7 @@ def ceiling(k: np.ndarray, rollouts: int, threshold: float, draws: int = 200, se
     aucs = []
     for _ in range(draws):
         v = rng.choice(grid, size=len(k), p=w)
-        labels = rng.binomial(rollouts, v) / rollouts >= threshold
+        labels = labelled(rng.binomial(rollouts, v), rollouts, threshold)
         aucs.append(auroc(v[labels], v[~labels]))
     aucs = np.array([a for a in aucs if a is not None])  # a draw with one class only has no AUROC
     if not len(aucs):
@@ -86,7 +91,7 @@ def main() -> None:
         if not keep.any():
             continue
         c = ceiling(k[keep].astype(int), args.rollouts, args.threshold, args.draws)
-        pos = float(np.mean(k[keep] / args.rollouts >= args.threshold))
+        pos = float(np.mean(labelled(k[keep], args.rollouts, args.threshold)))
         print(f"| {name} | {int(keep.sum())} | {pos:.3f} | {c['median']:.3f} [{c['low']:.3f}, {c['high']:.3f}] "
               f"| {c['mass_zero']:.3f} | {c['mass_under_005']:.3f} |")
 
