@@ -15,7 +15,11 @@ its result is a running total of the problem (the first two terms combined, or a
 there; `6 - 9 = -3` and `8 + 6 = 14` are wrong). Through three terms that covers every order of work.
 
 Prints, on the same rows, the PRM's AUROC with a bootstrap 95% interval against each label, the share
-of exact-right steps among MC-wrong ones, and the rows' counts.
+of exact-right steps among MC-wrong ones, and the rows' counts. Without `--prm`, the labels alone: how
+well the exact truth, taken as a score, ranks them (how far the labels are the steps' truth; compare
+labels from rollouts of the searching policy with labels from a prover's, `oracle:k:prover=P`).
+
+    .venv/bin/python benchmarks/step_truth.py LABELS_DIR
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("labels")
-    ap.add_argument("--prm", required=True)
+    ap.add_argument("--prm", help="a PRM directory (without one: the labels against the truth alone)")
     args = ap.parse_args()
     rows = []
     for r in datasets.load_from_disk(args.labels):
@@ -79,15 +83,21 @@ def main() -> None:
             truth = step_truth(r["question"], r["step"])
             if truth is not None:
                 rows.append(r | {"truth": int(truth)})
-    scores = score_last(args.prm, rows, 16)
+    if not rows:
+        raise SystemExit(f"{args.labels}: no non-final equation steps of a chain_sum problem (fix: labels of chain_sum trees)")
 
-    def line(name: str, labels: list[int]) -> str:
+    def line(name: str, labels: list[int], scores: list[float]) -> str:
         a = auroc_with_ci(labels, scores)
         return f"{name}: AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] ({a['positives']} of {a['n']} positive)"
 
     print(f"{len(rows)} non-final equation steps of {len({r['problem_id'] for r in rows})} problems")
-    print(line("exact truth", [r["truth"] for r in rows]))
-    print(line("Monte Carlo label", [r["label"] for r in rows]))
+    if args.prm:
+        scores = score_last(args.prm, rows, 16)
+        print(line("exact truth", [r["truth"] for r in rows], scores))
+        print(line("Monte Carlo label", [r["label"] for r in rows], scores))
+    else:
+        print(line("the exact truth as a score, against the Monte Carlo label", [r["label"] for r in rows],
+                   [float(r["truth"]) for r in rows]))
     mc_wrong = [r for r in rows if r["label"] == 0]
     print(f"exact-right among MC-wrong: {sum(r['truth'] for r in mc_wrong)} of {len(mc_wrong)}; "
           f"exact-wrong among MC-right: {sum(1 - r['truth'] for r in rows if r['label'] == 1)} of "

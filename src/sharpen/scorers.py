@@ -4,8 +4,10 @@
   {Yes, No} (MCTS-DPO's stepwise self-evaluation, Xie et al. 2024, arXiv 2405.00451).
 - `rollout[:k]`: k Monte Carlo completions from the node; value = share that agree with their own
   majority answer (self-consistency as a value; no ground truth).
-- `oracle[:k]`: the task's verifier on k completions; value = share correct. Training data
-  collection only (`collect=True`, the CLI's `--collect`); refused otherwise.
+- `oracle[:k][:prover=<policy>]`: the task's verifier on k completions; value = share correct.
+  Training data collection only (`collect=True`, the CLI's `--collect`); refused otherwise. With a
+  prover, the completions are another policy's (PAV's prover, arXiv 2410.08146): the values, and so
+  the step labels built from them, say whether that policy finishes right from the step.
 - `prm:<path>[:agg=last|min|prod|mean]`: a learned process reward model, a token-classification
   model directory; a step's score is the positive-class probability at its last token, and a
   node's value aggregates its path's step scores (`last` by default, as search-and-learn does).
@@ -31,7 +33,7 @@ from pydantic import Field
 
 from sharpen.budget import Budget, allowed_rows
 from sharpen.errors import ConfigError, ModelError
-from sharpen.process import LMProcess, Process, require_logprobs
+from sharpen.process import LMProcess, Process, Rollout, require_logprobs
 from sharpen.registry import Options, parse_scorer
 from sharpen.registry import scorer as register_scorer
 from sharpen.tree import Tree
@@ -118,7 +120,7 @@ class RolloutScorer:
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = _todo(tree, node_ids)
         inner = [n for n in todo if not tree.nodes[n].terminal]
-        results = self.process.rollout(tree, inner, self.k, budget)
+        results = self._rollouts(tree, inner, budget)
         if self.pool:
             pooled = tree.meta.setdefault("rollout_answers", [])
             pooled += [self.process.vote_key(r.answer) for rolls in results for r in rolls]
@@ -131,6 +133,9 @@ class RolloutScorer:
                 tree.nodes[n].score = self._value(tree, rolls)
                 tree.nodes[n].meta["rollouts"] = [r.answer for r in rolls]
         return [tree.nodes[n].score for n in node_ids]
+
+    def _rollouts(self, tree: Tree, node_ids: list[int], budget: Budget | None) -> list:
+        return self.process.rollout(tree, node_ids, self.k, budget)
 
     def _terminal_value(self, tree: Tree, n: int) -> float:
         key = self.process.vote_key(tree.nodes[n].answer)
@@ -148,13 +153,74 @@ class RolloutScorer:
         return sum(k == top[0][0] for k in keys) / len(keys) if top else 0.0
 
 
+class ProverRollouts:
+    """Monte Carlo completions from a second policy, the prover (PAV, Setlur et al. 2024, arXiv
+    2410.08146), for the oracle scorer: a step's value becomes the share of the *prover's*
+    completions from it that the task verifies, so the labels built from it say whether that policy
+    finishes right from the step (with a prover stronger than the searching policy, whether the step
+    leaves the problem solvable, less this policy's own later slips). The steps stay the searching
+    process's; prompt, sampling settings, row budget and stream seeds are the process's too, so a
+    prover equal to the policy gives the very rollouts `process.rollout` does. Under lockstep
+    batching every search's prover rows go through one call. The prover's tokens are metered as the
+    search's own (they count against its budget as rollouts do). The prover must share the policy's
+    tokenizer only in so far as it reads the same prompt text; any causal LM directory works."""
+
+    def __init__(self, model: str, max_batch: int = 32):
+        from sharpen.backends import load_backend
+
+        try:
+            self.backend = load_backend(model, seed=0, max_batch=max_batch)
+        except (OSError, ValueError, ModelError) as e:
+            reason = str(e).splitlines()[0].split(" (fix:")[0]
+            raise ModelError(f"oracle prover: cannot load {model}: {reason} "
+                             "(fix: oracle:<k>:prover=<a policy dir from `sharpen train`, or a model name>)") from None
+        self.model = model
+
+    def rollout(self, process: Process, tree: Tree, node_ids: list[int], k: int,
+                budget: Budget | None = None) -> list[list[Rollout]]:
+        from dataclasses import replace
+
+        from sharpen.backends.base import SamplingParams, prompt_seeds
+        from sharpen.budget import allot
+        from sharpen.process import next_seed
+
+        out: list[list[Rollout]] = [[] for _ in node_ids]
+        p = process
+        live, k = allot(list(range(len(node_ids))), k,
+                        allowed_rows(budget, len(node_ids) * k, p.rollout_tokens, "answer"))
+        if not live or k <= 0:
+            return out
+        params = SamplingParams(n=k, temperature=p.temperature, top_p=p.top_p, max_tokens=p.rollout_tokens,
+                                stop_at="answer", delimiter=p.delimiter, answer_prefix=p.answer_prefix,
+                                seed=next_seed(tree))
+        prompts = [p.prefix(tree, node_ids[i]) for i in live]  # the prompt, then the steps so far
+        items = list(zip(prompts, prompt_seeds(params, len(prompts), None), strict=True))
+        unseeded = replace(params, seed=None)
+
+        def generate(rows: list[tuple[str, int]]) -> list:
+            return self.backend.generate([r[0] for r in rows], unseeded, seeds=[r[1] for r in rows])
+
+        t0 = time.perf_counter()
+        results = _batched(process, ("prover", id(self.backend), unseeded), generate, items)
+        generated = sum(c.num_tokens for comps in results for c in comps)
+        prompt_tokens = sum(self.backend.count_tokens(q) for q in prompts) * k
+        process.meter.record(prompt_tokens, generated, time.perf_counter() - t0)
+        for i, prompt, comps in zip(live, prompts, results, strict=True):
+            head = prompt[len(tree.prompt):]
+            for c in comps:
+                text = head + c.text
+                out[i].append(Rollout(text, p.task.extract(text, strict=p.strict_answers), c.num_tokens, c.logprob,
+                                      c.finish_reason))
+        return out
+
+
 class OracleScorer(RolloutScorer):
     """Ground-truth value: a terminal node is 1 when verified correct, else 0; an inner node is the
     share of k completions verified correct. Sets `node.correct` on terminals it scores."""
 
     name = "oracle"
 
-    def __init__(self, process: Process, k: int = 4, collect: bool = False):
+    def __init__(self, process: Process, k: int = 4, collect: bool = False, prover: ProverRollouts | None = None):
         if not collect:
             raise ConfigError(
                 "the oracle scorer reads reference answers, so it may only be used to collect training data "
@@ -162,6 +228,12 @@ class OracleScorer(RolloutScorer):
             )
         super().__init__(process, k)
         self.pool = False
+        self.prover = prover
+
+    def _rollouts(self, tree: Tree, node_ids: list[int], budget: Budget | None) -> list:
+        if self.prover is None:
+            return super()._rollouts(tree, node_ids, budget)
+        return self.prover.rollout(self.process, tree, node_ids, self.k, budget)
 
     def _terminal_value(self, tree: Tree, n: int) -> float:
         node = tree.nodes[n]
@@ -442,6 +514,8 @@ class RolloutOptions(Options):
 class OracleOptions(Options):
     positional: ClassVar[tuple[str, ...]] = ("k",)
     k: int = Field(4, ge=1, description="completions per scored node, each checked by the task's verifier")
+    prover: str | None = Field(None, description="a second policy (a `sharpen train` output dir or a model) whose "
+                               "completions value the steps (PAV's prover); default: the searching policy's")
 
 
 class SelfOptions(Options):
@@ -487,7 +561,16 @@ def _rollout(process: Process, o: RolloutOptions, collect: bool) -> Scorer:
 @register_scorer("oracle", OracleOptions, collect_only=True)
 def _oracle(process: Process, o: OracleOptions, collect: bool) -> Scorer:
     """The task's verifier on k completions (training-data collection only)."""
-    return OracleScorer(process, o.k, collect=collect)
+    if not collect:  # refused before a prover is loaded
+        return OracleScorer(process, o.k, collect=collect)
+    prover = None
+    if o.prover:
+        backend = getattr(process, "backend", None)
+        if backend is None or not hasattr(process, "rollout_tokens"):
+            raise ConfigError("oracle:...:prover needs a language-model process (fix: drop prover=)")
+        prover = ProverRollouts(_policy_and_base(Path(o.prover))[0].as_posix() if Path(o.prover).exists() else o.prover,
+                                max_batch=getattr(backend, "max_batch", 32))
+    return OracleScorer(process, o.k, collect=collect, prover=prover)
 
 
 @register_scorer("self", SelfOptions)
