@@ -81,3 +81,16 @@ def test_a_bad_prover_is_one_line_and_the_oracle_is_still_collect_only(tiny_mode
         make_scorer(f"oracle:2:prover={tmp_path / 'nothing-here'}", process, collect=True)
     with pytest.raises(ConfigError, match="--collect"):
         make_scorer(f"oracle:2:prover={tmp_path / 'nothing-here'}", process, collect=False)
+
+
+def test_search_skips_the_problems_a_prover_trained_on(tiny_model_dir, tmp_path):
+    from sharpen import api
+
+    task_args = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    first = load_task("gym:chain_sum", task_args).problems("train", 5)
+    trees, m = api.search(tiny_model_dir, "gym:chain_sum", "vote", None, 20, n=2, collect=True, task_args=task_args,
+                          skip=3, out=tmp_path / "s")
+    assert [t.problem_id for t in trees] == [p.id for p in first[3:5]]
+    assert '"skip": 3' in (tmp_path / "s" / "config.json").read_text()
+    with pytest.raises(ConfigError, match="--skip must be >= 0"):
+        api.search(tiny_model_dir, "gym:chain_sum", "vote", None, 20, n=2, collect=True, task_args=task_args, skip=-1)

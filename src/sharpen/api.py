@@ -65,11 +65,13 @@ def make_process(backend, task, settings: SearchSettings | None = None, strict_a
                      merge_duplicates=s.merge_duplicates)
 
 
-def _problems(task, collect: bool, n: int, seed: int):
+def _problems(task, collect: bool, n: int, seed: int, skip: int = 0):
     if n < 1:
         raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
+    if skip < 0:
+        raise ConfigError(f"--skip must be >= 0, not {skip} (fix: e.g. --skip 800)")
     split = "train" if collect else "test"
-    return split, task.problems(split, n, seed=seed)
+    return split, task.problems(split, skip + n, seed=seed)[skip:]
 
 
 def _check_search(algo: str, scorer: str | None, options: dict[str, Any] | None, budget: int, collect: bool):
@@ -106,9 +108,10 @@ def search(
     progress: Any = None,
     ray: str | None = None,
     actors: int = 2,
+    skip: int = 0,
 ) -> tuple[list, dict[str, Any]]:
     """Search `n` held-out problems (training problems with `collect`, which also allows the oracle
-    scorer) under `budget` generated tokens each. Returns the trees and the metrics; with `out`, the
+    scorer), the first `n` after the split's first `skip`, under `budget` generated tokens each. Returns the trees and the metrics; with `out`, the
     run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json.
     `ray` ("local", "auto" or a cluster address): shard the problems over `actors` Ray actors
     (`sharpen.distributed`), with the same trees as one process."""
@@ -121,7 +124,7 @@ def search(
     entry = _check_search(algo, scorer, options, budget, collect)
     scorer = scorer if entry.needs_scorer else None
     the_task = load_task(task, **(task_args or {}))
-    split, problems = _problems(the_task, collect, n, seed)
+    split, problems = _problems(the_task, collect, n, seed, skip)
     check_model(model)
     if ray is not None:  # a cluster that does not answer is an error before anything is written
         from sharpen.distributed import connect
@@ -136,7 +139,7 @@ def search(
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "config.json", {
             "command": "search", "algo": algo, "scorer": scorer, "budget": budget, "model": model, "task": task,
-            "task_args": task_args or {}, "n": n, "seed": seed, "collect": collect, "args": options or {},
+            "task_args": task_args or {}, "n": n, "skip": skip, "seed": seed, "collect": collect, "args": options or {},
             **settings.model_dump()})
         jsonl = out_dir / "trees.jsonl"
     with _bar(progress, f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:

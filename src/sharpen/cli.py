@@ -139,6 +139,7 @@ def search_cmd(
     task: TaskOpt = "gym:chain_sum",
     task_arg: TaskArgOpt = None,
     n: Annotated[int, typer.Option(help="problems")] = 20,
+    skip: Annotated[int, typer.Option(help="skip the split's first SKIP problems (e.g. those a prover policy trained on)")] = 0,
     seed: int = 0,
     collect: Annotated[bool, typer.Option("--collect", help="search the training split (allows the oracle scorer)")] = False,
     arg: AlgoArgOpt = None,
@@ -163,7 +164,7 @@ def search_cmd(
                          merge_duplicates=merge_duplicates)
     trees, m = api.search(model, task, algo, scorer, budget, n, seed, collect, _kv(arg), settings,
                           _kv(task_arg), out=api.new_out_dir(out_dir, "search"), progress=progress_bar,
-                          ray=ray, actors=actors)
+                          ray=ray, actors=actors, skip=skip)
     if as_json:
         print(json.dumps(m))
         return
