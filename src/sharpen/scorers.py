@@ -560,7 +560,7 @@ def _rollout(process: Process, o: RolloutOptions, collect: bool) -> Scorer:
 
 @register_scorer("oracle", OracleOptions, collect_only=True)
 def _oracle(process: Process, o: OracleOptions, collect: bool) -> Scorer:
-    """The task's verifier on k completions (training-data collection only)."""
+    """The task's verifier on k completions (training-data collection only); prover=<policy>: its completions."""
     if not collect:  # refused before a prover is loaded
         return OracleScorer(process, o.k, collect=collect)
     prover = None
