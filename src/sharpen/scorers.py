@@ -158,12 +158,10 @@ class ProverRollouts:
     2410.08146), for the oracle scorer: a step's value becomes the share of the *prover's*
     completions from it that the task verifies, so the labels built from it say whether that policy
     finishes right from the step (with a prover stronger than the searching policy, whether the step
-    leaves the problem solvable, less this policy's own later slips). The steps stay the searching
-    process's; prompt, sampling settings, row budget and stream seeds are the process's too, so a
-    prover equal to the policy gives the very rollouts `process.rollout` does. Under lockstep
-    batching every search's prover rows go through one call. The prover's tokens are metered as the
-    search's own (they count against its budget as rollouts do). The prover must share the policy's
-    tokenizer only in so far as it reads the same prompt text; any causal LM directory works."""
+    leaves the problem solvable, less this policy's own later slips). The rollouts are the searching
+    process's own `rollout` on a fork whose backend is the prover: prompt, sampling settings, row
+    budget and stream seeds are the process's, so a prover equal to the policy gives the very
+    rollouts the plain oracle does. The prover reads the policy's prompt text; any causal LM works."""
 
     def __init__(self, model: str, max_batch: int = 32):
         from sharpen.backends import load_backend
@@ -176,42 +174,33 @@ class ProverRollouts:
                              "(fix: oracle:<k>:prover=<a policy dir from `sharpen train`, or a model name>)") from None
         self.model = model
 
-    def rollout(self, process: Process, tree: Tree, node_ids: list[int], k: int,
+    def rollout(self, process: LMProcess, tree: Tree, node_ids: list[int], k: int,
                 budget: Budget | None = None) -> list[list[Rollout]]:
+        return process.fork(_ProverView(self.backend, process)).rollout(tree, node_ids, k, budget)
+
+
+class _ProverView:
+    """The prover's backend as one search sees it: its calls go through the search's `batched` (under
+    lockstep batching, every search's prover rows in one call) and its tokens into the search's meter,
+    so they count against the search's budget as rollouts do."""
+
+    def __init__(self, backend, process: LMProcess):
+        self.backend, self.process, self.meter = backend, process, process.meter
+
+    def generate(self, prompts: list[str], params, seeds=None) -> list:
         from dataclasses import replace
 
-        from sharpen.backends.base import SamplingParams, prompt_seeds
-        from sharpen.budget import allot
-        from sharpen.process import next_seed
+        from sharpen.backends.base import prompt_seeds
 
-        out: list[list[Rollout]] = [[] for _ in node_ids]
-        p = process
-        live, k = allot(list(range(len(node_ids))), k,
-                        allowed_rows(budget, len(node_ids) * k, p.rollout_tokens, "answer"))
-        if not live or k <= 0:
-            return out
-        params = SamplingParams(n=k, temperature=p.temperature, top_p=p.top_p, max_tokens=p.rollout_tokens,
-                                stop_at="answer", delimiter=p.delimiter, answer_prefix=p.answer_prefix,
-                                seed=next_seed(tree))
-        prompts = [p.prefix(tree, node_ids[i]) for i in live]  # the prompt, then the steps so far
-        items = list(zip(prompts, prompt_seeds(params, len(prompts), None), strict=True))
-        unseeded = replace(params, seed=None)
-
-        def generate(rows: list[tuple[str, int]]) -> list:
-            return self.backend.generate([r[0] for r in rows], unseeded, seeds=[r[1] for r in rows])
-
+        unseeded = replace(params, seed=None)  # each row brings its stream seed, so calls merge by settings alone
+        rows = list(zip(prompts, prompt_seeds(params, len(prompts), seeds), strict=True))
         t0 = time.perf_counter()
-        results = _batched(process, ("prover", id(self.backend), unseeded), generate, items)
-        generated = sum(c.num_tokens for comps in results for c in comps)
-        prompt_tokens = sum(self.backend.count_tokens(q) for q in prompts) * k
-        process.meter.record(prompt_tokens, generated, time.perf_counter() - t0)
-        for i, prompt, comps in zip(live, prompts, results, strict=True):
-            head = prompt[len(tree.prompt):]
-            for c in comps:
-                text = head + c.text
-                out[i].append(Rollout(text, p.task.extract(text, strict=p.strict_answers), c.num_tokens, c.logprob,
-                                      c.finish_reason))
-        return out
+        results = _batched(self.process, ("prover", id(self.backend), unseeded),
+                           lambda rs: self.backend.generate([r[0] for r in rs], unseeded, seeds=[r[1] for r in rs]),
+                           rows)
+        self.meter.record(sum(self.backend.count_tokens(q) for q in prompts) * params.n,
+                          sum(c.num_tokens for comps in results for c in comps), time.perf_counter() - t0)
+        return results
 
 
 class OracleScorer(RolloutScorer):
@@ -565,11 +554,10 @@ def _oracle(process: Process, o: OracleOptions, collect: bool) -> Scorer:
         return OracleScorer(process, o.k, collect=collect)
     prover = None
     if o.prover:
-        backend = getattr(process, "backend", None)
-        if backend is None or not hasattr(process, "rollout_tokens"):
+        if not isinstance(process, LMProcess):
             raise ConfigError("oracle:...:prover needs a language-model process (fix: drop prover=)")
         prover = ProverRollouts(_policy_and_base(Path(o.prover))[0].as_posix() if Path(o.prover).exists() else o.prover,
-                                max_batch=getattr(backend, "max_batch", 32))
+                                max_batch=getattr(process.backend, "max_batch", 32))
     return OracleScorer(process, o.k, collect=collect, prover=prover)
 
 
