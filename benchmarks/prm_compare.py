@@ -7,7 +7,9 @@ Each PRM scores every held-out step (its whole path in the row's context, the la
 `sharpen train eval prm` does); every combination of two or more PRMs is also scored by the mean of
 their logits (an ensemble). Printed per scorer, with a percentile bootstrap 95% interval: AUROC on all
 steps, final answers, inner steps and the non-final equation steps against their Monte Carlo labels,
-and the equation steps against their exact truth (`benchmarks/step_truth.py`'s rule).
+and the equation steps against their exact truth (`benchmarks/step_truth.py`'s rule). With two or
+more PRMs, each later PRM's AUROC minus the first's, paired, with an interval from resampling
+problems (a problem's steps move together).
 
 --unseen-by: trees (e.g. a run's round-N/collect/trees.jsonl) whose problems are left out of a second
 block of rows: for a PRM initialised from a trained policy, the held-out problems that policy never
@@ -34,8 +36,9 @@ def logit(p: float) -> float:
 def main() -> None:
     import datasets
 
+    from sharpen import stats
     from sharpen.io import atomic_write_json, read_jsonl
-    from sharpen.train.metrics import auroc_with_ci, score_last
+    from sharpen.train.metrics import auroc, auroc_with_ci, score_last
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("labels")
@@ -70,6 +73,20 @@ def main() -> None:
         held = {r["problem_id"] for r in rows}
         parts.append((f"the {len(held - seen)} of {len(held)} problems not in --unseen-by", keep))
 
+    pids = np.array([r["problem_id"] for r in rows])
+    all_ = np.ones(len(rows), bool)
+
+    def paired(labels: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray) -> str:
+        probs = np.unique(pids[m])
+        at = {p: np.flatnonzero(m & (pids == p)) for p in probs}
+
+        def diff(ix: np.ndarray) -> float:
+            i = np.concatenate([at[probs[int(k)]] for k in ix])
+            return auroc(labels[i], b[i]) - auroc(labels[i], a[i])
+
+        lo, hi = stats.bootstrap_ci(np.arange(len(probs)), iters=1000, seed=0, stat=diff)
+        return f"{diff(np.arange(len(probs))):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
     def cell(labels: np.ndarray, s: np.ndarray) -> str:
         a = auroc_with_ci(labels, s)
         return f"{a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
@@ -82,6 +99,10 @@ def main() -> None:
         for name, s in scores.items():
             print(f"| {name} | {cell(y[m], s[m])} | {cell(y[m & term], s[m & term])} | {cell(y[m & ~term], s[m & ~term])} "
                   f"| {cell(y[m & eq], s[m & eq])} | {cell(right[m & eq], s[m & eq])} |")
+        for name in names[1:]:
+            print(f"| {name} - {names[0]}, paired by problem | "
+                  + " | ".join(paired(lab, scores[names[0]], scores[name], m & sel)
+                               for lab, sel in [(y, all_), (y, term), (y, ~term), (y, eq), (right, eq)]) + " |")
 
 
 if __name__ == "__main__":
