@@ -73,23 +73,24 @@ def main() -> None:
         held = {r["problem_id"] for r in rows}
         parts.append((f"the {len(held - seen)} of {len(held)} problems not in --unseen-by", keep))
 
-    pids = np.array([r["problem_id"] for r in rows])
-    all_ = np.ones(len(rows), bool)
-
-    def paired(labels: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray) -> str:
-        probs = np.unique(pids[m])
-        at = {p: np.flatnonzero(m & (pids == p)) for p in probs}
-
-        def diff(ix: np.ndarray) -> float:
-            i = np.concatenate([at[probs[int(k)]] for k in ix])
-            return auroc(labels[i], b[i]) - auroc(labels[i], a[i])
-
-        lo, hi = stats.bootstrap_ci(np.arange(len(probs)), iters=1000, seed=0, stat=diff)
-        return f"{diff(np.arange(len(probs))):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    # the table's columns: (labels, the rows they cover)
+    columns = [(y, np.ones(len(rows), bool)), (y, term), (y, ~term), (y, eq), (right, eq)]
+    _, problem = np.unique([r["problem_id"] for r in rows], return_inverse=True)
 
     def cell(labels: np.ndarray, s: np.ndarray) -> str:
         a = auroc_with_ci(labels, s)
         return f"{a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+
+    def paired(labels: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray) -> str:
+        """AUROC of b minus a's on the rows in m, its interval from resampling problems."""
+        rows_of = [np.flatnonzero(m & (problem == p)) for p in np.unique(problem[m])]
+
+        def diff(ix: np.ndarray) -> float:
+            i = np.concatenate([rows_of[int(k)] for k in ix])
+            return auroc(labels[i], b[i]) - auroc(labels[i], a[i])
+
+        lo, hi = stats.bootstrap_ci(np.arange(len(rows_of)), iters=1000, seed=0, stat=diff)
+        return f"{diff(np.arange(len(rows_of))):+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
     for title, m in parts:
         print(f"\n{title}: n = {m.sum()} steps ({y[m].sum()} positive), final {(m & term).sum()}, inner "
@@ -97,13 +98,10 @@ def main() -> None:
         print("| scorer | all steps | final answers | inner steps | equation steps, MC label | equation steps, truth |")
         print("|---|---|---|---|---|---|")
         for name, s in scores.items():
-            print(f"| {name} | {cell(y[m], s[m])} | {cell(y[m & term], s[m & term])} | {cell(y[m & ~term], s[m & ~term])} "
-                  f"| {cell(y[m & eq], s[m & eq])} | {cell(right[m & eq], s[m & eq])} |")
+            print(f"| {name} | " + " | ".join(cell(lab[m & c], s[m & c]) for lab, c in columns) + " |")
         for name in names[1:]:
             print(f"| {name} - {names[0]}, paired by problem | "
-                  + " | ".join(paired(lab, scores[names[0]], scores[name], m & sel)
-                               for lab, sel in [(y, all_), (y, term), (y, ~term), (y, eq), (right, eq)]) + " |")
-
+                  + " | ".join(paired(lab, scores[names[0]], scores[name], m & c) for lab, c in columns) + " |")
 
 if __name__ == "__main__":
     main()
