@@ -103,5 +103,6 @@ def main() -> None:
             print(f"| {name} - {names[0]}, paired by problem | "
                   + " | ".join(paired(lab, scores[names[0]], scores[name], m & c) for lab, c in columns) + " |")
 
+
 if __name__ == "__main__":
     main()
