@@ -163,6 +163,13 @@ class LoopConfig(_Strict):
     task_args: dict[str, Any] = Field(default_factory=lambda: {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     rounds: int = Field(2, ge=1)
     seed: int = 0
+    threads: int | None = Field(
+        None, ge=1,
+        description="torch's CPU thread count for every stage (`torch.set_num_threads`; default: torch's own, "
+        "the physical cores). The thread count sets the order of float reductions, so a run at another count "
+        "rounds as another machine would: a cheap check that a figure does not hinge on rounding. The count "
+        "used is recorded in the run's manifest.json",
+    )
     collect: CollectConfig = Field(default_factory=CollectConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
