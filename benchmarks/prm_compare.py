@@ -5,11 +5,11 @@
 
 Each PRM scores every held-out step (its whole path in the row's context, the last value, as
 `sharpen train eval prm` does); every combination of two or more PRMs is also scored by the mean of
-their logits (an ensemble). Printed per scorer, with a percentile bootstrap 95% interval: AUROC on all
-steps, final answers, inner steps and the non-final equation steps against their Monte Carlo labels,
-and the equation steps against their exact truth (`benchmarks/step_truth.py`'s rule). With two or
-more PRMs, each later PRM's AUROC minus the first's, paired, with an interval from resampling
-problems (a problem's steps move together).
+their logits (an ensemble). Printed per scorer, with a percentile bootstrap 95% interval from
+resampling problems (a problem's steps move together): AUROC on all steps, final answers, inner
+steps and the non-final equation steps against their Monte Carlo labels, and the equation steps
+against their exact truth (`benchmarks/step_truth.py`'s rule). With two or more PRMs, each later
+PRM's AUROC minus the first's, paired, its interval also from resampling problems.
 
 --unseen-by: trees (e.g. a run's round-N/collect/trees.jsonl) whose problems are left out of a second
 block of rows: for a PRM initialised from a trained policy, the held-out problems that policy never
@@ -38,7 +38,7 @@ def main() -> None:
 
     from sharpen import stats
     from sharpen.io import atomic_write_json, read_jsonl
-    from sharpen.train.metrics import auroc, auroc_with_ci, score_last
+    from sharpen.train.metrics import auroc_with_ci, score_last
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("labels")
@@ -77,20 +77,24 @@ def main() -> None:
     columns = [(y, np.ones(len(rows), bool)), (y, term), (y, ~term), (y, eq), (right, eq)]
     _, problem = np.unique([r["problem_id"] for r in rows], return_inverse=True)
 
-    def cell(labels: np.ndarray, s: np.ndarray) -> str:
-        a = auroc_with_ci(labels, s)
-        return f"{a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    def cell(labels: np.ndarray, s: np.ndarray, m: np.ndarray) -> str:
+        a = auroc_with_ci(labels[m], s[m], groups=problem[m])
+        return "n/a" if a["auroc"] is None else f"{a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
 
     def paired(labels: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray) -> str:
         """AUROC of b minus a's on the rows in m, its interval from resampling problems."""
         rows_of = [np.flatnonzero(m & (problem == p)) for p in np.unique(problem[m])]
 
-        def diff(ix: np.ndarray) -> float:
+        def diff(ix: np.ndarray) -> float | None:
             i = np.concatenate([rows_of[int(k)] for k in ix])
-            return auroc(labels[i], b[i]) - auroc(labels[i], a[i])
+            ours, first = stats.labelled_auroc(labels[i], b[i]), stats.labelled_auroc(labels[i], a[i])
+            return None if ours is None or first is None else ours - first
 
+        whole = diff(np.arange(len(rows_of)))
+        if whole is None:  # one class only: no AUROC
+            return "n/a"
         lo, hi = stats.bootstrap_ci(np.arange(len(rows_of)), iters=1000, seed=0, stat=diff)
-        return f"{diff(np.arange(len(rows_of))):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        return f"{whole:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
     for title, m in parts:
         print(f"\n{title}: n = {m.sum()} steps ({y[m].sum()} positive), final {(m & term).sum()}, inner "
@@ -98,7 +102,7 @@ def main() -> None:
         print("| scorer | all steps | final answers | inner steps | equation steps, MC label | equation steps, truth |")
         print("|---|---|---|---|---|---|")
         for name, s in scores.items():
-            print(f"| {name} | " + " | ".join(cell(lab[m & c], s[m & c]) for lab, c in columns) + " |")
+            print(f"| {name} | " + " | ".join(cell(lab, s, m & c) for lab, c in columns) + " |")
         for name in names[1:]:
             print(f"| {name} - {names[0]}, paired by problem | "
                   + " | ".join(paired(lab, scores[names[0]], scores[name], m & c) for lab, c in columns) + " |")

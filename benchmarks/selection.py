@@ -30,8 +30,8 @@ import json
 from collections import defaultdict
 
 from sharpen.answer import vote_key
-from sharpen.stats import paired_bootstrap
-from sharpen.train.metrics import auroc, within_problem_auroc
+from sharpen.stats import labelled_auroc, paired_bootstrap
+from sharpen.train.metrics import within_problem_auroc
 
 
 def solutions(t: dict) -> list[dict]:
@@ -110,7 +110,7 @@ def main() -> None:
     print(f"n={n}: weighted {sum(w) / n:.3f}, best-of-N {sum(b) / n:.3f}, vote on the same samples {sum(v) / n:.3f}, "
           f"pass@N {sum(any(x['correct'] for x in solutions(t)) for t in trees) / n:.3f}")
     if mixed:
-        pooled = auroc([r["label"] for r in rows], scores)
+        pooled = labelled_auroc([r["label"] for r in rows], scores)
         print(f"{mixed} problems with right and wrong samples: top-scored right on {top:.0f}, a random pick "
               f"{chance:.1f}, vote {vote_right:.0f}; within-problem AUROC "
               f"{within_problem_auroc(rows, scores)['auroc']:.3f}, pooled {pooled:.3f}")

@@ -86,8 +86,10 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"{args.labels}: no non-final equation steps of a chain_sum problem (fix: labels of chain_sum trees)")
 
-    def line(name: str, labels: list[int], scores: list[float]) -> str:
-        a = auroc_with_ci(labels, scores)
+    def line(name: str, labels: list[int], scores: list[float]) -> str:  # interval: problems resampled
+        a = auroc_with_ci(labels, scores, groups=[r["problem_id"] for r in rows])
+        if a["auroc"] is None:
+            return f"{name}: no AUROC (one class only)"
         return f"{name}: AUROC {a['auroc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] ({a['positives']} of {a['n']} positive)"
 
     print(f"{len(rows)} non-final equation steps of {len({r['problem_id'] for r in rows})} problems")

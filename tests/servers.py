@@ -32,9 +32,10 @@ class _Server:
     name = "server"
     health = "/health"
 
-    def __init__(self, log: Path, port: int | None = None):
+    def __init__(self, log: Path, port: int | None = None, env: dict[str, str] | None = None):
         self.port = port or free_port()
         self.log = log
+        self.env = dict(env or {})  # added to this process's environment
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -45,7 +46,7 @@ class _Server:
         raise NotImplementedError
 
     def start(self, timeout: float = 180):
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **self.env)
         self.proc = subprocess.Popen(self.command(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         deadline = time.time() + timeout
@@ -140,12 +141,13 @@ def builtin_gguf(name: str = "smollm2-135m") -> str:
 
 
 class SharpenServer(_Server):
-    """`sharpen serve ...` as its own process (the real server a user starts)."""
+    """`sharpen serve ...` as its own process (the real server a user starts), with `env` added to
+    its environment."""
 
     name = "sharpen serve"
 
-    def __init__(self, args: list[str], log: Path, port: int | None = None):
-        super().__init__(log, port)
+    def __init__(self, args: list[str], log: Path, port: int | None = None, env: dict[str, str] | None = None):
+        super().__init__(log, port, env)
         self.args = args
 
     def command(self) -> list[str]:

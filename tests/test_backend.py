@@ -395,3 +395,44 @@ def test_continuous_decode_rows_join_mid_decode_and_get_generates_tokens(tiny_mo
         assert max(decode) > 7  # later calls' rows decoded beside the first two calls' 7
         overtaken = overtaken or order != sorted(order)
     assert overtaken  # a later call was handed back before an earlier one: no call waits for the slowest row
+
+
+def test_a_long_continuous_decode_keeps_stop_state_for_its_live_rows_only(tiny_model_dir):
+    """A continuous decode that runs as long as calls keep arriving (`sharpen serve`) holds per-row
+    stop state for the rows in its batch, not for every row it ever decoded."""
+    from sharpen.backends.hf import RowJob
+
+    backend = HFBackend(tiny_model_dir, seed=0, max_batch=8)
+    backend.max_wait = 1
+    held: list[int] = []
+    rebuild = backend._continuous_rebuild
+
+    def watched(rows, cache, mask, take, stop):
+        out = rebuild(rows, cache, mask, take, stop)
+        held.append(len(stop.prefixes))
+        return out
+
+    backend._continuous_rebuild = watched
+    jobs = [RowJob(["What is 1 + 2?\n"] * 2, [row_seed(i, j) for j in range(2)], 4, token=i) for i in range(40)]
+    arrivals = jobs[1:]
+    got: list[int] = []
+    backend.continuous(SamplingParams(temperature=1.0, stop_at="step"), jobs[:1],
+                       lambda: [arrivals.pop(0)] if arrivals else [], lambda job, *_: got.append(job.token))
+    assert sorted(got) == list(range(40))
+    assert max(held) <= backend.max_batch  # 80 rows decoded, never more than a batch's worth of stop state
+
+
+def test_a_process_remembers_a_bounded_number_of_problems(tiny_model_dir):
+    """Each `new_tree` registers its problem for `process.problem(tree)`; a long-lived process keeps the
+    most recently used ones only (far more than the searches in flight), so memory stays flat."""
+    from sharpen.process import PROBLEMS_KEPT, LMProcess
+    from sharpen.tasks import Problem, load_task
+
+    process = LMProcess(HFBackend(tiny_model_dir, seed=0), load_task("gym:chain_sum", {}))
+    first = process.new_tree(Problem("p0", "What is 1 + 2?", "3"))
+    for i in range(1, PROBLEMS_KEPT + 500):
+        tree = process.new_tree(Problem(f"p{i}", "What is 1 + 2?", "3"))
+        if i % 1000 == 0:
+            process.problem(first)  # in use: kept
+    assert len(process._problems) == PROBLEMS_KEPT
+    assert process.problem(first).id == "p0" and process.problem(tree).id == tree.problem_id

@@ -16,33 +16,131 @@ def setup(tiny_model_dir):
     return task, task.problems("test", 5)
 
 
-def _search(tiny_model_dir, task, problems, algo, scorer, parallel):
+def _search(tiny_model_dir, task, problems, algo, scorer, parallel, batch_meter=None):
     backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)
     process = LMProcess(backend, task, temperature=1.0, step_tokens=5, rollout_tokens=10, max_depth=3)
     sc = make_scorer(scorer, process, collect=True)
-    trees = search_problems(process, sc, algo, problems, 60, seed=1, parallel=parallel)
+    trees = search_problems(process, sc, algo, problems, 60, seed=1, parallel=parallel, batch_meter=batch_meter)
     return trees, backend
 
 
 def _no_time(tree):
+    """The tree without wall time and cached tokens: both record how the computation was shared
+    (cached tokens are what a shared prefill saved, counted for the batch), not the tree."""
     d = tree.to_dict()
-    d["usage"] = {k: v for k, v in d["usage"].items() if k != "seconds"}
+    d["usage"] = {k: v for k, v in d["usage"].items() if k not in ("seconds", "cached_tokens")}
     return d
+
+
+def _same(a, b, path="tree"):
+    """Equal, floats (log-probs, scores) up to 1e-5: a batched forward pass rounds differently."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-5), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
 
 
 @pytest.mark.parametrize("algo,scorer", [("mcts", "self"), ("pf", "rollout:2"), ("vote", "none"), ("beam", "oracle:2")])
 def test_parallel_search_is_deterministic_and_within_budget(tiny_model_dir, setup, algo, scorer):
+    """Searched 4 at a time or one by one, every problem gets the same tree, usage included
+    (prompt and forward tokens too)."""
+    from sharpen.meter import UsageMeter
+
     task, problems = setup
-    a, backend = _search(tiny_model_dir, task, problems, algo, scorer, parallel=4)
-    b, _ = _search(tiny_model_dir, task, problems, algo, scorer, parallel=4)
-    assert [_no_time(t) for t in a] == [_no_time(t) for t in b]
+    batches = UsageMeter()
+    a, backend = _search(tiny_model_dir, task, problems[:4], algo, scorer, parallel=4, batch_meter=batches)
+    b, _ = _search(tiny_model_dir, task, problems[:4], algo, scorer, parallel=1)
+    for x, y in zip(a, b, strict=True):
+        _same(_no_time(x), _no_time(y))
     for t in a:
         spent = t.usage["generated_tokens"]
         assert 0 < spent <= 60 + 10  # budget + one row's max tokens
-    # the per-search meters add up to what the real backend generated
+    # the per-search meters add up to what the real backend generated and was charged for prompts
     assert sum(t.usage["generated_tokens"] for t in a) == backend.meter.total.generated_tokens
+    assert sum(t.usage["prompt_tokens"] for t in a) == backend.meter.total.prompt_tokens
     # calls were merged: fewer backend calls than searches made
     assert backend.meter.total.calls < sum(t.usage["calls"] for t in a)
+    # the batch level holds what shared prefills saved, once; no tree carries a share of it
+    assert batches.total.prompt_tokens == backend.meter.total.prompt_tokens
+    assert 0 < batches.total.cached_tokens < batches.total.prompt_tokens
+    assert all(t.usage["cached_tokens"] == 0 for t in a)
+
+
+def _usage(tree):
+    return {k: v for k, v in tree.usage.items() if k not in ("seconds", "cached_tokens")}
+
+
+def test_a_search_is_charged_its_own_prompt_tokens_times_its_rows_whoever_shares_its_calls(tiny_model_dir, setup):
+    """A merged call charges each search its own prompts' tokens times its rows, not a share of the
+    call by prompt count: a problem with a long question costs the same beside short ones as alone."""
+    from sharpen.batching import LockstepBatcher, fork_search
+    from sharpen.registry import get_algorithm
+    from sharpen.tasks import Problem
+
+    task, problems = setup
+    backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)
+    process = LMProcess(backend, task, temperature=1.0, step_tokens=5, rollout_tokens=10, max_depth=3)
+    vote = get_algorithm("vote").fn
+    long = Problem("long", problems[0].question + " Think about it with care, step by step. " * 6, problems[0].answer)
+    searched = [long, problems[1], problems[2]]
+
+    def job(p, seed):
+        return lambda proxy: vote(fork_search(process, None, proxy)[0], None, p, 40, seed=seed)
+
+    alone = [_usage(LockstepBatcher(backend).run([job(p, 10 + i)])[0]) for i, p in enumerate(searched)]
+    before = backend.meter.snapshot()
+    batcher = LockstepBatcher(backend)
+    together = batcher.run([job(p, 10 + i) for i, p in enumerate(searched)])
+    assert [_usage(t) for t in together] == alone
+    used = backend.meter.snapshot() - before
+    assert sum(t.usage["prompt_tokens"] for t in together) == used.prompt_tokens == batcher.meter.total.prompt_tokens
+    assert batcher.meter.total.cached_tokens > 0  # the worked examples' prefix, prefilled once for all rows
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_a_call_that_fails_fails_only_its_own_search(tiny_model_dir, setup, continuous):
+    """A backend call that raises for one search's prompt, merged with others' calls: that search
+    gets the exception, the others finish with the trees they get alone."""
+    from sharpen.batching import LockstepBatcher, fork_search
+    from sharpen.registry import get_algorithm
+
+    task, problems = setup
+    backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)
+    process = LMProcess(backend, task, temperature=1.0, step_tokens=5, rollout_tokens=10, max_depth=3)
+    vote = get_algorithm("vote").fn
+
+    def job(i):
+        def run(proxy):
+            try:
+                return vote(fork_search(process, None, proxy)[0], None, problems[i], 40, seed=10 + i)
+            except RuntimeError as e:
+                return e
+        return run
+
+    alone = {i: _no_time(LockstepBatcher(backend).run([job(i)])[0]) for i in (0, 2, 3)}
+    bad = problems[1].question
+    generate, decode = backend.generate, backend.continuous
+
+    def check(texts):
+        if any(bad in t for t in texts):
+            raise RuntimeError("this prompt cannot be served")
+
+    backend.generate = lambda prompts, params, seeds=None: check(prompts) or generate(prompts, params, seeds=seeds)
+    backend.continuous = lambda params, first, admit, deliver: (check([t for j in first for t in j.texts])
+                                                                 or decode(params, first, admit, deliver))
+    got = LockstepBatcher(backend, continuous=continuous).run([job(i) for i in range(4)])
+    assert isinstance(got[1], RuntimeError)
+    for i in (0, 2, 3):
+        assert not isinstance(got[i], BaseException), got[i]
+        _same(_no_time(got[i]), alone[i])
 
 
 @pytest.mark.parametrize("continuous", [False, True])

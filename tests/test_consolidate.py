@@ -162,10 +162,11 @@ def test_a_row_draws_the_same_alone_or_among_others(tiny_backend):
 
 
 def _no_time(tree: Tree) -> dict:
-    """The tree without wall time and prompt tokens: both record the shared batched computation
-    (a merged call prefills a prefix shared by its rows once and apportions it), not the tree."""
+    """The tree without wall time and cached tokens: both record how the computation was shared (a
+    prefix prefilled once for many rows is counted for the batch, as cached tokens), not the tree.
+    Prompt and forward tokens stay: a search is charged what its calls cost alone."""
     d = tree.to_dict()
-    d["usage"] = {k: v for k, v in d["usage"].items() if k not in ("seconds", "prompt_tokens", "forward_tokens")}
+    d["usage"] = {k: v for k, v in d["usage"].items() if k not in ("seconds", "cached_tokens")}
     return d
 
 

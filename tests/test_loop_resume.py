@@ -26,6 +26,7 @@ def _config(tmp_path: Path, model_dir: str) -> Path:
         "task_args": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
         "rounds": 1,
         "seed": 3,
+        "threads": 1,
         "collect": {"algo": "mcts", "scorer": "oracle", "problems": 6, "budget": 400, "step_tokens": 6,
                     "rollout_tokens": 12, "max_depth": 3, "temperature": 1.0,
                     "strict_format": False},  # a random tiny model writes no Answer: lines
@@ -67,6 +68,7 @@ def ref_run(tmp_path_factory, tiny_model_dir) -> Path:
     assert p.returncode == 0, err
     # the run trains (a kill in the train stage interrupts real training, not a skipped stage)
     assert json.loads((tmp / "ref" / "round-1" / "train" / "summary.json").read_text())["rows"] > 0
+    assert json.loads((tmp / "ref" / "manifest.json").read_text())["threads"] == [1]  # the config's count, recorded
     return tmp / "ref"
 
 

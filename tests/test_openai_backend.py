@@ -214,6 +214,71 @@ def test_a_server_killed_mid_run_gives_an_error_and_the_run_resumes(tiny_model_d
         s.stop()
 
 
+def _client_threads() -> int:
+    import threading
+
+    return sum(t.name == "sharpen-openai" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_failed_row_keeps_the_usage_of_the_rows_that_finished(tiny_server, problems):
+    """The server billed the rows that finished before another row failed: the meter counts them."""
+    from sharpen.backends.openai import OpenAIBackend
+
+    task, probs = problems
+    backend = OpenAIBackend(tiny_server.spec + ";in_flight=4")
+    prompt = backend.chat_prompt(task.messages(probs[0]))
+    real = backend._request
+
+    async def failing(p, *args, **kw):
+        if p == "FAIL":
+            raise BackendError("the server at X refused a request (HTTP 400): no (fix: check the server's log)")
+        return await real(p, *args, **kw)
+
+    backend._request = failing
+    before = backend.meter.snapshot()
+    with pytest.raises(BackendError, match="refused a request"):
+        backend.generate([prompt, "FAIL", prompt], SamplingParams(n=1, temperature=0.0, max_tokens=6))
+    used = backend.meter.snapshot() - before
+    backend.close()
+    assert used.prompt_tokens == 2 * backend.count_tokens(prompt)  # the two rows that finished, by the server
+    assert used.generated_tokens > 0 and used.calls == 1
+
+
+def test_backends_close_their_thread_and_connections_and_owners_close_them(tiny_server, tiny_model_dir, problems,
+                                                                            tmp_path):
+    from sharpen import api
+    from sharpen.backends.openai import OpenAIBackend
+    from sharpen.evaluate import EvalConfig
+    from sharpen.process import SearchSettings
+    from sharpen.scorers import OracleScorer, ProverRollouts
+
+    start = _client_threads()
+    # search, sweep and eval close the backends they load
+    settings = SearchSettings(rollout_tokens=6, step_tokens=4, max_depth=2)
+    targs = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    api.search(model=tiny_server.spec, algo="vote", budget=12, n=1, settings=settings, task_args=targs)
+    assert _client_threads() == start
+    api.sweep(["vote"], [12], model=tiny_server.spec, n=1, settings=settings, task_args=targs, out=tmp_path / "sw")
+    assert _client_threads() == start
+    api.evaluate(model=tiny_server.spec, n=1, config=EvalConfig(samples=0, max_tokens=6), task_args=targs)
+    assert _client_threads() == start
+    with OpenAIBackend(tiny_server.spec) as backend:
+        assert _client_threads() == start + 1
+    assert _client_threads() == start and backend._client.is_closed()
+    backend.close()  # a second close does nothing
+    # a backend that fails to start leaves nothing running
+    with pytest.raises(BackendError, match="cannot reach"):
+        OpenAIBackend(f"openai:http://127.0.0.1:{free_port()}/v1#m;retries=0;tokenizer={tiny_model_dir}")
+    assert _client_threads() == start
+    # a prover's backend closes with the oracle scorer that loaded it
+    task, _ = problems
+    process = api.make_process(api.load_model(tiny_model_dir), task)
+    scorer = OracleScorer(process, 1, collect=True, prover=ProverRollouts(tiny_server.spec))
+    assert _client_threads() == start + 1
+    scorer.close()
+    assert _client_threads() == start
+
+
 def test_server_spec_parsing():
     from sharpen.backends.openai import ServerSpec
 

@@ -75,6 +75,85 @@ def test_eval_on_ray_actors_gives_the_rows_of_one_process(tmp_path, tiny_model_d
     assert (tmp_path / "part" / "problems.jsonl").read_bytes() == a
 
 
+TASK_ARGS = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Ray in this process: `--ray local` starts it at the first call; shut down after the module."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_an_error_keeps_the_groups_that_finished_before_it(tmp_path, tiny_model_dir, local_ray):
+    import ray
+
+    from sharpen.api import load_model, load_task
+    from sharpen.distributed import _threads, eval_on_ray, run_groups
+    from sharpen.evaluate import EvalConfig, evaluate
+    from sharpen.io import read_jsonl
+
+    problems = load_task("gym:chain_sum", **TASK_ARGS).problems("test", 4, seed=5)
+    cfg = EvalConfig(samples=2, temperature=1.0, max_tokens=6, seed=5, problems_per_call=2)
+    path = tmp_path / "ray" / "problems.jsonl"
+    second = [p.id for p in problems[2:]]
+
+    def fail_once_written(path: str, ids: list[str]) -> None:  # a local function: Ray ships it by value
+        import json
+        import time
+
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with open(path) as f:
+                    if set(ids) <= {json.loads(x)["id"] for x in f if x.endswith("\n")}:
+                        break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the first group failed")
+
+    fail = ray.remote(num_cpus=0)(fail_once_written)  # no CPU: the two actors hold them all
+    c = cfg.model_dump()
+
+    def call(actor, group):  # the first group fails, once the second one has finished
+        return fail.remote(str(path), second) if group[0]["id"] == problems[0].id else actor.evaluate.remote(group, c)
+
+    worker = (tiny_model_dir, cfg.seed, {"max_batch": 8}, "gym:chain_sum", TASK_ARGS, _threads())
+    with pytest.raises(RuntimeError, match="the first group failed"):
+        run_groups("local", 2, worker, problems, 2, "id", path, call)
+    assert [r["id"] for r in read_jsonl(path)] == second  # written when it finished, kept after the error
+    # resumed: the first group is evaluated, and the file is the one a single process writes
+    eval_on_ray("local", 2, tiny_model_dir, "gym:chain_sum", TASK_ARGS, problems, cfg, path, batch=8)
+    one = tmp_path / "one.jsonl"
+    task = load_task("gym:chain_sum", **TASK_ARGS)
+    evaluate(load_model(tiny_model_dir, seed=cfg.seed, max_batch=8), task, problems, cfg, out_jsonl=one)
+    assert path.read_bytes() == one.read_bytes()
+
+
+def test_search_on_ray_resumes_groups_cut_short(tmp_path, tiny_model_dir, local_ray):
+    from sharpen import api
+    from sharpen.process import SearchSettings
+
+    settings = SearchSettings(temperature=1.0, step_tokens=4, rollout_tokens=8, max_depth=2, parallel=2, batch=8)
+    kw = dict(model=tiny_model_dir, task="gym:chain_sum", algo="vote", scorer=None, budget=24, n=4, seed=3,
+              settings=settings, task_args=TASK_ARGS)
+    api.search(**kw, out=tmp_path / "one")
+    a = (tmp_path / "one" / "trees.jsonl").read_bytes()
+    lines = a.splitlines(keepends=True)
+    assert len(lines) == 4
+    # both groups (--parallel 2) cut short, each after its first problem, the later group's row first
+    # (rows are appended as groups finish)
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "trees.jsonl").write_bytes(lines[2] + lines[0])
+    api.search(**kw, out=tmp_path / "part", ray="local", actors=2)
+    assert same_bytes(tmp_path / "part" / "trees.jsonl") == same_bytes(tmp_path / "one" / "trees.jsonl")
+
+
 def test_run_config_cluster_section(tmp_path):
     from sharpen.loop.config import load_config, with_cluster
 

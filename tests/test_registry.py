@@ -116,3 +116,35 @@ def test_builtin_registry_and_scorer_specs():
     for bad in ("rollout:x", "rollout:0", "mystery", "self:3", "prm"):
         with pytest.raises(ConfigError):
             parse_scorer(bad)
+
+
+def test_row_counts_are_bounded_by_the_budget_for_the_api_and_the_server():
+    """A count option (particles, beams, samples, k, batch) above what the budget can pay for, at a
+    token a row, or above the fixed cap, is a one-line ConfigError from the one check that the API
+    (`sharpen search`, `sweep`) and the server both run, before any model is loaded."""
+    from types import SimpleNamespace
+
+    from sharpen import api
+    from sharpen.serve import SearchService, ServeConfig
+
+    for algo, raw in [("pf", {"n": 10**9}), ("beam", {"width": 4097}), ("mcts", {"k": 10**6}),
+                      ("omega", {"samples": 10**9}), ("vote", {"batch": 10**9})]:
+        with pytest.raises(ConfigError, match=r"less than or equal to 4096 \(fix: "):
+            get_algorithm(algo).parse(raw)  # the fixed cap, whatever the budget
+    assert get_algorithm("pf").parse({"n": 256}, 256).n == 256
+    assert get_algorithm("beam").parse({"width": 16, "expansions": 16}, 256).width == 16
+    with pytest.raises(ConfigError, match=r"option n=257 .* budget of 256 tokens .*\(fix: n <= 256, or a larger budget\)$"):
+        get_algorithm("pf").parse({"n": 257}, 256)
+    with pytest.raises(ConfigError, match=r"width=16 x expansions=17 = 272 rows .*\(fix: a product <= 256"):
+        get_algorithm("beam").parse({"width": 16, "expansions": 17}, 256)
+
+    with pytest.raises(ConfigError, match="option samples=300 ") as e:
+        api.search(model="no-such-model", algo="omega", scorer="self", budget=256, n=1, options={"samples": 300})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="option batch=300 "):
+        api.sweep(["vote"], [512, 256], model="no-such-model", n=1, options={"vote": {"batch": 300}})
+
+    service = SearchService(SimpleNamespace(backend=SimpleNamespace()), ServeConfig(), start=False)
+    with pytest.raises(ConfigError, match=r"option batch=17 .*\(fix: batch <= 16, or a larger budget\)$"):
+        service.check("vote", "none", 16, {"batch": 17})
+    service.check("vote", "none", 16, {"batch": 16})

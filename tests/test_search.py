@@ -247,3 +247,34 @@ def test_fill_spends_the_budget_that_a_fixed_count_leaves(algo):
             assert restarts == sorted(restarts) and len(b.meta["particles"]) == len(b.meta["resampled"])
     assert sum(filled) > 1.5 * sum(fixed), (sum(filled), sum(fixed))
     assert min(filled) >= budget - 2 * proc.step_tokens - 2, filled
+
+
+def test_omega_samples_what_the_budget_planned():
+    """omega starts as many samples as `plan` covers with their scoring (each sample costs a step
+    and a judgement here), not `samples` regardless: at 10 tokens, 5 of the 16 asked for."""
+    from sharpen.search.omega import omega
+
+    proc = RandomWalkProcess(horizon=H)
+    tree = omega(proc, DistanceScorer(proc), PROBLEMS[0], 10, seed=0, samples=16)
+    assert len(tree.root.children) == 5
+    assert all(tree.nodes[c].score is not None for c in tree.root.children if tree.nodes[c].terminal)
+    wide = omega(proc, DistanceScorer(proc), PROBLEMS[0], 400, seed=0, samples=16)
+    assert len(wide.root.children) == 16  # a budget that covers them all: every sample asked for
+
+
+@pytest.mark.parametrize("algo,options", [("pf", {"n": 61}), ("mcts", {"k": 61}), ("omega", {"samples": 100}),
+                                          ("bon", {"batch": 61}), ("beam", {"width": 8, "expansions": 8})])
+def test_row_counts_over_the_budget_fail_before_any_work(tmp_path, algo, options):
+    """Every row costs at least one token: a count option (or a product of them) over the budget is a
+    one-line ConfigError from `search_problems` (what `sharpen search`, `sweep` and `run` call) before
+    any tree is searched or written."""
+    from sharpen.collect import search_problems
+
+    proc = RandomWalkProcess(horizon=H)
+    out = tmp_path / "trees.jsonl"
+    with pytest.raises(ConfigError, match=r"at one token a row at least \(fix: .*\)$") as e:
+        search_problems(proc, DistanceScorer(proc), algo, PROBLEMS[:2], 60, out_jsonl=out, algo_args=options)
+    assert "\n" not in str(e.value) and not out.exists() and proc.meter.total.generated_tokens == 0
+    # within the budget the same options run
+    fits = {k: max(1, v // 8) for k, v in options.items()}
+    assert len(search_problems(proc, DistanceScorer(proc), algo, PROBLEMS[:1], 60, algo_args=fits)) == 1

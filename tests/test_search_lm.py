@@ -162,3 +162,16 @@ def test_strict_answers_credit_only_answer_lines(tiny_backend):
     for r in rollouts:
         assert task.extract(r.text) is not None  # read leniently, every one has an answer (at least the 5)
         assert r.answer == task.extract(r.text, strict=True)
+
+
+def test_self_scorer_without_yes_or_no_in_top_logprobs(lm_process, monkeypatch):
+    """A server whose top log-probs hold neither "Yes" nor "No" gives both -inf: the value is 0.5
+    (no information), never NaN; one missing answer gives 0 or 1."""
+    import math
+
+    proc = lm_process
+    tree = proc.new_tree(PROBLEM, seed=0)
+    kids = [tree.add(0, step=f"step {i}").id for i in range(3)]
+    rows = [{"Yes": -math.inf, "No": -math.inf}, {"Yes": -0.1, "No": -math.inf}, {"Yes": -math.inf, "No": -2.0}]
+    monkeypatch.setattr(proc, "next_token_logprobs", lambda prompts, cands: rows[: len(prompts)])
+    assert SelfScorer(proc).score(tree, kids) == [0.5, 1.0, 0.0]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import re
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,19 +24,45 @@ openai = pytest.importorskip("openai")
 pytestmark = [pytest.mark.server, pytest.mark.integration]
 ARGS = ["--model", "smollm2-135m", "--budget", "48", "--step-tokens", "16", "--rollout-tokens", "24"]
 Q = [{"role": "user", "content": "What is 3 + 4 - 2?"}]
+PLUGIN = '''
+from sharpen.registry import Options, algorithm
+
+
+@algorithm("boom", Options, needs_scorer=False)
+def boom(process, scorer, problem, budget_tokens, seed=0, **options):
+    """Fails inside the server."""
+    raise RuntimeError("secret internal detail /srv/private/weights")
+'''
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = SharpenServer([*ARGS, "--max-budget", "100000"], tmp_path_factory.mktemp("serve") / "log").start()
+    """Two scorers: rollout (the default) and quick (rollout:k=1)."""
+    s = SharpenServer([*ARGS, "--max-budget", "100000", "--scorer", "rollout", "--scorer", "quick=rollout:k=1"],
+                      tmp_path_factory.mktemp("serve") / "log").start()
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    """A server with an API key and a queue of 1."""
-    s = SharpenServer([*ARGS, "--api-key", "sekret", "--queue", "1"], tmp_path_factory.mktemp("guarded") / "log").start()
+    """A server with an API key read from a file and a queue of 1."""
+    d = tmp_path_factory.mktemp("guarded")
+    (d / "key").write_text("sekret\n")
+    s = SharpenServer([*ARGS, "--api-key-file", str(d / "key"), "--queue", "1"], d / "log").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """A server with its API key from the environment, a 2 s timeout, a 4096-byte body limit and a
+    plugin algorithm `boom` that raises inside the search."""
+    d = tmp_path_factory.mktemp("strict")
+    (d / "boom_plugin.py").write_text(PLUGIN)
+    path = os.pathsep.join(filter(None, [str(d), os.environ.get("PYTHONPATH")]))
+    s = SharpenServer([*ARGS, "--timeout", "2", "--max-body", "4096", "--scorer", "rollout"], d / "log",
+                      env={"SHARPEN_API_KEY": "from-env", "SHARPEN_PLUGINS": "boom_plugin", "PYTHONPATH": path}).start()
     yield s
     s.stop()
 
@@ -49,13 +80,47 @@ def get(url: str, key: str | None = None) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def post(url: str, data: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+def post(url: str, data: bytes, key: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def raw_post(s: SharpenServer, headers: dict[str, str], body, chunked: bool = False) -> tuple[int, dict]:
+    """POST /v1/chat/completions with exactly these headers (a Content-Length that need not match
+    the body, or a chunked body without one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=20)
+    try:
+        if chunked:
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers, encode_chunked=True)
+        else:
+            conn.putrequest("POST", "/v1/chat/completions", skip_accept_encoding=True)
+            for k, v in headers.items():
+                conn.putheader(k, v)
+            conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def requests_total(s: SharpenServer, key: str | None = None) -> dict[str, float]:
+    """sharpen_requests_total by HTTP status, from /metrics."""
+    text = get(f"{s.base}/metrics", key)[1]
+    return {m[0]: float(m[1]) for m in re.findall(r'sharpen_requests_total\{status="(\d+)"\} ([0-9.]+)', text)}
+
+
+def wait_for_empty_queue(s: SharpenServer, key: str | None = None, within: float = 60) -> float:
+    """Seconds until /health reports no request queued or searched (`within` at most)."""
+    t0 = time.time()
+    while time.time() - t0 < within and json.loads(get(f"{s.base}/health", key)[1])["queue"] > 0:
+        time.sleep(0.2)
+    assert json.loads(get(f"{s.base}/health", key)[1])["queue"] == 0
+    return time.time() - t0
 
 
 def test_a_request_gets_a_searched_answer_with_usage_and_its_tree(server):
@@ -79,7 +144,7 @@ def test_a_request_gets_a_searched_answer_with_usage_and_its_tree(server):
     ({"messages": Q, "search": {"algo": "bon", "scorer": "bogus"}}, "scorer"),
     ({"messages": Q, "search": {"budget": 10**9}}, "outside 1..100000"),
     ({"messages": []}, "messages must be a non-empty list"),
-    ({"messages": Q, "search": {"algo": "bon", "scorer": "oracle"}}, "reference answers"),
+    ({"messages": Q, "search": {"algo": "bon", "scorer": "oracle"}}, "one of rollout, quick or none"),
     ({"messages": Q, "search": {"algo": "mcts", "kk": 2, "scorer": "rollout"}}, "kk"),
 ])
 def test_bad_requests_get_a_400_with_one_line_and_the_server_keeps_serving(server, body, words):
@@ -99,36 +164,148 @@ def test_api_key_and_a_full_queue(guarded):
     with pytest.raises(openai.AuthenticationError):
         client(guarded, "wrong").chat.completions.create(model="m", messages=Q)
     assert get(f"{guarded.base}/v1/models")[0] == 401 and get(f"{guarded.base}/v1/models", "sekret")[0] == 200
-    statuses: list[int] = []
+    assert get(f"{guarded.base}/v1/models", "sékret")[0] == 401  # a non-ASCII header: refused, not a 500
+    for path in ("/docs", "/redoc", "/openapi.json"):  # the docs behind the key too
+        assert get(f"{guarded.base}{path}")[0] == 401 and get(f"{guarded.base}{path}", "sekret")[0] == 200, path
+    assert "/v1/chat/completions" in json.loads(get(f"{guarded.base}/openapi.json", "sekret")[1])["paths"]
 
-    def one() -> None:
+    def one(_: int) -> tuple[int, str | None]:
         try:
             client(guarded, "sekret").chat.completions.create(model="m", messages=Q, extra_body={"search": {"budget": 200}})
-            statuses.append(200)
+            return 200, None
         except openai.RateLimitError as e:
-            assert e.response.headers.get("retry-after") == "1"
-            statuses.append(429)
+            return 429, e.response.headers.get("retry-after")
 
-    threads = [threading.Thread(target=one) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(3) as pool:  # a failure in a request's thread fails the test here
+        results = list(pool.map(one, range(3)))
+    statuses = [status for status, _ in results]
     assert statuses.count(429) >= 1 and statuses.count(200) >= 1
-    _, text = get(f"{guarded.base}/metrics", "sekret")
-    assert 'sharpen_requests_total{status="401"} 3.0' in text  # two chat calls and one GET, no work done
+    assert all(retry == "1" for status, retry in results if status == 429), results
+    assert requests_total(guarded, "sekret")["401"] == 7  # chat calls, GETs and the docs: no work done
 
 
 def test_a_client_that_disconnects_stops_its_search(server):
+    before = requests_total(server)
     c = client(server, timeout=1.0)
-    with pytest.raises(openai.APITimeoutError):
+    with pytest.raises(openai.APITimeoutError):  # still searching after 1 s
         c.chat.completions.create(model="m", messages=Q,
                                   extra_body={"search": {"algo": "mcts", "scorer": "rollout", "budget": 50000}})
-    deadline = time.time() + 60
-    while time.time() < deadline and json.loads(get(f"{server.base}/health")[1])["queue"] > 0:
-        time.sleep(0.5)
-    assert json.loads(get(f"{server.base}/health")[1])["queue"] == 0  # not the minutes 50,000 tokens would take
-    assert 'status="499"' in get(f"{server.base}/metrics")[1]
+    wait_for_empty_queue(server)  # not the minutes 50,000 tokens would take
+    after = requests_total(server)
+    assert after.get("499", 0) == before.get("499", 0) + 1  # counted as a client that left ...
+    assert after.get("200", 0) == before.get("200", 0) and after.get("500", 0) == before.get("500", 0)  # ... only
+
+
+def test_a_request_names_only_a_scorer_the_server_started_with(server):
+    r = client(server).chat.completions.create(model="m", messages=Q,
+                                               extra_body={"search": {"algo": "bon", "scorer": "quick", "budget": 24}})
+    assert r.model_extra["sharpen"]["scorer"] == "quick"
+    messages = set()
+    for spec in ("self", "rollout:k=2", "prm:/etc", "prm:/no/such/dir", "../../etc/passwd", 3):
+        t0 = time.time()
+        with pytest.raises(openai.BadRequestError) as e:
+            client(server).chat.completions.create(model="m", messages=Q,
+                                                   extra_body={"search": {"algo": "bon", "scorer": spec}})
+        assert time.time() - t0 < 10  # refused, nothing loaded
+        messages.add(e.value.body["message"])
+    named = [m for m in messages if "names no scorer" in m]
+    assert len(named) == 1 and "one of rollout, quick or none" in named[0] and "\n" not in named[0]
+    assert not any(word in m for m in messages for word in ("/etc", "/no/such", "passwd", "self"))
+    assert requests_total(server).get("500", 0) == 0
+
+
+def test_a_body_past_the_limit_is_refused_before_it_is_parsed(server, strict):
+    json_headers = {"Content-Type": "application/json"}
+    status, body = raw_post(server, {**json_headers, "Content-Length": "2000000"}, b"{}")  # declared: not read
+    assert status == 413 and "1000000 bytes" in body["error"]["message"]
+    pad = json.dumps({"messages": Q, "pad": "x" * 1_050_000}).encode()
+    chunks = (pad[i:i + 65536] for i in range(0, len(pad), 65536))
+    status, body = raw_post(server, json_headers, chunks, chunked=True)  # no length: the bytes received count
+    assert status == 413 and "--max-body" in body["error"]["message"] and "\n" not in body["error"]["message"]
+    status, body = post(f"{strict.base}/v1/chat/completions", json.dumps({"messages": Q, "pad": "x" * 5000}).encode(),
+                        "from-env")
+    assert status == 413 and "4096 bytes" in body["error"]["message"]
+    assert requests_total(server)["413"] == 2
+
+
+def test_a_prompt_past_the_context_window_is_a_400_before_it_is_searched(server):
+    pattern = r"the prompt is (\d+) tokens and a row of this server's searches may add (\d+): past the model's " \
+              r"context window of (\d+) tokens"
+
+    def ask(n: int) -> tuple[int, int, int]:
+        t0 = time.time()
+        with pytest.raises(openai.BadRequestError) as e:
+            client(server, timeout=30).chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x " * n + "What is 3 + 4?"}])
+        assert time.time() - t0 < 10 and "\n" not in e.value.body["message"]
+        found = re.search(pattern, e.value.body["message"])
+        assert found, e.value.body["message"]
+        return tuple(int(x) for x in found.groups())  # type: ignore[return-value]
+
+    prompt, row, context = ask(9000)
+    assert context == 8192 and row >= 6 * 16 and prompt > context
+    # a prompt that fits the window by itself, but not with the longest row a search may add
+    prompt2, _, _ = ask(9000 - (prompt - (context - row // 2)))
+    assert context - row < prompt2 <= context
+    assert json.loads(get(f"{server.base}/health")[1])["queue"] == 0
+
+
+def test_the_api_key_from_the_environment(strict):
+    with pytest.raises(openai.AuthenticationError):
+        client(strict).chat.completions.create(model="m", messages=Q)
+    assert get(f"{strict.base}/v1/models", "from-env")[0] == 200 and get(f"{strict.base}/docs")[0] == 401
+
+
+def test_a_search_past_the_timeout_gets_a_504_and_stops(strict):
+    t0 = time.time()
+    with pytest.raises(openai.APIStatusError) as e:
+        client(strict, "from-env", timeout=60).chat.completions.create(
+            model="m", messages=Q, extra_body={"search": {"algo": "mcts", "budget": 4000}})
+    assert e.value.status_code == 504 and 2 <= time.time() - t0 < 30
+    message = e.value.body["message"]
+    assert "longer than 2 s" in message and "(fix:" in message and "\n" not in message
+    wait_for_empty_queue(strict)  # stopped at its next backend call, not after 4,000 tokens
+    assert requests_total(strict, "from-env")["504"] == 1
+
+
+def test_a_failure_inside_the_server_is_a_500_that_names_only_a_request_id(strict):
+    with pytest.raises(openai.InternalServerError) as e:
+        client(strict, "from-env").chat.completions.create(model="m", messages=Q, extra_body={"search": {"algo": "boom"}})
+    message = e.value.body["message"]
+    found = re.fullmatch(r"internal error \(request id ([0-9a-f]+)\)", message)
+    assert e.value.status_code == 500 and found, message
+    assert e.value.response.headers["x-request-id"] == found.group(1)
+    assert "secret" not in e.value.response.text and "RuntimeError" not in e.value.response.text
+    log = strict.log.read_text()
+    assert f"request {found.group(1)}" in log and "RuntimeError: secret internal detail" in log  # the server's log
+    assert get(f"{strict.base}/health")[0] == 200
+
+
+def test_serve_refuses_unsafe_or_wrong_settings_before_it_binds(tmp_path):
+    (tmp_path / "empty").write_text("\n")
+    env = {k: v for k, v in os.environ.items() if k != "SHARPEN_API_KEY"}
+    cases = {
+        "--insecure": ["--host", "0.0.0.0"],
+        "empty": ["--api-key-file", str(tmp_path / "empty")],
+        "not a file": ["--api-key-file", str(tmp_path / "missing")],
+        "unknown scorer": ["--scorer", "bogus"],
+        "reference answers": ["--scorer", "oracle"],
+        "given twice": ["--scorer", "a=rollout", "--scorer", "a=self"],
+        "prm": ["--scorer", "prm:" + str(tmp_path / "no-prm")],  # built (and failing) before the port is bound
+    }
+    procs = {words: subprocess.Popen([sys.executable, "-m", "sharpen", "serve", *ARGS, *args, "--port", "1"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for words, args in cases.items()}
+    try:
+        for words, proc in procs.items():
+            _, err = proc.communicate(timeout=120)
+            lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+            assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], (words, err)
+            assert "Traceback" not in err and "(fix:" in lines[0], err
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
 
 
 @pytest.fixture(scope="module")

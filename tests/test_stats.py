@@ -122,7 +122,7 @@ def test_paired_bootstrap_edges():
 
 @pytest.mark.parametrize("seed", [0, 5])
 def test_metrics_auroc_with_ci_equals_the_old_one(seed):
-    from sharpen.train.metrics import auroc as labels_auroc
+    from sharpen.stats import labelled_auroc as labels_auroc
     from sharpen.train.metrics import auroc_with_ci
 
     rng = np.random.default_rng(seed)
@@ -132,7 +132,7 @@ def test_metrics_auroc_with_ci_equals_the_old_one(seed):
     new = auroc_with_ci(labels, scores, n_boot=200, seed=seed)
     assert {k: new[k] for k in old} == old
     assert labels_auroc(labels, scores) == old["auroc"]
-    assert math.isnan(labels_auroc([1, 1], [0.2, 0.3]))
+    assert labels_auroc([1, 1], [0.2, 0.3]) is None  # one convention for the undefined case: None
     # one positive: most resamples hold a single class and are dropped, as before
     few = old_auroc_with_ci([1] + [0] * 9, scores[:10], n_boot=50, seed=seed)
     assert {k: auroc_with_ci([1] + [0] * 9, scores[:10], n_boot=50, seed=seed)[k] for k in few} == few
@@ -143,3 +143,49 @@ def test_bootstrap_ci_with_a_statistic_drops_undefined_resamples():
     lo, hi = bootstrap_ci(rows, iters=50, stat=lambda r: auroc(r[r[:, 0] == 1, 1], r[r[:, 0] == 0, 1]))
     assert lo == hi == 1.0
     assert all(math.isnan(v) for v in bootstrap_ci(rows[:1], iters=5, stat=lambda r: None))
+
+
+def _clustered(rng, problems: int, steps: int):
+    """Steps of `problems` problems whose labels and scores share the problem's difficulty z: the
+    pooled AUROC is carried by telling easy problems from hard ones, so a problem's steps move together."""
+    z = np.repeat(rng.normal(size=problems), steps)
+    labels = (rng.random(problems * steps) < 1 / (1 + np.exp(-2 * z))).astype(int)
+    scores = z + 0.3 * rng.normal(size=problems * steps)
+    return labels, scores, np.repeat([f"p{i}" for i in range(problems)], steps)
+
+
+def test_prm_auroc_interval_resamples_problems_and_is_wider_than_by_step(monkeypatch):
+    """On clustered steps (20 of each of 30 problems) `prm_auroc`'s interval resamples problems and
+    is much wider than resampling the steps one by one, which treats 600 correlated steps as 600
+    independent ones (about twice as wide on such data, over seeds)."""
+    import sharpen.train.metrics as metrics
+
+    labels, scores, problem = _clustered(np.random.default_rng(3), 30, 20)
+    rows = [{"label": int(y), "terminal": i % 20 == 19, "problem_id": p, "leaf": i % 20 == 19}
+            for i, (y, p) in enumerate(zip(labels, problem, strict=True))]
+    monkeypatch.setattr(metrics, "score_last", lambda prm_dir, rows, batch_size=8: list(scores))
+    res = metrics.prm_auroc("unused", rows, n_boot=400)
+    by_step = bootstrap_ci(np.column_stack([labels, scores]), iters=400,
+                           stat=lambda r: auroc(r[r[:, 0] == 1, 1], r[r[:, 0] == 0, 1]))
+    assert res["auroc"] == auroc(scores[labels == 1], scores[labels == 0])
+    assert res["ci_low"] <= res["auroc"] <= res["ci_high"]
+    assert res["ci_high"] - res["ci_low"] > 1.5 * (by_step[1] - by_step[0]), (res, by_step)
+    assert res["resampled"] == "problem" and res["problems"] == 30
+
+
+def test_bootstrap_by_cluster_covers_the_true_mean_where_by_row_does_not():
+    """Rows sharing a cluster effect (30 clusters of 10, true mean 0): resampling clusters gives an
+    interval that covers the mean in about 95% of repeats; resampling rows, far less often."""
+    rng = np.random.default_rng(11)
+    repeats, clusters, size = 150, 30, 10
+    groups = np.repeat(np.arange(clusters), size)
+    by_cluster = by_row = 0
+    for r in range(repeats):
+        x = np.repeat(rng.normal(size=clusters), size) + 0.5 * rng.normal(size=clusters * size)
+        lo, hi = bootstrap_ci(x, iters=400, seed=r, groups=groups)
+        by_cluster += lo <= 0.0 <= hi
+        lo, hi = bootstrap_ci(x, iters=400, seed=r)
+        by_row += lo <= 0.0 <= hi
+    assert 0.88 <= by_cluster / repeats <= 0.99 and by_row / repeats < 0.7, (by_cluster, by_row)
+    with pytest.raises(ValueError, match="one group id per row"):
+        bootstrap_ci([1.0, 2.0], groups=[0])

@@ -4,7 +4,6 @@ and generate / score; resume; held-out metrics."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -210,15 +209,17 @@ def test_prm_trains_loads_scores(tiny_model_dir, tmp_path):
 
 
 def test_auroc():
-    from sharpen.train.metrics import auroc, auroc_with_ci
+    from sharpen.stats import labelled_auroc as auroc
+    from sharpen.train.metrics import auroc_with_ci
 
     assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert auroc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
     assert auroc([0, 1], [0.5, 0.5]) == 0.5
     assert auroc([0, 1, 0, 1], [0.1, 0.4, 0.5, 0.8]) == 0.75
-    assert math.isnan(auroc([1, 1], [0.2, 0.3]))
+    assert auroc([1, 1], [0.2, 0.3]) is None  # undefined with one class, as `sharpen.stats.auroc` says
     r = auroc_with_ci([0, 1] * 50, [0.2, 0.8] * 50, n_boot=200)
-    assert r["auroc"] == 1.0 and r["ci_low"] == 1.0 and r["n"] == 100
+    assert r["auroc"] == 1.0 and r["ci_low"] == 1.0 and r["n"] == 100 and r["resampled"] == "step"
+    assert auroc_with_ci([1, 1], [0.2, 0.3], n_boot=20)["auroc"] is None
 
 
 def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sharpen.backends.base import close_all
 from sharpen.errors import ConfigError
 from sharpen.evaluate import EvalConfig
 from sharpen.process import SearchSettings
@@ -55,6 +56,31 @@ def new_out_dir(out: str | Path | None, prefix: str) -> Path:
     return out_dir
 
 
+RESUME_FIX = "the settings it was started with to resume it, or another --out"
+
+
+def check_resume(out_dir: Path | None, record: dict[str, Any], free: tuple[str, ...],
+                 normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Before `search`/`evaluate` reuse the rows in `out_dir`: refuse, with a one-line ConfigError
+    naming the first differing field, when its config.json records other settings than `record`
+    (`sharpen.io.refuse_changed_config`; `free` lists the fields that may differ, `normalize` maps
+    a recorded config to the form `record` has). No config.json: nothing to check."""
+    import json
+
+    from sharpen.io import refuse_changed_config
+
+    path = out_dir / "config.json" if out_dir is not None else None
+    if path is None or not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{path} is not a config.json sharpen wrote (fix: another --out)")
+    refuse_changed_config(out_dir, normalize(recorded) if normalize else recorded, record, free=free, fix=RESUME_FIX)
+
+
 def make_process(backend, task, settings: SearchSettings | None = None, strict_answers: bool = False):
     """The language-model process that search algorithms talk to."""
     from sharpen.process import LMProcess
@@ -78,7 +104,7 @@ def _check_search(algo: str, scorer: str | None, options: dict[str, Any] | None,
     from sharpen.registry import get_algorithm, parse_scorer
 
     entry = get_algorithm(algo)
-    entry.parse(options)
+    entry.parse(options, budget)
     if budget < 1:
         raise ConfigError("--budget must be >= 1 generated token (fix: e.g. --budget 512)")
     if entry.needs_scorer and scorer in (None, "none"):
@@ -112,11 +138,13 @@ def search(
 ) -> tuple[list, dict[str, Any]]:
     """Search `n` held-out problems (training problems with `collect`, which also allows the oracle
     scorer), the first `n` after the split's first `skip`, under `budget` generated tokens each. Returns the trees and the metrics; with `out`, the
-    run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json.
+    run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json;
+    resuming a directory started with settings that change the trees is refused (`check_resume`).
     `ray` ("local", "auto" or a cluster address): shard the problems over `actors` Ray actors
     (`sharpen.distributed`), with the same trees as one process."""
     from sharpen.collect import search_metrics, search_problems
     from sharpen.io import atomic_write_json
+    from sharpen.meter import UsageMeter
     from sharpen.models import check_model
     from sharpen.scorers import make_scorer
 
@@ -131,28 +159,46 @@ def search(
 
         connect(ray, actors)
     out_dir = new_out_dir(out, "search") if out is not None else None
-    if ray is None:
-        process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
-        the_scorer = make_scorer(scorer, process, collect=collect)
-    jsonl = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "config.json", {
-            "command": "search", "algo": algo, "scorer": scorer, "budget": budget, "model": model, "task": task,
-            "task_args": task_args or {}, "n": n, "skip": skip, "seed": seed, "collect": collect, "args": options or {},
-            **settings.model_dump()})
-        jsonl = out_dir / "trees.jsonl"
-    with _bar(progress, f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
-        if ray is not None:
-            from sharpen.distributed import search_on_ray
+    record = {"command": "search", "algo": algo, "scorer": scorer, "budget": budget, "model": model, "task": task,
+              "task_args": task_args or {}, "n": n, "skip": skip, "seed": seed, "collect": collect,
+              "args": options or {}, **settings.model_dump()}
 
-            trees = search_on_ray(ray, actors, model, task, task_args or {}, settings, scorer, collect, algo,
-                                  problems, budget, seed, options or {}, split, jsonl, on_progress=advance)
-        else:
-            trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=jsonl,
-                                    algo_args=options, on_progress=advance, parallel=settings.parallel,
-                                    split=split, scorer_spec=scorer)
-    metrics = search_metrics(trees, budget) | {"algo": algo, "scorer": scorer, "split": split}
+    def parsed_args(c: dict[str, Any]) -> dict[str, Any]:  # "k": "2" from the CLI is k=2 from Python
+        if c.get("algo") != algo:
+            return c
+        try:
+            return c | {"args": entry.parse(c.get("args")).model_dump()}
+        except (ConfigError, TypeError):
+            return c
+
+    # n may grow or shrink (a problem's tree does not depend on n, so a longer run extends the file);
+    # batch and parallel are speed only. Every other field changes the trees.
+    check_resume(out_dir, parsed_args(record), free=("n", "batch", "parallel"), normalize=parsed_args)
+    backend = the_scorer = None
+    try:  # the backend and a scorer's own (a prover's) are closed however the search ends
+        if ray is None:
+            backend = load_model(model, seed=seed, max_batch=settings.batch)
+            process = make_process(backend, the_task, settings)
+            the_scorer = make_scorer(scorer, process, collect=collect)
+        jsonl = None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out_dir / "config.json", record)
+            jsonl = out_dir / "trees.jsonl"
+        batches = UsageMeter()  # the lockstep batches' own usage: what shared prefills saved
+        with _bar(progress, f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
+            if ray is not None:
+                from sharpen.distributed import search_on_ray
+
+                trees = search_on_ray(ray, actors, model, task, task_args or {}, settings, scorer, collect, algo,
+                                      problems, budget, seed, options or {}, split, jsonl, on_progress=advance)
+            else:
+                trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=jsonl,
+                                        algo_args=options, on_progress=advance, parallel=settings.parallel,
+                                        split=split, scorer_spec=scorer, batch_meter=batches)
+    finally:
+        close_all(the_scorer, backend)
+    metrics = search_metrics(trees, budget, batches.total) | {"algo": algo, "scorer": scorer, "split": split}
     if out_dir is not None:
         metrics["out"] = str(out_dir)
         atomic_write_json(out_dir / "metrics.json", metrics)
@@ -171,7 +217,9 @@ def evaluate(
     ray: str | None = None,
     actors: int = 2,
 ) -> dict[str, Any]:
-    """Greedy accuracy, pass@k, majority@K, tokens and throughput on `n` held-out problems.
+    """Greedy accuracy, pass@k, majority@K, tokens and throughput on `n` held-out problems; with
+    `out`, config.json, problems.jsonl (appended per chunk, resumable) and metrics.json, and resuming
+    a directory started with settings that change the rows is refused (`check_resume`).
     `ray` ("local", "auto" or a cluster address): evaluate the chunks of `config.problems_per_call`
     problems on `actors` Ray actors (`sharpen.distributed`), with the same rows as one process."""
     from sharpen.evaluate import evaluate as _evaluate
@@ -190,21 +238,28 @@ def evaluate(
         from sharpen.distributed import connect
 
         connect(ray, actors)
+    record = {"command": "eval", "model": model, "task": task, "task_args": task_args or {}, "n": n,
+              **cfg.model_dump()}
+    # n may grow or shrink (a problem's row does not depend on n); problems_per_call (and `batch`,
+    # not recorded) are speed only. Every other field changes the rows.
+    check_resume(out_dir, record, free=("n", "problems_per_call"))
     backend = load_model(model, seed=cfg.seed, max_batch=batch) if ray is None else None
-    jsonl = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "config.json", {"command": "eval", "model": model, "task": task,
-                          "task_args": task_args or {}, "n": n, **cfg.model_dump()})
-        jsonl = out_dir / "problems.jsonl"
-    with _bar(progress, f"eval {task}", len(problems)) as advance:
-        if ray is not None:
-            from sharpen.distributed import eval_on_ray
+    try:
+        jsonl = None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out_dir / "config.json", record)
+            jsonl = out_dir / "problems.jsonl"
+        with _bar(progress, f"eval {task}", len(problems)) as advance:
+            if ray is not None:
+                from sharpen.distributed import eval_on_ray
 
-            metrics = eval_on_ray(ray, actors, model, task, task_args or {}, problems, cfg, jsonl, batch=batch,
-                                  on_progress=advance)
-        else:
-            metrics = _evaluate(backend, the_task, problems, cfg, out_jsonl=jsonl, on_progress=advance)
+                metrics = eval_on_ray(ray, actors, model, task, task_args or {}, problems, cfg, jsonl, batch=batch,
+                                      on_progress=advance)
+            else:
+                metrics = _evaluate(backend, the_task, problems, cfg, out_jsonl=jsonl, on_progress=advance)
+    finally:
+        close_all(backend)
     metrics.update(model=model, task=task)
     if out_dir is not None:
         metrics["out"] = str(out_dir)
@@ -261,12 +316,18 @@ def sweep(
               "split": split, "skip": skip,
               "settings": settings.model_dump(exclude={"batch", "parallel"})}  # those two are speed only
     prior, prior_rows = prior_cells(out_dir, header, pairs, budgets, options)  # before any model is loaded
-    process = make_process(load_model(model, seed=seed, max_batch=settings.batch), the_task, settings)
-    scorers = {sc: make_scorer(sc, process, collect=split == "train") for _, sc in pairs}
-    results = run_sweep(process, scorers, pairs, budgets, problems, out_dir, seed=seed, options=options,
-                        parallel=settings.parallel, progress=progress, header=header,
-                        title=f"{model} on {task} ({split}" + (f", after {skip}" if skip else "") + f"), n={n}",
-                        split=split, prior=prior, prior_rows=prior_rows)
+    backend = load_model(model, seed=seed, max_batch=settings.batch)
+    scorers: dict[str | None, Any] = {}
+    try:  # the backend and the scorers' own (provers) are closed however the sweep ends
+        process = make_process(backend, the_task, settings)
+        for _, sc in pairs:
+            scorers[sc] = make_scorer(sc, process, collect=split == "train")
+        results = run_sweep(process, scorers, pairs, budgets, problems, out_dir, seed=seed, options=options,
+                            parallel=settings.parallel, progress=progress, header=header,
+                            title=f"{model} on {task} ({split}" + (f", after {skip}" if skip else "") + f"), n={n}",
+                            split=split, prior=prior, prior_rows=prior_rows)
+    finally:
+        close_all(*scorers.values(), backend)
     return results, out_dir
 
 

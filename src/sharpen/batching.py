@@ -9,6 +9,12 @@ call counter and the row index), a tree does not depend on its batch-mates at al
 or with 80 others, a problem gets the same tree (up to float rounding of batched kernels). Each proxy has
 its own `UsageMeter`, so every search's budget counts only its own tokens.
 
+Accounting: a search is charged what its calls cost alone, its own prompt tokens times its rows
+(`prompt_tokens`) and its own rows' generated tokens, whatever it shares a call with; what sharing a
+prefill saved is counted once for the batch, as `cached_tokens` of the batcher's own meter
+(`LockstepBatcher.meter`). A merged call that fails is run again call by call, so only a call that
+fails on its own hands its search the exception.
+
 This turns per-problem batches of 1-8 rows into batches of tens of rows, which is where a small
 model on a CPU (or any model on a GPU) gets its throughput.
 """
@@ -98,6 +104,9 @@ class LockstepBatcher:
         when the merged call's slowest row is."""
         self.backend = backend
         self.continuous = continuous and getattr(backend, "joins_rows", False)
+        # the batch level: every backend call once, its prompt tokens as charged to the searches,
+        # `cached_tokens` what sharing prefills saved of them (the searches' meters carry no share of it)
+        self.meter = UsageMeter()
         self._take: Callable[[bool], Any] = lambda block: None
         self._cv = threading.Condition()
         self._pending: dict[int, _Request] = {}
@@ -208,11 +217,30 @@ class LockstepBatcher:
                 key = self._generate_key(req)
             groups.setdefault(key, []).append((slot, req))
         for key, members in groups.items():
+            self._run_isolated(key, members, proxies)
+
+    def _run_isolated(self, key: Any, members: list[tuple[int, _Request]], proxies: dict[int, ProxyBackend]) -> None:
+        """Run a group's merged call; when it raises, run each member's call again on its own, so the
+        exception reaches only the searches whose own call raises it (the others get the rows they get
+        in the merged call: every row draws from its own stream). An interrupt (not an `Exception`)
+        reaches every member."""
+        try:
+            self._run_group(key, members, proxies)
+            return
+        except Exception as e:  # noqa: BLE001 - handed to the member(s) whose own call fails
+            if len(members) == 1:
+                members[0][1].result = e
+                return
+        except BaseException as e:
+            for _, req in members:
+                req.result = e
+            return
+        for slot, req in members:
+            req.result = None
             try:
-                self._run_group(key, members, proxies)
-            except BaseException as e:
-                for _, req in members:
-                    req.result = e
+                self._run_group(key, [(slot, req)], proxies)
+            except BaseException as e:  # noqa: BLE001 - this search's own failure, re-raised in its thread
+                req.result = e
 
     def _generate_key(self, req: _Request) -> tuple:
         """Sampling calls merge when their settings are equal (continuously batched, `max_tokens` is
@@ -251,8 +279,11 @@ class LockstepBatcher:
             open_jobs.pop(id(j), None)
             n = req.params.n
             req.result = [completions[i * n : (i + 1) * n] for i in range(len(req.prompts))]
-            proxy.meter.record(prompt_tokens=prompt_tokens, generated_tokens=sum(c.num_tokens for c in completions),
-                               seconds=seconds)
+            generated = sum(c.num_tokens for c in completions)
+            charged = self._prompt_tokens(req)
+            proxy.meter.record(prompt_tokens=charged, generated_tokens=generated, seconds=seconds)
+            self.meter.record(prompt_tokens=charged, generated_tokens=generated, seconds=seconds,
+                              cached_tokens=max(0, charged - prompt_tokens))
             with self._cv:
                 req.done = True
                 self._cv.notify_all()
@@ -260,12 +291,28 @@ class LockstepBatcher:
         try:
             self.backend.continuous(replace(params, max_tokens=max(r.params.max_tokens for _, r in members)),
                                     [job(slot, req, proxies[slot]) for slot, req in members], admit, deliver)
-        except BaseException as e:  # noqa: BLE001 - every call not yet answered gets it (those answered keep theirs)
+        except Exception:  # noqa: BLE001 - the calls not yet answered run again one by one (those answered keep theirs)
+            for j in list(open_jobs.values()):
+                slot, req, proxy = j.token
+                req.result = None
+                try:
+                    self._run_merged("generate", replace(req.params, n=1, seed=None), [(slot, req)], {slot: proxy})
+                except BaseException as e:  # noqa: BLE001 - this search's own failure, re-raised in its thread
+                    req.result = e
+                with self._cv:
+                    req.done = True
+                    self._cv.notify_all()
+        except BaseException as e:  # noqa: BLE001 - an interrupt: every call not yet answered gets it
             with self._cv:
                 for j in open_jobs.values():
                     j.token[1].result = e
                     j.token[1].done = True
                 self._cv.notify_all()
+
+    def _prompt_tokens(self, req: _Request) -> int:
+        """What a call's prompts cost alone: each prompt's tokens times its rows."""
+        rows = req.params.n if req.kind == "generate" else 1
+        return sum(self.backend.count_tokens(p) for p in req.prompts) * rows
 
     def _run_group(self, key: Any, members: list[tuple[int, _Request]], proxies: dict[int, ProxyBackend]) -> None:
         if key[0] == "generate" and self.continuous:
@@ -278,18 +325,26 @@ class LockstepBatcher:
                 req.result = out[pos : pos + len(req.prompts)]
                 pos += len(req.prompts)
             return
+        self._run_merged(key[0], key[1], members, proxies)
+
+    def _run_merged(self, kind: str, what: Any, members: list[tuple[int, _Request]],
+                    proxies: dict[int, ProxyBackend]) -> None:
+        """One backend call for every member's prompts (`what`: the sampling settings of a
+        "generate", the candidates of a "logprobs"), split back; each search's meter gets its own
+        prompt tokens times its rows, its own generated tokens and a share of the seconds by those,
+        the batcher's meter the call once with what sharing saved as `cached_tokens`."""
         before = self.backend.meter.snapshot()
         t0 = time.perf_counter()
-        if key[0] == "logprobs":
+        if kind == "logprobs":
             flat = [p for _, req in members for p in req.prompts]
-            out = self.backend.next_token_logprobs(flat, list(key[1]))
+            out = self.backend.next_token_logprobs(flat, list(what))
             pos = 0
             for _, req in members:
                 req.result = out[pos : pos + len(req.prompts)]
                 pos += len(req.prompts)
             gen_share = [len(req.prompts) for _, req in members]
         else:
-            params: SamplingParams = key[1]
+            params: SamplingParams = what
             # every sample becomes a one-sample row with its own stream (row_seed), so each search
             # gets exactly the rows it would get from the backend alone
             flat = [p for _, req in members for p in req.prompts for _ in range(req.params.n)]
@@ -307,13 +362,16 @@ class LockstepBatcher:
         used = self.backend.meter.snapshot() - before  # the backend's verifier tokens are 0: verifiers meter themselves
         seconds = time.perf_counter() - t0
         total = max(1, sum(gen_share))
-        prompts_total = max(1, sum(len(req.prompts) for _, req in members))
+        charged = 0
         for (slot, req), g in zip(members, gen_share, strict=True):
-            proxies[slot].meter.record(
-                prompt_tokens=round(used.prompt_tokens * len(req.prompts) / prompts_total),
-                generated_tokens=g,
-                seconds=seconds * g / total,
-            )
+            own = self._prompt_tokens(req)
+            charged += own
+            proxies[slot].meter.record(prompt_tokens=own, generated_tokens=g, seconds=seconds * g / total)
+        # what the backend did not compute of the charged prompt tokens: a prefix shared by rows (of
+        # one search or of many) prefilled once, or a server's prefix cache
+        computed = used.prompt_tokens - used.cached_tokens
+        self.meter.record(prompt_tokens=charged, generated_tokens=used.generated_tokens, seconds=seconds,
+                          calls=used.calls, cached_tokens=max(0, charged - computed))
 
 
 def fork_search(process: Any, scorer: Any, proxy: ProxyBackend) -> tuple[Any, Any]:

@@ -225,14 +225,23 @@ def serve_cmd(
                                              "(default: a generic math-answer task)")] = None,
     task_arg: TaskArgOpt = None,
     algo: Annotated[str, typer.Option(help="default algorithm of a request without search.algo")] = "vote",
-    scorer: Annotated[str | None, typer.Option(help="default scorer (for algorithms that need one)")] = None,
+    scorer: Annotated[list[str] | None, typer.Option(help="a scorer requests may name in search.scorer: NAME=SPEC "
+                                                     "(e.g. fast=rollout:k=2, prm=prm:<path>), or a bare SPEC "
+                                                     "named after its kind (rollout); repeatable; the first is "
+                                                     "the default; all are loaded before the port is bound")] = None,
     budget: Annotated[int, typer.Option(help="default generated-token budget per request")] = 256,
     max_budget: Annotated[int, typer.Option(help="largest budget a request may ask for")] = 4096,
     queue: Annotated[int, typer.Option(help="requests queued or searched at once; beyond: 429")] = 64,
     timeout: Annotated[float, typer.Option(help="seconds a request may take; beyond: 504, search stopped")] = 600.0,
-    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only; another needs an API "
+                                      "key or --insecure)")] = "127.0.0.1",
     port: int = 8000,
-    api_key: Annotated[str | None, typer.Option(help="require Authorization: Bearer KEY")] = None,
+    api_key: Annotated[str | None, typer.Option(help="require Authorization: Bearer KEY (visible in ps: prefer "
+                                                "--api-key-file or the environment variable SHARPEN_API_KEY)")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="a file whose first line is the API key")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="serve on a non-loopback --host without an API "
+                                           "key")] = False,
+    max_body: Annotated[int, typer.Option(help="largest request body in bytes; beyond: 413")] = 1_000_000,
     temperature: Annotated[float, typer.Option(help=_help(S, "temperature"))] = S["temperature"].default,
     step_tokens: Annotated[int, typer.Option(help=_help(S, "step_tokens"))] = S["step_tokens"].default,
     rollout_tokens: Annotated[int, typer.Option(help=_help(S, "rollout_tokens"))] = S["rollout_tokens"].default,
@@ -244,23 +253,30 @@ def serve_cmd(
                                        "then depend on its batch-mates), float16")] = "auto",
     continuous_batching: Annotated[bool, typer.Option(help="row-level continuous batching: a request's samples join "
                                                       "the decode already running and leave it when done; slower "
-                                                      "than merged calls on a 2-core CPU so far (docs/results.md)")] = False,
+                                                      "than merged calls on a 2-core CPU so far (docs/results/serving.md)")] = False,
 ) -> None:
     """Test-time search behind an OpenAI-compatible endpoint: POST /v1/chat/completions with a `search` object."""
     quiet_libraries()
-    from sharpen.serve import ServeConfig, serve
+    import os
 
-    if queue < 1 or budget < 1 or max_budget < budget or timeout <= 0:
-        raise ConfigError("--queue, --budget >= 1, --max-budget >= --budget, --timeout > 0 (fix: positive values)")
+    from sharpen.serve import ServeConfig, check_binding, parse_scorers, read_api_key, serve
+
+    if queue < 1 or budget < 1 or max_budget < budget or timeout <= 0 or max_body < 1:
+        raise ConfigError("--queue, --budget, --max-body >= 1, --max-budget >= --budget, --timeout > 0 "
+                          "(fix: positive values)")
+    key = read_api_key(api_key, api_key_file, dict(os.environ))
+    check_binding(host, key, insecure)
+    scorers = parse_scorers(scorer)
     from sharpen.backends.hf import parse_dtype
 
     parse_dtype(dtype)  # a bad --dtype fails before the model loads
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
                          max_depth=max_depth, batch=batch)
-    cfg = ServeConfig(algo=algo, budget=budget, max_budget=max_budget, queue=queue, wave=queue, timeout=timeout,
-                      continuous=continuous_batching)
-    err.print(f"sharpen serve: {model} on http://{host}:{port}/v1 (default search: {algo}, budget {budget})")
-    serve(model, task, scorer, host, port, api_key, cfg, settings, _kv(task_arg), batch, dtype)
+    cfg = ServeConfig(algo=algo, scorers=scorers, budget=budget, max_budget=max_budget, queue=queue, wave=queue,
+                      timeout=timeout, api_key=key, continuous=continuous_batching, max_body=max_body)
+    err.print(f"sharpen serve: {model} on http://{host}:{port}/v1 (default search: {algo}, budget {budget}; "
+              f"scorers: {', '.join(scorers) or 'none'})", highlight=False, soft_wrap=True)
+    serve(model, task, host, port, cfg, settings, _kv(task_arg), batch, dtype)
 
 
 @app.command("algos")

@@ -41,16 +41,19 @@ def search_problems(
     parallel: int = 1,
     split: str | None = None,
     scorer_spec: str | None = None,
+    batch_meter: Any = None,
 ) -> list[Tree]:
     """Search every problem; each tree records its provenance: `algo`, `scorer` (`scorer_spec`,
     else the scorer's name) and `split` (given, else the task's own split rule on the question).
     `parallel` > 1 searches that many problems at once with lockstep batching (LM processes
-    only); a problem's tree does not depend on which problems share its batches."""
+    only); a problem's tree does not depend on which problems share its batches. `batch_meter` (a
+    `UsageMeter`) gets the batches' own usage: what sharing prefills saved, as `cached_tokens`,
+    counted once for a batch rather than in any tree."""
     from sharpen.registry import get_algorithm
     from sharpen.tasks import split_of
 
     entry = get_algorithm(algo)
-    options = entry.parse(algo_args).model_dump()  # a typo fails here, before any work
+    options = entry.parse(algo_args, budget).model_dump()  # a typo or a count over the budget fails here, before any work
     fn = entry.fn
     spec = scorer_spec if scorer_spec is not None else getattr(scorer, "name", None)
     done: dict[str, Tree] = {}
@@ -81,7 +84,10 @@ def search_problems(
                 def job(p: Problem):
                     return lambda proxy: search_one(p, *fork_search(process, scorer, proxy))
 
-                trees = LockstepBatcher(process.backend).run([job(p) for p in group])
+                batcher = LockstepBatcher(process.backend)
+                trees = batcher.run([job(p) for p in group])
+                if batch_meter is not None:
+                    batch_meter.total = batch_meter.total + batcher.meter.total
             else:
                 trees = [search_one(p, process, scorer) for p in group]
             fresh = 0
@@ -110,7 +116,10 @@ def summary_rows(m: dict[str, Any]) -> list[list[str]]:
             ["mean nodes / tree", f"{m['mean_nodes']:.1f}"]]
 
 
-def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:
+def search_metrics(trees: list[Tree], budget: int, batches: Any = None) -> dict[str, Any]:
+    """Accuracy and spend of `trees`. `cached_tokens`: the prompt tokens not computed, of the trees'
+    own calls and, with `batches` (the `Usage` of `search_problems`'s `batch_meter`), of the
+    lockstep batches' shared prefills, counted once."""
     acc = [1.0 if t.correct else 0.0 for t in trees]
     spent = [t.usage.get("generated_tokens", 0) for t in trees]
     forward = [t.usage.get("prompt_tokens", 0) + t.usage.get("generated_tokens", 0) for t in trees]
@@ -127,4 +136,5 @@ def search_metrics(trees: list[Tree], budget: int) -> dict[str, Any]:
         "mean_verifier_tokens": sum(verifier) / max(1, len(verifier)),  # a learned verifier's inputs
         "mean_nodes": sum(len(t.nodes) for t in trees) / max(1, len(trees)),
         "answered": sum(t.answer is not None for t in trees) / max(1, len(trees)),
+        "cached_tokens": sum(t.usage.get("cached_tokens", 0) for t in trees) + (batches.cached_tokens if batches else 0),
     }

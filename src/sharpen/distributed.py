@@ -11,9 +11,12 @@ Problems are cut into the groups one process would work on together: the lockste
 (`--parallel` problems), the generate calls of an evaluation (`EvalConfig.problems_per_call`
 problems). Group g goes to an actor, which handles it exactly as the single process would (same
 group composition, same per-row random streams, same number of torch threads), so every tree and
-every evaluation row is identical, byte for byte. Results are appended to their JSONL in problem
-order as groups finish, so a run killed at any point resumes where its file ends. An actor that
-dies has its group retried on a new actor. One driver (`run_groups`) does this for both.
+every evaluation row is identical, byte for byte. Each group's rows are appended to their JSONL as
+soon as the group finishes, in the order groups finish, so a run stopped at any point (a kill, an
+error in another group, Ctrl-C) keeps every finished group, and a resumed run skips the problems
+whose ids are in the file. Once every group is in, the file is put in problem order: a finished
+file is the one a single process writes. An actor that dies has its group retried on a new actor.
+One driver (`run_groups`) does this for both.
 """
 
 from __future__ import annotations
@@ -110,9 +113,10 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
                on_progress: Callable[[int], None] | None = None, actor_cpus: float = 1.0) -> tuple[dict[str, dict], Any]:
     """The one driver: cut `problems` into groups of `size`, run `call(actor, group as dicts)` (a remote
     method call returning `(rows, usage dict)`) for each group not already in `out_jsonl` on a pool
-    of `actors` `Worker`s built from `worker_args`, and append the rows (identified by `row[key]`)
-    to `out_jsonl` in problem order. Returns the rows by problem id (those already in the file
-    too) and the `Usage` the groups run now cost."""
+    of `actors` `Worker`s built from `worker_args`, and append each group's rows (identified by
+    `row[key]`; rows already in the file are skipped) to `out_jsonl` as the group finishes. When all
+    have finished, `out_jsonl` is rewritten in problem order (`_in_problem_order`). Returns the rows
+    by problem id (those already in the file too) and the `Usage` the groups run now cost."""
     from sharpen.io import JsonlAppender, read_jsonl
     from sharpen.meter import Usage
 
@@ -126,6 +130,8 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
     todo = [g for g, group in enumerate(groups) if not all(p.id in done for p in group)]
     usage = Usage()
     if not todo:
+        if out_jsonl is not None:
+            _in_problem_order(out_jsonl, key, [p.id for p in problems])
         return done, usage
     ray = connect(address, actors)
     n = min(actors, len(todo))
@@ -136,10 +142,7 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
     running: dict[Any, tuple[int, int, int]] = {}  # ref -> (group, actor index, attempt)
     free = list(range(len(pool)))
     queue = [(g, 0) for g in todo]
-    results: dict[int, list[dict]] = {}
     writer = JsonlAppender(out_jsonl) if out_jsonl is not None else None
-    order = iter(todo)  # groups are written in problem order
-    next_group = next(order, None)
 
     def launch() -> None:
         while queue and free:
@@ -154,7 +157,7 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
             ref = ready[0]
             g, a, attempt = running.pop(ref)
             try:
-                results[g], spent = ray.get(ref)
+                rows, spent = ray.get(ref)
                 usage = usage + Usage(**spent)
                 free.append(a)
             except ray.exceptions.RayActorError:
@@ -167,22 +170,43 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if getattr(e, "cause", None) is not None else e
                 raise cause from None
-            while next_group is not None and next_group in results:
-                for d in results.pop(next_group):
+            else:
+                for d in rows:
                     if d[key] not in done:  # a group cut short by a kill: only its missing rows
                         done[d[key]] = d
                         if writer:
                             writer.write(d)
                         if on_progress:
                             on_progress(1)
-                next_group = next(order, None)
             launch()
     finally:
         if writer:
             writer.close()
         for actor in pool:
             ray.kill(actor)
+    if out_jsonl is not None:
+        _in_problem_order(out_jsonl, key, [p.id for p in problems])
     return done, usage
+
+
+def _in_problem_order(path: str | Path, key: str, ids: list[str]) -> None:
+    """Rewrite the JSONL at `path` (atomically, each line's bytes kept) with its rows in the order of
+    `ids`; rows of other problems follow in their file order. Nothing is written when the file is
+    in that order already."""
+    from sharpen.io import atomic_write_text, jsonl_objects
+
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        lines = f.readlines()  # as `jsonl_objects` numbers them
+    rows = list(jsonl_objects(path))  # (line number, row): blank lines and a torn tail are left out
+    rank = {pid: i for i, pid in enumerate(ids)}
+    ordered = sorted(rows, key=lambda r: rank.get(r[1].get(key), len(ids)))
+    if [n for n, _ in ordered] == [n for n, _ in rows]:
+        return
+    text = b"".join(lines[n - 1].rstrip(b"\r\n") + b"\n" for n, _ in ordered).decode("utf-8")
+    atomic_write_text(path, text)
 
 
 def _threads() -> int:

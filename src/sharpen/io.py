@@ -1,4 +1,5 @@
-"""Atomic file writes and JSONL helpers: nothing half-written is ever left on disk."""
+"""Atomic file writes and JSONL helpers (nothing half-written is ever left on disk), and the check
+that an output directory being resumed was started with the same settings."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sharpen.errors import TaskError
+from sharpen.errors import ConfigError, TaskError
 
 T = TypeVar("T")
 
@@ -207,3 +208,58 @@ def read_records(path: str | os.PathLike, parse: Callable[[dict], T], what: str,
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def config_diff(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the fields whose values differ, in `current`'s order (then `recorded`'s);
+    dicts on both sides are compared field by field (`settings.temperature`), and a field on one side
+    only differs."""
+    keys = []
+    for k in [*current, *(k for k in recorded if k not in current)]:
+        a, b = recorded.get(k), current.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b or (k in recorded) != (k in current):
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _short(value: Any, width: int = 120) -> str:
+    """`value` as JSON, its middle cut out when longer than `width` (a path's tail tells paths apart)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    half = (width - 3) // 2
+    return text if len(text) <= width else text[:half] + "..." + text[-half:]
+
+
+def refuse_changed_config(where: str | os.PathLike, recorded: Mapping[str, Any], current: Mapping[str, Any],
+                          free: Collection[str] = (), fix: str = "the settings it was started with, or another --out"
+                          ) -> None:
+    """Before a command reuses the results in `where`, check that they were produced with the same
+    settings: `recorded` is what `where` recorded when it was started, `current` what is asked now.
+
+    Only the top-level fields of `current` are checked (a record may hold more, such as a sweep's
+    results), nested dicts field by field. A field named in `free` (a dotted name, or a prefix of
+    one) may differ: the caller lists those that do not change any reused result, such as batch
+    sizes. Any other difference is a one-line ConfigError naming the first differing field and
+    both values; a checked field the record lacks (written by an older sharpen) is one too.
+    `sharpen search`/`eval --out` (`sharpen.api`), `sharpen sweep` (`sharpen.sweep.prior_cells`)
+    and `sharpen run --seeds` (`sharpen.seeds.run_seeds`) all check through this function."""
+    def is_free(name: str) -> bool:
+        return any(name == f or name.startswith(f + ".") for f in free)
+
+    old = {k: recorded[k] for k in current if k in recorded}
+    differs = [k for k in config_diff(old, {k: current[k] for k in old}) if not is_free(k)]
+    missing = [k for k in current if k not in recorded and not is_free(k)]
+    if missing and not differs:
+        raise ConfigError(f"{where} was recorded by an older sharpen (no {missing[0]}) (fix: another --out)")
+    if differs:
+        name = differs[0]
+
+        def at(d: Mapping[str, Any]) -> Any:
+            for part in name.split("."):
+                d = d.get(part) if isinstance(d, Mapping) else None
+            return d
+
+        more = f" and {len(differs) + len(missing) - 1} more" if len(differs) + len(missing) > 1 else ""
+        raise ConfigError(f"{where} was started with another {name}: {_short(at(old))} there, {_short(at(current))} "
+                          f"now{more} (fix: {fix})")

@@ -6,6 +6,10 @@ accuracy-versus-compute comparisons are fair by construction. Beside them every 
 forward tokens each model processed (a FLOP proxy): the policy's `prompt_tokens + generated_tokens`
 (the `self` scorer's judgements are policy forwards too) and `verifier_tokens`, the input tokens of
 a learned verifier (a PRM, an implicit PRM's two models), so no algorithm hides its verifier's cost.
+
+`prompt_tokens` counts every row's prompt, what a call costs with nothing shared, so a search's
+count does not depend on what it shared a call with; `cached_tokens` is the part of them that was
+not computed (a prefix shared by a call's rows prefilled once, a server's prefix cache).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ class Usage:
     seconds: float = 0.0
     verifier_tokens: int = 0
     cached_tokens: int = 0
-    """The part of `prompt_tokens` a server says it served from its prefix cache (not recomputed)."""
+    """The part of `prompt_tokens` not computed: a prefix shared by a call's rows prefilled once, or
+    what a server says it served from its prefix cache."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Usage)))

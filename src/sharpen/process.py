@@ -24,10 +24,14 @@ from sharpen.answer import extract_answer
 from sharpen.backends.base import Backend, Completion, SamplingParams, mix_seed
 from sharpen.budget import Budget, allot, allowed_rows
 from sharpen.errors import ConfigError
+from sharpen.lru import LRUDict
 from sharpen.meter import UsageMeter
 from sharpen.registry import Options
 from sharpen.tasks import Problem, Task
 from sharpen.tree import Tree
+
+# problems a process remembers (`problem(tree)`): far more than the searches ever in flight at once
+PROBLEMS_KEPT = 4096
 
 
 @dataclass
@@ -150,8 +154,12 @@ class LMProcess:
         self.answer_prefix = answer_prefix
         self.strict_answers = strict_answers
         self.merge_duplicates = merge_duplicates
-        self._problems: dict[str, Problem] = {}
-        self._priors: dict[tuple[str, ...], dict[str, float]] = {}
+        # on a `MixtureBackend`: its `to_other`, whether the row of a seed is the second model's; each
+        # tree then counts its step rows by model in meta["step_rows"] (`_count_split`)
+        self.row_split: Any = None
+        # bounded: a long-lived process (`sharpen serve`) sees a new problem with every request
+        self._problems: LRUDict = LRUDict(PROBLEMS_KEPT)
+        self._priors: LRUDict = LRUDict(64)
 
     # -- protocol ---------------------------------------------------------------------------
     def new_tree(self, problem: Problem, seed: int = 0) -> Tree:
@@ -306,8 +314,22 @@ class LMProcess:
             n=k, temperature=self.temperature, top_p=self.top_p, max_tokens=row_tokens, stop_at=stop_at,
             delimiter=self.delimiter, answer_prefix=self.answer_prefix, seed=next_seed(tree),
         )
+        if stop_at == "step" and self.row_split is not None and not params.greedy:
+            self._count_split(tree, params, len(live))
         results = self.backend.generate([self.prefix(tree, node_ids[i]) for i in live], params)
         return list(zip(live, results, strict=True))
+
+    def _count_split(self, tree: Tree, params: SamplingParams, prompts: int) -> None:
+        """Add a step call's rows to tree.meta["step_rows"] by the model that samples each: the
+        mixture's split is a function of the row's own seed, so the tree's counts do not depend on
+        which other problems shared the call, and a resumed collection reads them from its trees."""
+        from sharpen.backends.base import prompt_seeds, row_seed
+
+        other = sum(bool(self.row_split(row_seed(s, j))) for s in prompt_seeds(params, prompts, None)
+                    for j in range(params.n))
+        rows = tree.meta.setdefault("step_rows", {"policy": 0, "reference": 0})
+        rows["policy"] += prompts * params.n - other
+        rows["reference"] += other
 
     def _step_of(self, tree: Tree, parent: int, c: Completion) -> tuple[str, bool]:
         """The step text of a completion under `parent`, and whether it ends the solution."""

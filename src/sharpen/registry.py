@@ -11,6 +11,10 @@ function and registers once:
         o = MyOptions.parse(options, "mine")
         ...
 
+An options class names its row counts in `counts` (e.g. `counts = ("k",)`): each of them, and
+their product, is at most the budget in tokens (every row costs at least one), checked by
+`AlgorithmEntry.parse(raw, budget)` before any work (`check_counts`).
+
 The CLI (`--algo`, `--arg k=v`, `sharpen algos`), run configs (`collect.algo`, `collect.args`),
 error messages for unknown or bad options and the docs are all read from here, so adding an
 algorithm is one file: modules in `sharpen.search` are imported on first use, other packages can
@@ -29,28 +33,57 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sharpen.errors import ConfigError
 
+MAX_ROWS = 4096
+"""The largest row count (particles, beams, samples, k) an algorithm option may ask for, whatever the budget."""
+
 
 class Options(BaseModel):
     """Base of every options class: unknown keys are errors, values are coerced from strings."""
 
     model_config = ConfigDict(extra="forbid")
     positional: ClassVar[tuple[str, ...]] = ()  # scorer spec `name:a:b` fills these fields in order
+    counts: ClassVar[tuple[str, ...]] = ()  # fields that are numbers of rows: bounded by the budget (`check_counts`)
 
     @classmethod
-    def parse(cls, raw: dict[str, Any] | None, owner: str) -> Options:
+    def parse(cls, raw: dict[str, Any] | None, owner: str, budget: int | None = None) -> Options:
         """Validate `raw` into this class; any problem becomes a one-line `ConfigError` naming the
-        option and the valid ones."""
+        option and the valid ones. With `budget` (generated tokens), the row counts are checked
+        against it too (`check_counts`)."""
         raw = dict(raw or {})
         unknown = [k for k in raw if k not in cls.model_fields]
         if unknown:
             raise ConfigError(f"{owner} has no option {unknown[0]!r} (fix: one of {describe_fields(cls) or 'none'})")
         try:
-            return cls.model_validate(raw)
+            options = cls.model_validate(raw)
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(x) for x in first["loc"])
             raise ConfigError(f"{owner}: option {loc}={raw.get(loc)!r}: {first['msg']} "
                               f"(fix: {describe_fields(cls, only=loc)})") from None
+        if budget is not None:
+            check_counts(options, owner, budget)
+        return options
+
+
+def check_counts(options: Options, owner: str, budget: int) -> None:
+    """A one-line `ConfigError` when a row count of `options` (its class's `counts`), or their
+    product, exceeds `budget`: every row costs at least one generated token, so more rows than
+    tokens can never be spent and only allocate memory. A budget below 1 is left to the budget's
+    own check."""
+    if budget < 1:
+        return
+    values = {name: getattr(options, name) for name in type(options).counts if getattr(options, name) is not None}
+    for name, v in values.items():
+        if v > budget:
+            raise ConfigError(f"{owner}: option {name}={v} asks for more rows than a budget of {budget} tokens "
+                              f"can pay for, at one token a row at least (fix: {name} <= {budget}, or a larger budget)")
+    product = 1
+    for v in values.values():
+        product *= v
+    if len(values) > 1 and product > budget:
+        names = " x ".join(f"{n}={v}" for n, v in values.items())
+        raise ConfigError(f"{owner}: {names} = {product} rows a step, more than a budget of {budget} tokens "
+                          f"can pay for, at one token a row at least (fix: a product <= {budget}, or a larger budget)")
 
 
 def describe_fields(cls: type[Options], only: str | None = None) -> str:
@@ -72,8 +105,11 @@ class AlgorithmEntry:
     needs_scorer: bool
     summary: str
 
-    def parse(self, raw: dict[str, Any] | None) -> Options:
-        return self.options.parse(raw, f"algorithm {self.name}")
+    def parse(self, raw: dict[str, Any] | None, budget: int | None = None) -> Options:
+        """The validated options; with `budget` (generated tokens a search), also their row counts
+        against it (`check_counts`): what the CLI, the API, collection and the server check before
+        any work."""
+        return self.options.parse(raw, f"algorithm {self.name}", budget)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from pydantic import Field
 
 from sharpen.budget import Budget, allowed_rows
 from sharpen.errors import ConfigError, ModelError
+from sharpen.lru import LRUDict
 from sharpen.process import LMProcess, Process, Rollout, require_logprobs
 from sharpen.registry import Options, parse_scorer
 from sharpen.registry import scorer as register_scorer
@@ -174,6 +175,10 @@ class ProverRollouts:
                              "(fix: oracle:<k>:prover=<a policy dir from `sharpen train`, or a model name>)") from None
         self.model = model
 
+    def close(self) -> None:
+        """Close the prover's backend (a server client's connections and thread)."""
+        self.backend.close()
+
     def rollout(self, process: LMProcess, tree: Tree, node_ids: list[int], k: int,
                 budget: Budget | None = None) -> list[list[Rollout]]:
         return process.fork(_ProverView(self.backend, process)).rollout(tree, node_ids, k, budget)
@@ -219,6 +224,11 @@ class OracleScorer(RolloutScorer):
         self.pool = False
         self.prover = prover
 
+    def close(self) -> None:
+        """Close the prover this scorer loaded (its copies from `bind` share it: close the original only)."""
+        if self.prover is not None:
+            self.prover.close()
+
     def _rollouts(self, tree: Tree, node_ids: list[int], budget: Budget | None) -> list:
         if self.prover is None:
             return super()._rollouts(tree, node_ids, budget)
@@ -233,13 +243,27 @@ class OracleScorer(RolloutScorer):
         return sum(self.process.verify(tree, r.answer) for r in rolls) / len(rolls)
 
 
+def yes_share(yes: float, no: float) -> float:
+    """P(Yes) / (P(Yes) + P(No)) from two log-probabilities; 0.5 (no information) when both are
+    -inf, 1.0 or 0.0 when only one is."""
+    m = max(yes, no)
+    if m == -math.inf:
+        return 0.5
+    return math.exp(yes - m) / (math.exp(yes - m) + math.exp(no - m))
+
+
 SELF_QUESTION = "Is the last step of this solution correct? Answer Yes or No."
 
 
 class SelfScorer:
     """The policy judges its own latest step (MCTS-DPO, arXiv 2405.00451): the solution so far is
     shown as the assistant's turn, a user turn asks a yes/no question, and the value is
-    P(Yes) / (P(Yes) + P(No)) of the first answer token. One generated token per node."""
+    P(Yes) / (P(Yes) + P(No)) of the first answer token. One generated token per node.
+
+    When neither answer has a log-probability (a server's top log-probs hold neither token, so the
+    backend gives both -inf), the judgement carries no information and the value is 0.5: both
+    tokens' mass is then only bounded by the same smallest listed probability, so no ratio other
+    than an even one is supported, and a NaN would break sorting, PUCT and max."""
 
     name = "self"
 
@@ -266,9 +290,7 @@ class SelfScorer:
         if todo:
             lps = self.process.next_token_logprobs([self.prompt(tree, n) for n in todo], [self.yes, self.no])
             for n, lp in zip(todo, lps, strict=True):
-                y, no = lp[self.yes], lp[self.no]
-                m = max(y, no)
-                tree.nodes[n].score = math.exp(y - m) / (math.exp(y - m) + math.exp(no - m))
+                tree.nodes[n].score = yes_share(lp[self.yes], lp[self.no])
         return [tree.nodes[n].score for n in node_ids]
 
 
@@ -357,7 +379,7 @@ class ProgressScorer(PRMScorer):
     def __init__(self, path: str | Path, process: Process, alpha: float = 1.0, batch: int = 16):
         super().__init__(path, process, batch=batch)
         self.alpha = alpha
-        self._prompt_lens: dict[str, int] = {}  # every node of a tree shares its prompt: tokenized once
+        self._prompt_lens = LRUDict(256)  # every node of a tree shares its prompt: tokenized once
 
     def _prompt_len(self, prompt: str) -> int:
         if prompt not in self._prompt_lens:
@@ -413,7 +435,7 @@ class ImplicitPRMScorer:
                                  "(fix: implicit:<policy dir from `sharpen train dpo`>[:ref=<model>])") from None
             self.models.append(m.to(self.device).eval())
         self.policy_path, self.ref_path = str(policy), str(ref)
-        self._prompt_ids: dict[str, list[int]] = {}
+        self._prompt_ids = LRUDict(256)  # per tree's prompt; bounded for a long-lived server
 
     def cost(self, terminal: bool, budget: Budget | None = None) -> float:
         return 1

@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from sharpen.errors import ConfigError
-from sharpen.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from sharpen.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    refuse_changed_config,
+)
 from sharpen.report import fmt, html_table, md_table
 
 SEEDS_FIX = "comma-separated distinct integers >= 0, e.g. --seeds 0,1,2"
@@ -76,17 +82,6 @@ def is_seeds_dir(path: str | Path) -> bool:
     """A parent of per-seed runs (and not itself a run)."""
     path = Path(path)
     return path.is_dir() and not (path / "manifest.json").exists() and bool(seed_dirs(path))
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(f"{prefix}{k}")
-    return keys
 
 
 def run_seeds(
@@ -129,11 +124,10 @@ def run_seeds(
         if (d / "config.yaml").exists():
             theirs = validate(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
             mine = cfg.model_copy(update={"seed": s})
-            diff = _config_diff(theirs.model_dump(mode="json") | {"cluster": None},
-                                mine.model_dump(mode="json") | {"cluster": None})
-            if diff:
-                raise ConfigError(f"{d} was started with another config (differs in {', '.join(diff[:5])}) "
-                                  "(fix: rerun with the config and --set values it was started with, or another --out)")
+            # every field but the cluster: a resumed seed runs on its own config.yaml, so a value
+            # given now that differs would be silently ignored; where a stage runs changes nothing
+            refuse_changed_config(d, theirs.model_dump(mode="json"), mine.model_dump(mode="json"), free=("cluster",),
+                                  fix="rerun with the config and --set values it was started with, or another --out")
             plan.append((s, d, "done" if (d / "paired.json").exists() else "resume"))
         elif d.exists() and any(d.iterdir()):
             raise ConfigError(f"{d} is not empty and holds no run (fix: remove it, or another --out)")

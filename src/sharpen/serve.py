@@ -2,38 +2,52 @@
 
     POST /v1/chat/completions   the last user message is the problem; a `search` object in the body
                                 (`algo`, `budget`, `scorer`, `seed`, and the algorithm's options) picks
-                                the search, server defaults otherwise. The reply is a chat completion
+                                the search, server defaults otherwise; `scorer` names one of the
+                                scorers the server was started with (`--scorer NAME=SPEC`, all built
+                                before the port is bound: a request never loads a model). The reply is a chat completion
                                 whose message is the chosen solution, `usage` with the tokens actually
                                 spent (generated, and forward: policy + verifier), and a `sharpen` field
                                 (answer, vote counts, tree id).
     GET  /v1/trees/{id}         the search tree of a reply (`sharpen view` renders it)
-    GET  /v1/models, /health, /metrics (Prometheus text)
+    GET  /v1/models, /health, /metrics (Prometheus text), /docs, /redoc, /openapi.json
 
 Requests from many clients are searched together: a worker thread runs one `LockstepBatcher` that
 admits queued requests (up to `wave` searched at once), so their backend calls share batched forward
 passes: merged calls by default; with `--continuous-batching` a search's samples join the decode
 already running and are handed back as soon as they are done, so its next call joins the same
 decode too (`HFBackend.continuous`; slower than merged calls on this 2-core CPU so far). The queue is bounded
-(beyond it: 429 with Retry-After); a request over the budget cap or malformed gets a 400 with a
-one-line message; a request past its timeout gets a 504, and a search whose client disconnected or
-timed out stops at its next backend call. With an API key, requests without it get a 401 and no work.
+(beyond it: 429 with Retry-After); a body over `max_body` bytes gets a 413 before it is parsed; a
+request over the budget cap, malformed, or whose prompt and the search's longest row would not fit
+the model's context window gets a 400 with a one-line message; a request past its timeout gets a
+504, and a search whose client disconnected or timed out stops at its next backend call. With an API
+key, every route but /health (the docs included) answers 401 to a request without it, and does no
+work. A failure inside the server is a 500 whose message is only a request id; the exception and
+its traceback go to the server's log (logger `sharpen.serve`) under that id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
+import ipaddress
+import json
+import logging
 import threading
 import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' (string) annotations here
 
+from sharpen.backends.base import LocalTokenizer
 from sharpen.errors import ConfigError, SharpenError
 from sharpen.tasks import Problem, Task
+
+log = logging.getLogger("sharpen.serve")
 
 
 class GenericMathTask(Task):
@@ -46,10 +60,27 @@ class GenericMathTask(Task):
         return False
 
 
+class _PromptMeter(LocalTokenizer):
+    """Prompts rendered and counted as the backend does, on a copy of its tokenizer."""
+
+    def __init__(self, tokenizer: Any):
+        import copy
+
+        self.tokenizer = copy.deepcopy(tokenizer)
+
+
+def longest_row(process: Any) -> int:
+    """The most tokens a search of `process` may add to a prompt in one row: steps of at most
+    `step_tokens` down to `max_depth` (a node there is terminal), or a completion of at most
+    `rollout_tokens` from the deepest non-terminal node, each step with its delimiter."""
+    depth, step, rollout = process.max_depth, process.step_tokens, process.rollout_tokens
+    return max(depth * step, (depth - 1) * step + rollout) + depth
+
+
 @dataclass
 class ServeConfig:
     algo: str = "vote"
-    scorer: str | None = None
+    scorers: dict[str, str] = field(default_factory=dict)  # short name -> scorer spec; the first is the default
     budget: int = 256
     max_budget: int = 4096
     queue: int = 64
@@ -58,13 +89,82 @@ class ServeConfig:
     api_key: str | None = None
     keep_trees: int = 1000
     continuous: bool = False  # row-level continuous batching (HFBackend.continuous): slower here so far
+    max_body: int = 1_000_000  # bytes of a request body; beyond: 413
+
+    @property
+    def default_scorer(self) -> str:
+        """The scorer of a request that names none: the first one given, else `none`."""
+        return next(iter(self.scorers), "none")
+
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` binds this machine only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK_NAMES
+
+
+def parse_scorers(specs: list[str] | None) -> dict[str, str]:
+    """`NAME=SPEC` (or a bare `SPEC`, named after its scorer kind, e.g. `rollout`) for each
+    `--scorer`: short name -> spec, in the order given. Each spec is checked without loading
+    anything; a scorer that reads reference answers (oracle) is refused."""
+    import re
+
+    from sharpen.registry import parse_scorer
+
+    out: dict[str, str] = {}
+    for item in specs or []:
+        head, eq, tail = item.partition("=")
+        named = bool(eq) and re.fullmatch(r"[A-Za-z0-9_.-]+", head) is not None
+        name, spec = (head, tail) if named else ("", item)
+        parsed = parse_scorer(spec)
+        name = name or parsed.name
+        if parsed.entry.collect_only:
+            raise ConfigError(f"--scorer {item}: the {parsed.name} scorer needs reference answers, which a request "
+                              "does not have (fix: another scorer, e.g. rollout or prm:<path>)")
+        if name == "none" or name in out:
+            raise ConfigError(f"--scorer {item}: the name {name!r} is " + ("reserved for no scorer" if name == "none"
+                              else "given twice") + " (fix: NAME=SPEC with a name of its own, e.g. fast=rollout:k=2)")
+        out[name] = spec
+    return out
+
+
+def read_api_key(api_key: str | None, api_key_file: Path | None, env: dict[str, str]) -> str | None:
+    """The server's API key: `--api-key`, else the first line of `--api-key-file`, else the
+    environment variable SHARPEN_API_KEY; None when none is set."""
+    if api_key is not None and api_key_file is not None:
+        raise ConfigError("both --api-key and --api-key-file are given (fix: one of them)")
+    if api_key_file is not None:
+        if not api_key_file.is_file():
+            raise ConfigError(f"--api-key-file {api_key_file} is not a file (fix: a file holding the key on its first line)")
+        lines = api_key_file.read_text(errors="replace").strip().splitlines()
+        api_key = lines[0].strip() if lines else ""
+        if not api_key:
+            raise ConfigError(f"--api-key-file {api_key_file} is empty (fix: write the key on its first line)")
+        return api_key
+    if api_key is None:
+        api_key = env.get("SHARPEN_API_KEY")
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("the API key is empty (fix: a non-empty --api-key, --api-key-file or SHARPEN_API_KEY)")
+    return api_key.strip() if api_key is not None else None
+
+
+def check_binding(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to serve on an address other machines can reach without an API key, unless `insecure`."""
+    if not api_key and not insecure and not is_loopback(host):
+        raise ConfigError(f"--host {host} can be reached from other machines and no API key is set (fix: "
+                          "--api-key-file PATH or SHARPEN_API_KEY, or --insecure to serve without a key)")
 
 
 @dataclass
 class _Job:
     problem: Problem
     algo: str
-    scorer: str | None
+    scorer: str  # a name of `SearchService.scorers`
     budget: int
     seed: int
     options: dict[str, Any]
@@ -84,8 +184,13 @@ class SearchService:
 
         self.process = process
         self.cfg = cfg
-        self._make_scorer = make_scorer
-        self._scorers: dict[str | None, Any] = {None: None}
+        # every scorer a request may name, built here (before the port is bound), never per request
+        self.scorers: dict[str, Any] = {"none": None}
+        self.scorers.update({name: make_scorer(spec, process) for name, spec in cfg.scorers.items()})
+        self.context = getattr(process.backend, "context_length", None)
+        tokenizer = getattr(process.backend, "tokenizer", None)
+        # a tokenizer of its own: the searches' threads use the backend's while requests are measured
+        self._measure = _PromptMeter(tokenizer) if self.context and tokenizer is not None else None
         self._queue: collections.deque[_Job] = collections.deque()
         self._cv = threading.Condition()
         self.running = 0
@@ -100,27 +205,39 @@ class SearchService:
         return self
 
     # -- requests ---------------------------------------------------------------------------
-    def check(self, algo: str, scorer: str | None, budget: int, options: dict[str, Any]) -> None:
-        """A one-line ConfigError for a search the server will not run."""
-        from sharpen.registry import get_algorithm, parse_scorer
+    def check(self, algo: str, scorer: str, budget: int, options: dict[str, Any]) -> None:
+        """A one-line ConfigError for a search the server will not run. `scorer` is a name of
+        `self.scorers`; nothing is loaded or built here."""
+        from sharpen.registry import get_algorithm
 
         entry = get_algorithm(algo)
-        entry.parse(options)
+        entry.parse(options, budget)
         if budget < 1 or budget > self.cfg.max_budget:
             raise ConfigError(f"budget {budget} is outside 1..{self.cfg.max_budget} (fix: a budget within the server's cap)")
-        if entry.needs_scorer and scorer in (None, "none"):
-            raise ConfigError(f"{algo} needs a scorer (fix: search.scorer, e.g. rollout or prm:<path>)")
-        if scorer not in (None, "none"):
-            parsed = parse_scorer(scorer)
-            if parsed.name == "oracle":
-                raise ConfigError("the oracle scorer needs reference answers, which a request does not have "
-                                  "(fix: another scorer, e.g. rollout or prm:<path>)")
-            self.scorer(scorer)
+        if scorer not in self.scorers:
+            raise ConfigError(f"search.scorer names no scorer of this server (fix: {self._scorer_names()})")
+        if entry.needs_scorer and self.scorers[scorer] is None:
+            raise ConfigError(f"{algo} needs a scorer (fix: {self._scorer_names()})")
 
-    def scorer(self, spec: str | None) -> Any:
-        if spec not in self._scorers:
-            self._scorers[spec] = self._make_scorer(spec, self.process)
-        return self._scorers[spec]
+    def _scorer_names(self) -> str:
+        named = [n for n in self.scorers if n != "none"]
+        if not named:
+            return "this server has no scorer: an algorithm that needs none, e.g. vote; scorers are set at start-up " \
+                   "with sharpen serve --scorer NAME=SPEC"
+        return f"search.scorer one of {', '.join(named)} or none"
+
+    def check_prompt(self, problem: Problem) -> None:
+        """A one-line ConfigError when the problem's prompt and the longest row a search of this
+        process may generate would not fit the model's context window."""
+        if self._measure is None:
+            return
+        prompt = self._measure.count_tokens(self._measure.chat_prompt(self.process.task.messages(problem)))
+        row = longest_row(self.process)
+        if prompt + row > self.context:
+            raise ConfigError(f"the prompt is {prompt} tokens and a row of this server's searches may add {row}: "
+                              f"past the model's context window of {self.context} tokens (fix: a problem of at most "
+                              f"{max(0, self.context - row - (prompt - self._measure.count_tokens(problem.question)))} "
+                              "tokens)")
 
     def submit(self, job: _Job) -> bool:
         """Queue a job; False when the queue is full."""
@@ -179,7 +296,7 @@ class SearchService:
         entry = get_algorithm(job.algo)
 
         def run(proxy: Any) -> Any:  # an exception reaches `_finished` through the batcher
-            process, scorer = fork_search(self.process, self.scorer(job.scorer), proxy)
+            process, scorer = fork_search(self.process, self.scorers[job.scorer], proxy)
             tree = entry.fn(process, scorer, job.problem, job.budget, seed=job.seed, **job.options)
             tree.scorer = job.scorer if entry.needs_scorer else None
             return tree
@@ -198,11 +315,40 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
+def _internal_error(exc: BaseException, what: str):
+    """A 500 that names only a request id; the exception and its traceback go to the log under it."""
+    request_id = uuid.uuid4().hex[:16]
+    log.error("request %s: %s failed", request_id, what, exc_info=(type(exc), exc, exc.__traceback__))
+    return _error(500, f"internal error (request id {request_id})", "server_error",
+                  headers={"X-Request-ID": request_id})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (`_BodyTooLarge`) once its declared or received size passes `limit`
+    bytes, before any of it is parsed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BodyTooLarge()
+    return bytes(body)
+
+
 def create_app(service: SearchService, model_name: str) -> Any:
     """The FastAPI app serving `service`'s searches."""
     from fastapi import Depends, FastAPI
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     from sharpen.batching import SearchCancelled
 
@@ -223,11 +369,31 @@ def create_app(service: SearchService, model_name: str) -> Any:
         # a dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware hides client disconnects
         # from `request.is_disconnected()`, which stops the search of a client that left
         if cfg.api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {cfg.api_key}".encode()):
                 raise Unauthorized()
 
-    app = FastAPI(title="sharpen serve", version="1", dependencies=[Depends(check_key)])
+    # the docs' routes are declared below, so that the key guards them as every other route
+    app = FastAPI(title="sharpen serve", version="1", dependencies=[Depends(check_key)], docs_url=None,
+                  redoc_url=None, openapi_url=None)
     app.state.service = service
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> Any:
+        requests.labels("500").inc()
+        return _internal_error(exc, f"{request.method} {request.url.path}")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> Any:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="sharpen serve")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Any:
+        return get_redoc_html(openapi_url="/openapi.json", title="sharpen serve")
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> Any:
@@ -260,12 +426,20 @@ def create_app(service: SearchService, model_name: str) -> Any:
     async def chat(request: Request) -> Any:
         t0 = time.monotonic()
         try:
-            body = await request.json()
+            body = json.loads(await _read_body(request, cfg.max_body))
+        except _BodyTooLarge:
+            requests.labels("413").inc()
+            return _error(413, f"the body is over the server's limit of {cfg.max_body} bytes (fix: a shorter "
+                               "request, or a server started with a larger --max-body)")
+        except ClientDisconnect:
+            requests.labels("499").inc()
+            return _error(499, "client disconnected")
         except ValueError:
             requests.labels("400").inc()
             return _error(400, "the body is not valid JSON (fix: send a JSON object)")
         try:
             job = _parse(body, cfg, service)
+            await run_in_threadpool(service.check_prompt, job.problem)
         except SharpenError as e:
             requests.labels("400").inc()
             return _error(400, str(e))
@@ -298,7 +472,7 @@ def create_app(service: SearchService, model_name: str) -> Any:
             return _error(400, str(exc))
         if exc is not None:
             requests.labels("500").inc()
-            return _error(500, f"search failed: {type(exc).__name__}: {exc}", "server_error")
+            return _internal_error(exc, f"the {job.algo} search")
         tree = wrapped.result()
         reply = _reply(tree, job, model_name, process)
         service.keep(reply["sharpen"]["tree_id"], tree.to_dict())
@@ -334,15 +508,16 @@ def _parse(body: Any, cfg: ServeConfig, service: SearchService) -> _Job:
     if not isinstance(search, dict):
         raise ConfigError("search must be an object (fix: {\"algo\": \"vote\", \"budget\": 256})")
     algo = search.get("algo", cfg.algo)
-    scorer = search.get("scorer", cfg.scorer)
+    scorer = search.get("scorer")
+    scorer = cfg.default_scorer if scorer is None else scorer
     budget = search.get("budget", cfg.budget)
     seed = search.get("seed", body.get("seed"))
     if not isinstance(algo, str) or not isinstance(budget, int) or isinstance(budget, bool):
         raise ConfigError("search.algo must be a name and search.budget an integer (fix: e.g. {\"algo\": \"vote\", \"budget\": 256})")
-    if scorer is not None and not isinstance(scorer, str):
-        raise ConfigError("search.scorer must be a scorer spec string (fix: e.g. \"rollout\" or \"prm:<path>\")")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ConfigError("seed must be an integer (fix: e.g. \"seed\": 0)")
+    if not isinstance(scorer, str):
+        raise ConfigError("search.scorer must be the name of one of the server's scorers (fix: e.g. \"rollout\", or none)")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or abs(seed) >= 2**63):
+        raise ConfigError("seed must be an integer below 2**63 in size (fix: e.g. \"seed\": 0)")
     options = {k: v for k, v in search.items() if k not in SEARCH_KEYS}
     service.check(algo, scorer, budget, options)
     seed = random.randrange(2**31) if seed is None else seed
@@ -374,15 +549,16 @@ def _reply(tree: Any, job: _Job, model_name: str, process: Any) -> dict[str, Any
         "usage": {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated,
                   "forward_tokens": prompt + generated + verifier, "verifier_tokens": verifier},
         "sharpen": {"answer": tree.answer, "votes": dict(votes.most_common()), "tree_id": tree_id,
-                    "algo": job.algo, "scorer": job.scorer, "budget": job.budget, "seed": job.seed,
+                    "algo": job.algo, "scorer": tree.scorer, "budget": job.budget, "seed": job.seed,
                     "nodes": len(tree.nodes)},
     }
 
 
-def serve(model: str = "smollm2-135m", task: str | None = None, scorer: str | None = None, host: str = "127.0.0.1",
-          port: int = 8000, api_key: str | None = None, cfg: ServeConfig | None = None, settings: Any = None,
-          task_args: dict[str, Any] | None = None, batch: int = 256, dtype: str = "auto") -> None:
-    """Load the model and task, then serve until interrupted."""
+def serve(model: str = "smollm2-135m", task: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          cfg: ServeConfig | None = None, settings: Any = None, task_args: dict[str, Any] | None = None,
+          batch: int = 256, dtype: str = "auto") -> None:
+    """Load the model, the task and every scorer of `cfg.scorers`, check the default search, then
+    bind `host:port` and serve until interrupted."""
     import uvicorn
 
     from sharpen.api import load_model, make_process
@@ -390,11 +566,14 @@ def serve(model: str = "smollm2-135m", task: str | None = None, scorer: str | No
     from sharpen.tasks import load_task
 
     cfg = cfg or ServeConfig()
-    cfg.scorer = scorer if scorer is not None else cfg.scorer
-    cfg.api_key = api_key
     check_model(model)
     the_task = load_task(task, task_args or {}) if task else GenericMathTask()
     process = make_process(load_model(model, max_batch=batch, dtype=dtype), the_task, settings)
     service = SearchService(process, cfg, start=False)
-    service.check(cfg.algo, cfg.scorer, cfg.budget, {})  # the defaults, before the port is bound
+    service.check(cfg.algo, cfg.default_scorer, cfg.budget, {})  # the defaults, before the port is bound
+    if not log.handlers:  # failures of requests, with their request ids, on stderr beside uvicorn's log
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     uvicorn.run(create_app(service.start(), model), host=host, port=port, log_level="warning")

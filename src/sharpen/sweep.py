@@ -8,12 +8,14 @@ every algorithm at 4x and 8x and the best few also at 2x and 16x."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 from sharpen.errors import ConfigError
-from sharpen.io import atomic_write_bytes, atomic_write_json
+from sharpen.io import atomic_write_bytes, atomic_write_json, refuse_changed_config
 from sharpen.stats import paired_bootstrap
 
 
@@ -34,6 +36,23 @@ def parse_algo_options(kv: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"bad --arg {key!r} for a sweep (fix: name the algorithm, e.g. --arg mcts.c_puct=1.5)")
         options.setdefault(algo, {})[opt] = value
     return options
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9.=,+:]*")
+
+
+def cell_name(algo: str, scorer: str | None) -> str:
+    """The directory of the row `algo@scorer` in a sweep dir, one per distinct spec. A scorer spec of
+    letters, digits and `.=,+:` only is written as it is with ':' as '-' (`vote@none`, `bon@prm-M`,
+    `pf@rollout-1`): reading '-' back as ':' gives the spec. Any other spec (a path, a '-' or '_' in
+    it) is a readable slug (':' as '-', other characters outside `A-Za-z0-9.=,+-` as '_', at most 80
+    of them) then '~' and 8 hex digits of the exact spec's hash (`bon@prm-runs_x~71b4f984`), so
+    `prm:runs/x` and `prm:runs_x` get two directories."""
+    spec = scorer or "none"
+    if _PLAIN.fullmatch(spec):
+        return f"{algo}@{spec.replace(':', '-')}"
+    slug = re.sub(r"[^A-Za-z0-9.=,+-]", "_", spec.replace(":", "-"))[:80]
+    return f"{algo}@{slug}~{hashlib.blake2b(spec.encode(), digest_size=4).hexdigest()}"
 
 
 def _cell_key(r: dict[str, Any]) -> tuple[str, str | None, int]:
@@ -62,14 +81,7 @@ def prior_cells(out_dir: str | Path, header: dict[str, Any], pairs: list[tuple[s
     if not isinstance(cells, list) or not all(isinstance(c, dict) and {"algo", "scorer", "budget"} <= c.keys()
                                               for c in cells):
         raise ConfigError(f"{path} is not a sweep.json (fix: another --out)")
-    missing = sorted(k for k in header if k not in old)
-    if missing:
-        raise ConfigError(f"{out_dir} holds a sweep recorded by an older sharpen (no {', '.join(missing)}) "
-                          "(fix: another --out)")
-    differs = sorted(k for k in header if old[k] != header[k])
-    if differs:
-        raise ConfigError(f"{out_dir} holds a sweep with another {', '.join(differs)} (fix: the same settings "
-                          "to extend it, or another --out)")
+    refuse_changed_config(f"the sweep in {out_dir}", old, header, fix="the same settings to extend it, or another --out")
     asked = {(a, sc, b) for a, sc in pairs for b in budgets}
     for c in cells:
         if (c["algo"], c["scorer"]) in pairs and c.get("options") not in (None, algo_options(c["algo"], options)):
@@ -92,7 +104,7 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
               title: str = "", split: str = "test", prior: list[dict[str, Any]] | None = None,
               prior_rows: list[tuple[str, str | None]] | None = None) -> list[dict[str, Any]]:
     """Search `problems` with each (algorithm, scorer) in `pairs` at each budget; every cell's trees
-    and metrics under `out_dir/<algo>@<scorer>/budget-<b>/`, all of them in `out_dir/sweep.json`
+    and metrics under `out_dir/<cell_name(algo, scorer)>/budget-<b>/`, all of them in `out_dir/sweep.json`
     (rewritten after each cell), then `accuracy_vs_tokens.png`. Every cell after the first of a
     budget carries `vs_first`: its accuracy minus the first pair's on the same problems, with a
     paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`). `prior`: the cells of
@@ -102,6 +114,7 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     from contextlib import nullcontext
 
     from sharpen.collect import search_metrics, search_problems
+    from sharpen.meter import UsageMeter
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,13 +146,15 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     results: list[dict[str, Any]] = []
     for budget in budgets:
         for algo, sc in pairs:
-            d = out_dir / f"{algo}@{(sc or 'none').replace(':', '-').replace('/', '_')}" / f"budget-{budget}"
+            d = out_dir / cell_name(algo, sc) / f"budget-{budget}"
             bar = progress(f"{algo}@{sc} {budget} tok" if sc else f"{algo} {budget} tok", len(problems)) if progress else nullcontext(None)
+            batches = UsageMeter()  # the lockstep batches' own usage: what shared prefills saved
             with bar as advance:
                 trees = search_problems(process, scorers.get(sc), algo, problems, budget, seed=seed,
                                         out_jsonl=d / "trees.jsonl", algo_args=(options or {}).get(algo, {}),
-                                        on_progress=advance, parallel=parallel, split=split, scorer_spec=sc)
-            m = search_metrics(trees, budget) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl"),
+                                        on_progress=advance, parallel=parallel, split=split, scorer_spec=sc,
+                                        batch_meter=batches)
+            m = search_metrics(trees, budget, batches.total) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl"),
                                                  "options": algo_options(algo, options)}
             right[_cell_key(m)] = [1.0 if t.correct else 0.0 for t in trees]
             results.append(m)

@@ -73,6 +73,40 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int:
         """Number of tokens in `text`."""
 
+    def close(self) -> None:
+        """Release what the backend holds open (a server client's connections and thread); the
+        backend is not used afterwards. Whoever loaded a backend closes it when done."""
+
+
+class BackendBase:
+    """What every backend class shares: `close()`, a no-op unless the backend holds connections or
+    threads, and use as a context manager (`with load_backend(spec) as backend:` closes it)."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def close_all(*owned: Any) -> None:
+    """`close()` each of `owned` that has one (backends, scorers holding a backend; None skipped),
+    every one even when an earlier one fails; the first failure is raised after the rest."""
+    first: BaseException | None = None
+    for x in owned:
+        close = getattr(x, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001 - the rest still close; the first failure is raised below
+            first = first or e
+    if first is not None:
+        raise first
+
 
 class LocalTokenizer:
     """What every backend with a local tokenizer (`self.tokenizer`) shares: prompts rendered with the

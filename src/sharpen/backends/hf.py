@@ -26,7 +26,14 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
-from sharpen.backends.base import Completion, LocalTokenizer, SamplingParams, prompt_seeds, row_seed
+from sharpen.backends.base import (
+    BackendBase,
+    Completion,
+    LocalTokenizer,
+    SamplingParams,
+    prompt_seeds,
+    row_seed,
+)
 from sharpen.backends.kv_cache import ATTENTION, SharedPrefixCache, _GrowingCache, _GrowingLayer
 from sharpen.errors import ConfigError, ModelError
 from sharpen.meter import UsageMeter
@@ -188,7 +195,7 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-class HFBackend(LocalTokenizer):
+class HFBackend(BackendBase, LocalTokenizer):
     """Batched generation with a transformers causal LM, on CPU or GPU."""
 
     def __init__(
@@ -234,6 +241,19 @@ class HFBackend(LocalTokenizer):
     def forget_prefixes(self) -> None:
         """Drop the prompt KV kept across calls (stale once the model's weights change)."""
         self._prefix_kv.clear()
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens one row (prompt and generation) may hold: the model config's position
+        limit, else the tokenizer's `model_max_length` when it is a real one; None when neither says."""
+        config = self.model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+            n = getattr(config, key, None)
+            if isinstance(n, int) and n > 0:
+                return n
+        n = getattr(self.tokenizer, "model_max_length", None)
+        return n if isinstance(n, int) and 0 < n < 10**8 else None
 
     def _setup(self, seed: int = 0, max_batch: int = 32, stage_tokens: int = 32, prefix_cache: bool = True,
                drop_finished: bool = True) -> None:
@@ -317,13 +337,18 @@ class HFBackend(LocalTokenizer):
     def _generate_batch(self, texts: list[str], params: SamplingParams, seeds: list[int], calls: int = 1) -> list[Completion]:
         """Generate in stages of `stage_tokens`: after each stage the rows go on from their exact
         token ids with a fresh prefill (and the finished ones are gone, also when HF `generate`,
-        which keeps finished rows to the end of its call, does the decoding)."""
+        which keeps finished rows to the end of its call, does the decoding).
+
+        Metered: every row's prompt tokens (what the rows cost alone, however they are chunked and
+        staged) and, as `cached_tokens`, the part of them the first stage did not prefill (a prefix
+        the rows share, prefilled once); a later stage's prefill of a row's own tokens is this
+        backend's overhead and is not metered."""
         t0 = time.perf_counter()
         prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         gen: list[list[int]] = [[] for _ in texts]
         logprob = [0.0] * len(texts)
         reason: list[str | None] = [None] * len(texts)
-        prompt_tokens = 0
+        prefilled: int | None = None  # the first stage's prefill
         active = list(range(len(texts)))
         eos_ids = self._eos_ids()
         # one random stream per row, kept across stages
@@ -338,7 +363,7 @@ class HFBackend(LocalTokenizer):
                 stage,
                 [gens[r] for r in active],
             )
-            prompt_tokens += n_prompt
+            prefilled = n_prompt if prefilled is None else prefilled
             still = []
             for i, r in enumerate(active):
                 ids = new_ids[i]
@@ -357,11 +382,13 @@ class HFBackend(LocalTokenizer):
                         still.append(r)
             active = still
         completions = [self._completion(ids, reason[r], logprob[r], params) for r, ids in enumerate(gen)]
+        prompt_tokens = sum(len(x) for x in prompts)
         self.meter.record(
             prompt_tokens=prompt_tokens,
             generated_tokens=sum(c.num_tokens for c in completions),
             seconds=time.perf_counter() - t0,
             calls=calls,
+            cached_tokens=max(0, prompt_tokens - (prefilled or 0)),
         )
         return completions
 
@@ -513,8 +540,9 @@ class HFBackend(LocalTokenizer):
         """One decode loop that calls join while it runs, as vLLM schedules: the rows of `first` start
         it; before every decode step `admit()` hands over more jobs (same sampling settings but for
         `max_tokens`, which is each job's own), whose rows are prefilled and join the running batch;
-        a job is handed to `deliver(job, completions, prompt_tokens, seconds)` as soon as its own
-        rows are done, not when the slowest row of the batch is. Returns when no row is left and
+        a job is handed to `deliver(job, completions, prompt_tokens, seconds)` (`prompt_tokens`: what
+        its rows' prefill computed) as soon as its own rows are done, not when the slowest row of the
+        batch is. Returns when no row is left and
         `admit()` brings nothing.
 
         Each row draws from its own stream (`sample_rows`), as in `generate`; a row's tokens are
@@ -588,6 +616,12 @@ class HFBackend(LocalTokenizer):
         keep = [j for j, r in enumerate(rows) if not r.done]
         idx = torch.tensor(keep, dtype=torch.long, device=self.device)
         parts_kv, parts_mask, out_rows = [], [], [rows[j] for j in keep]
+        # the stop's per-row state for the rows that stay, re-indexed: a decode that runs as long as
+        # requests keep coming holds state for the rows in its batch only
+        stop.prefixes = [stop.prefixes[r.stop_row] for r in out_rows]
+        stop.stopped_at = [stop.stopped_at[r.stop_row] for r in out_rows]
+        for i, r in enumerate(out_rows):
+            r.stop_row = i
         if keep:
             parts_kv.append([(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
                              for layer in cache.layers])
@@ -652,8 +686,10 @@ class HFBackend(LocalTokenizer):
     def _continuous_deliver(self, state: _RowJobState, params: SamplingParams, deliver, now: float) -> None:
         completions = [self._completion(list(r.gen), r.reason, r.logprob, params) for r in state.rows]
         seconds = now - state.started
-        self.meter.record(prompt_tokens=state.prompt_tokens, generated_tokens=sum(c.num_tokens for c in completions),
-                          seconds=seconds, calls=1)
+        # metered as `_generate_batch` does: every row's prompt tokens, the part not prefilled as cached
+        rows_prompt = sum(self.count_tokens(t) for t in state.job.texts)
+        self.meter.record(prompt_tokens=rows_prompt, generated_tokens=sum(c.num_tokens for c in completions),
+                          seconds=seconds, calls=1, cached_tokens=max(0, rows_prompt - state.prompt_tokens))
         deliver(state.job, completions, state.prompt_tokens, seconds)
 
     def _padded(self, rows: list[list[int]], shared: int) -> tuple[torch.Tensor, torch.Tensor]:

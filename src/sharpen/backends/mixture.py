@@ -17,12 +17,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sharpen.backends.base import Backend, Completion, SamplingParams, mix_seed, prompt_seeds, row_seed
+from sharpen.backends.base import (
+    Backend,
+    BackendBase,
+    Completion,
+    SamplingParams,
+    close_all,
+    mix_seed,
+    prompt_seeds,
+    row_seed,
+)
 
 _SPLIT = 0x5EED_0F_2E  # salt: which model a row goes to is independent of the row's own sampling
 
 
-class MixtureBackend:
+class MixtureBackend(BackendBase):
     def __init__(self, main: Backend, other: Backend, share: float):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must lie in [0, 1], not {share}")
@@ -38,6 +47,10 @@ class MixtureBackend:
         if name == "main":  # not set yet (a copy being built): no recursion
             raise AttributeError(name)
         return getattr(self.main, name)
+
+    def close(self) -> None:
+        """Close both models' backends."""
+        close_all(self.main, self.other)
 
     def to_other(self, seed: int) -> bool:
         return random.Random(mix_seed(seed, _SPLIT)).random() < self.share

@@ -49,7 +49,10 @@
   where runs must repeat.
 - Failures: the `openai` client retries 429, 5xx and dropped connections with exponential backoff;
   each request has a timeout; a server that is down, a wrong model name or a rejected request is a
-  one-line `BackendError`.
+  one-line `BackendError`. A call whose rows partly fail waits for the others, records the usage of
+  those that finished (the server billed them), then raises the first failure.
+- Resources: the backend holds a client and an event-loop thread until `close()` (or the end of a
+  `with` block); whoever loads it closes it.
 """
 
 from __future__ import annotations
@@ -63,7 +66,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sharpen.backends.base import Completion, LocalTokenizer, SamplingParams, prompt_seeds, row_seed
+from sharpen.backends.base import (
+    BackendBase,
+    Completion,
+    LocalTokenizer,
+    SamplingParams,
+    prompt_seeds,
+    row_seed,
+)
 from sharpen.errors import BackendError, ConfigError
 from sharpen.meter import UsageMeter
 
@@ -124,8 +134,9 @@ def _seed31(seed: int) -> int:
     return (seed ^ (seed >> 31)) & 0x7FFFFFFF
 
 
-class OpenAIBackend(LocalTokenizer):
-    """The `Backend` protocol over `/v1/completions` (see the module docstring)."""
+class OpenAIBackend(BackendBase, LocalTokenizer):
+    """The `Backend` protocol over `/v1/completions` (see the module docstring). It holds a client
+    (a connection pool) and an event-loop thread: `close()` it, or use it in a `with` block."""
 
     def __init__(self, spec: str | ServerSpec, seed: int = 0, probe: bool = True, **_hf_options: Any):
         import random
@@ -138,12 +149,17 @@ class OpenAIBackend(LocalTokenizer):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sharpen-openai", daemon=True)
         self._thread.start()
-        self._client = self._call(self._make_client())
+        self._client: Any = None
         self.logprobs_available: bool | None = None
         self.llamacpp = False  # a llama.cpp server (see the module docstring), found by `probe`
         self.sampling: str | None = None if self.spec.sampling == "auto" else self.spec.sampling
-        if probe:
-            self.probe()
+        try:
+            self._client = self._call(self._make_client())
+            if probe:
+                self.probe()
+        except BaseException:
+            self.close()  # a backend that failed to start leaves no thread or connection behind
+            raise
 
     # -- setup ------------------------------------------------------------------------------
     def _load_tokenizer(self) -> Any:
@@ -177,11 +193,16 @@ class OpenAIBackend(LocalTokenizer):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def close(self) -> None:
-        """Close the client's connections and stop the event loop thread."""
+        """Close the client's connections and stop the event loop thread; a second call does nothing."""
         if self._loop.is_running() and self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(timeout=5)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+            try:
+                if self._client is not None:
+                    asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(timeout=5)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=5)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
 
     def probe(self) -> None:
         """A few tiny requests: the server is up and serves this model name; whether it returns
@@ -260,10 +281,15 @@ class OpenAIBackend(LocalTokenizer):
         rows = [(i, p, row_seed(pseeds[i], j)) for i, p in enumerate(prompts) for j in range(params.n)]
         t0 = time.perf_counter()
 
-        async def all_rows() -> list[tuple[Completion, int, int]]:
-            return await asyncio.gather(*(self._row(p, params, s) for _, p, s in rows))
+        async def all_rows() -> list[Any]:
+            return await asyncio.gather(*(self._row(p, params, s) for _, p, s in rows), return_exceptions=True)
 
-        done = self._call(all_rows())
+        settled = self._call(all_rows())
+        done: list[tuple[Completion, int, int]] = [d for d in settled if not isinstance(d, BaseException)]
+        if len(done) < len(settled):  # the rows that finished were billed: their usage is recorded all the same
+            self.meter.record(sum(d[1] for d in done), sum(d[0].num_tokens for d in done), time.perf_counter() - t0,
+                              calls=1, cached_tokens=sum(d[2] for d in done))
+            raise next(d for d in settled if isinstance(d, BaseException))
         out: list[list[Completion]] = [[] for _ in prompts]
         for (i, _, _), (c, _, _) in zip(rows, done, strict=True):
             out[i].append(c)
@@ -281,9 +307,13 @@ class OpenAIBackend(LocalTokenizer):
             return await self._request(p, max_tokens=1, temperature=0.0, seed=0, stop=None, logprobs=20)
 
         async def every() -> list[Any]:
-            return await asyncio.gather(*(one(p) for p in prompts))
+            return await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
 
-        resps = self._call(every())
+        settled = self._call(every())
+        resps = [r for r in settled if not isinstance(r, BaseException)]
+        if len(resps) < len(settled):  # the judgements that finished were billed: their usage is recorded
+            self.meter.record(sum(_usage(r)[0] for r in resps), len(resps), time.perf_counter() - t0, calls=1)
+            raise next(r for r in settled if isinstance(r, BaseException))
         out = []
         for r in resps:
             top = _top_logprobs(r.choices[0]) or {}

@@ -60,6 +60,19 @@ class LoopRunner:
 
     # -- driver ----------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
+        import torch
+
+        before = torch.get_num_threads()
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            self.manifest.data.setdefault("threads", []).append(torch.get_num_threads())  # one entry per (re)start
+            self.manifest.save()
+            return self._run_all()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run_all(self) -> dict[str, Any]:
         self._stage("round-0/eval", lambda: self.evaluate(0, self.cfg.model))
         model = self.cfg.model
         for r in range(1, self.cfg.rounds + 1):
@@ -108,9 +121,9 @@ class LoopRunner:
                 metrics = eval_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args,
                                       self.test, cfg, d / "problems.jsonl", batch=e.batch, on_progress=advance)
             else:
-                backend = load_backend(model, seed=self.cfg.seed, max_batch=e.batch)
-                metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl",
-                                   on_progress=advance)
+                with load_backend(model, seed=self.cfg.seed, max_batch=e.batch) as backend:
+                    metrics = evaluate(backend, self.task, self.test, cfg, out_jsonl=d / "problems.jsonl",
+                                       on_progress=advance)
         metrics["exploration"] = distinct_correct(d / "problems.jsonl")
         metrics["model"] = model
         atomic_write_json(d / "metrics.json", metrics)
@@ -177,6 +190,7 @@ class LoopRunner:
 
     def collect(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.backends import load_backend
+        from sharpen.backends.base import close_all
         from sharpen.collect import search_metrics, search_problems
         from sharpen.process import LMProcess
         from sharpen.scorers import make_scorer
@@ -194,37 +208,44 @@ class LoopRunner:
         def policy() -> Any:
             return load_backend(model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False)
 
-        screened = backend = None
-        if c.screen and r >= 2:  # validated: not with a cluster; the search below reuses the loaded policy
-            backend = policy()
-            problems, screened = self.screen(r, backend, d)
-        spec = self.recipe.scorer_spec(self.cfg, self.run, r)
-        step_rows = None  # with collect.reference_share: step rows sampled by the policy and by the reference
-        with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
-            if cluster is not None:
-                from sharpen.distributed import search_on_ray
+        screened = backend = scorer = None
+        try:  # the policy (with the reference, a mixture) and a prover are closed however collection ends
+            if c.screen and r >= 2:  # validated: not with a cluster; the search below reuses the loaded policy
+                backend = policy()
+                problems, screened = self.screen(r, backend, d)
+            spec = self.recipe.scorer_spec(self.cfg, self.run, r)
+            step_rows = None  # with collect.reference_share: step rows sampled by the policy and by the reference
+            with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
+                if cluster is not None:
+                    from sharpen.distributed import search_on_ray
 
-                trees = search_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args, c,
-                                      spec, True, c.algo, problems, c.budget, self.cfg.seed + r, c.args, "train",
-                                      d / "trees.jsonl", on_progress=advance, backend_seed=self.cfg.seed,
-                                      backend_options={"drop_finished": False}, strict_answers=c.strict_format)
-            else:
-                backend = backend if backend is not None else policy()
-                mixture = None
-                if c.reference_share > 0 and model != self.cfg.model:  # a trained policy: part of its steps from the start
-                    from sharpen.backends.mixture import MixtureBackend
+                    trees = search_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args,
+                                          c, spec, True, c.algo, problems, c.budget, self.cfg.seed + r, c.args, "train",
+                                          d / "trees.jsonl", on_progress=advance, backend_seed=self.cfg.seed,
+                                          backend_options={"drop_finished": False}, strict_answers=c.strict_format)
+                else:
+                    backend = backend if backend is not None else policy()
+                    mixture = None
+                    if c.reference_share > 0 and model != self.cfg.model:  # a trained policy: part of its steps
+                        from sharpen.backends.mixture import MixtureBackend  # from the starting model
 
-                    backend = mixture = MixtureBackend(backend, load_backend(
-                        self.cfg.model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False), c.reference_share)
-                process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
-                                    rollout_tokens=c.rollout_tokens, max_depth=c.max_depth,
-                                    strict_answers=c.strict_format, merge_duplicates=c.merge_duplicates)
-                scorer = make_scorer(spec, process, collect=True)
-                trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
-                                        out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
-                                        parallel=c.parallel, split="train", scorer_spec=spec)
-                if mixture is not None:
-                    step_rows = {"policy": mixture.rows["main"], "reference": mixture.rows["other"]}
+                        backend = mixture = MixtureBackend(backend, load_backend(
+                            self.cfg.model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False),
+                            c.reference_share)
+                    process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
+                                        rollout_tokens=c.rollout_tokens, max_depth=c.max_depth,
+                                        strict_answers=c.strict_format, merge_duplicates=c.merge_duplicates)
+                    if mixture is not None:
+                        process.row_split = mixture.to_other
+                    scorer = make_scorer(spec, process, collect=True)
+                    trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
+                                            out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
+                                            parallel=c.parallel, split="train", scorer_spec=spec)
+                    if mixture is not None:  # counted in the trees: those a resumed stage read too
+                        step_rows = {k: sum(t.meta.get("step_rows", {}).get(k, 0) for t in trees)
+                                     for k in ("policy", "reference")}
+        finally:
+            close_all(scorer, backend)
         metrics = search_metrics(trees, c.budget)
         metrics.update(collect_monitors(trees), scorer=spec, model=model, temperature=c.temperature)
         if step_rows is not None:

@@ -19,15 +19,16 @@ from __future__ import annotations
 from pydantic import Field
 
 from sharpen.process import Process
-from sharpen.registry import Options, algorithm
+from sharpen.registry import MAX_ROWS, Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
 
 
 class BeamOptions(Options):
-    width: int = Field(4, ge=1, description="beams kept after each step")
-    expansions: int = Field(4, ge=1, description="next steps sampled per unfinished beam")
+    counts = ("width", "expansions")
+    width: int = Field(4, ge=1, le=MAX_ROWS, description="beams kept after each step")
+    expansions: int = Field(4, ge=1, le=MAX_ROWS, description="next steps sampled per unfinished beam")
     fill: bool = Field(False, description="when every beam has finished and budget is left, search again from the root (best of all)")
 
 

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from sharpen.budget import Budget
 from sharpen.process import Process
-from sharpen.registry import Options, algorithm
+from sharpen.registry import MAX_ROWS, Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
@@ -37,7 +37,8 @@ def sample_solutions(process: Process, scorer, tree: Tree, budget: Budget, batch
 
 
 class SampleOptions(Options):
-    batch: int = Field(8, ge=1, description="solutions sampled per call until the budget is spent")
+    counts = ("batch",)
+    batch: int = Field(8, ge=1, le=MAX_ROWS, description="solutions sampled per call until the budget is spent")
 
 
 @algorithm("bon", SampleOptions)

@@ -31,20 +31,21 @@ from typing import Literal
 from pydantic import Field
 
 from sharpen.process import Process, require_logprobs
-from sharpen.registry import Options, algorithm
+from sharpen.registry import MAX_ROWS, Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
 
 
 class MCTSOptions(Options):
-    k: int = Field(4, ge=1, description="candidate steps per expansion")
+    counts = ("k",)
+    k: int = Field(4, ge=1, le=MAX_ROWS, description="candidate steps per expansion")
     c_puct: float = Field(1.0, ge=0, description="exploration constant of PUCT")
     evaluate: Literal["scorer", "rollout"] = Field(
         "scorer", description="value a new child by the scorer, or by the scorer's value of one completion from it")
     final: Literal["visits", "value"] = Field("visits", description="descend from the root by most visits or best Q")
     max_iters: int = Field(10_000, ge=1, description="selection-expansion iterations at most")
-    max_children: int | None = Field(None, ge=1, description="progressive widening cap per node (default 4 x k)")
+    max_children: int | None = Field(None, ge=1, le=4 * MAX_ROWS, description="progressive widening cap per node (default 4 x k)")
     priors: Literal["policy", "uniform"] = Field(
         "policy", description="PUCT prior of a child: the policy's (length-normalised) step probability, or "
         "uniform over siblings (for a server backend that returns no log-probabilities)")

@@ -3,7 +3,8 @@ Language Models by Automated Process Supervision", arXiv 2406.06592): sample who
 by step, and for each one the scorer judges wrong, locate its first wrong step by binary search
 over Monte Carlo values of its prefixes, so rollouts are spent where the first error is.
 
-    solutions = `samples` step-by-step samples from the root (one tree node per step)
+    solutions = `samples` step-by-step samples from the root (one tree node per step), fewer
+                when the budget does not cover that many with their scoring (`plan`)
     for each solution s with value(s) = 0 (the scorer's value of its terminal):
         BinarySearch(s): lo = 0 (the question), hi = |s|
             while hi - lo > 1:  mid = (lo + hi) // 2
@@ -24,14 +25,15 @@ from pydantic import Field
 
 from sharpen.credit import first_wrong_step
 from sharpen.process import Process
-from sharpen.registry import Options, algorithm
+from sharpen.registry import MAX_ROWS, Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
 
 
 class OmegaOptions(Options):
-    samples: int = Field(4, ge=1, description="solutions sampled step by step from the root")
+    counts = ("samples",)
+    samples: int = Field(4, ge=1, le=MAX_ROWS, description="solutions sampled step by step from the root")
     threshold: float = Field(0.0, ge=0, le=1, description="a prefix whose value is <= this is wrong")
 
 
@@ -42,8 +44,8 @@ def omega(process: Process, scorer, problem: Problem, budget_tokens: int, seed: 
     scorer = need_scorer(scorer, "omega")
     tree, budget = open_search(process, problem, budget_tokens, seed, "omega")
     # 1. sample solutions step by step, all of them advancing together (one call per step)
-    live, _ = plan(budget, scorer, [tree.root.id], o.samples, {"step": process.step_tokens}, terminal=True)
-    live = live * o.samples if live else []
+    roots, k = plan(budget, scorer, [tree.root.id], o.samples, {"step": process.step_tokens}, terminal=True)
+    live = roots * k  # the samples the budget left covers, each with its scoring (at most `samples`)
     ends: list[int] = []
     while live and not budget.exhausted:
         stepped = process.expand(tree, live, 1, budget)

@@ -31,7 +31,7 @@ import random
 from pydantic import Field
 
 from sharpen.process import Process
-from sharpen.registry import Options, algorithm
+from sharpen.registry import MAX_ROWS, Options, algorithm
 from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
 from sharpen.tasks import Problem
 from sharpen.tree import Tree
@@ -52,7 +52,8 @@ def effective_sample_size(w: list[float]) -> float:
 
 
 class PFOptions(Options):
-    n: int = Field(4, ge=1, description="particles")
+    counts = ("n",)
+    n: int = Field(4, ge=1, le=MAX_ROWS, description="particles")
     temperature: float = Field(0.5, gt=0, description="softmax temperature turning scores into weights")
     ess_threshold: float = Field(0.5, ge=0, le=1, description="resample when ESS < this x unfinished particles (1: every step)")
     fill: bool = Field(False, description="when every particle has finished and budget is left, start a fresh set of n (the vote pools all sets)")

@@ -4,7 +4,8 @@
   log pi_ref(y|x)); accuracy = share of pairs where r(chosen) > r(rejected) (TRL's
   `rewards/accuracies`). Before training pi = pi_ref, so every reward is 0 and the accuracy is 0;
   `logp_accuracy` (log pi(chosen) > log pi(rejected), no reference) is comparable before and after.
-- PRM AUROC on held-out step labels with a bootstrap 95% interval (`sharpen.stats`).
+- PRM AUROC on held-out step labels with a bootstrap 95% interval (`sharpen.stats`) that resamples
+  problems, since one problem's steps are correlated.
 """
 
 from __future__ import annotations
@@ -94,33 +95,32 @@ def dpo_reward_accuracy(
     }
 
 
-def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """`sharpen.stats.auroc` over (label, score) pairs: P(score of a positive > score of a
-    negative), ties counting 1/2. NaN when only one class is present."""
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    a = stats.auroc(s[y], s[~y])
-    return float("nan") if a is None else a
-
-
 def auroc_with_ci(
-    labels: Sequence[int], scores: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> dict[str, float]:
-    """AUROC and a percentile bootstrap interval (`sharpen.stats.bootstrap_ci`, resampling steps
-    with replacement; one-class resamples dropped)."""
+    labels: Sequence[int], scores: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    groups: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """AUROC (`sharpen.stats.labelled_auroc`: None with one class only) and a percentile bootstrap
+    interval (`sharpen.stats.bootstrap_ci`; one-class resamples dropped). With `groups` (the problem
+    of each step) whole problems are resampled, as a problem's steps are correlated; without, steps
+    one by one, which gives too narrow an interval for steps of shared problems. `resampled` says
+    which: "problem" or "step"."""
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=float)
     lo, hi = stats.bootstrap_ci(
         np.column_stack([y, s]), iters=n_boot, seed=seed, alpha=1 - level,
-        stat=lambda rows: auroc(rows[:, 0], rows[:, 1]),
+        stat=lambda rows: stats.labelled_auroc(rows[:, 0], rows[:, 1]), groups=groups,
     )
-    return {
-        "auroc": auroc(y, s),
+    out: dict[str, Any] = {
+        "auroc": stats.labelled_auroc(y, s),
         "ci_low": lo,
         "ci_high": hi,
         "n": int(len(y)),
         "positives": int(y.sum()),
+        "resampled": "step" if groups is None else "problem",
     }
+    if groups is not None:
+        out["problems"] = len(set(groups))
+    return out
 
 
 def score_last(prm_dir: str | Path, rows: list[dict], batch_size: int = 8) -> list[float]:
@@ -138,20 +138,27 @@ def prm_auroc(
     prm_dir: str | Path, labels_ds: Any, n_boot: int = 1000, seed: int = 0, batch_size: int = 8
 ) -> dict:
     """The PRM's score of each held-out step (its full prefix path scored, the last value taken)
-    against the step's label."""
+    against the step's label: AUROC with a bootstrap 95% interval that resamples problems (steps one
+    by one when a row has no `problem_id`), on all steps, final answers and inner steps, and the mean
+    AUROC within a problem."""
 
     rows = list(labels_ds)
     if not rows:
         raise TaskError("no held-out step labels to evaluate (fix: build labels on test-split trees)")
     last = score_last(prm_dir, rows, batch_size)
-    out: dict[str, Any] = auroc_with_ci([r["label"] for r in rows], last, n_boot=n_boot, seed=seed)
+    by_problem = all(r.get("problem_id") is not None for r in rows)  # else steps one by one
+
+    def ci(part: list[tuple[dict, float]]) -> dict[str, Any]:
+        return auroc_with_ci([r["label"] for r, _ in part], [x for _, x in part], n_boot=n_boot, seed=seed,
+                             groups=[r["problem_id"] for r, _ in part] if by_problem else None)
+
+    pairs = list(zip(rows, last, strict=True))
+    out: dict[str, Any] = ci(pairs)
     # the final-answer level (terminal steps: is the solution right?) and the inner steps alone, so
     # that easy negatives such as malformed last lines cannot carry the step-level number
     for name, keep in (("final_answer", True), ("inner_steps", False)):
-        part = [(r["label"], x) for r, x in zip(rows, last, strict=True) if bool(r.get("terminal")) == keep]
-        labels = {lab for lab, _ in part}
-        out[name] = (auroc_with_ci([lab for lab, _ in part], [x for _, x in part], n_boot=n_boot, seed=seed)
-                     if len(labels) == 2 else None)
+        part = [(r, x) for r, x in pairs if bool(r.get("terminal")) == keep]
+        out[name] = ci(part) if len({r["label"] for r, _ in part}) == 2 else None
     out["within_problem"] = within_problem_auroc(rows, last)
     return out
 
