@@ -108,3 +108,21 @@ def tiny_backend(tiny_model_dir):
     from sharpen.backends.hf import HFBackend
 
     return HFBackend(tiny_model_dir, seed=0, max_batch=8)
+
+
+def assert_same_tree(a, b, path="tree"):
+    """Equal structure, text, token ids, counts and choices; floats (log-probs, scores) equal up to
+    1e-5: a batched forward pass rounds differently from a lone one (CPU kernels split their sums
+    by shape), by about 1e-7 here, and that is not a different tree."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-5), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path

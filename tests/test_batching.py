@@ -2,6 +2,7 @@
 search's budget counts only its own tokens."""
 
 import pytest
+from conftest import assert_same_tree
 
 from sharpen.backends.hf import HFBackend
 from sharpen.collect import search_problems
@@ -32,22 +33,6 @@ def _no_time(tree):
     return d
 
 
-def _same(a, b, path="tree"):
-    """Equal, floats (log-probs, scores) up to 1e-5: a batched forward pass rounds differently."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, abs=1e-5), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 @pytest.mark.parametrize("algo,scorer", [("mcts", "self"), ("pf", "rollout:2"), ("vote", "none"), ("beam", "oracle:2")])
 def test_parallel_search_is_deterministic_and_within_budget(tiny_model_dir, setup, algo, scorer):
     """Searched 4 at a time or one by one, every problem gets the same tree, usage included
@@ -59,7 +44,7 @@ def test_parallel_search_is_deterministic_and_within_budget(tiny_model_dir, setu
     a, backend = _search(tiny_model_dir, task, problems[:4], algo, scorer, parallel=4, batch_meter=batches)
     b, _ = _search(tiny_model_dir, task, problems[:4], algo, scorer, parallel=1)
     for x, y in zip(a, b, strict=True):
-        _same(_no_time(x), _no_time(y))
+        assert_same_tree(_no_time(x), _no_time(y))
     for t in a:
         spent = t.usage["generated_tokens"]
         assert 0 < spent <= 60 + 10  # budget + one row's max tokens
@@ -140,7 +125,7 @@ def test_a_call_that_fails_fails_only_its_own_search(tiny_model_dir, setup, cont
     assert isinstance(got[1], RuntimeError)
     for i in (0, 2, 3):
         assert not isinstance(got[i], BaseException), got[i]
-        _same(_no_time(got[i]), alone[i])
+        assert_same_tree(_no_time(got[i]), alone[i])
 
 
 @pytest.mark.parametrize("continuous", [False, True])

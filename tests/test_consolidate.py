@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_same_tree
 
 from sharpen.backends.base import SamplingParams
 from sharpen.backends.hf import HFBackend
@@ -184,24 +185,6 @@ def test_tree_is_the_same_searched_alone_or_in_a_batch_of_many(tiny_model_dir, a
     for i in (0, 7):
         alone = run([problems[i]], parallel=1, max_batch=4)[0]
         assert_same_tree(_no_time(alone), _no_time(crowd[i]))
-
-
-def assert_same_tree(a, b, path="tree"):
-    """Equal structure, text, token ids, counts and choices; floats (log-probs, scores) equal up to
-    1e-5: a batched forward pass rounds differently from a lone one (CPU kernels split their sums
-    by shape), by about 1e-7 here, and that is not a different tree."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, abs=1e-5), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 # -- duplicate siblings (issue 14, item 8) --------------------------------------------------------
