@@ -24,6 +24,7 @@ environment variable `SHARPEN_PLUGINS=my_module`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,9 +78,7 @@ def check_counts(options: Options, owner: str, budget: int) -> None:
         if v > budget:
             raise ConfigError(f"{owner}: option {name}={v} asks for more rows than a budget of {budget} tokens "
                               f"can pay for, at one token a row at least (fix: {name} <= {budget}, or a larger budget)")
-    product = 1
-    for v in values.values():
-        product *= v
+    product = math.prod(values.values())
     if len(values) > 1 and product > budget:
         names = " x ".join(f"{n}={v}" for n, v in values.items())
         raise ConfigError(f"{owner}: {names} = {product} rows a step, more than a budget of {budget} tokens "

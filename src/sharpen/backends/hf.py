@@ -176,7 +176,8 @@ class _LiveRow:
 class _RowJobState:
     job: RowJob
     left: int
-    prompt_tokens: int
+    prompt_tokens: int  # what its rows' prefill computed
+    row_prompt_tokens: int  # every row's prompt tokens: what the rows cost alone
     started: float
     rows: list[_LiveRow] = field(default_factory=list)
 
@@ -630,7 +631,7 @@ class HFBackend(BackendBase, LocalTokenizer):
         for job in take:
             prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in job.texts]
             new_kv, new_mask, n_prompt = self._prefill_rows(prompts)
-            state = _RowJobState(job, len(prompts), n_prompt, t0)
+            state = _RowJobState(job, len(prompts), n_prompt, sum(len(ids) for ids in prompts), t0)
             for i, ids in enumerate(prompts):
                 stop.prefixes.append("")
                 stop.stopped_at.append(-1)
@@ -687,9 +688,8 @@ class HFBackend(BackendBase, LocalTokenizer):
         completions = [self._completion(list(r.gen), r.reason, r.logprob, params) for r in state.rows]
         seconds = now - state.started
         # metered as `_generate_batch` does: every row's prompt tokens, the part not prefilled as cached
-        rows_prompt = sum(self.count_tokens(t) for t in state.job.texts)
-        self.meter.record(prompt_tokens=rows_prompt, generated_tokens=sum(c.num_tokens for c in completions),
-                          seconds=seconds, calls=1, cached_tokens=max(0, rows_prompt - state.prompt_tokens))
+        self.meter.record(prompt_tokens=state.row_prompt_tokens, generated_tokens=sum(c.num_tokens for c in completions),
+                          seconds=seconds, calls=1, cached_tokens=max(0, state.row_prompt_tokens - state.prompt_tokens))
         deliver(state.job, completions, state.prompt_tokens, seconds)
 
     def _padded(self, rows: list[list[int]], shared: int) -> tuple[torch.Tensor, torch.Tensor]:
