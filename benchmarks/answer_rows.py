@@ -24,7 +24,7 @@ def main() -> None:
 
     datasets.disable_progress_bars()
 
-    from sharpen.data import load_dataset_dir, load_trees, save_dataset, step_labels
+    from sharpen.train.data import load_dataset_dir, load_trees, save_dataset, step_labels
     from sharpen.train.prm import LABEL_COLUMNS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

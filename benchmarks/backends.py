@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def workloads(backend, label: str, problems: int, samples: int) -> list[dict]:
     from sharpen.api import make_process
     from sharpen.backends.base import SamplingParams
-    from sharpen.collect import search_problems
-    from sharpen.process import SearchSettings
-    from sharpen.scorers import make_scorer
-    from sharpen.tasks import load_task
+    from sharpen.core.tasks import load_task
+    from sharpen.search.collect import search_problems
+    from sharpen.search.process import SearchSettings
+    from sharpen.search.scorers import make_scorer
 
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     probs = task.problems("test", problems)
@@ -75,8 +75,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from sharpen.backends.hf import HFBackend
+    from sharpen.backends.models import resolve_model
     from sharpen.backends.openai import OpenAIBackend
-    from sharpen.models import resolve_model
 
     path = str(resolve_model("smollm2-135m"))
     rows = [] if args.no_hf else workloads(HFBackend(path, seed=0, max_batch=64), "HF in-process", args.problems,

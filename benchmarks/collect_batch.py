@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from sharpen.backends import load_backend
-from sharpen.collect import search_metrics, search_problems
-from sharpen.console import quiet_libraries
-from sharpen.data import step_pairs
-from sharpen.process import LMProcess
-from sharpen.scorers import make_scorer
-from sharpen.tasks import load_task
+from sharpen.core.console import quiet_libraries
+from sharpen.core.tasks import load_task
+from sharpen.search.collect import search_metrics, search_problems
+from sharpen.search.process import LMProcess
+from sharpen.search.scorers import make_scorer
+from sharpen.train.data import step_pairs
 
 
 def main() -> None:

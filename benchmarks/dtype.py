@@ -17,10 +17,10 @@ from rich.table import Table
 
 from sharpen.backends.base import SamplingParams
 from sharpen.backends.hf import HFBackend
-from sharpen.console import quiet_libraries
-from sharpen.models import resolve_model
-from sharpen.stats import paired_bootstrap
-from sharpen.tasks import load_task
+from sharpen.backends.models import resolve_model
+from sharpen.core.console import quiet_libraries
+from sharpen.core.stats import paired_bootstrap
+from sharpen.core.tasks import load_task
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from sharpen.backends import load_backend
-from sharpen.console import quiet_libraries
-from sharpen.evaluate import EvalConfig, evaluate
-from sharpen.io import read_jsonl
-from sharpen.tasks import load_task
+from sharpen.core.console import quiet_libraries
+from sharpen.core.io import read_jsonl
+from sharpen.core.tasks import load_task
+from sharpen.search.evaluate import EvalConfig, evaluate
 
 
 def main() -> None:

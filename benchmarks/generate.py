@@ -19,8 +19,8 @@ from rich.table import Table
 
 from sharpen.backends import load_backend
 from sharpen.backends.base import SamplingParams
-from sharpen.console import quiet_libraries
-from sharpen.tasks import load_task
+from sharpen.core.console import quiet_libraries
+from sharpen.core.tasks import load_task
 
 
 def bare_generate(backend, prompts, max_tokens, temperature, seed) -> tuple[int, float]:

@@ -40,7 +40,7 @@ def labelled(k: np.ndarray, rollouts: int, threshold: float) -> np.ndarray:
 
 def ceiling(k: np.ndarray, rollouts: int, threshold: float, draws: int = 200, seed: int = 0) -> dict[str, float]:
     """AUROC of the true value against fresh labels, over `draws` simulated label sets of len(k) steps."""
-    from sharpen.stats import auroc
+    from sharpen.core.stats import auroc
 
     grid, w = fit_values(k, rollouts)
     rng = np.random.default_rng(seed)
@@ -62,8 +62,8 @@ def main() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    from sharpen.data import load_dataset_dir
-    from sharpen.errors import SharpenError
+    from sharpen.core.errors import SharpenError
+    from sharpen.train.data import load_dataset_dir
 
     def fail(message: str) -> None:
         print(f"error: {message}", file=sys.stderr)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from sharpen.collect import search_metrics
-from sharpen.io import read_jsonl
-from sharpen.stats import paired_bootstrap
-from sharpen.tree import Tree
+from sharpen.core.io import read_jsonl
+from sharpen.core.stats import paired_bootstrap
+from sharpen.core.tree import Tree
+from sharpen.search.collect import search_metrics
 
 
 def load(path: str) -> dict[str, Tree]:

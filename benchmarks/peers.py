@@ -94,7 +94,7 @@ class SharpenPRM(AbstractProcessRewardModel):
     """sharpen's PRM (`PRMModel.encode` + `score_encoded`, as `PRMScorer` calls it) for its_hub."""
 
     def __init__(self, path: str, prompts: dict[str, tuple[str, str]]):
-        from sharpen.train.prm import PRMModel
+        from sharpen.search.prm import PRMModel
 
         self.prm = PRMModel.load(path, max_length=None, require_format=False, delimiter="\n")
         # ChatMessages.to_prompt() text -> what this PRM reads before the steps: sharpen's chat-rendered
@@ -170,7 +170,7 @@ def its_hub_rows(args, server, task, problems, pilot, model_dir: str) -> list[di
 
 def sharpen_rows(args, model: str, library: str, out: Path) -> list[dict]:
     from sharpen import api
-    from sharpen.process import SearchSettings
+    from sharpen.search.process import SearchSettings
 
     walls: list[float] = []
 
@@ -216,8 +216,8 @@ def main() -> None:
     from servers import TransformersServer
 
     from sharpen.api import new_out_dir
-    from sharpen.models import resolve_model
-    from sharpen.tasks import load_task
+    from sharpen.backends.models import resolve_model
+    from sharpen.core.tasks import load_task
 
     out = new_out_dir(args.out, "peers")
     out.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,8 @@ def logit(p: float) -> float:
 def main() -> None:
     import datasets
 
-    from sharpen import stats
-    from sharpen.io import atomic_write_json, read_jsonl
+    from sharpen.core import stats
+    from sharpen.core.io import atomic_write_json, read_jsonl
     from sharpen.train.metrics import auroc_with_ci, score_last
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -156,7 +156,7 @@ def _clean(value: Any, volatile: set[str], run: Path) -> Any:
 
 
 def _rows_by_id(path: Path, run: Path) -> dict[str, Any]:
-    from sharpen.io import read_jsonl
+    from sharpen.core.io import read_jsonl
 
     rows: dict[str, Any] = {}
     for i, r in enumerate(read_jsonl(path)):

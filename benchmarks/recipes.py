@@ -15,11 +15,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
+from sharpen.core.stats import paired_bootstrap
 from sharpen.loop.runner import greedy_by_problem
-from sharpen.report import collect_facts, fmt, md_table
-from sharpen.seeds import _change, _yaml
-from sharpen.stats import paired_bootstrap
+from sharpen.loop.seeds import _change, _yaml
+from sharpen.report.run import collect_facts, fmt, md_table
 
 
 def generated_per_round(entry: dict) -> float | None:

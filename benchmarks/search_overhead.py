@@ -27,11 +27,11 @@ from rich.table import Table
 
 from sharpen.backends import load_backend
 from sharpen.backends.base import SamplingParams
-from sharpen.console import quiet_libraries
-from sharpen.process import LMProcess
-from sharpen.scorers import make_scorer
-from sharpen.search import ALGORITHMS, NEEDS_SCORER
-from sharpen.tasks import load_task
+from sharpen.core.console import quiet_libraries
+from sharpen.core.tasks import load_task
+from sharpen.search.algorithms import ALGORITHMS, NEEDS_SCORER
+from sharpen.search.process import LMProcess
+from sharpen.search.scorers import make_scorer
 
 TASK_ARGS = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
 

@@ -29,8 +29,8 @@ import argparse
 import json
 from collections import defaultdict
 
-from sharpen.answer import vote_key
-from sharpen.stats import labelled_auroc, paired_bootstrap
+from sharpen.core.answer import vote_key
+from sharpen.core.stats import labelled_auroc, paired_bootstrap
 from sharpen.train.metrics import within_problem_auroc
 
 
@@ -70,7 +70,7 @@ def weighted(t: dict) -> bool:
 def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> int:
     """Every solution's score replaced by `prm_dir`'s value at its last token (in place); returns the
     tokens the PRM read (its forward tokens: context and solution, once per solution)."""
-    from sharpen.train.prm import PRMModel
+    from sharpen.search.prm import PRMModel
 
     prm = PRMModel.load(prm_dir, max_length=None, require_format=False)
     items = [(t, x) for t in trees for x in solutions(t)]

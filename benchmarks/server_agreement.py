@@ -49,8 +49,8 @@ def main() -> None:
 
     from servers import LlamaCppServer, TransformersServer, builtin_gguf
 
-    from sharpen.models import resolve_model
-    from sharpen.stats import bootstrap_ci, paired_bootstrap
+    from sharpen.backends.models import resolve_model
+    from sharpen.core.stats import bootstrap_ci, paired_bootstrap
 
     work = Path(tempfile.mkdtemp(prefix="agreement-"))
     model_dir = str(resolve_model("smollm2-135m"))

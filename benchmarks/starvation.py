@@ -20,9 +20,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from sharpen.credit import q_values
-from sharpen.io import read_jsonl
-from sharpen.tree import Tree
+from sharpen.core.io import read_jsonl
+from sharpen.core.tree import Tree
+from sharpen.search.credit import q_values
 
 
 def round_stats(trees: Path, margin: float) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _pairs(n: int, prompt_of) -> list:
-    from sharpen.tree import Tree
+    from sharpen.core.tree import Tree
 
     trees = []
     for i in range(n):
@@ -42,15 +42,15 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from sharpen.data import save_dataset, step_pairs
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
     from sharpen.train.common import load_tokenizer
+    from sharpen.train.data import save_dataset, step_pairs
     from sharpen.train.dpo import DPOTrainConfig, build_trainer
 
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
 
-    from sharpen.tasks import Problem, load_task
+    from sharpen.core.tasks import Problem, load_task
 
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
 

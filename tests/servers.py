@@ -135,7 +135,7 @@ class LlamaCppServer(_Server):
 
 def builtin_gguf(name: str = "smollm2-135m") -> str:
     """The GGUF file a built-in model is converted from (inside its PyPI package)."""
-    from sharpen.models import gguf_path
+    from sharpen.backends.models import gguf_path
 
     return str(gguf_path(name))
 

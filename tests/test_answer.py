@@ -1,6 +1,6 @@
 import pytest
 
-from sharpen.answer import extract_answer, vote_key
+from sharpen.core.answer import extract_answer, vote_key
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 from datasets import load_from_disk
 from test_data import best_of_n, two_level
 
-from sharpen.data import save_dataset, step_labels
-from sharpen.tree import Tree
+from sharpen.core.tree import Tree
+from sharpen.train.data import save_dataset, step_labels
 
 spec = importlib.util.spec_from_file_location("answer_rows", Path(__file__).parents[1] / "benchmarks" / "answer_rows.py")
 answer_rows = importlib.util.module_from_spec(spec)

@@ -425,8 +425,8 @@ def test_a_long_continuous_decode_keeps_stop_state_for_its_live_rows_only(tiny_m
 def test_a_process_remembers_a_bounded_number_of_problems(tiny_model_dir):
     """Each `new_tree` registers its problem for `process.problem(tree)`; a long-lived process keeps the
     most recently used ones only (far more than the searches in flight), so memory stays flat."""
-    from sharpen.process import PROBLEMS_KEPT, LMProcess
-    from sharpen.tasks import Problem, load_task
+    from sharpen.core.tasks import Problem, load_task
+    from sharpen.search.process import PROBLEMS_KEPT, LMProcess
 
     process = LMProcess(HFBackend(tiny_model_dir, seed=0), load_task("gym:chain_sum", {}))
     first = process.new_tree(Problem("p0", "What is 1 + 2?", "3"))

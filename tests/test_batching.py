@@ -5,10 +5,10 @@ import pytest
 from conftest import assert_same_tree
 
 from sharpen.backends.hf import HFBackend
-from sharpen.collect import search_problems
-from sharpen.process import LMProcess
-from sharpen.scorers import make_scorer
-from sharpen.tasks import load_task
+from sharpen.core.tasks import load_task
+from sharpen.search.collect import search_problems
+from sharpen.search.process import LMProcess
+from sharpen.search.scorers import make_scorer
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def _no_time(tree):
 def test_parallel_search_is_deterministic_and_within_budget(tiny_model_dir, setup, algo, scorer):
     """Searched 4 at a time or one by one, every problem gets the same tree, usage included
     (prompt and forward tokens too)."""
-    from sharpen.meter import UsageMeter
+    from sharpen.core.meter import UsageMeter
 
     task, problems = setup
     batches = UsageMeter()
@@ -66,9 +66,9 @@ def _usage(tree):
 def test_a_search_is_charged_its_own_prompt_tokens_times_its_rows_whoever_shares_its_calls(tiny_model_dir, setup):
     """A merged call charges each search its own prompts' tokens times its rows, not a share of the
     call by prompt count: a problem with a long question costs the same beside short ones as alone."""
-    from sharpen.batching import LockstepBatcher, fork_search
-    from sharpen.registry import get_algorithm
-    from sharpen.tasks import Problem
+    from sharpen.core.tasks import Problem
+    from sharpen.search.batching import LockstepBatcher, fork_search
+    from sharpen.search.registry import get_algorithm
 
     task, problems = setup
     backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)
@@ -94,8 +94,8 @@ def test_a_search_is_charged_its_own_prompt_tokens_times_its_rows_whoever_shares
 def test_a_call_that_fails_fails_only_its_own_search(tiny_model_dir, setup, continuous):
     """A backend call that raises for one search's prompt, merged with others' calls: that search
     gets the exception, the others finish with the trees they get alone."""
-    from sharpen.batching import LockstepBatcher, fork_search
-    from sharpen.registry import get_algorithm
+    from sharpen.search.batching import LockstepBatcher, fork_search
+    from sharpen.search.registry import get_algorithm
 
     task, problems = setup
     backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)
@@ -134,8 +134,8 @@ def test_continuous_admission_a_search_joins_a_running_one_and_gets_the_tree_it_
     """`LockstepBatcher.serve` (what `sharpen serve` runs): a search handed over while another is
     running joins it at the next merged call (with `continuous`, at the next decode step of the call
     running), their rows share forward passes, and each gets the tree it gets searched alone."""
-    from sharpen.batching import LockstepBatcher, fork_search
-    from sharpen.registry import get_algorithm
+    from sharpen.search.batching import LockstepBatcher, fork_search
+    from sharpen.search.registry import get_algorithm
 
     task, problems = setup
     backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)

@@ -90,7 +90,7 @@ def test_models_gguf(tmp_path):
 def test_train_sft_command_and_bad_data_dir(tmp_path, tiny_model_dir):
     from datasets import Dataset
 
-    from sharpen.data import save_dataset
+    from sharpen.train.data import save_dataset
 
     rows = {"prompt": ["What is 1 + 2?\n"] * 4, "completion": ["1 + 2 = 3\nAnswer: 3"] * 4,
             "problem_id": ["p"] * 4, "node_id": [1] * 4, "num_steps": [2] * 4, "round": [0] * 4,

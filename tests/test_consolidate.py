@@ -15,19 +15,19 @@ from conftest import assert_same_tree
 
 from sharpen.backends.base import SamplingParams
 from sharpen.backends.hf import HFBackend
-from sharpen.budget import Budget
-from sharpen.collect import search_problems
-from sharpen.credit import mc_values
-from sharpen.data import load_dataset_dir
-from sharpen.errors import ConfigError
-from sharpen.meter import UsageMeter
-from sharpen.process import LMProcess
-from sharpen.scorers import make_scorer
-from sharpen.search import mcts
-from sharpen.search.mcts import step_children
-from sharpen.tasks import load_task
-from sharpen.toy import DistanceScorer, RandomWalkProcess, make_problems
-from sharpen.tree import Tree
+from sharpen.core.budget import Budget
+from sharpen.core.errors import ConfigError
+from sharpen.core.meter import UsageMeter
+from sharpen.core.tasks import load_task
+from sharpen.core.tree import Tree
+from sharpen.search.algorithms import mcts
+from sharpen.search.algorithms.mcts import step_children
+from sharpen.search.collect import search_problems
+from sharpen.search.credit import mc_values
+from sharpen.search.process import LMProcess
+from sharpen.search.scorers import make_scorer
+from sharpen.search.toy import DistanceScorer, RandomWalkProcess, make_problems
+from sharpen.train.data import load_dataset_dir
 
 TASK_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 

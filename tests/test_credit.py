@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from sharpen.credit import (
+from sharpen.core.errors import ConfigError
+from sharpen.core.tree import Tree
+from sharpen.search.credit import (
     advantages,
     first_wrong_step,
     mc_values,
@@ -15,8 +17,6 @@ from sharpen.credit import (
     rollout_value,
     values,
 )
-from sharpen.errors import ConfigError
-from sharpen.tree import Tree
 
 
 def make_tree(scored: bool = True) -> Tree:

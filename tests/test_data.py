@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sharpen.data import (
+from sharpen.core.errors import ConfigError, TaskError
+from sharpen.core.io import write_jsonl
+from sharpen.core.tree import Tree
+from sharpen.train.data import (
     load_dataset_dir,
     load_trees,
     save_dataset,
@@ -14,9 +17,6 @@ from sharpen.data import (
     trace_pairs,
     verified_traces,
 )
-from sharpen.errors import ConfigError, TaskError
-from sharpen.io import write_jsonl
-from sharpen.tree import Tree
 
 P = "<|user|>What is 1 + 2 + 3?<|end|>\n<|assistant|>"
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from sharpen.data import save_dataset, step_dpo_pairs, step_labels, step_pairs, verified_traces
-from sharpen.errors import TaskError
-from sharpen.tree import Tree
+from sharpen.core.errors import TaskError
+from sharpen.core.tree import Tree
+from sharpen.train.data import save_dataset, step_dpo_pairs, step_labels, step_pairs, verified_traces
 
 D = " ;; "
 P = "<|user|>What is 1 + 2 + 3?<|end|>\n<|assistant|>"

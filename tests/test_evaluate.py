@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from sharpen.evaluate import EvalConfig, evaluate, ks_up_to, pass_at_k
-from sharpen.io import read_jsonl
-from sharpen.tasks import load_task
+from sharpen.core.io import read_jsonl
+from sharpen.core.tasks import load_task
+from sharpen.search.evaluate import EvalConfig, evaluate, ks_up_to, pass_at_k
 
 
 def test_pass_at_k_unbiased():

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sharpen.data import load_trees
-from sharpen.errors import ConfigError, SharpenError, TaskError
-from sharpen.io import JsonlAppender, read_jsonl
+from sharpen.core.errors import ConfigError, SharpenError, TaskError
+from sharpen.core.io import JsonlAppender, read_jsonl
+from sharpen.core.tasks import load_task
+from sharpen.core.tree import Tree
 from sharpen.loop.config import load_config
-from sharpen.tasks import load_task
-from sharpen.tree import Tree
-from sharpen.viewer import write_viewer
+from sharpen.report.viewer import write_viewer
+from sharpen.train.data import load_trees
 
 BOM = b"\xef\xbb\xbf"
 GSM8K_ROWS = [{"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"},

@@ -4,8 +4,8 @@ import pytest
 
 from sharpen.backends import load_backend
 from sharpen.backends.base import SamplingParams
-from sharpen.evaluate import EvalConfig, evaluate
-from sharpen.tasks import load_task
+from sharpen.core.tasks import load_task
+from sharpen.search.evaluate import EvalConfig, evaluate
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def test_embedded_model_eval(smollm, tmp_path):
     and the metrics are those rows' means."""
     import torch
 
-    from sharpen.io import read_jsonl
+    from sharpen.core.io import read_jsonl
 
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     problems = task.problems("test", 4)

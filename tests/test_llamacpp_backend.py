@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sharpen.backends.base import SamplingParams, row_seed
-from sharpen.errors import BackendError
+from sharpen.core.errors import BackendError
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed (pip install "
                     "'sharpen[llamacpp]', built with the CMAKE_ARGS in pyproject.toml)")
@@ -31,7 +31,7 @@ MIN_GREEDY_MATCHES = 6  # of PROBLEMS: Q4_1 weights in llama.cpp vs the same wei
 
 @pytest.fixture(scope="module")
 def model_dir() -> str:
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
 
     return str(resolve_model("smollm2-135m"))
 
@@ -61,7 +61,7 @@ def hf(model_dir):
 
 @pytest.fixture(scope="module")
 def problems():
-    from sharpen.tasks import load_task
+    from sharpen.core.tasks import load_task
 
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     return task, task.problems("test", PROBLEMS)
@@ -131,9 +131,9 @@ def test_each_row_samples_from_its_own_seed(backend, problems):
 
 def test_mcts_with_policy_priors_and_the_self_scorer_run_through_it(backend, server, problems):
     from sharpen.api import make_process
-    from sharpen.process import SearchSettings
-    from sharpen.scorers import make_scorer
-    from sharpen.search.mcts import mcts
+    from sharpen.search.algorithms.mcts import mcts
+    from sharpen.search.process import SearchSettings
+    from sharpen.search.scorers import make_scorer
 
     task, probs = problems
     process = make_process(backend, task, SearchSettings(step_tokens=16, rollout_tokens=24))
@@ -153,7 +153,7 @@ def test_mcts_with_policy_priors_and_the_self_scorer_run_through_it(backend, ser
 def test_logprobs_off_asks_for_none(server, problems):
     from sharpen.api import make_process
     from sharpen.backends.openai import OpenAIBackend
-    from sharpen.scorers import make_scorer
+    from sharpen.search.scorers import make_scorer
 
     task, probs = problems
     b = OpenAIBackend(server.spec + ";logprobs=off")
@@ -169,8 +169,8 @@ def test_logprobs_off_asks_for_none(server, problems):
 def test_a_server_without_logprobs_refuses_policy_priors(model_dir, tmp_path, problems):
     from sharpen.api import make_process
     from sharpen.backends.openai import OpenAIBackend
-    from sharpen.scorers import make_scorer
-    from sharpen.search.mcts import mcts
+    from sharpen.search.algorithms.mcts import mcts
+    from sharpen.search.scorers import make_scorer
 
     task, probs = problems
     s = LlamaCppServer(builtin_gguf(), tmp_path / "serve.log", extra=["--logits_all", "false"]).start()

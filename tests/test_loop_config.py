@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from conftest import changed_tensors
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
 from sharpen.loop.config import LoopConfig, dump, load_config, validate
 from sharpen.loop.runner import auroc
 
@@ -75,8 +75,8 @@ def test_training_pool(tmp_path):
 def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
     from datasets import Dataset
 
-    from sharpen.data import load_dataset_dir, save_dataset
     from sharpen.loop.runner import LoopRunner
+    from sharpen.train.data import load_dataset_dir, save_dataset
 
     runner = LoopRunner(validate({"rounds": 2, "collect": {"problems": 2}, "eval": {"n": 4}}), tmp_path)
 
@@ -98,8 +98,8 @@ def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
 def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init):
     import json
 
-    from sharpen.data import load_dataset_dir
     from sharpen.loop.runner import LoopRunner
+    from sharpen.train.data import load_dataset_dir
 
     cfg = validate({
         "recipe": "mcts-dpo", "model": tiny_model_dir, "rounds": 2, "seed": 3,

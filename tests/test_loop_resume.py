@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sharpen.io import read_jsonl
+from sharpen.core.io import read_jsonl
 
 
 def _config(tmp_path: Path, model_dir: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sharpen.backends.base import SamplingParams, row_seed
-from sharpen.errors import BackendError, ConfigError
+from sharpen.core.errors import BackendError, ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import TransformersServer, free_port  # noqa: E402
@@ -25,7 +25,7 @@ TASK = ["--task-arg", "min_terms=2", "--task-arg", "max_terms=3", "--task-arg", 
 
 @pytest.fixture(scope="module")
 def model_dir() -> str:
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
 
     return str(resolve_model("smollm2-135m"))
 
@@ -56,7 +56,7 @@ def backend(server):
 
 @pytest.fixture(scope="module")
 def problems():
-    from sharpen.tasks import load_task
+    from sharpen.core.tasks import load_task
 
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     return task, task.problems("test", 5)
@@ -140,8 +140,8 @@ def test_sampling_is_not_truncated_to_the_top_50_tokens(tiny_server, tiny_model_
 def test_features_that_need_logprobs_refuse_without_them(tiny_server, problems):
     from sharpen.api import make_process
     from sharpen.backends.openai import OpenAIBackend
-    from sharpen.scorers import make_scorer
-    from sharpen.search.mcts import mcts
+    from sharpen.search.algorithms.mcts import mcts
+    from sharpen.search.scorers import make_scorer
 
     task, probs = problems
     process = make_process(OpenAIBackend(tiny_server.spec), task)
@@ -248,9 +248,9 @@ def test_backends_close_their_thread_and_connections_and_owners_close_them(tiny_
                                                                             tmp_path):
     from sharpen import api
     from sharpen.backends.openai import OpenAIBackend
-    from sharpen.evaluate import EvalConfig
-    from sharpen.process import SearchSettings
-    from sharpen.scorers import OracleScorer, ProverRollouts
+    from sharpen.search.evaluate import EvalConfig
+    from sharpen.search.process import SearchSettings
+    from sharpen.search.scorers import OracleScorer, ProverRollouts
 
     start = _client_threads()
     # search, sweep and eval close the backends they load

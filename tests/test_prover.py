@@ -5,11 +5,11 @@ import pytest
 from conftest import build_tiny_model
 
 from sharpen.backends.hf import HFBackend
-from sharpen.collect import search_problems
-from sharpen.errors import ConfigError, ModelError
-from sharpen.process import LMProcess
-from sharpen.scorers import make_scorer
-from sharpen.tasks import load_task
+from sharpen.core.errors import ConfigError, ModelError
+from sharpen.core.tasks import load_task
+from sharpen.search.collect import search_problems
+from sharpen.search.process import LMProcess
+from sharpen.search.scorers import make_scorer
 
 
 @pytest.fixture(scope="module")

@@ -93,9 +93,9 @@ def test_an_error_keeps_the_groups_that_finished_before_it(tmp_path, tiny_model_
     import ray
 
     from sharpen.api import load_model, load_task
-    from sharpen.distributed import _threads, eval_on_ray, run_groups
-    from sharpen.evaluate import EvalConfig, evaluate
-    from sharpen.io import read_jsonl
+    from sharpen.core.io import read_jsonl
+    from sharpen.search.distributed import _threads, eval_on_ray, run_groups
+    from sharpen.search.evaluate import EvalConfig, evaluate
 
     problems = load_task("gym:chain_sum", **TASK_ARGS).problems("test", 4, seed=5)
     cfg = EvalConfig(samples=2, temperature=1.0, max_tokens=6, seed=5, problems_per_call=2)
@@ -137,7 +137,7 @@ def test_an_error_keeps_the_groups_that_finished_before_it(tmp_path, tiny_model_
 
 def test_search_on_ray_resumes_groups_cut_short(tmp_path, tiny_model_dir, local_ray):
     from sharpen import api
-    from sharpen.process import SearchSettings
+    from sharpen.search.process import SearchSettings
 
     settings = SearchSettings(temperature=1.0, step_tokens=4, rollout_tokens=8, max_depth=2, parallel=2, batch=8)
     kw = dict(model=tiny_model_dir, task="gym:chain_sum", algo="vote", scorer=None, budget=24, n=4, seed=3,

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from conftest import changed_tensors
 
-from sharpen.data import load_dataset_dir
-from sharpen.errors import ConfigError
-from sharpen.io import read_jsonl
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import read_jsonl
+from sharpen.core.tree import Tree
 from sharpen.loop.config import load_config, validate
 from sharpen.loop.runner import LoopRunner, prepare_run_dir
-from sharpen.seeds import seeds_facts
-from sharpen.tree import Tree
+from sharpen.loop.seeds import seeds_facts
+from sharpen.train.data import load_dataset_dir
 
 TASK_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 MCTS = {"algo": "mcts", "scorer": "oracle:4", "problems": 8, "budget": 400}
@@ -170,7 +170,7 @@ def test_prm_guided_round_without_labels_falls_back(tmp_path, tiny_model_dir, mo
     """A round that builds no step labels trains no PRM. The next round must not fail on the missing
     PRM: it searches with the last PRM there is (round 1's, when round 2 is empty) or, when no round
     has trained one yet, the configured scorer."""
-    from sharpen import data
+    from sharpen.train import data
 
     build_labels = data.step_labels
 
@@ -215,7 +215,7 @@ def test_grpo_round_trains_online_within_the_token_budget(tmp_path, tiny_model_d
     collect.budget x collect.problems tokens, and the report reads the run."""
     from conftest import random_prm
 
-    from sharpen.report import write_report
+    from sharpen.report.run import write_report
 
     # a random PRM's scores as a process reward: rewards differ within a group, so the policy moves
     # (the random policy rarely verifies, and equal rewards give zero advantages)
@@ -281,7 +281,7 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
 
     from sharpen.backends.base import mix_seed
     from sharpen.backends.hf import HFBackend
-    from sharpen.errors import ConfigError
+    from sharpen.core.errors import ConfigError
     from sharpen.train.grpo import GRPOTrainConfig, MergedCopy, SharpenRollout, build_trainer
 
     with pytest.raises(ConfigError, match="mask_truncated_completions=True is not supported by sampler=sharpen"):
@@ -352,7 +352,7 @@ def test_grpo_sharpen_sampler_draws_from_the_policy_as_it_is_now(tmp_path, tiny_
 def test_grpo_verifier_reward_counts_tokens():
     import json as _json_mod
 
-    from sharpen.tasks import load_task
+    from sharpen.core.tasks import load_task
     from sharpen.train.grpo import TokenBudget, VerifierReward
 
     task = load_task("gym:chain_sum", TASK_ARGS)
@@ -369,7 +369,7 @@ def test_grpo_verifier_reward_counts_tokens():
 
 
 def test_grpo_options_are_checked_at_load(tmp_path, tiny_model_dir):
-    from sharpen.errors import ConfigError
+    from sharpen.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown grpo trainer option 'num_generation'.*num_generations"):
         validate(_grpo_config(tiny_model_dir, num_generation=4))

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sharpen.errors import ConfigError
-from sharpen.registry import algorithms, get_algorithm, parse_scorer, scorer_grammar
+from sharpen.core.errors import ConfigError
+from sharpen.search.registry import algorithms, get_algorithm, parse_scorer, scorer_grammar
 
 PLUGIN = '''
 """A tiny example algorithm: sample whole solutions until the budget is spent, answer with the first."""
 from pydantic import Field
 
-from sharpen.registry import Options, algorithm
-from sharpen.search.bon import sample_solutions
-from sharpen.search.common import finish, open_search
+from sharpen.search.registry import Options, algorithm
+from sharpen.search.algorithms.bon import sample_solutions
+from sharpen.search.algorithms.common import finish, open_search
 
 
 class FirstOptions(Options):

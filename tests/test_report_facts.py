@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sharpen.report import collect_facts, summary_table, write_report
-from sharpen.tracking import round_scalars
+from sharpen.report.run import collect_facts, summary_table, write_report
+from sharpen.report.tracking import round_scalars
 
 
 def _eval(samples: int, greedy: float) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def test_exploitation_auroc_shown_for_a_learned_scorer(tmp_path):
 
 
 def test_corrupt_metrics_file_is_a_one_line_error(tmp_path):
-    from sharpen.errors import ConfigError
+    from sharpen.core.errors import ConfigError
 
     run = fake_run(tmp_path, samples=0, collects=[_collect("self", 0.6)])
     (run / "round-1" / "eval" / "metrics.json").write_bytes(b'{"n": 10, "gree')

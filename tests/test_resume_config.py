@@ -12,8 +12,8 @@ from conftest import build_tiny_model
 from typer.testing import CliRunner
 
 from sharpen.cli import app, main
-from sharpen.errors import ConfigError
-from sharpen.io import read_jsonl
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import read_jsonl
 
 TASK = ["--task-arg", "min_terms=2", "--task-arg", "max_terms=2", "--task-arg", "min_digits=1",
         "--task-arg", "max_digits=1"]
@@ -98,7 +98,7 @@ def test_eval_out_refuses_another_model(tmp_path, tiny_model_dir, monkeypatch, c
 
 
 def test_refuse_changed_config_names_the_first_field():
-    from sharpen.io import refuse_changed_config
+    from sharpen.core.io import refuse_changed_config
 
     rec = {"a": 1, "s": {"t": 0.7, "batch": 8}, "n": 5, "extra": "kept"}
     refuse_changed_config("d", rec, {"a": 1, "s": {"t": 0.7, "batch": 4}, "n": 9}, free=("n", "s.batch"))

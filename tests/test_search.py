@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sharpen.errors import ConfigError
-from sharpen.scorers import make_scorer
-from sharpen.search import ALGORITHMS, NEEDS_SCORER, get_algorithm
-from sharpen.search.mcts import step_children
-from sharpen.toy import DistanceScorer, RandomWalkProcess, make_problems
+from sharpen.core.errors import ConfigError
+from sharpen.search.algorithms import ALGORITHMS, NEEDS_SCORER, get_algorithm
+from sharpen.search.algorithms.mcts import step_children
+from sharpen.search.scorers import make_scorer
+from sharpen.search.toy import DistanceScorer, RandomWalkProcess, make_problems
 
 H = 6
 PROBLEMS = make_problems(50, seed=1, horizon=H)
@@ -205,9 +205,9 @@ def test_search_modules_do_not_import_torch():
     import ast
     from pathlib import Path
 
-    import sharpen.search
+    import sharpen.search.algorithms
 
-    for path in Path(sharpen.search.__file__).parent.glob("*.py"):
+    for path in Path(sharpen.search.algorithms.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
@@ -217,8 +217,8 @@ def test_search_modules_do_not_import_torch():
 
 def test_mcts_widens_when_every_child_is_terminal():
     """One-step problems: MCTS keeps spending its budget by widening the root, up to max_children."""
-    from sharpen.search.mcts import mcts, step_children
-    from sharpen.toy import DistanceScorer, RandomWalkProcess, make_problems
+    from sharpen.search.algorithms.mcts import mcts, step_children
+    from sharpen.search.toy import DistanceScorer, RandomWalkProcess, make_problems
 
     proc = RandomWalkProcess(horizon=1)
     problem = make_problems(1, horizon=1, seed=0)[0]
@@ -252,7 +252,7 @@ def test_fill_spends_the_budget_that_a_fixed_count_leaves(algo):
 def test_omega_samples_what_the_budget_planned():
     """omega starts as many samples as `plan` covers with their scoring (each sample costs a step
     and a judgement here), not `samples` regardless: at 10 tokens, 5 of the 16 asked for."""
-    from sharpen.search.omega import omega
+    from sharpen.search.algorithms.omega import omega
 
     proc = RandomWalkProcess(horizon=H)
     tree = omega(proc, DistanceScorer(proc), PROBLEMS[0], 10, seed=0, samples=16)
@@ -268,7 +268,7 @@ def test_row_counts_over_the_budget_fail_before_any_work(tmp_path, algo, options
     """Every row costs at least one token: a count option (or a product of them) over the budget is a
     one-line ConfigError from `search_problems` (what `sharpen search`, `sweep` and `run` call) before
     any tree is searched or written."""
-    from sharpen.collect import search_problems
+    from sharpen.search.collect import search_problems
 
     proc = RandomWalkProcess(horizon=H)
     out = tmp_path / "trees.jsonl"

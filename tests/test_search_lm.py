@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sharpen.scorers import PRMScorer, SelfScorer, make_scorer
-from sharpen.search import ALGORITHMS
-from sharpen.tasks import Problem, Task
+from sharpen.core.tasks import Problem, Task
+from sharpen.search.algorithms import ALGORITHMS
+from sharpen.search.scorers import PRMScorer, SelfScorer, make_scorer
 
 PROBLEM = Problem("add-2-3", "What is 2 + 3?", "5")
 
@@ -21,7 +21,7 @@ class AddTask(Task):
 
 @pytest.fixture()
 def lm_process(tiny_backend):
-    from sharpen.process import LMProcess
+    from sharpen.search.process import LMProcess
 
     return LMProcess(tiny_backend, AddTask(), temperature=1.0, step_tokens=6, rollout_tokens=16, max_depth=3)
 
@@ -131,7 +131,7 @@ def test_prm_scorer_with_tiny_token_classifier(lm_process, tiny_model_dir, tmp_p
 
 
 def test_prm_scorer_bad_path(lm_process, tmp_path):
-    from sharpen.errors import ModelError
+    from sharpen.core.errors import ModelError
 
     with pytest.raises(ModelError):
         make_scorer(f"prm:{tmp_path / 'nope'}", lm_process)
@@ -140,7 +140,7 @@ def test_prm_scorer_bad_path(lm_process, tmp_path):
 def test_strict_answers_credit_only_answer_lines(tiny_backend):
     """With strict answers a solution without an `Answer:` line has no answer (so it is never
     verified correct); the lenient default falls back to "the answer is" / the last number."""
-    from sharpen.process import LMProcess
+    from sharpen.search.process import LMProcess
 
     task = AddTask()
     assert task.extract("2 + 3 = 5\nThe answer is 5.") == "5"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sharpen.errors import ConfigError
-from sharpen.report import collect_facts
-from sharpen.seeds import parse_seeds, seeds_facts
+from sharpen.core.errors import ConfigError
+from sharpen.loop.seeds import parse_seeds, seeds_facts
+from sharpen.report.run import collect_facts
 
 SHARPEN = [sys.executable, "-m", "sharpen"]
 

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.server, pytest.mark.integration]
 ARGS = ["--model", "smollm2-135m", "--budget", "48", "--step-tokens", "16", "--rollout-tokens", "24"]
 Q = [{"role": "user", "content": "What is 3 + 4 - 2?"}]
 PLUGIN = '''
-from sharpen.registry import Options, algorithm
+from sharpen.search.registry import Options, algorithm
 
 
 @algorithm("boom", Options, needs_scorer=False)

@@ -1,4 +1,4 @@
-"""`sharpen.stats`: one AUROC and one bootstrap, giving the same numbers as the implementations they
+"""`sharpen.core.stats`: one AUROC and one bootstrap, giving the same numbers as the implementations they
 replace (copied below as they were) for the same inputs and seed, so reported results don't shift."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sharpen.stats import auroc, bootstrap_ci, paired_bootstrap
+from sharpen.core.stats import auroc, bootstrap_ci, paired_bootstrap
 
 
 # -- the replaced implementations, verbatim in substance -------------------------------------------
@@ -19,7 +19,7 @@ def pairwise_auroc(pos, neg):  # sharpen.loop.runner.auroc
     return wins / (len(pos) * len(neg))
 
 
-def old_bootstrap_ci(values, iters=2000, seed=0, alpha=0.05):  # sharpen.collect.bootstrap_ci
+def old_bootstrap_ci(values, iters=2000, seed=0, alpha=0.05):  # sharpen.search.collect.bootstrap_ci
     if not values:
         return (float("nan"), float("nan"))
     x = np.asarray(values, dtype=float)
@@ -97,7 +97,7 @@ def test_bootstrap_ci_equals_the_old_collect_interval(seed, n):
 
 
 def test_collect_bootstrap_ci_is_the_shared_one():
-    from sharpen.collect import bootstrap_ci as collect_bootstrap_ci
+    from sharpen.search.collect import bootstrap_ci as collect_bootstrap_ci
 
     values = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
     assert collect_bootstrap_ci(values) == bootstrap_ci(values) == old_bootstrap_ci(values)
@@ -122,7 +122,7 @@ def test_paired_bootstrap_edges():
 
 @pytest.mark.parametrize("seed", [0, 5])
 def test_metrics_auroc_with_ci_equals_the_old_one(seed):
-    from sharpen.stats import labelled_auroc as labels_auroc
+    from sharpen.core.stats import labelled_auroc as labels_auroc
     from sharpen.train.metrics import auroc_with_ci
 
     rng = np.random.default_rng(seed)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sharpen.data import step_dpo_pairs
-from sharpen.tree import Tree
+from sharpen.core.tree import Tree
+from sharpen.train.data import step_dpo_pairs
 
 P = "<|user|>What is 2 + 3 + 4?<|end|>\n<|assistant|>"
 

@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
 
 TASK_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 
 
 def test_sweep_on_training_problems_after_skip(tiny_model_dir, tmp_path):
     from sharpen import api
-    from sharpen.process import SearchSettings
-    from sharpen.tasks import load_task
+    from sharpen.core.tasks import load_task
+    from sharpen.search.process import SearchSettings
 
     settings = SearchSettings(rollout_tokens=8, step_tokens=4, max_depth=2)
     results, out = api.sweep(["vote", "bon@rollout:1"], [16], model=tiny_model_dir, n=3, settings=settings,
@@ -46,7 +46,7 @@ def test_paired_change_interval_covers_the_true_change_and_is_narrower_than_unpa
     (which over-covers)."""
     import numpy as np
 
-    from sharpen.stats import paired_bootstrap
+    from sharpen.core.stats import paired_bootstrap
 
     rng = np.random.default_rng(7)
     repeats, n, change, iters = 400, 60, 0.15, 1000
@@ -71,7 +71,7 @@ def test_paired_change_interval_covers_the_true_change_and_is_narrower_than_unpa
 
 def test_a_sweep_dir_grows_keeps_its_cells_and_refuses_other_settings(tiny_model_dir, tmp_path):
     from sharpen import api
-    from sharpen.process import SearchSettings
+    from sharpen.search.process import SearchSettings
 
     settings = SearchSettings(rollout_tokens=8, step_tokens=4, max_depth=2)
     kw = dict(model=tiny_model_dir, n=2, settings=settings, task_args=TASK_ARGS, out=tmp_path / "sw")
@@ -120,10 +120,10 @@ def test_sweep_cells_of_distinct_scorer_specs_get_distinct_dirs(tiny_backend, tm
     """`prm:runs/x` and `prm:runs_x` once shared a directory, and the second cell silently resumed
     from the first one's trees; simple specs keep their readable names."""
     from sharpen.api import make_process
-    from sharpen.process import SearchSettings
-    from sharpen.scorers import RolloutScorer
-    from sharpen.sweep import run_sweep
-    from sharpen.tasks import load_task
+    from sharpen.core.tasks import load_task
+    from sharpen.search.process import SearchSettings
+    from sharpen.search.scorers import RolloutScorer
+    from sharpen.search.sweep import run_sweep
 
     task = load_task("gym:chain_sum", TASK_ARGS)
     process = make_process(tiny_backend, task, SearchSettings(rollout_tokens=6, step_tokens=4, max_depth=2))
@@ -135,7 +135,7 @@ def test_sweep_cells_of_distinct_scorer_specs_get_distinct_dirs(tiny_backend, tm
     assert len(set(dirs)) == 2
     for m in results:
         assert [json.loads(x)["scorer"] for x in open(m["trees"])] == [m["scorer"]]  # its own trees, not the other's
-    from sharpen.sweep import cell_name
+    from sharpen.search.sweep import cell_name
 
     assert [cell_name(a, sc) for a, sc in [("vote", None), ("bon", "prm:M"), ("pf", "rollout:1")]] == [
         "vote@none", "bon@prm-M", "pf@rollout-1"]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from sharpen.errors import ConfigError, TaskError
-from sharpen.tasks import last_boxed, load_task, parse_task_args
+from sharpen.core.errors import ConfigError, TaskError
+from sharpen.core.tasks import last_boxed, load_task, parse_task_args
 
 CHAIN = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
 

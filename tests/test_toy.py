@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from sharpen.budget import Budget, allot
-from sharpen.errors import BudgetError
-from sharpen.toy import DistanceScorer, RandomWalkProcess, make_problems
+from sharpen.core.budget import Budget, allot
+from sharpen.core.errors import BudgetError
+from sharpen.search.toy import DistanceScorer, RandomWalkProcess, make_problems
 
 
 def test_expand_complete_rollout_and_meter():

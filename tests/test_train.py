@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from sharpen.data import save_dataset, step_labels, step_pairs, verified_traces
-from sharpen.errors import ModelError, TaskError
-from sharpen.tree import Tree
+from sharpen.core.errors import ModelError, TaskError
+from sharpen.core.tree import Tree
+from sharpen.train.data import save_dataset, step_labels, step_pairs, verified_traces
 
 
 def _trees() -> list[Tree]:
@@ -62,7 +62,7 @@ def test_dpo_lora_saves_adapter_and_merged_and_resumes(tiny_model_dir, data_dirs
     assert merged == out / "merged" and (out / "adapter" / "adapter_config.json").exists()
     assert (out / "checkpoint-2").is_dir()
     _generates(str(merged))
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
 
     assert resolve_model(str(merged)) == merged  # `--model` accepts it
     summary = json.loads((out / "sharpen_train.json").read_text())
@@ -209,14 +209,14 @@ def test_prm_trains_loads_scores(tiny_model_dir, tmp_path):
 
 
 def test_auroc():
-    from sharpen.stats import labelled_auroc as auroc
+    from sharpen.core.stats import labelled_auroc as auroc
     from sharpen.train.metrics import auroc_with_ci
 
     assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert auroc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
     assert auroc([0, 1], [0.5, 0.5]) == 0.5
     assert auroc([0, 1, 0, 1], [0.1, 0.4, 0.5, 0.8]) == 0.75
-    assert auroc([1, 1], [0.2, 0.3]) is None  # undefined with one class, as `sharpen.stats.auroc` says
+    assert auroc([1, 1], [0.2, 0.3]) is None  # undefined with one class, as `sharpen.core.stats.auroc` says
     r = auroc_with_ci([0, 1] * 50, [0.2, 0.8] * 50, n_boot=200)
     assert r["auroc"] == 1.0 and r["ci_low"] == 1.0 and r["n"] == 100 and r["resampled"] == "step"
     assert auroc_with_ci([1, 1], [0.2, 0.3], n_boot=20)["auroc"] is None

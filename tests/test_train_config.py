@@ -5,7 +5,7 @@ import pytest
 from transformers import TrainingArguments
 from trl import DPOConfig, SFTConfig
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
 from sharpen.loop.config import validate
 from sharpen.train import config_class, make_config
 

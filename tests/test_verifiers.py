@@ -10,10 +10,10 @@ import pytest
 from conftest import build_tiny_model, random_prm
 
 from sharpen.backends.hf import HFBackend
-from sharpen.errors import ConfigError
-from sharpen.process import LMProcess
-from sharpen.scorers import ImplicitPRMScorer, aggregate, make_scorer
-from sharpen.tasks import load_task
+from sharpen.core.errors import ConfigError
+from sharpen.core.tasks import load_task
+from sharpen.search.process import LMProcess
+from sharpen.search.scorers import ImplicitPRMScorer, aggregate, make_scorer
 
 
 def test_aggregate():
@@ -97,7 +97,7 @@ LONG_SYSTEM = "Solve step by step, one short step per line, and end with the ans
 def _labels(problems: range, tmp, name: str):
     """Step labels by hand: a right equation (value 0.9) and a wrong one (0.1) for each problem,
     the wrong one recognisable by its form ('... = ?'), as a malformed step would be."""
-    from sharpen.data import LABEL_FEATURES, _to_dataset, save_dataset
+    from sharpen.train.data import LABEL_FEATURES, _to_dataset, save_dataset
 
     rows = []
     for i in problems:
@@ -190,7 +190,7 @@ def test_pav_scores_value_plus_alpha_times_progress(setup, tiny_model_dir, tmp_p
 def test_prm_calls_of_many_searches_are_batched(tiny_model_dir, tmp_path):
     """Under lockstep batching a PRM scores the nodes of every live search in one pass: fewer forward
     calls, the same trees as searching one problem at a time."""
-    from sharpen.collect import search_problems
+    from sharpen.search.collect import search_problems
 
     random_prm(tmp_path, tiny_model_dir, seed=1)
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
@@ -217,8 +217,8 @@ def test_prm_calls_of_many_searches_are_batched(tiny_model_dir, tmp_path):
 def test_implicit_prm_scores_many_searches_at_once_as_one_at_a_time(tiny_model_dir, tmp_path, monkeypatch):
     """The implicit scorer under lockstep batching (a sweep's --parallel): the same trees and scores,
     from fewer forward calls (the searches' scoring calls merge into one)."""
-    from sharpen.collect import search_problems
-    from sharpen.scorers import ImplicitPRMScorer
+    from sharpen.search.collect import search_problems
+    from sharpen.search.scorers import ImplicitPRMScorer
 
     other = build_tiny_model(str(tmp_path / "other"), seed=1)
     task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
@@ -242,9 +242,9 @@ def test_implicit_prm_scores_many_searches_at_once_as_one_at_a_time(tiny_model_d
 
 
 def test_omega_finds_the_first_wrong_step_by_binary_search():
-    from sharpen.data import step_labels
-    from sharpen.search import get_algorithm
-    from sharpen.toy import RandomWalkProcess, make_problems
+    from sharpen.search.algorithms import get_algorithm
+    from sharpen.search.toy import RandomWalkProcess, make_problems
+    from sharpen.train.data import step_labels
 
     proc = RandomWalkProcess(horizon=8, p_good=0.6)
     omega = get_algorithm("omega").fn

@@ -7,13 +7,13 @@ import re
 
 import pytest
 
-from sharpen.collect import label_terminals
-from sharpen.errors import ConfigError
-from sharpen.io import write_jsonl
-from sharpen.search import ALGORITHMS
-from sharpen.toy import DistanceScorer, RandomWalkProcess, make_problems
-from sharpen.tree import Tree
-from sharpen.viewer import embed_json, render_trees_html, write_viewer
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import write_jsonl
+from sharpen.core.tree import Tree
+from sharpen.report.viewer import embed_json, render_trees_html, write_viewer
+from sharpen.search.algorithms import ALGORITHMS
+from sharpen.search.collect import label_terminals
+from sharpen.search.toy import DistanceScorer, RandomWalkProcess, make_problems
 
 
 def toy_trees() -> list[Tree]:

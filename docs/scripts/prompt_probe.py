@@ -6,10 +6,10 @@
 import argparse
 import time
 
-import sharpen.tasks as T
+import sharpen.core.tasks as T
 from sharpen.backends import load_backend
-from sharpen.evaluate import EvalConfig, evaluate
-from sharpen.tasks import SYSTEM_PROMPT, load_task
+from sharpen.core.tasks import SYSTEM_PROMPT, load_task
+from sharpen.search.evaluate import EvalConfig, evaluate
 
 Q = "State the final answer to the following arithmetic problem: "
 CHAIN = ("4 - 8 + 1", "4 - 8 = -4\n-4 + 1 = -3\nAnswer: -3")
@@ -23,7 +23,7 @@ def shots(pairs, system=True):
 
 
 VARIANTS = {
-    "current": None,  # sharpen.tasks.Task.messages as shipped
+    "current": None,  # sharpen.core.tasks.Task.messages as shipped
     "noshot": shots([]),
     "plain": [],  # the question alone (the chat template adds its default system prompt)
     "whatis3": shots([(f"What is {q}?", a) for q, a in (*T.EXAMPLES, CHAIN)]),

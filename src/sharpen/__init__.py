@@ -11,10 +11,10 @@ The Python API (`sharpen.api`), importable from the package itself:
 
 (`run_search`, `run_eval`, `run_sweep`, `build_data` and `train_model` are `sharpen.api`'s `search`,
 `evaluate`, `sweep`, `build` and `train`: the short names are taken by the modules `sharpen.search`,
-`sharpen.evaluate`, `sharpen.sweep` and `sharpen.train`.)
+`sharpen.search.evaluate`, `sharpen.search.sweep` and `sharpen.train`.)
 
 Lower layers: `load_model` (a backend), `load_task`, `make_process` (what algorithms search),
-`sharpen.registry.algorithms()` / `scorers()` (what is registered, with typed options).
+`sharpen.search.registry.algorithms()` / `scorers()` (what is registered, with typed options).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ _API = {"load_model": "load_model", "load_task": "load_task", "make_process": "m
         "run_seeds": "run_seeds",
         "run_search": "search", "run_eval": "evaluate", "run_sweep": "sweep", "build_data": "build",
         "train_model": "train"}
-_TYPES = {"EvalConfig": "sharpen.evaluate", "SearchSettings": "sharpen.process", "Tree": "sharpen.tree",
-          "algorithm": "sharpen.registry", "scorer": "sharpen.registry", "Options": "sharpen.registry"}
+_TYPES = {"EvalConfig": "sharpen.search.evaluate", "SearchSettings": "sharpen.search.process", "Tree": "sharpen.core.tree",
+          "algorithm": "sharpen.search.registry", "scorer": "sharpen.search.registry", "Options": "sharpen.search.registry"}
 
 if TYPE_CHECKING:
     from sharpen.api import build as build_data
@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     from sharpen.api import search as run_search
     from sharpen.api import sweep as run_sweep
     from sharpen.api import train as train_model
-    from sharpen.evaluate import EvalConfig
-    from sharpen.process import SearchSettings
-    from sharpen.registry import Options, algorithm, scorer
-    from sharpen.tree import Tree
+    from sharpen.core.tree import Tree
+    from sharpen.search.evaluate import EvalConfig
+    from sharpen.search.process import SearchSettings
+    from sharpen.search.registry import Options, algorithm, scorer
 
 __all__ = [  # noqa: RUF022 (the API first, then the types)
     "load_model", "load_task", "make_process", "run_search", "run_eval", "run_sweep", "run", "run_seeds", "build_data",

@@ -8,7 +8,7 @@
     sharpen.run("configs/demo.yaml", out="runs/demo")
 
 Every function validates its inputs before it loads a model or writes a file, and raises the typed
-errors of `sharpen.errors` (the CLI turns them into one line and exit code 2).
+errors of `sharpen.core.errors` (the CLI turns them into one line and exit code 2).
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from sharpen.backends.base import close_all
-from sharpen.errors import ConfigError
-from sharpen.evaluate import EvalConfig
-from sharpen.process import SearchSettings
-from sharpen.seeds import run_seeds  # noqa: F401 - the API's `run` once per seed, with one combined report
+from sharpen.core.errors import ConfigError
+from sharpen.loop.runner import run  # noqa: F401 - part of the API
+from sharpen.loop.seeds import run_seeds  # noqa: F401 - the API's `run` once per seed, with one combined report
+from sharpen.search.evaluate import EvalConfig
+from sharpen.search.process import SearchSettings
+from sharpen.search.spec import load_model, load_task, make_process  # noqa: F401 - part of the API
 
 Progress = Callable[[int], None]
 
@@ -32,20 +34,6 @@ def _bar(progress: Any, description: str, total: int):
     from contextlib import nullcontext
 
     return progress(description, total) if progress is not None else nullcontext(None)
-
-
-def load_model(model: str = "smollm2-135m", seed: int = 0, **backend_options: Any):
-    """A backend for a built-in model name, an HF id or a local model directory."""
-    from sharpen.backends import load_backend
-
-    return load_backend(model, seed=seed, **backend_options)
-
-
-def load_task(spec: str = "gym:chain_sum", **task_args: Any):
-    """`gym:<dataset>`, `gsm8k:<file.jsonl>` or `math:<file.jsonl>`, with the dataset's options."""
-    from sharpen.tasks import load_task as _load
-
-    return _load(spec, task_args)
 
 
 def new_out_dir(out: str | Path | None, prefix: str) -> Path:
@@ -63,11 +51,11 @@ def check_resume(out_dir: Path | None, record: dict[str, Any], free: tuple[str, 
                  normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """Before `search`/`evaluate` reuse the rows in `out_dir`: refuse, with a one-line ConfigError
     naming the first differing field, when its config.json records other settings than `record`
-    (`sharpen.io.refuse_changed_config`; `free` lists the fields that may differ, `normalize` maps
+    (`sharpen.core.io.refuse_changed_config`; `free` lists the fields that may differ, `normalize` maps
     a recorded config to the form `record` has). No config.json: nothing to check."""
     import json
 
-    from sharpen.io import refuse_changed_config
+    from sharpen.core.io import refuse_changed_config
 
     path = out_dir / "config.json" if out_dir is not None else None
     if path is None or not path.is_file():
@@ -81,16 +69,6 @@ def check_resume(out_dir: Path | None, record: dict[str, Any], free: tuple[str, 
     refuse_changed_config(out_dir, normalize(recorded) if normalize else recorded, record, free=free, fix=RESUME_FIX)
 
 
-def make_process(backend, task, settings: SearchSettings | None = None, strict_answers: bool = False):
-    """The language-model process that search algorithms talk to."""
-    from sharpen.process import LMProcess
-
-    s = settings or SearchSettings()
-    return LMProcess(backend, task, temperature=s.temperature, step_tokens=s.step_tokens,
-                     rollout_tokens=s.rollout_tokens, max_depth=s.max_depth, strict_answers=strict_answers,
-                     merge_duplicates=s.merge_duplicates)
-
-
 def _problems(task, collect: bool, n: int, seed: int, skip: int = 0):
     if n < 1:
         raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
@@ -101,7 +79,7 @@ def _problems(task, collect: bool, n: int, seed: int, skip: int = 0):
 
 
 def _check_search(algo: str, scorer: str | None, options: dict[str, Any] | None, budget: int, collect: bool):
-    from sharpen.registry import get_algorithm, parse_scorer
+    from sharpen.search.registry import get_algorithm, parse_scorer
 
     entry = get_algorithm(algo)
     entry.parse(options, budget)
@@ -141,12 +119,12 @@ def search(
     run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json;
     resuming a directory started with settings that change the trees is refused (`check_resume`).
     `ray` ("local", "auto" or a cluster address): shard the problems over `actors` Ray actors
-    (`sharpen.distributed`), with the same trees as one process."""
-    from sharpen.collect import search_metrics, search_problems
-    from sharpen.io import atomic_write_json
-    from sharpen.meter import UsageMeter
-    from sharpen.models import check_model
-    from sharpen.scorers import make_scorer
+    (`sharpen.search.distributed`), with the same trees as one process."""
+    from sharpen.backends.models import check_model
+    from sharpen.core.io import atomic_write_json
+    from sharpen.core.meter import UsageMeter
+    from sharpen.search.collect import search_metrics, search_problems
+    from sharpen.search.scorers import make_scorer
 
     settings = settings or SearchSettings()
     entry = _check_search(algo, scorer, options, budget, collect)
@@ -155,7 +133,7 @@ def search(
     split, problems = _problems(the_task, collect, n, seed, skip)
     check_model(model)
     if ray is not None:  # a cluster that does not answer is an error before anything is written
-        from sharpen.distributed import connect
+        from sharpen.search.distributed import connect
 
         connect(ray, actors)
     out_dir = new_out_dir(out, "search") if out is not None else None
@@ -188,7 +166,7 @@ def search(
         batches = UsageMeter()  # the lockstep batches' own usage: what shared prefills saved
         with _bar(progress, f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
             if ray is not None:
-                from sharpen.distributed import search_on_ray
+                from sharpen.search.distributed import search_on_ray
 
                 trees = search_on_ray(ray, actors, model, task, task_args or {}, settings, scorer, collect, algo,
                                       problems, budget, seed, options or {}, split, jsonl, on_progress=advance)
@@ -221,11 +199,11 @@ def evaluate(
     `out`, config.json, problems.jsonl (appended per chunk, resumable) and metrics.json, and resuming
     a directory started with settings that change the rows is refused (`check_resume`).
     `ray` ("local", "auto" or a cluster address): evaluate the chunks of `config.problems_per_call`
-    problems on `actors` Ray actors (`sharpen.distributed`), with the same rows as one process."""
-    from sharpen.evaluate import evaluate as _evaluate
-    from sharpen.evaluate import write_metrics
-    from sharpen.io import atomic_write_json
-    from sharpen.models import check_model
+    problems on `actors` Ray actors (`sharpen.search.distributed`), with the same rows as one process."""
+    from sharpen.backends.models import check_model
+    from sharpen.core.io import atomic_write_json
+    from sharpen.search.evaluate import evaluate as _evaluate
+    from sharpen.search.evaluate import write_metrics
 
     cfg = config or EvalConfig()
     the_task = load_task(task, **(task_args or {}))
@@ -235,7 +213,7 @@ def evaluate(
     if batch < 1:
         raise ConfigError("--batch must be >= 1 (fix: e.g. --batch 32)")
     if ray is not None:  # a cluster that does not answer is an error before anything is written
-        from sharpen.distributed import connect
+        from sharpen.search.distributed import connect
 
         connect(ray, actors)
     record = {"command": "eval", "model": model, "task": task, "task_args": task_args or {}, "n": n,
@@ -252,7 +230,7 @@ def evaluate(
             jsonl = out_dir / "problems.jsonl"
         with _bar(progress, f"eval {task}", len(problems)) as advance:
             if ray is not None:
-                from sharpen.distributed import eval_on_ray
+                from sharpen.search.distributed import eval_on_ray
 
                 metrics = eval_on_ray(ray, actors, model, task, task_args or {}, problems, cfg, jsonl, batch=batch,
                                       on_progress=advance)
@@ -289,10 +267,10 @@ def sweep(
     Problems: the first `n` of `split` after skipping `skip` (the task's problem stream is the same
     for every n, so `split="train", skip=2000` are validation problems that labels collected with
     `--collect --n 2000` never saw). Cells after the first carry `vs_first`, a paired comparison."""
-    from sharpen.models import check_model
-    from sharpen.registry import parse_algo_spec
-    from sharpen.scorers import make_scorer
-    from sharpen.sweep import prior_cells, run_sweep
+    from sharpen.backends.models import check_model
+    from sharpen.search.registry import parse_algo_spec
+    from sharpen.search.scorers import make_scorer
+    from sharpen.search.sweep import prior_cells, run_sweep
 
     settings = settings or SearchSettings()
     pairs = [parse_algo_spec(a, scorer) for a in algos if a.strip()]
@@ -343,13 +321,13 @@ def build(
     **options: Any,
 ) -> list[tuple[str, dict[str, Any], Path]]:
     """Build `pairs` (options: recipe mcts-dpo|step-dpo, min_margin, source, pairing, round, trace_pairs:
-    that many whole-solution pairs per problem added, `sharpen.data.trace_pairs`),
+    that many whole-solution pairs per problem added, `sharpen.train.data.trace_pairs`),
     `labels` (threshold, source, round) or `traces` (round) from a trees file and save them; with
     `holdout`, that share of problems (by id) goes to `<out>-heldout`. Trees searched on the test
     split are refused unless `allow_test_split`. Returns (name, summary, path) per saved dataset."""
-    from sharpen import data
-    from sharpen.tasks import heldout
-    from sharpen.tree import check_trainable
+    from sharpen.core.tasks import heldout
+    from sharpen.core.tree import check_trainable
+    from sharpen.train import data
 
     if kind not in BUILDERS:
         raise ConfigError(f"unknown dataset kind {kind!r} (fix: one of {', '.join(BUILDERS)})")
@@ -391,7 +369,7 @@ def train(kind: str, model: str, data: str | Path | None, out: str | Path, **opt
     `options`: any field of the trainer's config (`sharpen.train.config_class(kind)`: TRL's
     `DPOConfig`/`SFTConfig` or transformers' `TrainingArguments` plus `SharpenArgs`), by its TRL
     name: `max_steps`, `learning_rate`, `per_device_train_batch_size`, `beta`, `lora`, `soft`, ..."""
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
     from sharpen.train import config_class, make_config
 
     config_class(kind)  # an unknown trainer is a one-line error before anything is loaded
@@ -414,8 +392,8 @@ def train(kind: str, model: str, data: str | Path | None, out: str | Path, **opt
 
 def train_eval(kind: str, model: str, data: str | Path, ref: str | None = None, beta: float = 0.1) -> dict[str, Any]:
     """Held-out quality of a trained model: DPO reward accuracy on pairs, or PRM AUROC (bootstrap 95% CI)."""
-    from sharpen.data import load_dataset_dir
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
+    from sharpen.train.data import load_dataset_dir
 
     if kind not in ("dpo", "prm"):
         raise ConfigError(f"unknown kind {kind!r} (fix: dpo or prm)")
@@ -429,38 +407,3 @@ def train_eval(kind: str, model: str, data: str | Path, ref: str | None = None, 
     from sharpen.train.metrics import prm_auroc
 
     return prm_auroc(model, load_dataset_dir(data))
-
-
-def run(
-    config: str | Path,
-    out: str | Path | None = None,
-    resume: bool = False,
-    overrides: dict[str, Any] | None = None,
-    progress: Any = None,
-    say: Callable[[str], None] | None = None,
-    ray: str | None = None,
-    actors: int | None = None,
-) -> dict[str, Any]:
-    """Rounds of collect -> build -> train -> evaluate from a YAML config (resumable); returns the
-    paired before/after change, the report path, the final model and the run directory.
-    `ray`/`actors` set the config's `cluster` section (collect and evaluate on Ray actors), also
-    on a resumed run: where a stage runs changes none of its results."""
-    from sharpen.loop.config import load_config, with_cluster
-    from sharpen.loop.runner import LoopRunner, prepare_run_dir
-    from sharpen.models import check_model
-
-    cfg = load_config(config, overrides)
-    run_dir = Path(out) if out is not None else Path("runs") / cfg.name
-    check_model(cfg.model)
-    if resume:  # the run's own config, on the cluster asked for now
-        cfg = with_cluster(prepare_run_dir(cfg, run_dir, resume), ray, actors)
-    else:  # the cluster is written into the run's config.yaml
-        cfg = with_cluster(cfg, ray, actors)
-        if cfg.cluster is not None and cfg.cluster.address != "local":  # no answer: an error before the run dir
-            from sharpen.distributed import connect
-
-            connect(cfg.cluster.address)
-        cfg = prepare_run_dir(cfg, run_dir, resume)
-    result = LoopRunner(cfg, run_dir, progress=progress, say=say).run_all()
-    return result | {"run": str(run_dir), "config": cfg}
-

@@ -12,10 +12,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sharpen.console import err, out, progress_bar, quiet_libraries
-from sharpen.errors import ConfigError, SharpenError
-from sharpen.evaluate import EvalConfig
-from sharpen.process import SearchSettings
+from sharpen.core.console import err, out, progress_bar, quiet_libraries
+from sharpen.core.errors import ConfigError, SharpenError
+from sharpen.search.evaluate import EvalConfig
+from sharpen.search.process import SearchSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Search, score, train, repeat.")
 models_app = typer.Typer(no_args_is_help=True, help="Built-in models.")
@@ -31,7 +31,7 @@ def _fail(msg: str) -> None:
 @models_app.command("list")
 def models_list() -> None:
     """List built-in models and whether they are prepared."""
-    from sharpen.models import list_models
+    from sharpen.backends.models import list_models
 
     table = Table("name", "prepared", "path", "description")
     for m in list_models():
@@ -43,7 +43,7 @@ def models_list() -> None:
 def models_prepare(name: str) -> None:
     """Convert a built-in model once into an HF directory in the cache."""
     quiet_libraries()
-    from sharpen.models import prepare
+    from sharpen.backends.models import prepare
 
     with err.status(f"preparing {name}"):
         path = prepare(name)
@@ -53,7 +53,7 @@ def models_prepare(name: str) -> None:
 @models_app.command("gguf")
 def models_gguf(name: str) -> None:
     """Print the GGUF file a built-in model comes from (to serve it with llama.cpp)."""
-    from sharpen.models import gguf_path
+    from sharpen.backends.models import gguf_path
 
     print(gguf_path(name))
 
@@ -75,7 +75,7 @@ def _help(fields, name: str) -> str:
 
 
 def _kv(items: list[str] | None) -> dict:
-    from sharpen.tasks import parse_task_args
+    from sharpen.core.tasks import parse_task_args
 
     return parse_task_args(items)
 
@@ -109,7 +109,7 @@ def eval_cmd(
     """Greedy accuracy, pass@k, majority@K, tokens per solution and throughput on held-out problems."""
     quiet_libraries()
     from sharpen import api
-    from sharpen.evaluate import summary_rows
+    from sharpen.search.evaluate import summary_rows
 
     cfg = EvalConfig.parse(dict(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
                                 problems_per_call=16), "sharpen eval")
@@ -168,7 +168,7 @@ def search_cmd(
     if as_json:
         print(json.dumps(m))
         return
-    from sharpen.collect import summary_rows
+    from sharpen.search.collect import summary_rows
 
     out.print(_rows_table(f"{algo} with {m['scorer']} on {task} ({m['split']} split), budget {budget} tokens/problem",
                           summary_rows(m)))
@@ -202,7 +202,7 @@ def sweep_cmd(
     """Every algorithm at every budget on the same problems: sweep.json and accuracy_vs_tokens.png."""
     quiet_libraries()
     from sharpen import api
-    from sharpen.sweep import parse_algo_options, parse_budgets
+    from sharpen.search.sweep import parse_algo_options, parse_budgets
 
     budget_list, options = parse_budgets(budgets), parse_algo_options(_kv(arg))
     settings = _settings(temperature=temperature, step_tokens=step_tokens, rollout_tokens=rollout_tokens,
@@ -210,7 +210,7 @@ def sweep_cmd(
                          merge_duplicates=merge_duplicates)
     results, sweep_dir = api.sweep(algos.split(","), budget_list, scorer, model, task, n, seed, options, settings,
                                    _kv(task_arg), out=out_dir, progress=progress_bar, split=split, skip=skip)
-    from sharpen.sweep import sweep_rows
+    from sharpen.search.sweep import sweep_rows
 
     out.print(_rows_table(f"accuracy (generated / forward tokens per problem: policy + verifier; paired change vs the "
                           f"first row, 95% CI), {split} split, n={n}",
@@ -282,7 +282,7 @@ def serve_cmd(
 @app.command("algos")
 def algos_cmd() -> None:
     """The registered search algorithms and scorers, with their options and defaults."""
-    from sharpen.registry import algorithms, describe_fields, scorer_grammar, scorers
+    from sharpen.search.registry import algorithms, describe_fields, scorer_grammar, scorers
 
     table = Table("algorithm", "needs a scorer", "options (--arg key=value)", "what it is")
     for name, e in algorithms().items():
@@ -301,7 +301,7 @@ def view_cmd(
     out_html: Annotated[Path | None, typer.Option("--out", help="HTML file (default: next to the trees)")] = None,
 ) -> None:
     """One static HTML file that draws each problem's tree; needs no network."""
-    from sharpen.viewer import write_viewer
+    from sharpen.report.viewer import write_viewer
 
     if not trees.is_file():
         raise ConfigError(f"trees file not found: {trees} (fix: pass the trees.jsonl written by `sharpen search`)")
@@ -383,7 +383,7 @@ def _train(kind: str, model: str, data: Path | None, out_dir: Path, args: list[s
     from sharpen import api
 
     options["lora"] = not options.pop("full")
-    from sharpen.tasks import parse_task_args
+    from sharpen.core.tasks import parse_task_args
 
     options |= parse_task_args(args, "--arg", "warmup_steps=0.1")
     with err.status(f"{kind.upper()} on {data or options.get('task')}, {options['max_steps']} steps"):
@@ -430,7 +430,7 @@ def train_grpo_cmd(model: TrainModel, out_dir: TrainOut, task: TaskOpt = "gym:ch
                    max_steps: MaxSteps = 100, lr: float = 5e-5, full: FullFT = False, seed: int = 0,
                    arg: TrainArgs = None) -> None:
     """Online RL with TRL's GRPOTrainer, the task's verifier as the reward (LoRA by default)."""
-    from sharpen.tasks import parse_task_args
+    from sharpen.core.tasks import parse_task_args
 
     _train("grpo", model, data, out_dir, arg, max_steps=max_steps, learning_rate=lr, full=full, seed=seed,
            task=task, task_args=parse_task_args(task_arg), problems=problems)
@@ -469,14 +469,14 @@ TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="also log per-
 
 def _check_tracker(tracker: str | None) -> None:
     if tracker is not None:
-        from sharpen.tracking import check_tracker
+        from sharpen.report.tracking import check_tracker
 
         check_tracker(tracker)
 
 
 def _log_tracker(run: Path, tracker: str | None) -> None:
     if tracker is not None:
-        from sharpen.tracking import log_to_tracker
+        from sharpen.report.tracking import log_to_tracker
 
         out.print(f"{tracker}: {log_to_tracker(run, tracker)}")
 
@@ -499,14 +499,14 @@ def run_cmd(
     With --seeds: once per seed, one after another; --out names the directory that holds the seed
     runs and the combined report; --resume is implied."""
     if seeds is not None:
-        from sharpen.seeds import parse_seeds
+        from sharpen.loop.seeds import parse_seeds
 
         _run_seeds(config, parse_seeds(seeds), out_dir, set_, tracker, ray, actors)
         return
     quiet_libraries()
     _check_tracker(tracker)
     from sharpen import api
-    from sharpen.report import collect_facts, summary_table
+    from sharpen.report.run import collect_facts, summary_table
 
     result = api.run(config, out=out_dir, resume=resume, overrides=_kv(set_), progress=progress_bar,
                      say=lambda s: err.print(s, highlight=False), ray=ray, actors=actors)
@@ -525,7 +525,7 @@ def _run_seeds(config: Path, seeds: list[int], out_dir: Path | None, set_: list[
     quiet_libraries()
     _check_tracker(tracker)
     from sharpen import api
-    from sharpen.seeds import seeds_table
+    from sharpen.loop.seeds import seeds_table
 
     result = api.run_seeds(config, seeds, out=out_dir, overrides=_kv(set_), progress=progress_bar,
                            say=lambda s: err.print(s, highlight=False), ray=ray, actors=actors)
@@ -543,8 +543,8 @@ def report_cmd(run: Annotated[Path, typer.Argument(help="a run directory, or the
                tracker: TrackerOpt = None) -> None:
     """Write report.md and report.html (with plots) from a run directory alone (for a --seeds
     parent: the combined report; --tracker then logs each seed's run)."""
-    from sharpen.report import write_report
-    from sharpen.seeds import is_seeds_dir, seed_dirs, write_seeds_report
+    from sharpen.loop.seeds import is_seeds_dir, seed_dirs, write_seeds_report
+    from sharpen.report.run import write_report
 
     _check_tracker(tracker)
     if is_seeds_dir(run):

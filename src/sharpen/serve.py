@@ -44,8 +44,8 @@ from typing import Any
 from fastapi import Request  # at module level: FastAPI resolves the handlers' (string) annotations here
 
 from sharpen.backends.base import LocalTokenizer
-from sharpen.errors import ConfigError, SharpenError
-from sharpen.tasks import Problem, Task
+from sharpen.core.errors import ConfigError, SharpenError
+from sharpen.core.tasks import Problem, Task
 
 log = logging.getLogger("sharpen.serve")
 
@@ -114,7 +114,7 @@ def parse_scorers(specs: list[str] | None) -> dict[str, str]:
     anything; a scorer that reads reference answers (oracle) is refused."""
     import re
 
-    from sharpen.registry import parse_scorer
+    from sharpen.search.registry import parse_scorer
 
     out: dict[str, str] = {}
     for item in specs or []:
@@ -180,7 +180,7 @@ class SearchService:
     """The queue and the worker that searches waves of requests together."""
 
     def __init__(self, process: Any, cfg: ServeConfig, start: bool = True):
-        from sharpen.scorers import make_scorer
+        from sharpen.search.scorers import make_scorer
 
         self.process = process
         self.cfg = cfg
@@ -208,7 +208,7 @@ class SearchService:
     def check(self, algo: str, scorer: str, budget: int, options: dict[str, Any]) -> None:
         """A one-line ConfigError for a search the server will not run. `scorer` is a name of
         `self.scorers`; nothing is loaded or built here."""
-        from sharpen.registry import get_algorithm
+        from sharpen.search.registry import get_algorithm
 
         entry = get_algorithm(algo)
         entry.parse(options, budget)
@@ -254,7 +254,7 @@ class SearchService:
 
     # -- the worker -------------------------------------------------------------------------
     def _work(self) -> None:
-        from sharpen.batching import LockstepBatcher
+        from sharpen.search.batching import LockstepBatcher
 
         LockstepBatcher(self.process.backend, continuous=self.cfg.continuous).serve(self._take)
 
@@ -283,15 +283,15 @@ class SearchService:
 
     def _drop_if_stopped(self, job: _Job) -> bool:
         if job.stop():
-            from sharpen.batching import SearchCancelled
+            from sharpen.search.batching import SearchCancelled
 
             job.future.set_exception(SearchCancelled("stopped before it started"))
             return True
         return False
 
     def _job(self, job: _Job):
-        from sharpen.batching import fork_search
-        from sharpen.registry import get_algorithm
+        from sharpen.search.batching import fork_search
+        from sharpen.search.registry import get_algorithm
 
         entry = get_algorithm(job.algo)
 
@@ -350,7 +350,7 @@ def create_app(service: SearchService, model_name: str) -> Any:
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
 
-    from sharpen.batching import SearchCancelled
+    from sharpen.search.batching import SearchCancelled
 
     cfg, process = service.cfg, service.process
     registry = CollectorRegistry()
@@ -562,8 +562,8 @@ def serve(model: str = "smollm2-135m", task: str | None = None, host: str = "127
     import uvicorn
 
     from sharpen.api import load_model, make_process
-    from sharpen.models import check_model
-    from sharpen.tasks import load_task
+    from sharpen.backends.models import check_model
+    from sharpen.core.tasks import load_task
 
     cfg = cfg or ServeConfig()
     check_model(model)

@@ -13,6 +13,6 @@ def load_backend(model: str, seed: int = 0, **kwargs) -> Backend:
     if is_server_spec(model):
         return OpenAIBackend(model, seed=seed, **kwargs)
     from sharpen.backends.hf import HFBackend
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
 
     return HFBackend(resolve_model(model), seed=seed, **kwargs)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from sharpen.meter import UsageMeter
+from sharpen.core.meter import UsageMeter
 
 FinishReason = Literal["step", "answer", "eos", "length"]
 

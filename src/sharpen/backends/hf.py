@@ -35,9 +35,9 @@ from sharpen.backends.base import (
     row_seed,
 )
 from sharpen.backends.kv_cache import ATTENTION, SharedPrefixCache, _GrowingCache, _GrowingLayer
-from sharpen.errors import ConfigError, ModelError
-from sharpen.meter import UsageMeter
-from sharpen.models import cache_arg
+from sharpen.backends.models import cache_arg
+from sharpen.core.errors import ConfigError, ModelError
+from sharpen.core.meter import UsageMeter
 
 
 class _LogprobRecorder(LogitsProcessor):

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sharpen.errors import ConfigError
-from sharpen.evaluate import EvalConfig
-from sharpen.process import SearchSettings
+from sharpen.core.errors import ConfigError
+from sharpen.search.evaluate import EvalConfig
+from sharpen.search.process import SearchSettings
 
 Recipe = str  # a name in sharpen.loop.recipes.RECIPES
 
@@ -136,7 +136,7 @@ _E = EvalConfig.model_fields
 
 
 class EvalSection(_Strict):
-    """The loop's evaluation: `sharpen.evaluate.EvalConfig`'s fields and defaults, plus `n`."""
+    """The loop's evaluation: `sharpen.search.evaluate.EvalConfig`'s fields and defaults, plus `n`."""
 
     n: int = Field(200, ge=1, description="held-out problems")
     samples: int = _E["samples"]
@@ -147,7 +147,7 @@ class EvalSection(_Strict):
 
 class ClusterConfig(_Strict):
     """Where the loop's collect and eval stages run: on `actors` Ray actors of the cluster at
-    `address` (`sharpen.distributed`, the same trees and rows as one process); build and train
+    `address` (`sharpen.search.distributed`, the same trees and rows as one process); build and train
     stay in this process (TRL/accelerate). Without the section: all in this process."""
 
     address: str = Field(min_length=1, description="local (a local Ray cluster), auto (the cluster this machine "
@@ -229,7 +229,7 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
         loc = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"{where}: {loc}: {first['msg']} (fix: see configs/ for valid examples)") from None
     from sharpen.loop.recipes import get_recipe
-    from sharpen.registry import get_algorithm, parse_scorer
+    from sharpen.search.registry import get_algorithm, parse_scorer
 
     if cfg.cluster is not None and cfg.collect.reference_share > 0:
         raise ConfigError(f"{where}: collect.reference_share does not run on a cluster yet (fix: remove the cluster "

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sharpen.io import atomic_write_json
+from sharpen.core.io import atomic_write_json
 
 
 def file_hash(path: Path) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
 
 
 class Recipe:
@@ -55,13 +55,13 @@ class Recipe:
         return cfg.collect.scorer
 
     def pairs(self, trees: list, cfg: Any, r: int):
-        from sharpen import data
+        from sharpen.train import data
 
         b = cfg.build
         return data.step_pairs(trees, min_margin=b.min_margin, round=r, pairing=b.pairing)
 
     def build(self, trees: list, cfg: Any, r: int) -> dict[str, Any]:
-        from sharpen import data
+        from sharpen.train import data
 
         # build.trace_pairs is refused for recipes that do not train on pairs (loop.config.validate)
         return {"pairs": data.with_trace_pairs(self.pairs(trees, cfg, r), trees, cfg.build.trace_pairs, round=r),
@@ -82,7 +82,7 @@ class StepDPO(Recipe):
     name, trains, trainer = "step-dpo", "pairs", "dpo"
 
     def pairs(self, trees: list, cfg: Any, r: int):
-        from sharpen import data
+        from sharpen.train import data
 
         return data.step_dpo_pairs(trees, round=r)
 

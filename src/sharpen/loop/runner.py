@@ -19,13 +19,13 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sharpen.credit import scores_are_monte_carlo
-from sharpen.errors import ConfigError
-from sharpen.io import atomic_write_json, atomic_write_text, read_jsonl
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import atomic_write_json, atomic_write_text, read_jsonl
+from sharpen.core.stats import auroc
 from sharpen.loop.config import LoopConfig, dump
 from sharpen.loop.manifest import Manifest
 from sharpen.loop.recipes import get_recipe
-from sharpen.stats import auroc
+from sharpen.search.credit import scores_are_monte_carlo
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 Say = Callable[[str], None]
@@ -37,7 +37,7 @@ def _no_progress(description: str, total: int) -> AbstractContextManager[Callabl
 
 class LoopRunner:
     def __init__(self, cfg: LoopConfig, run_dir: Path, progress: ProgressFactory | None = None, say: Say | None = None):
-        from sharpen.tasks import load_task
+        from sharpen.core.tasks import load_task
 
         self.cfg = cfg
         self.run = Path(run_dir)
@@ -84,7 +84,7 @@ class LoopRunner:
             self._stage(f"round-{r}/eval", lambda r=r, m=model: self.evaluate(r, m))
         paired = self.paired(0, self.cfg.rounds)
         atomic_write_json(self.run / "paired.json", paired)
-        from sharpen.report import write_report
+        from sharpen.report.run import write_report
 
         report = write_report(self.run)
         return {"paired": paired, "report": str(report), "model": model}
@@ -107,8 +107,8 @@ class LoopRunner:
     # -- stages ----------------------------------------------------------------------------
     def evaluate(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.backends import load_backend
-        from sharpen.evaluate import EvalConfig, evaluate
-        from sharpen.report import distinct_correct
+        from sharpen.report.run import distinct_correct
+        from sharpen.search.evaluate import EvalConfig, evaluate
 
         d = self._dir(r, "eval")
         e, cluster = self.cfg.eval, self.cfg.cluster
@@ -116,7 +116,7 @@ class LoopRunner:
                          problems_per_call=e.batch, greedy=True)
         with self.progress(f"round {r}: evaluate", len(self.test)) as advance:
             if cluster is not None:
-                from sharpen.distributed import eval_on_ray
+                from sharpen.search.distributed import eval_on_ray
 
                 metrics = eval_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args,
                                       self.test, cfg, d / "problems.jsonl", batch=e.batch, on_progress=advance)
@@ -151,7 +151,7 @@ class LoopRunner:
         at the round's collection temperature), keep `collect.problems` of them, those solved some of the time
         first (right share nearest 1/2), then in candidate order. Written to screen.jsonl, which a resumed round
         reads instead of sampling again."""
-        from sharpen.evaluate import EvalConfig, evaluate_chunk
+        from sharpen.search.evaluate import EvalConfig, evaluate_chunk
 
         c = self.collect_settings(r)
         candidates = self.screen_candidates(r)
@@ -191,9 +191,9 @@ class LoopRunner:
     def collect(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.backends import load_backend
         from sharpen.backends.base import close_all
-        from sharpen.collect import search_metrics, search_problems
-        from sharpen.process import LMProcess
-        from sharpen.scorers import make_scorer
+        from sharpen.search.collect import search_metrics, search_problems
+        from sharpen.search.process import LMProcess
+        from sharpen.search.scorers import make_scorer
 
         c, cluster = self.collect_settings(r), self.cfg.cluster
         d = self._dir(r, "collect")
@@ -217,7 +217,7 @@ class LoopRunner:
             step_rows = None  # with collect.reference_share: step rows sampled by the policy and by the reference
             with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
                 if cluster is not None:
-                    from sharpen.distributed import search_on_ray
+                    from sharpen.search.distributed import search_on_ray
 
                     trees = search_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args,
                                           c, spec, True, c.algo, problems, c.budget, self.cfg.seed + r, c.args, "train",
@@ -257,19 +257,19 @@ class LoopRunner:
         return {"artifacts": {"trees": f"round-{r}/collect/trees.jsonl"}}
 
     def build(self, r: int) -> dict[str, Any]:
-        from sharpen import data
-        from sharpen.tree import Tree, check_trainable
+        from sharpen.core.tree import Tree, check_trainable
+        from sharpen.train import data
 
         d = self._dir(r, "data")
         collected = self.run / f"round-{r}" / "collect"
         if self.recipe.online:
-            from sharpen.tasks import Problem
+            from sharpen.core.tasks import Problem
 
             sets = self.recipe.build_prompts(self.task, [Problem(**p) for p in read_jsonl(collected / "problems.jsonl")], r)
         else:
             trees = [Tree.from_dict(t) for t in read_jsonl(collected / "trees.jsonl")]
             check_trainable(trees, f"round-{r}/collect/trees.jsonl")
-            # which scores count as Monte Carlo values is decided by `sharpen.credit.scores_are_monte_carlo`
+            # which scores count as Monte Carlo values is decided by `sharpen.search.credit.scores_are_monte_carlo`
             sets = self.recipe.build(trees, self.cfg, r)
         for name, ds in sets.items():
             data.save_dataset(ds, d / name)
@@ -283,9 +283,8 @@ class LoopRunner:
         return {"artifacts": {k: f"round-{r}/data/{k}" for k in sets}, "rows": rows}
 
     def train(self, r: int, model: str) -> dict[str, Any]:
-        from sharpen import data
         from sharpen.loop.config import trainer_options
-        from sharpen.train import config_class, make_config
+        from sharpen.train import config_class, data, make_config
         from sharpen.train.common import trainer_fields
 
         t = self.cfg.train
@@ -332,7 +331,7 @@ class LoopRunner:
         first), saved as one dataset under `out`."""
         from datasets import concatenate_datasets
 
-        from sharpen import data
+        from sharpen.train import data
 
         sets = [data.load_dataset_dir(self.run / f"round-{q}" / "data" / kind) for q in range(r, 0, -1)]
         both = concatenate_datasets(sets)
@@ -356,7 +355,7 @@ class LoopRunner:
         paired-bootstrap 95% interval."""
         import numpy as np
 
-        from sharpen.stats import paired_bootstrap
+        from sharpen.core.stats import paired_bootstrap
 
         a, b = greedy_by_problem(self.run, r0), greedy_by_problem(self.run, r1)
         ids = [p.id for p in self.test if p.id in a and p.id in b]
@@ -416,3 +415,37 @@ def prepare_run_dir(cfg: LoopConfig, run_dir: Path, resume: bool) -> LoopConfig:
         raise ConfigError(f"{run_dir} is not empty (fix: choose another run name or --out)")
     atomic_write_text(cfg_path, dump(cfg))
     return cfg
+
+
+def run(
+    config: str | Path,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    progress: Any = None,
+    say: Callable[[str], None] | None = None,
+    ray: str | None = None,
+    actors: int | None = None,
+) -> dict[str, Any]:
+    """Rounds of collect -> build -> train -> evaluate from a YAML config (resumable); returns the
+    paired before/after change, the report path, the final model and the run directory.
+    `ray`/`actors` set the config's `cluster` section (collect and evaluate on Ray actors), also
+    on a resumed run: where a stage runs changes none of its results."""
+    from sharpen.backends.models import check_model
+    from sharpen.loop.config import load_config, with_cluster
+
+    cfg = load_config(config, overrides)
+    run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    check_model(cfg.model)
+    if resume:  # the run's own config, on the cluster asked for now
+        cfg = with_cluster(prepare_run_dir(cfg, run_dir, resume), ray, actors)
+    else:  # the cluster is written into the run's config.yaml
+        cfg = with_cluster(cfg, ray, actors)
+        if cfg.cluster is not None and cfg.cluster.address != "local":  # no answer: an error before the run dir
+            from sharpen.search.distributed import connect
+
+            connect(cfg.cluster.address)
+        cfg = prepare_run_dir(cfg, run_dir, resume)
+    result = LoopRunner(cfg, run_dir, progress=progress, say=say).run_all()
+    return result | {"run": str(run_dir), "config": cfg}
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
 
 TRAINERS = ("dpo", "sft", "grpo", "prm")
 # names people type for a TRL field (hints only: one name per option)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sharpen.io import atomic_write_json
+from sharpen.backends.models import load_tokenizer  # noqa: F401 - re-exported
+from sharpen.core.io import atomic_write_json
 
 
 @dataclass
@@ -175,15 +176,6 @@ def write_summary(
     )
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def quiet(trainer: Any) -> Any:
     """No per-step log dicts on stdout (they stay in checkpoints' trainer_state.json)."""
     from transformers.trainer_callback import PrinterCallback
@@ -207,7 +199,7 @@ def fit(trainer: Any, out: Path, resume: bool) -> tuple[dict[str, Any], str | No
 
 def save_outputs(trainer: Any, out: Path, lora: bool, extra: Callable[[Path], None] | None = None) -> Path:
     """adapter/ (LoRA), then merged/: a plain model dir `--model` accepts; `extra(dir)` adds files."""
-    from sharpen.io import atomic_dir
+    from sharpen.core.io import atomic_dir
 
     merged = out / "merged"
     if main_process():  # the trainer has synchronised the weights; the first process writes them

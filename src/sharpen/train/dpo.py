@@ -11,7 +11,7 @@ policy to stop after the step. TRL (1.16) has no option for that, so with `appen
 then a no-op), and that one token is dropped again from the tokenised rows: by the preference
 collator passed through DPOTrainer's public `data_collator` argument while the constructor
 precomputes reference log-probs, then in `trainer.train_dataset` itself. A step that ends in EOS on
-purpose (`sharpen.data.step_completion`: a rejected step after which the model stopped) keeps it.
+purpose (`sharpen.train.data.step_completion`: a rejected step after which the model stopped) keeps it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any
 
 from trl import DPOConfig
 
-from sharpen.data import load_dataset_dir
-from sharpen.errors import TaskError
-from sharpen.models import resolve_model
+from sharpen.backends.models import resolve_model
+from sharpen.core.errors import TaskError
 from sharpen.train.common import (
     SharpenArgs,
     fit,
@@ -35,6 +34,7 @@ from sharpen.train.common import (
     save_outputs,
     write_summary,
 )
+from sharpen.train.data import load_dataset_dir
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 

@@ -41,9 +41,9 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from trl import GRPOConfig
 
-from sharpen.errors import ConfigError, TaskError
-from sharpen.meter import Usage
-from sharpen.models import resolve_model
+from sharpen.backends.models import resolve_model
+from sharpen.core.errors import ConfigError, TaskError
+from sharpen.core.meter import Usage
 from sharpen.train.common import (
     SharpenArgs,
     fit,
@@ -337,7 +337,7 @@ class VerifierReward:
         self._problems: dict[str, Any] = {}
 
     def problem(self, raw: str) -> Any:
-        from sharpen.tasks import Problem
+        from sharpen.core.tasks import Problem
 
         if raw not in self._problems:
             self._problems[raw] = Problem(**json.loads(raw))
@@ -355,13 +355,13 @@ class VerifierReward:
 
 class PRMReward:
     """A learned PRM's value of the completion's steps (its lines), aggregated like the `prm`
-    scorer's (`sharpen.scorers.PRMScorer`), on the rendered prompt the PRM was trained with."""
+    scorer's (`sharpen.search.scorers.PRMScorer`), on the rendered prompt the PRM was trained with."""
 
     __name__ = "prm"
 
     def __init__(self, spec: str, tokenizer: Any, budget: TokenBudget):
-        from sharpen.registry import parse_scorer
-        from sharpen.train.prm import PRMModel
+        from sharpen.search.prm import PRMModel
+        from sharpen.search.registry import parse_scorer
 
         parsed = parse_scorer(spec)
         if parsed.name != "prm":
@@ -372,7 +372,7 @@ class PRMReward:
         self.prm = PRMModel.load(o.path, max_length=None, require_format=False)
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
-        from sharpen.scorers import aggregate
+        from sharpen.search.scorers import aggregate
 
         rendered = [self.prm.context_of(p, None) if isinstance(p, str) else
                     self.prm.context_of(self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
@@ -388,7 +388,7 @@ class PRMReward:
 
 
 def _dataset(cfg: GRPOTrainConfig, task: Any) -> Any:
-    from sharpen.data import load_dataset_dir
+    from sharpen.train.data import load_dataset_dir
 
     if cfg.data:
         ds = load_dataset_dir(cfg.data, PROMPT_COLUMNS)
@@ -412,7 +412,7 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
 
-    from sharpen.tasks import load_task
+    from sharpen.core.tasks import load_task
 
     if not cfg.task:
         raise ConfigError("GRPO needs the task whose verifier is its reward (fix: task=gym:chain_sum or the like)")

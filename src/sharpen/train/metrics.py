@@ -4,7 +4,7 @@
   log pi_ref(y|x)); accuracy = share of pairs where r(chosen) > r(rejected) (TRL's
   `rewards/accuracies`). Before training pi = pi_ref, so every reward is 0 and the accuracy is 0;
   `logp_accuracy` (log pi(chosen) > log pi(rejected), no reference) is comparable before and after.
-- PRM AUROC on held-out step labels with a bootstrap 95% interval (`sharpen.stats`) that resamples
+- PRM AUROC on held-out step labels with a bootstrap 95% interval (`sharpen.core.stats`) that resamples
   problems, since one problem's steps are correlated.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from sharpen import stats
-from sharpen.errors import TaskError
+from sharpen.core import stats
+from sharpen.core.errors import TaskError
 
 
 def completion_logps(
@@ -66,7 +66,7 @@ def dpo_reward_accuracy(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sharpen.models import resolve_model
+    from sharpen.backends.models import resolve_model
     from sharpen.train.common import load_tokenizer
 
     rows = list(pairs)
@@ -99,8 +99,8 @@ def auroc_with_ci(
     labels: Sequence[int], scores: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95,
     groups: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """AUROC (`sharpen.stats.labelled_auroc`: None with one class only) and a percentile bootstrap
-    interval (`sharpen.stats.bootstrap_ci`; one-class resamples dropped). With `groups` (the problem
+    """AUROC (`sharpen.core.stats.labelled_auroc`: None with one class only) and a percentile bootstrap
+    interval (`sharpen.core.stats.bootstrap_ci`; one-class resamples dropped). With `groups` (the problem
     of each step) whole problems are resampled, as a problem's steps are correlated; without, steps
     one by one, which gives too narrow an interval for steps of shared problems. `resampled` says
     which: "problem" or "step"."""
@@ -126,7 +126,7 @@ def auroc_with_ci(
 def score_last(prm_dir: str | Path, rows: list[dict], batch_size: int = 8) -> list[float]:
     """The PRM's score of each label row's step: its whole path (the prefix steps, then the step)
     scored in the row's context, the last value taken."""
-    from sharpen.train.prm import PRMModel
+    from sharpen.search.prm import PRMModel
 
     prm = PRMModel.load(prm_dir)
     scores = prm.score([prm.context_of(r["prompt"], r.get("question")) for r in rows],

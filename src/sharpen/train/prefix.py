@@ -23,7 +23,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from sharpen.models import cache_arg
+from sharpen.backends.models import cache_arg
 
 MIN_SHARED = 16
 """A shorter common prefix is not worth a second forward call."""

@@ -10,9 +10,8 @@ from typing import Any
 
 from trl import SFTConfig
 
-from sharpen.data import load_dataset_dir
-from sharpen.errors import TaskError
-from sharpen.models import resolve_model
+from sharpen.backends.models import resolve_model
+from sharpen.core.errors import TaskError
 from sharpen.train.common import (
     SharpenArgs,
     fit,
@@ -23,6 +22,7 @@ from sharpen.train.common import (
     save_outputs,
     write_summary,
 )
+from sharpen.train.data import load_dataset_dir
 
 TRACE_COLUMNS = ("prompt", "completion")
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sharpen.budget import Budget
-from sharpen.process import Process
-from sharpen.registry import MAX_ROWS, Options, algorithm
-from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
-from sharpen.tasks import Problem
-from sharpen.tree import Tree
+from sharpen.core.budget import Budget
+from sharpen.core.tasks import Problem
+from sharpen.core.tree import Tree
+from sharpen.search.algorithms.common import finish, need_scorer, open_search, plan, value, weighted_vote
+from sharpen.search.process import Process
+from sharpen.search.registry import MAX_ROWS, Options, algorithm
 
 
 def sample_solutions(process: Process, scorer, tree: Tree, budget: Budget, batch: int) -> list[int]:

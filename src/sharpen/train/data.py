@@ -29,11 +29,11 @@ from typing import Any, Literal
 from datasets import Dataset, Features, Value, load_from_disk
 from datasets import Sequence as HFSequence
 
-from sharpen.answer import extract_answer
-from sharpen.credit import ValueSource, values
-from sharpen.errors import ConfigError, TaskError
-from sharpen.io import atomic_dir, read_records
-from sharpen.tree import Tree
+from sharpen.core.answer import extract_answer
+from sharpen.core.errors import ConfigError, TaskError
+from sharpen.core.io import atomic_dir, read_records
+from sharpen.core.tree import Tree
+from sharpen.search.credit import ValueSource, values
 
 DELIMITER = "\n"
 """The step delimiter of a tree that does not record one in `tree.meta["delimiter"]`."""
@@ -182,7 +182,7 @@ def step_pairs(
         trees: search trees.
         min_margin: smallest value gap chosen - rejected kept; equal values never pair, even at 0.
         round: the loop round, stored as provenance.
-        source: where step values come from (see `sharpen.credit.values`).
+        source: where step values come from (see `sharpen.search.credit.values`).
         pairing: "best_worst" (the paper: the highest- against the lowest-valued sibling, one pair
             per prefix) or "all" (every sibling pair that clears the margin).
     """
@@ -251,7 +251,7 @@ def step_dpo_pairs(
         trees: search trees.
         threshold: a step with value <= threshold is wrong (0.0: the Monte Carlo value is zero).
         round: the loop round, stored as provenance.
-        source: where step values come from (see `sharpen.credit.values`).
+        source: where step values come from (see `sharpen.search.credit.values`).
     """
     rows: list[dict] = []
     for tree in trees:

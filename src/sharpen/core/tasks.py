@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from sharpen.answer import extract_answer, vote_key
-from sharpen.errors import ConfigError, TaskError
-from sharpen.io import jsonl_objects
+from sharpen.core.answer import extract_answer, vote_key
+from sharpen.core.errors import ConfigError, TaskError
+from sharpen.core.io import jsonl_objects
 
 Split = Literal["train", "test"]
 TEST_FRACTION = 0.2

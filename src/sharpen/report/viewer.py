@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sharpen.errors import ConfigError
-from sharpen.io import atomic_write_text, read_records
-from sharpen.tree import Tree
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import atomic_write_text, read_records
+from sharpen.core.tree import Tree
 
 
 def _finite(obj: Any) -> Any:

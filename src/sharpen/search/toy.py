@@ -19,12 +19,12 @@ import random
 import time
 import zlib
 
-from sharpen.budget import Budget, allot, allowed_rows
-from sharpen.errors import ConfigError
-from sharpen.meter import UsageMeter
-from sharpen.process import Rollout, next_seed, set_priors
-from sharpen.tasks import Problem
-from sharpen.tree import Tree
+from sharpen.core.budget import Budget, allot, allowed_rows
+from sharpen.core.errors import ConfigError
+from sharpen.core.meter import UsageMeter
+from sharpen.core.tasks import Problem
+from sharpen.core.tree import Tree
+from sharpen.search.process import Rollout, next_seed, set_priors
 
 MOVES = (-1, 0, 1)
 

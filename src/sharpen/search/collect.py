@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sharpen.io import JsonlAppender, read_jsonl
-from sharpen.stats import bootstrap_ci  # the one bootstrap, also importable from here
-from sharpen.tasks import Problem
-from sharpen.tree import Tree
+from sharpen.core.io import JsonlAppender, read_jsonl
+from sharpen.core.stats import bootstrap_ci  # the one bootstrap, also importable from here
+from sharpen.core.tasks import Problem
+from sharpen.core.tree import Tree
 
 
 def problem_seed(seed: int, problem_id: str) -> int:
@@ -49,8 +49,8 @@ def search_problems(
     only); a problem's tree does not depend on which problems share its batches. `batch_meter` (a
     `UsageMeter`) gets the batches' own usage: what sharing prefills saved, as `cached_tokens`,
     counted once for a batch rather than in any tree."""
-    from sharpen.registry import get_algorithm
-    from sharpen.tasks import split_of
+    from sharpen.core.tasks import split_of
+    from sharpen.search.registry import get_algorithm
 
     entry = get_algorithm(algo)
     options = entry.parse(algo_args, budget).model_dump()  # a typo or a count over the budget fails here, before any work
@@ -79,7 +79,7 @@ def search_problems(
             if all(p.id in done for p in group):
                 continue
             if parallel > 1:
-                from sharpen.batching import LockstepBatcher, fork_search
+                from sharpen.search.batching import LockstepBatcher, fork_search
 
                 def job(p: Problem):
                     return lambda proxy: search_one(p, *fork_search(process, scorer, proxy))

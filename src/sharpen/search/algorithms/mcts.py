@@ -30,11 +30,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from sharpen.process import Process, require_logprobs
-from sharpen.registry import MAX_ROWS, Options, algorithm
-from sharpen.search.common import finish, need_scorer, open_search, plan, value
-from sharpen.tasks import Problem
-from sharpen.tree import Tree
+from sharpen.core.tasks import Problem
+from sharpen.core.tree import Tree
+from sharpen.search.algorithms.common import finish, need_scorer, open_search, plan, value
+from sharpen.search.process import Process, require_logprobs
+from sharpen.search.registry import MAX_ROWS, Options, algorithm
 
 
 class MCTSOptions(Options):

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sharpen.credit import first_wrong_step
-from sharpen.process import Process
-from sharpen.registry import MAX_ROWS, Options, algorithm
-from sharpen.search.common import finish, need_scorer, open_search, plan, value, weighted_vote
-from sharpen.tasks import Problem
-from sharpen.tree import Tree
+from sharpen.core.tasks import Problem
+from sharpen.core.tree import Tree
+from sharpen.search.algorithms.common import finish, need_scorer, open_search, plan, value, weighted_vote
+from sharpen.search.credit import first_wrong_step
+from sharpen.search.process import Process
+from sharpen.search.registry import MAX_ROWS, Options, algorithm
 
 
 class OmegaOptions(Options):

@@ -9,12 +9,12 @@ al. 2024 "Large Language Monkeys", arXiv 2407.21787).
 
 from __future__ import annotations
 
-from sharpen.process import Process
-from sharpen.registry import algorithm
-from sharpen.search.bon import SampleOptions, sample_solutions
-from sharpen.search.common import finish, need_scorer, open_search, value, weighted_vote
-from sharpen.tasks import Problem
-from sharpen.tree import Tree
+from sharpen.core.tasks import Problem
+from sharpen.core.tree import Tree
+from sharpen.search.algorithms.bon import SampleOptions, sample_solutions
+from sharpen.search.algorithms.common import finish, need_scorer, open_search, value, weighted_vote
+from sharpen.search.process import Process
+from sharpen.search.registry import algorithm
 
 
 @algorithm("weighted", SampleOptions)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sharpen.errors import ConfigError, TaskError
+from sharpen.core.errors import ConfigError, TaskError
 
 T = TypeVar("T")
 
@@ -242,8 +242,8 @@ def refuse_changed_config(where: str | os.PathLike, recorded: Mapping[str, Any],
     one) may differ: the caller lists those that do not change any reused result, such as batch
     sizes. Any other difference is a one-line ConfigError naming the first differing field and
     both values; a checked field the record lacks (written by an older sharpen) is one too.
-    `sharpen search`/`eval --out` (`sharpen.api`), `sharpen sweep` (`sharpen.sweep.prior_cells`)
-    and `sharpen run --seeds` (`sharpen.seeds.run_seeds`) all check through this function."""
+    `sharpen search`/`eval --out` (`sharpen.api`), `sharpen sweep` (`sharpen.search.sweep.prior_cells`)
+    and `sharpen run --seeds` (`sharpen.loop.seeds.run_seeds`) all check through this function."""
     def is_free(name: str) -> bool:
         return any(name == f or name.startswith(f + ".") for f in free)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sharpen.backends.base import Backend, Completion, SamplingParams, prompt_seeds, row_seed
-from sharpen.meter import UsageMeter
+from sharpen.core.meter import UsageMeter
 
 T = TypeVar("T")
 

@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import Field
 
 from sharpen.backends.base import Backend, SamplingParams
-from sharpen.collect import problem_seed
-from sharpen.io import JsonlAppender, atomic_write_json, read_jsonl
-from sharpen.meter import Usage
-from sharpen.registry import Options
-from sharpen.tasks import Problem, Task
+from sharpen.core.io import JsonlAppender, atomic_write_json, read_jsonl
+from sharpen.core.meter import Usage
+from sharpen.core.tasks import Problem, Task
+from sharpen.search.collect import problem_seed
+from sharpen.search.registry import Options
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -105,7 +105,7 @@ def evaluate(
 def evaluate_chunk(backend: Backend, task: Task, chunk: list[Problem], cfg: EvalConfig) -> list[dict]:
     """The rows of one chunk of problems (what `evaluate` writes), from one greedy and one sampled
     generate call; the chunks `evaluate` cuts (`cfg.problems_per_call` problems) are also what
-    `sharpen.distributed.eval_on_ray` sends to its actors."""
+    `sharpen.search.distributed.eval_on_ray` sends to its actors."""
     prompts = [backend.chat_prompt(task.messages(p)) for p in chunk]
     greedy = (
         backend.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=cfg.max_tokens))

@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sharpen.errors import ConfigError
-from sharpen.io import atomic_write_bytes, atomic_write_json, refuse_changed_config
-from sharpen.stats import paired_bootstrap
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import atomic_write_bytes, atomic_write_json, refuse_changed_config
+from sharpen.core.stats import paired_bootstrap
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -93,7 +93,7 @@ def prior_cells(out_dir: str | Path, header: dict[str, Any], pairs: list[tuple[s
 
 def algo_options(algo: str, options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
     """Every option of `algo` as it searches (its defaults filled in), from a sweep's `--arg`s."""
-    from sharpen.registry import get_algorithm
+    from sharpen.search.registry import get_algorithm
 
     return get_algorithm(algo).parse((options or {}).get(algo, {})).model_dump()
 
@@ -113,8 +113,8 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     Returns every cell, ordered by budget."""
     from contextlib import nullcontext
 
-    from sharpen.collect import search_metrics, search_problems
-    from sharpen.meter import UsageMeter
+    from sharpen.core.meter import UsageMeter
+    from sharpen.search.collect import search_metrics, search_problems
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 A process answers, per problem and batched over nodes: "propose k next steps for each of these
 nodes" (`expand`), "complete these nodes to the end, as tree nodes" (`complete`) or "as throwaway
 samples" (`rollout`), and "what is this node's answer" (`answer`). Algorithms talk only to this
-protocol and to a scorer, so a non-language process (`sharpen.toy.RandomWalkProcess`) is searched by
+protocol and to a scorer, so a non-language process (`sharpen.search.toy.RandomWalkProcess`) is searched by
 the same code as the language model (`LMProcess`).
 
 Randomness: `new_tree(problem, seed)` stores the seed in `tree.meta`; every generating call derives
@@ -20,15 +20,15 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
-from sharpen.answer import extract_answer
 from sharpen.backends.base import Backend, Completion, SamplingParams, mix_seed
-from sharpen.budget import Budget, allot, allowed_rows
-from sharpen.errors import ConfigError
-from sharpen.lru import LRUDict
-from sharpen.meter import UsageMeter
-from sharpen.registry import Options
-from sharpen.tasks import Problem, Task
-from sharpen.tree import Tree
+from sharpen.core.answer import extract_answer
+from sharpen.core.budget import Budget, allot, allowed_rows
+from sharpen.core.errors import ConfigError
+from sharpen.core.lru import LRUDict
+from sharpen.core.meter import UsageMeter
+from sharpen.core.tasks import Problem, Task
+from sharpen.core.tree import Tree
+from sharpen.search.registry import Options
 
 # problems a process remembers (`problem(tree)`): far more than the searches ever in flight at once
 PROBLEMS_KEPT = 4096
@@ -282,7 +282,7 @@ class LMProcess:
         return self.backend.next_token_logprobs(prompts, candidates)
 
     def batched(self, key, fn, items: list) -> list:
-        """`fn(items)`; under lockstep batching (`sharpen.batching`), merged with the other searches'
+        """`fn(items)`; under lockstep batching (`sharpen.search.batching`), merged with the other searches'
         calls under the same `key`, so a verifier scores many problems' nodes in one pass."""
         if hasattr(self.backend, "batched"):
             return self.backend.batched(key, fn, items)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sharpen.budget import Budget, allot
-from sharpen.errors import ConfigError
-from sharpen.process import Process
-from sharpen.tasks import Problem
-from sharpen.tree import Tree
+from sharpen.core.budget import Budget, allot
+from sharpen.core.errors import ConfigError
+from sharpen.core.tasks import Problem
+from sharpen.core.tree import Tree
+from sharpen.search.process import Process
 
 
 def open_search(process: Process, problem: Problem, budget_tokens: int, seed: int, algo: str) -> tuple[Tree, Budget]:

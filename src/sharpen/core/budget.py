@@ -24,8 +24,8 @@ budget is recorded as `overshoot` in every tree's usage.
 
 from __future__ import annotations
 
-from sharpen.errors import BudgetError
-from sharpen.meter import Usage, UsageMeter
+from sharpen.core.errors import BudgetError
+from sharpen.core.meter import Usage, UsageMeter
 
 
 class Budget:

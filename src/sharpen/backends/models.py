@@ -8,9 +8,10 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sharpen.errors import ModelError
-from sharpen.io import atomic_dir
+from sharpen.core.errors import ModelError
+from sharpen.core.io import atomic_dir
 
 
 def cache_arg(forward) -> str:
@@ -118,7 +119,7 @@ def resolve_model(model: str) -> Path | str:
 def check_model(model: str) -> None:
     """Fail early on a model that cannot be used: an `openai:` server spec is parsed (the server is
     asked when the backend starts), anything else resolved."""
-    from sharpen.backends.openai import ServerSpec, is_server_spec
+    from sharpen.backends.servers import ServerSpec, is_server_spec
 
     if is_server_spec(model):
         ServerSpec.parse(model)
@@ -131,3 +132,13 @@ def list_models() -> list[dict]:
         {"name": m.name, "prepared": is_prepared(m.name), "path": str(builtin_path(m.name)), "description": m.description}
         for m in BUILTIN.values()
     ]
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer in `path` (a directory or hub id), with EOS as its padding token when it has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sharpen.credit import is_verifier_spec
-from sharpen.errors import ConfigError
-from sharpen.io import atomic_write_bytes, atomic_write_text, read_jsonl
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import atomic_write_bytes, atomic_write_text, read_jsonl
+from sharpen.search.credit import is_verifier_spec
 
 
 def _rounds(run: Path) -> list[int]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from sharpen.errors import ConfigError
-from sharpen.tree import Node, Tree
+from sharpen.core.errors import ConfigError
+from sharpen.core.tree import Node, Tree
 
 ValueSource = Literal["mc", "q", "score", "value"]
 VALUE_SOURCES: tuple[str, ...] = ("mc", "q", "score", "value")

@@ -104,7 +104,7 @@ class Tree:
 def check_trainable(trees: list[Tree], where: str, allow_test: bool = False) -> None:
     """Refuse to build training data from trees searched on test problems (their terminals are
     labelled by the verifier, so the test set would leak into training)."""
-    from sharpen.errors import ConfigError
+    from sharpen.core.errors import ConfigError
 
     test = [t.problem_id for t in trees if t.split == "test"]
     if test and not allow_test:

@@ -17,7 +17,7 @@ their product, is at most the budget in tokens (every row costs at least one), c
 
 The CLI (`--algo`, `--arg k=v`, `sharpen algos`), run configs (`collect.algo`, `collect.args`),
 error messages for unknown or bad options and the docs are all read from here, so adding an
-algorithm is one file: modules in `sharpen.search` are imported on first use, other packages can
+algorithm is one file: modules in `sharpen.search.algorithms` are imported on first use, other packages can
 register through the entry-point group `sharpen.algorithms`, and a module of your own through the
 environment variable `SHARPEN_PLUGINS=my_module`.
 """
@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
 
 MAX_ROWS = 4096
 """The largest row count (particles, beams, samples, k) an algorithm option may ask for, whatever the budget."""
@@ -158,7 +158,7 @@ _loaded = False
 
 
 def _load() -> None:
-    """Import every module of `sharpen.search` (each registers itself), the built-in scorers,
+    """Import every module of `sharpen.search.algorithms` (each registers itself), the built-in scorers,
     whatever other packages register through the `sharpen.algorithms` / `sharpen.scorers` entry
     points, and the modules named in the environment variable `SHARPEN_PLUGINS` (comma-separated)."""
     global _loaded
@@ -169,10 +169,10 @@ def _load() -> None:
     import pkgutil
     from importlib.metadata import entry_points
 
-    search_pkg = importlib.import_module("sharpen.search")  # not `import sharpen.search`: the package
-    for mod in pkgutil.iter_modules(search_pkg.__path__):
-        importlib.import_module(f"sharpen.search.{mod.name}")
-    importlib.import_module("sharpen.scorers")
+    algorithms_pkg = importlib.import_module("sharpen.search.algorithms")  # loaded by name, as plugins are
+    for mod in pkgutil.iter_modules(algorithms_pkg.__path__):
+        importlib.import_module(f"sharpen.search.algorithms.{mod.name}")
+    importlib.import_module("sharpen.search.scorers")
     for group in ("sharpen.algorithms", "sharpen.scorers"):
         for ep in entry_points(group=group):
             ep.load()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sharpen.errors import ConfigError
+from sharpen.core.errors import ConfigError
 
 MAX_RETRIES = 3
 
@@ -46,7 +46,7 @@ class Worker:
     def __init__(self, model: str, seed: int, backend_options: dict, task: str, task_args: dict, threads: int):
         import torch
 
-        from sharpen.api import load_model, load_task
+        from sharpen.search.spec import load_model, load_task
 
         torch.set_num_threads(threads)  # as many as the driver: the same kernels, the same floats
         self.backend = load_model(model, seed=seed, **backend_options)
@@ -55,11 +55,11 @@ class Worker:
 
     def search(self, problems: list[dict], settings: dict, scorer: str | None, collect: bool, strict_answers: bool,
                algo: str, budget: int, seed: int, options: dict, split: str | None) -> tuple[list[dict], dict]:
-        from sharpen.api import make_process
-        from sharpen.collect import search_problems
-        from sharpen.process import SearchSettings
-        from sharpen.scorers import make_scorer
-        from sharpen.tasks import Problem
+        from sharpen.core.tasks import Problem
+        from sharpen.search.collect import search_problems
+        from sharpen.search.process import SearchSettings
+        from sharpen.search.scorers import make_scorer
+        from sharpen.search.spec import make_process
 
         spec = (settings, scorer, collect, strict_answers)
         if self.searcher is None or self.searcher[0] != spec:
@@ -73,8 +73,8 @@ class Worker:
         return [t.to_dict() for t in trees], (self.backend.meter.snapshot() - before).to_dict()
 
     def evaluate(self, problems: list[dict], cfg: dict) -> tuple[list[dict], dict]:
-        from sharpen.evaluate import EvalConfig, evaluate_chunk
-        from sharpen.tasks import Problem
+        from sharpen.core.tasks import Problem
+        from sharpen.search.evaluate import EvalConfig, evaluate_chunk
 
         before = self.backend.meter.snapshot()
         rows = evaluate_chunk(self.backend, self.task, [Problem(**p) for p in problems], EvalConfig(**cfg))
@@ -117,8 +117,8 @@ def run_groups(address: str, actors: int, worker_args: tuple, problems: list, si
     `row[key]`; rows already in the file are skipped) to `out_jsonl` as the group finishes. When all
     have finished, `out_jsonl` is rewritten in problem order (`_in_problem_order`). Returns the rows
     by problem id (those already in the file too) and the `Usage` the groups run now cost."""
-    from sharpen.io import JsonlAppender, read_jsonl
-    from sharpen.meter import Usage
+    from sharpen.core.io import JsonlAppender, read_jsonl
+    from sharpen.core.meter import Usage
 
     done: dict[str, dict] = {}
     if out_jsonl is not None and Path(out_jsonl).exists():
@@ -193,7 +193,7 @@ def _in_problem_order(path: str | Path, key: str, ids: list[str]) -> None:
     """Rewrite the JSONL at `path` (atomically, each line's bytes kept) with its rows in the order of
     `ids`; rows of other problems follow in their file order. Nothing is written when the file is
     in that order already."""
-    from sharpen.io import atomic_write_text, jsonl_objects
+    from sharpen.core.io import atomic_write_text, jsonl_objects
 
     path = Path(path)
     if not path.exists():
@@ -225,8 +225,8 @@ def search_on_ray(address: str, actors: int, model: str, task: str, task_args: d
     `settings.parallel`; returns the trees in problem order and appends them to `out_jsonl`
     (problems already there are skipped). The backends are seeded with `backend_seed` (default
     `seed`) and built with `max_batch=settings.batch` and `backend_options`."""
-    from sharpen.process import SearchSettings
-    from sharpen.tree import Tree
+    from sharpen.core.tree import Tree
+    from sharpen.search.process import SearchSettings
 
     s = SearchSettings(**{k: getattr(settings, k) for k in SearchSettings.model_fields}).model_dump()
     worker = (model, seed if backend_seed is None else backend_seed,
@@ -243,11 +243,11 @@ def search_on_ray(address: str, actors: int, model: str, task: str, task_args: d
 def eval_on_ray(address: str, actors: int, model: str, task: str, task_args: dict, problems: list, cfg: Any,
                 out_jsonl: str | Path | None, batch: int = 32, on_progress: Callable[[int], None] | None = None,
                 actor_cpus: float = 1.0) -> dict[str, Any]:
-    """`sharpen.evaluate.evaluate` on `actors` Ray actors: each chunk of `cfg.problems_per_call`
+    """`sharpen.search.evaluate.evaluate` on `actors` Ray actors: each chunk of `cfg.problems_per_call`
     problems on an actor (backend seeded with `cfg.seed`, `max_batch=batch`); the rows are appended
     to `out_jsonl` in problem order (problems already there are skipped) and the metrics computed
     here, with the usage summed over the actors. Returns the metrics dict."""
-    from sharpen.evaluate import eval_metrics
+    from sharpen.search.evaluate import eval_metrics
 
     t0 = time.perf_counter()
     c = cfg.model_dump()

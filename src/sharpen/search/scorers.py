@@ -15,7 +15,7 @@
   (PAV, arXiv 2410.08146).
 - `implicit:<policy>[:ref=<dir>][:beta=0.1][:agg=...]`: the implicit PRM of a trained policy,
   sigmoid(beta * sum log pi/pi_ref) over the path's steps (arXiv 2412.01981).
-- `distance`: the toy random walk's heuristic (`sharpen.toy.DistanceScorer`).
+- `distance`: the toy random walk's heuristic (`sharpen.search.toy.DistanceScorer`).
 
 Every scorer caches: a node with `score` already set is not scored again and costs nothing.
 A node the budget does not allow scoring is returned as None and keeps `score = None`.
@@ -31,13 +31,13 @@ from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field
 
-from sharpen.budget import Budget, allowed_rows
-from sharpen.errors import ConfigError, ModelError
-from sharpen.lru import LRUDict
-from sharpen.process import LMProcess, Process, Rollout, require_logprobs
-from sharpen.registry import Options, parse_scorer
-from sharpen.registry import scorer as register_scorer
-from sharpen.tree import Tree
+from sharpen.core.budget import Budget, allowed_rows
+from sharpen.core.errors import ConfigError, ModelError
+from sharpen.core.lru import LRUDict
+from sharpen.core.tree import Tree
+from sharpen.search.process import LMProcess, Process, Rollout, require_logprobs
+from sharpen.search.registry import Options, parse_scorer
+from sharpen.search.registry import scorer as register_scorer
 
 
 class Scorer(Protocol):
@@ -314,7 +314,7 @@ class PRMScorer:
 
     def __init__(self, path: str | Path, process: Process, batch: int = 16, device: str | None = None,
                  agg: str = "last"):
-        from sharpen.train.prm import PRMModel
+        from sharpen.search.prm import PRMModel
 
         self.process = process
         self.batch = batch
@@ -418,7 +418,7 @@ class ImplicitPRMScorer:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from sharpen.models import resolve_model
+        from sharpen.backends.models import resolve_model
 
         self.process, self.beta, self.agg, self.batch = process, beta, agg, batch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -610,7 +610,7 @@ def _implicit(process: Process, o: ImplicitOptions, collect: bool) -> Scorer:
 @register_scorer("distance", DistanceOptions)
 def _distance(process: Process, o: DistanceOptions, collect: bool) -> Scorer:
     """The toy random walk's heuristic (tests and examples only)."""
-    from sharpen.toy import DistanceScorer, RandomWalkProcess
+    from sharpen.search.toy import DistanceScorer, RandomWalkProcess
 
     if not isinstance(process, RandomWalkProcess):
         raise ConfigError("the distance scorer works only on the toy random walk (fix: choose another --scorer)")
@@ -618,7 +618,7 @@ def _distance(process: Process, o: DistanceOptions, collect: bool) -> Scorer:
 
 
 def make_scorer(spec: str | None, process: Process, collect: bool = False) -> Scorer | None:
-    """A scorer from its spec (`sharpen.registry.parse_scorer`: `self`, `rollout[:k][:pool]`,
+    """A scorer from its spec (`sharpen.search.registry.parse_scorer`: `self`, `rollout[:k][:pool]`,
     `oracle[:k]`, `prm:<path>`, `distance`, or any registered one), or None for `none`/None.
     `collect` allows the scorers that read reference answers (training-data collection)."""
     if spec is None or spec == "none":

@@ -14,7 +14,7 @@ resumes: a finished seed (its `paired.json` written) is skipped, a started one c
 `--resume` semantics, a missing one starts; a seed dir started with another config is an error,
 since the combined report would compare unlike runs.
 
-What the seed changes (`LoopRunner`, `sharpen.tasks`, `sharpen.collect`): the sampling (the search
+What the seed changes (`LoopRunner`, `sharpen.core.tasks`, `sharpen.search.collect`): the sampling (the search
 seed per problem, the backends, training's data order and init, the bootstrap) AND which problems
 are drawn: held-out problems are `task.problems("test", eval.n, seed)` and training problems
 `task.problems("train", ..., seed)`. For `gym:` tasks reasoning-gym builds item i from
@@ -35,15 +35,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sharpen.errors import ConfigError
-from sharpen.io import (
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     read_jsonl,
     refuse_changed_config,
 )
-from sharpen.report import fmt, html_table, md_table
+from sharpen.report.run import fmt, html_table, md_table
 
 SEEDS_FIX = "comma-separated distinct integers >= 0, e.g. --seeds 0,1,2"
 MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; the loop adds the round to the seed
@@ -100,9 +100,9 @@ def run_seeds(
     report path, the combined facts (`seeds_facts`) and each seed's run dir."""
     import yaml
 
-    from sharpen.api import run
+    from sharpen.backends.models import check_model
     from sharpen.loop.config import load_config, validate, with_cluster
-    from sharpen.models import check_model
+    from sharpen.loop.runner import run
 
     say = say or (lambda s: None)
     overrides = dict(overrides or {})
@@ -134,7 +134,7 @@ def run_seeds(
         else:
             plan.append((s, d, "new"))
     if ray is not None and ray != "local" and any(state != "done" for *_, state in plan):
-        from sharpen.distributed import connect  # no answer: an error before any seed runs
+        from sharpen.search.distributed import connect  # no answer: an error before any seed runs
 
         connect(ray)
     runs: dict[int, str] = {}
@@ -198,7 +198,7 @@ def seeds_facts(parent: str | Path) -> dict[str, Any]:
     """Every seed's held-out greedy accuracy by round, its paired change round 0 -> last (the run's
     own `paired.json`), its new training rows per round (the build stage's summary.json), and
     across the finished seeds the median and min..max of the final accuracy and of the change."""
-    from sharpen.report import collect_facts
+    from sharpen.report.run import collect_facts
 
     parent = Path(parent)
     dirs = seed_dirs(parent)
@@ -301,7 +301,7 @@ def _summary(facts: dict[str, Any]) -> str:
 
 
 def _plot(facts: dict[str, Any]) -> bytes | None:
-    from sharpen.report import _plot_png
+    from sharpen.report.run import _plot_png
 
     if not facts["median_by_round"]:
         return None

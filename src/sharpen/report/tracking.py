@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from sharpen.errors import ConfigError
-from sharpen.io import atomic_dir
+from sharpen.core.errors import ConfigError
+from sharpen.core.io import atomic_dir
 
 TRACKERS = ("tensorboard", "mlflow")
 
@@ -79,7 +79,7 @@ def check_tracker(tracker: str) -> None:
 
 def log_to_tracker(run: str | Path, tracker: str) -> str:
     """Log the run dir's facts to `tracker`; returns where they went."""
-    from sharpen.report import collect_facts
+    from sharpen.report.run import collect_facts
 
     check_tracker(tracker)
     run = Path(run)
