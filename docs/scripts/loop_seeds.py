@@ -6,7 +6,7 @@ copy of the CPU run with that seed.
 
     python docs/scripts/loop_seeds.py configs/demo.yaml RUN_DIR '{"eval.n": 800, "seed": 3}'
 
-The fifth session ran up to 8 of these at once on one H100 (each `OMP_NUM_THREADS=2`).
+Up to 8 of these ran at once on one H100 (each `OMP_NUM_THREADS=2`).
 """
 
 import json
