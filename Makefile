@@ -38,8 +38,10 @@ eval-demo: setup
 test: $(DEV)
 	$(BIN)/python -m pytest -q
 
+# ruff, then pylint's duplicate-code check: no block of 8 or more lines twice in src/
 lint: $(DEV)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/scripts
+	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=8 --score=n src/sharpen
 
 clean:
 	rm -rf runs $(VENV)

@@ -18,18 +18,12 @@ import json
 import math
 from pathlib import Path
 
+from sharpen.report.training import step_log
+
 # TRL GRPOTrainer's log keys, and the short names printed
 KEYS = {"reward": "reward", "reward_std": "std", "frac_reward_zero_std": "zero-adv", "completions/mean_length": "len",
-        "entropy": "entropy", "grad_norm": "gnorm", "kl": "kl", "clip_ratio/region_mean": "clip"}
-
-
-def step_log(train_dir: Path) -> list[dict]:
-    """The per-step log entries of the newest checkpoint under `train_dir` (any depth)."""
-    states = sorted(train_dir.rglob("checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[1]))
-    if not states:
-        return []
-    return [e for e in json.loads(states[-1].read_text())["log_history"] if "step" in e and "reward" in e]
+        "entropy": "entropy", "grad_norm": "gnorm", "kl": "kl", "clip_ratio/region_mean": "clip",
+        "step_credit/disagree": "disagree", "step_credit/valued": "valued"}
 
 
 def mean(xs: list[float]) -> float:

@@ -94,7 +94,7 @@ class SharpenPRM(AbstractProcessRewardModel):
     """sharpen's PRM (`PRMModel.encode` + `score_encoded`, as `PRMScorer` calls it) for its_hub."""
 
     def __init__(self, path: str, prompts: dict[str, tuple[str, str]]):
-        from sharpen.search.prm import PRMModel
+        from sharpen.search.scorers.prm_model import PRMModel
 
         self.prm = PRMModel.load(path, max_length=None, require_format=False, delimiter="\n")
         # ChatMessages.to_prompt() text -> what this PRM reads before the steps: sharpen's chat-rendered

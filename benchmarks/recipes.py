@@ -18,8 +18,8 @@ from pathlib import Path
 from sharpen.core.errors import ConfigError
 from sharpen.core.stats import paired_bootstrap
 from sharpen.loop.runner import greedy_by_problem
-from sharpen.loop.seeds import _change, _yaml
 from sharpen.report.run import collect_facts, fmt, md_table
+from sharpen.report.seeds import config_dict, fmt_change
 
 
 def generated_per_round(entry: dict) -> float | None:
@@ -43,12 +43,12 @@ def main() -> None:
     table = [["run", "recipe", "seed", *(f"greedy r{r}" for r in range(rounds)),
               *(f"gen. tokens r{r}" for r in range(1, rounds)), "stage min", "last vs r0 [95% CI]"]]
     for run, f in zip(runs, facts, strict=True):
-        cfg = _yaml(f["config"])
+        cfg = config_dict(f["config"])
         by_round = f["rounds"] + [{}] * (rounds - len(f["rounds"]))  # rounds not reached: empty cells
         greedy = [fmt((e.get("eval") or {}).get("greedy")) for e in by_round]
         gen = [fmt(generated_per_round(e), 0) for e in by_round[1:]]
         table.append([run.name, str(cfg.get("recipe", "?")), str(cfg.get("seed", "?")), *greedy, *gen,
-                      fmt(sum(f["stage_seconds"].values()) / 60, 1), _change(f.get("paired"))])
+                      fmt(sum(f["stage_seconds"].values()) / 60, 1), fmt_change(f.get("paired"))])
     print("\n".join(md_table(table)))
     if len(runs) < 2:
         return

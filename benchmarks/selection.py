@@ -70,7 +70,7 @@ def weighted(t: dict) -> bool:
 def rescore(trees: list[dict], prm_dir: str, batch: int = 16) -> int:
     """Every solution's score replaced by `prm_dir`'s value at its last token (in place); returns the
     tokens the PRM read (its forward tokens: context and solution, once per solution)."""
-    from sharpen.search.prm import PRMModel
+    from sharpen.search.scorers.prm_model import PRMModel
 
     prm = PRMModel.load(prm_dir, max_length=None, require_format=False)
     items = [(t, x) for t in trees for x in solutions(t)]

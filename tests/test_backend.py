@@ -207,7 +207,7 @@ def test_sample_rows_draws_by_probability_never_a_filtered_token_and_alone_as_in
 
     import torch
 
-    from sharpen.backends.hf import sample_rows
+    from sharpen.backends.hf_rows import sample_rows
 
     torch.manual_seed(0)
     vocab = 1000  # not a multiple of the 256-token blocks
@@ -247,19 +247,19 @@ def test_growing_kv_cache_gives_the_dynamic_caches_logits(tiny_model_dir):
     import torch
     from transformers import DynamicCache
 
-    from sharpen.backends.hf import _GrowingCache, _GrowingLayer
+    from sharpen.backends.kv_cache import GrowingCache, GrowingLayer
 
     b = HFBackend(tiny_model_dir, seed=0)
     assert b._growing  # a Llama: every layer's cache is a plain one
     torch.manual_seed(0)
     ids = torch.randint(5, 200, (3, 12))
     outs = []
-    for cache in (DynamicCache(), _GrowingCache()):
+    for cache in (DynamicCache(), GrowingCache()):
         logits = []
         with torch.inference_mode():
             out = b.model(input_ids=ids, past_key_values=cache, use_cache=True)
             cache, step = out.past_key_values, ids[:, -1:]
-            for i in range(_GrowingLayer.chunk + 8):  # past the first buffer's spare room
+            for i in range(GrowingLayer.chunk + 8):  # past the first buffer's spare room
                 if i == 5:
                     cache.batch_select_indices(torch.tensor([0, 2]))
                     step = step[[0, 2]]
@@ -267,8 +267,8 @@ def test_growing_kv_cache_gives_the_dynamic_caches_logits(tiny_model_dir):
                 cache, step = out.past_key_values, out.logits[:, -1:].argmax(-1)
                 logits.append(out.logits[:, -1])
         outs.append(torch.cat(logits))
-        assert cache.get_seq_length() == 12 + _GrowingLayer.chunk + 8
-    assert isinstance(cache.layers[0], _GrowingLayer)
+        assert cache.get_seq_length() == 12 + GrowingLayer.chunk + 8
+    assert isinstance(cache.layers[0], GrowingLayer)
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
 
 
@@ -278,7 +278,7 @@ def test_shared_prefix_attention_is_sdpa_over_the_prefix_and_the_rows_own_keys()
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from sharpen.backends.kv_cache import _PENDING, shared_prefix_attention
+    from sharpen.backends.kv_cache import PENDING, shared_prefix_attention
 
     class Module:  # what transformers' attention functions read off the attention module
         num_key_value_groups, is_causal, training = 3, True, False
@@ -294,23 +294,23 @@ def test_shared_prefix_attention_is_sdpa_over_the_prefix_and_the_rows_own_keys()
         visible[..., p : p + s] = torch.arange(s)[None, :] <= torch.arange(s - q, s)[:, None]  # causal
         visible[1, ..., p : p + 2] = False  # row 1: two padding positions after the prefix
         want, _ = sdpa_attention_forward(Module(), query, full_k, full_v, visible, scaling=dim**-0.5)
-        _PENDING.set((own_k, pk, pv))
+        PENDING.set((own_k, pk, pv))
         got, _ = shared_prefix_attention(Module(), query, own_k, own_v, visible, scaling=dim**-0.5)
         assert got.shape == want.shape == (rows, q, kv_heads * 3, dim)
         assert torch.allclose(got, want, atol=1e-5)
-        assert _PENDING.get() is None  # used once
+        assert PENDING.get() is None  # used once
         # no mask at a decode step: every position visible
         if q == 1:
             want, _ = sdpa_attention_forward(Module(), query, full_k, full_v, None, scaling=dim**-0.5)
-            _PENDING.set((own_k, pk, pv))
+            PENDING.set((own_k, pk, pv))
             assert torch.allclose(shared_prefix_attention(Module(), query, own_k, own_v, None, scaling=dim**-0.5)[0],
                                   want, atol=1e-5)
     # what it does not compute itself (here a sliding window): sdpa over the prefix copied into every row
-    _PENDING.set((own_k, pk, pv))
+    PENDING.set((own_k, pk, pv))
     got, _ = shared_prefix_attention(Module(), query, own_k, own_v, None, scaling=dim**-0.5, sliding_window=64)
     assert torch.allclose(got, sdpa_attention_forward(Module(), query, full_k, full_v, None, scaling=dim**-0.5)[0])
     # keys of any other cache: plain sdpa, whatever was left pending
-    _PENDING.set((own_k, pk, pv))
+    PENDING.set((own_k, pk, pv))
     got, _ = shared_prefix_attention(Module(), query, full_k, full_v, None, scaling=dim**-0.5)
     assert torch.allclose(got, sdpa_attention_forward(Module(), query, full_k, full_v, None, scaling=dim**-0.5)[0])
 
@@ -354,7 +354,7 @@ def test_continuous_decode_rows_join_mid_decode_and_get_generates_tokens(tiny_mo
     """`HFBackend.continuous` (sharpen serve's row-level continuous batching): calls that arrive while
     others decode join the running batch, each call is handed back once its own rows are done, and
     every row gets the tokens, stop and log-probability `generate` gives it for the same seed."""
-    from sharpen.backends.hf import RowJob
+    from sharpen.backends.hf_continuous import RowJob
 
     plain = HFBackend(tiny_model_dir, seed=0, stage_tokens=1000)
     joined = HFBackend(tiny_model_dir, seed=0, max_batch=64)
@@ -400,7 +400,7 @@ def test_continuous_decode_rows_join_mid_decode_and_get_generates_tokens(tiny_mo
 def test_a_long_continuous_decode_keeps_stop_state_for_its_live_rows_only(tiny_model_dir):
     """A continuous decode that runs as long as calls keep arriving (`sharpen serve`) holds per-row
     stop state for the rows in its batch, not for every row it ever decoded."""
-    from sharpen.backends.hf import RowJob
+    from sharpen.backends.hf_continuous import RowJob
 
     backend = HFBackend(tiny_model_dir, seed=0, max_batch=8)
     backend.max_wait = 1

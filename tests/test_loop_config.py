@@ -37,6 +37,14 @@ def test_overrides_and_errors(tmp_path):
     assert LoopConfig().recipe == "mcts-dpo"
 
 
+def test_collect_row_counts_are_bounded_by_the_budget_when_the_config_loads():
+    """A run config's search options meet the same budget check as `sharpen search` (every row
+    costs a token at least), before the run directory exists."""
+    with pytest.raises(ConfigError, match=r"collect: algorithm pf: option n=300 asks for more rows than a budget of 256"):
+        validate({"collect": {"algo": "pf", "budget": 256, "args": {"n": 300}}})
+    assert validate({"collect": {"algo": "pf", "budget": 256, "args": {"n": 16}}}).collect.args == {"n": 16}
+
+
 def test_auroc():
     assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auroc([0.5], [0.5]) == 0.5

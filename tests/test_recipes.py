@@ -21,7 +21,7 @@ from sharpen.core.io import read_jsonl
 from sharpen.core.tree import Tree
 from sharpen.loop.config import load_config, validate
 from sharpen.loop.runner import LoopRunner, prepare_run_dir
-from sharpen.loop.seeds import seeds_facts
+from sharpen.report.seeds import seeds_facts
 from sharpen.train.data import load_dataset_dir
 
 TASK_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
@@ -220,7 +220,8 @@ def test_grpo_round_trains_online_within_the_token_budget(tmp_path, tiny_model_d
     # a random PRM's scores as a process reward: rewards differ within a group, so the policy moves
     # (the random policy rarely verifies, and equal rewards give zero advantages)
     prm = random_prm(tmp_path / "prm", tiny_model_dir)
-    cfg = prepare_run_dir(validate(_grpo_config(tiny_model_dir, process_reward=f"prm:{prm}")), tmp_path / "run", False)
+    cfg = prepare_run_dir(validate(_grpo_config(tiny_model_dir, process_reward=f"prm:{prm}", logging_steps=1)),
+                          tmp_path / "run", False)
     runner = LoopRunner(cfg, tmp_path / "run")
     runner.run_all()
     run = tmp_path / "run"
@@ -243,6 +244,11 @@ def test_grpo_round_trains_online_within_the_token_budget(tmp_path, tiny_model_d
     assert record["kind"] == "grpo" and record["config"]["task"] == "gym:chain_sum"
     assert _json(run / "round-1" / "eval" / "metrics.json")["model"] == policy
     assert "prompts" in _json(run / "round-1" / "data" / "summary.json")["rows"]
+    # the report the run wrote shows what a GRPO user watches, and no config field grpo never reads
+    report = (run / "report.md").read_text()
+    assert "## Training" in report and "zero-advantage groups" in report and (run / "plots" / "training_per_step.png").exists()
+    config = report.split("## Config")[1]
+    assert "recipe: grpo" in config and "algo:" not in config and "scorer:" not in config and "build:" not in config
     assert write_report(run).exists()
 
 

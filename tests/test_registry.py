@@ -144,6 +144,14 @@ def test_row_counts_are_bounded_by_the_budget_for_the_api_and_the_server():
     with pytest.raises(ConfigError, match="option batch=300 "):
         api.sweep(["vote"], [512, 256], model="no-such-model", n=1, options={"vote": {"batch": 300}})
 
+    # a scorer's row counts have the same fixed cap (its rollouts are paid from the search's budget)
+    for spec in ("rollout:5000", "oracle:k=5000", "prm:x:batch=100000", "implicit:x:batch=100000", "pav:x:batch=100000"):
+        with pytest.raises(ConfigError, match=r"less than or equal to 4096 \(fix: "):
+            parse_scorer(spec)
+    assert parse_scorer("rollout:4096").options.k == 4096
+    with pytest.raises(ConfigError, match=r"scorer rollout: option k=300 .* budget of 256 tokens"):
+        api.search(model="no-such-model", algo="beam", scorer="rollout:300", budget=256, n=1)
+
     service = SearchService(SimpleNamespace(backend=SimpleNamespace()), ServeConfig(), start=False)
     with pytest.raises(ConfigError, match=r"option batch=17 .*\(fix: batch <= 16, or a larger budget\)$"):
         service.check("vote", "none", 16, {"batch": 17})

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from sharpen.core.errors import ConfigError
-from sharpen.loop.seeds import parse_seeds, seeds_facts
+from sharpen.loop.seeds import parse_seeds
 from sharpen.report.run import collect_facts
+from sharpen.report.seeds import seeds_facts
 
 SHARPEN = [sys.executable, "-m", "sharpen"]
 

@@ -334,3 +334,25 @@ def test_concurrent_requests_answer_as_sequential_ones_for_the_same_seeds(which,
     for t in threads:
         t.join()
     assert [together[s] for s in seeds] == sequential
+
+
+def test_the_service_closes_its_scorers_and_its_backend():
+    """When `sharpen serve` stops, the backend and every scorer's own backend are closed (a server
+    client's event-loop thread and connection pool, a prover's backend)."""
+    from types import SimpleNamespace
+
+    from sharpen.serve import SearchService, ServeConfig
+
+    closed = []
+
+    class Owned:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+
+    service = SearchService(SimpleNamespace(backend=Owned("backend")), ServeConfig(), start=False)
+    service.scorers["prover"] = Owned("prover")
+    service.close()
+    assert closed == ["prover", "backend"]

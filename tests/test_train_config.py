@@ -7,7 +7,7 @@ from trl import DPOConfig, SFTConfig
 
 from sharpen.core.errors import ConfigError
 from sharpen.loop.config import validate
-from sharpen.train import config_class, make_config
+from sharpen.train import TRAINERS, config_class, get_trainer, make_config
 
 
 def test_trainer_configs_are_trl_configs():
@@ -18,6 +18,31 @@ def test_trainer_configs_are_trl_configs():
     assert cfg.loss_type == ["sigmoid", "sft"] and cfg.loss_weights == [1.0, 0.5]
     assert cfg.warmup_steps == 0.1 and cfg.lr_scheduler_type == "cosine" and cfg.gradient_checkpointing in (None, False)
     assert make_config("prm", model="m", output_dir="o").learning_rate == 1e-4
+
+
+def test_one_trainer_table():
+    import sharpen.train.dpo
+    import sharpen.train.grpo
+    import sharpen.train.prm
+    import sharpen.train.sft
+
+    assert set(TRAINERS) == {"dpo", "sft", "grpo", "prm"}
+    assert get_trainer("grpo").config is sharpen.train.grpo.GRPOTrainConfig
+    for kind, trainer in TRAINERS.items():
+        module = getattr(sharpen.train, kind)
+        assert config_class(kind) is trainer.config and trainer.config.__module__ == module.__name__
+        assert callable(getattr(module, trainer.train_name))
+    assert [k for k, t in TRAINERS.items() if not t.needs_data] == ["grpo"]
+    with pytest.raises(ConfigError, match="unknown trainer 'ppo'"):
+        get_trainer("ppo")
+
+
+def test_importing_the_trainer_table_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, sharpen.train; print('torch' in sys.modules or 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("options, match", [

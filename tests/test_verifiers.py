@@ -97,7 +97,7 @@ LONG_SYSTEM = "Solve step by step, one short step per line, and end with the ans
 def _labels(problems: range, tmp, name: str):
     """Step labels by hand: a right equation (value 0.9) and a wrong one (0.1) for each problem,
     the wrong one recognisable by its form ('... = ?'), as a malformed step would be."""
-    from sharpen.train.data import LABEL_FEATURES, _to_dataset, save_dataset
+    from sharpen.train.data import LABEL_FEATURES, save_dataset, to_dataset
 
     rows = []
     for i in problems:
@@ -108,7 +108,7 @@ def _labels(problems: range, tmp, name: str):
                          "label": int(v >= 0.5), "path_values": [v], "path_labels": [int(v >= 0.5)], "leaf": True,
                          "terminal": False, "problem_id": f"p{i}", "node_id": 1, "parent_id": 0, "depth": 1,
                          "round": 0, "recipe": "test", "delimiter": "\n"})
-    return save_dataset(_to_dataset(rows, LABEL_FEATURES), tmp / name)
+    return save_dataset(to_dataset(rows, LABEL_FEATURES), tmp / name)
 
 
 def test_soft_label_prm_ranks_unseen_right_steps_above_wrong(tiny_model_dir, tmp_path):

@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 # transformers 5.2x loads models with `use_kernels` on whenever its `kernels` dependency is installed, and on
 # CUDA `model.train()` then fetches layer kernels from the Hub: code sharpen never asked for, and on a GPU
-# machine without internet every `sharpen train` fails (seen on an H200 here, thirty-fifth stop). Off unless
+# machine without internet every `sharpen train` fails (as it did on an H200). Off unless
 # the user opts in with USE_HUB_KERNELS=YES.
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 

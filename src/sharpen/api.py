@@ -24,7 +24,7 @@ from sharpen.loop.runner import run  # noqa: F401 - part of the API
 from sharpen.loop.seeds import run_seeds  # noqa: F401 - the API's `run` once per seed, with one combined report
 from sharpen.search.evaluate import EvalConfig
 from sharpen.search.process import SearchSettings
-from sharpen.search.spec import load_model, load_task, make_process  # noqa: F401 - part of the API
+from sharpen.search.spec import SearchSpec, execute, load_model, load_task, make_process  # noqa: F401 - part of the API
 
 Progress = Callable[[int], None]
 
@@ -78,24 +78,6 @@ def _problems(task, collect: bool, n: int, seed: int, skip: int = 0):
     return split, task.problems(split, skip + n, seed=seed)[skip:]
 
 
-def _check_search(algo: str, scorer: str | None, options: dict[str, Any] | None, budget: int, collect: bool):
-    from sharpen.search.registry import get_algorithm, parse_scorer
-
-    entry = get_algorithm(algo)
-    entry.parse(options, budget)
-    if budget < 1:
-        raise ConfigError("--budget must be >= 1 generated token (fix: e.g. --budget 512)")
-    if entry.needs_scorer and scorer in (None, "none"):
-        raise ConfigError(f"{algo} needs a scorer (fix: --scorer self, rollout, prm:<path>, or oracle with --collect)")
-    if scorer not in (None, "none"):
-        spec = parse_scorer(scorer)
-        if spec.entry.collect_only and not collect:
-            raise ConfigError(
-                f"the {spec.name} scorer reads reference answers, so it may only be used to collect training data "
-                "(fix: pass --collect, which searches the training split, or choose another --scorer)")
-    return entry
-
-
 def search(
     model: str = "smollm2-135m",
     task: str = "gym:chain_sum",
@@ -123,12 +105,11 @@ def search(
     from sharpen.backends.models import check_model
     from sharpen.core.io import atomic_write_json
     from sharpen.core.meter import UsageMeter
-    from sharpen.search.collect import search_metrics, search_problems
-    from sharpen.search.scorers import make_scorer
+    from sharpen.search.collect import search_metrics
 
     settings = settings or SearchSettings()
-    entry = _check_search(algo, scorer, options, budget, collect)
-    scorer = scorer if entry.needs_scorer else None
+    spec = SearchSpec.checked(algo, scorer, budget, options, settings, collect=collect)
+    entry, scorer = spec.entry, spec.scorer
     the_task = load_task(task, **(task_args or {}))
     split, problems = _problems(the_task, collect, n, seed, skip)
     check_model(model)
@@ -156,8 +137,8 @@ def search(
     try:  # the backend and a scorer's own (a prover's) are closed however the search ends
         if ray is None:
             backend = load_model(model, seed=seed, max_batch=settings.batch)
-            process = make_process(backend, the_task, settings)
-            the_scorer = make_scorer(scorer, process, collect=collect)
+            process = spec.process(backend, the_task)
+            the_scorer = spec.make_scorer(process)
         jsonl = None
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,12 +149,11 @@ def search(
             if ray is not None:
                 from sharpen.search.distributed import search_on_ray
 
-                trees = search_on_ray(ray, actors, model, task, task_args or {}, settings, scorer, collect, algo,
-                                      problems, budget, seed, options or {}, split, jsonl, on_progress=advance)
+                trees = search_on_ray(ray, actors, model, task, task_args or {}, spec, problems, seed, split, jsonl,
+                                      on_progress=advance)
             else:
-                trees = search_problems(process, the_scorer, algo, problems, budget, seed=seed, out_jsonl=jsonl,
-                                        algo_args=options, on_progress=advance, parallel=settings.parallel,
-                                        split=split, scorer_spec=scorer, batch_meter=batches)
+                trees = execute(spec, process, problems, the_scorer, seed=seed, out_jsonl=jsonl, on_progress=advance,
+                                split=split, batch_meter=batches)
     finally:
         close_all(the_scorer, backend)
     metrics = search_metrics(trees, budget, batches.total) | {"algo": algo, "scorer": scorer, "split": split}
@@ -283,7 +263,7 @@ def sweep(
     if split not in ("train", "test") or skip < 0:
         raise ConfigError(f"bad --split {split!r} / --skip {skip} (fix: --split train or test, --skip >= 0)")
     for algo, sc in pairs:  # the oracle scorer reads reference answers: training split only, as --collect
-        _check_search(algo, sc, options.get(algo), min(budgets), collect=split == "train")
+        SearchSpec.checked(algo, sc, min(budgets), options.get(algo), settings, collect=split == "train")
     the_task = load_task(task, **(task_args or {}))
     if n < 1:
         raise ConfigError("--n must be >= 1 (fix: e.g. --n 100)")
@@ -366,17 +346,17 @@ def train(kind: str, model: str, data: str | Path | None, out: str | Path, **opt
     GRPO needs no dataset (`data=None`): it samples completions of the `task` option's training
     problems (`problems` of them) and rewards them with the task's verifier.
 
-    `options`: any field of the trainer's config (`sharpen.train.config_class(kind)`: TRL's
+    `options`: any field of the trainer's config (`sharpen.train.TRAINERS[kind].config`: TRL's
     `DPOConfig`/`SFTConfig` or transformers' `TrainingArguments` plus `SharpenArgs`), by its TRL
     name: `max_steps`, `learning_rate`, `per_device_train_batch_size`, `beta`, `lora`, `soft`, ..."""
     from sharpen.backends.models import resolve_model
-    from sharpen.train import config_class, make_config
+    from sharpen.train import get_trainer, make_config
 
-    config_class(kind)  # an unknown trainer is a one-line error before anything is loaded
+    trainer = get_trainer(kind)  # an unknown trainer is a one-line error before anything is loaded
     resolve_model(model)
-    if data is None and kind == "grpo":
+    if data is None and not trainer.needs_data:
         if not options.get("task"):
-            raise ConfigError("grpo without --data needs a task (fix: --task gym:chain_sum, or --data a prompts dataset)")
+            raise ConfigError(f"{kind} without --data needs a task (fix: --task gym:chain_sum, or --data a prompts dataset)")
     elif data is None or not Path(data).is_dir():
         raise ConfigError(f"dataset dir not found: {data} (fix: run `sharpen build ...` first)")
     steps = options.get("max_steps", 100)
@@ -385,9 +365,7 @@ def train(kind: str, model: str, data: str | Path | None, out: str | Path, **opt
     cfg = make_config(kind, "train", model=model, data=str(data or ""), output_dir=str(out), **options)
     if cfg.max_steps < 1 or cfg.per_device_train_batch_size < 1 or cfg.learning_rate <= 0:
         raise ConfigError("max_steps and the batch size must be >= 1 and the learning rate > 0 (fix: positive values)")
-    from sharpen.train import dpo, grpo, prm, sft
-
-    return Path({"dpo": dpo.train_dpo, "sft": sft.train_sft, "prm": prm.train_prm, "grpo": grpo.train_grpo}[kind](cfg))
+    return Path(trainer.train(cfg))
 
 
 def train_eval(kind: str, model: str, data: str | Path, ref: str | None = None, beta: float = 0.1) -> dict[str, Any]:

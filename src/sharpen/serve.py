@@ -15,7 +15,7 @@ Requests from many clients are searched together: a worker thread runs one `Lock
 admits queued requests (up to `wave` searched at once), so their backend calls share batched forward
 passes: merged calls by default; with `--continuous-batching` a search's samples join the decode
 already running and are handed back as soon as they are done, so its next call joins the same
-decode too (`HFBackend.continuous`; slower than merged calls on this 2-core CPU so far). The queue is bounded
+decode too (`HFBackend.continuous`; on a 2-core CPU it was slower than merged calls: docs/results/serving.md). The queue is bounded
 (beyond it: 429 with Retry-After); a body over `max_body` bytes gets a 413 before it is parsed; a
 request over the budget cap, malformed, or whose prompt and the search's longest row would not fit
 the model's context window gets a 400 with a one-line message; a request past its timeout gets a
@@ -39,13 +39,16 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Request  # at module level: FastAPI resolves the handlers' (string) annotations here
+from pydantic import BaseModel, Field
 
 from sharpen.backends.base import LocalTokenizer
 from sharpen.core.errors import ConfigError, SharpenError
 from sharpen.core.tasks import Problem, Task
+
+if TYPE_CHECKING:
+    from fastapi import Request
 
 log = logging.getLogger("sharpen.serve")
 
@@ -77,19 +80,30 @@ def longest_row(process: Any) -> int:
     return max(depth * step, (depth - 1) * step + rollout) + depth
 
 
-@dataclass
-class ServeConfig:
-    algo: str = "vote"
-    scorers: dict[str, str] = field(default_factory=dict)  # short name -> scorer spec; the first is the default
-    budget: int = 256
-    max_budget: int = 4096
-    queue: int = 64
+class ServeConfig(BaseModel):
+    """The server's search defaults and limits; `sharpen serve` has one option per described field
+    (`sharpen.cli_options`)."""
+
+    algo: str = Field("vote", description="default algorithm of a request without search.algo")
+    scorers: dict[str, str] = Field(default_factory=dict)  # short name -> scorer spec; the first is the default
+    budget: int = Field(256, description="default generated-token budget per request")
+    max_budget: int = Field(4096, description="largest budget a request may ask for")
+    queue: int = Field(64, description="requests queued or searched at once; beyond: 429")
     wave: int = 64
-    timeout: float = 600.0
+    timeout: float = Field(600.0, description="seconds a request may take; beyond: 504, search stopped")
     api_key: str | None = None
     keep_trees: int = 1000
-    continuous: bool = False  # row-level continuous batching (HFBackend.continuous): slower here so far
-    max_body: int = 1_000_000  # bytes of a request body; beyond: 413
+    continuous: bool = Field(False, description="row-level continuous batching: a request's samples join the decode "
+                             "already running and leave it when done; slower than merged calls on a 2-core CPU so "
+                             "far (docs/results/serving.md)")
+    max_body: int = Field(1_000_000, description="largest request body in bytes; beyond: 413")
+
+    def checked(self) -> ServeConfig:
+        """This config, or a one-line ConfigError for limits no server can keep."""
+        if self.queue < 1 or self.budget < 1 or self.max_budget < self.budget or self.timeout <= 0 or self.max_body < 1:
+            raise ConfigError("--queue, --budget, --max-body >= 1, --max-budget >= --budget, --timeout > 0 "
+                              "(fix: positive values)")
+        return self
 
     @property
     def default_scorer(self) -> str:
@@ -163,11 +177,8 @@ def check_binding(host: str, api_key: str | None, insecure: bool) -> None:
 @dataclass
 class _Job:
     problem: Problem
-    algo: str
-    scorer: str  # a name of `SearchService.scorers`
-    budget: int
+    spec: Any  # a `SearchSpec` whose scorer is a name of `SearchService.scorers`
     seed: int
-    options: dict[str, Any]
     deadline: float
     future: Future = field(default_factory=Future)
     cancelled: bool = False
@@ -199,25 +210,31 @@ class SearchService:
         if start:
             self._thread.start()
 
+    def close(self) -> None:
+        """Release the scorers' backends and the process's backend (a server client's thread and pool)."""
+        from sharpen.backends.base import close_all
+
+        close_all(*self.scorers.values(), self.process.backend)
+
     def start(self) -> SearchService:
         if not self._thread.is_alive():
             self._thread.start()
         return self
 
     # -- requests ---------------------------------------------------------------------------
-    def check(self, algo: str, scorer: str, budget: int, options: dict[str, Any]) -> None:
-        """A one-line ConfigError for a search the server will not run. `scorer` is a name of
-        `self.scorers`; nothing is loaded or built here."""
-        from sharpen.search.registry import get_algorithm
+    def check(self, algo: str, scorer: str, budget: int, options: dict[str, Any]) -> Any:
+        """The `SearchSpec` of a request, or a one-line ConfigError for a search the server will not
+        run. `scorer` is a name of `self.scorers`; nothing is loaded or built here."""
+        from sharpen.search.spec import SearchSpec
 
-        entry = get_algorithm(algo)
-        entry.parse(options, budget)
+        spec = SearchSpec(algorithm=algo, scorer=scorer, budget=budget, options=options)  # the algorithm, its options
         if budget < 1 or budget > self.cfg.max_budget:
             raise ConfigError(f"budget {budget} is outside 1..{self.cfg.max_budget} (fix: a budget within the server's cap)")
         if scorer not in self.scorers:
             raise ConfigError(f"search.scorer names no scorer of this server (fix: {self._scorer_names()})")
-        if entry.needs_scorer and self.scorers[scorer] is None:
+        if spec.entry.needs_scorer and self.scorers[scorer] is None:
             raise ConfigError(f"{algo} needs a scorer (fix: {self._scorer_names()})")
+        return spec
 
     def _scorer_names(self) -> str:
         named = [n for n in self.scorers if n != "none"]
@@ -291,15 +308,10 @@ class SearchService:
 
     def _job(self, job: _Job):
         from sharpen.search.batching import fork_search
-        from sharpen.search.registry import get_algorithm
-
-        entry = get_algorithm(job.algo)
 
         def run(proxy: Any) -> Any:  # an exception reaches `_finished` through the batcher
-            process, scorer = fork_search(self.process, self.scorers[job.scorer], proxy)
-            tree = entry.fn(process, scorer, job.problem, job.budget, seed=job.seed, **job.options)
-            tree.scorer = job.scorer if entry.needs_scorer else None
-            return tree
+            process, scorer = fork_search(self.process, self.scorers[job.spec.scorer], proxy)
+            return job.spec.tree(process, scorer, job.problem, job.seed)
 
         return run
 
@@ -343,7 +355,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def create_app(service: SearchService, model_name: str) -> Any:
     """The FastAPI app serving `service`'s searches."""
-    from fastapi import Depends, FastAPI
+    global Request  # FastAPI resolves the handlers' (string) annotations in this module's globals
+    from fastapi import Depends, FastAPI, Request
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -472,7 +485,7 @@ def create_app(service: SearchService, model_name: str) -> Any:
             return _error(400, str(exc))
         if exc is not None:
             requests.labels("500").inc()
-            return _internal_error(exc, f"the {job.algo} search")
+            return _internal_error(exc, f"the {job.spec.algorithm} search")
         tree = wrapped.result()
         reply = _reply(tree, job, model_name, process)
         service.keep(reply["sharpen"]["tree_id"], tree.to_dict())
@@ -519,11 +532,10 @@ def _parse(body: Any, cfg: ServeConfig, service: SearchService) -> _Job:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or abs(seed) >= 2**63):
         raise ConfigError("seed must be an integer below 2**63 in size (fix: e.g. \"seed\": 0)")
     options = {k: v for k, v in search.items() if k not in SEARCH_KEYS}
-    service.check(algo, scorer, budget, options)
+    spec = service.check(algo, scorer, budget, options)
     seed = random.randrange(2**31) if seed is None else seed
     pid = uuid.uuid4().hex[:12]
-    return _Job(Problem(pid, question.strip(), ""), algo, scorer, budget, seed, options,
-                deadline=time.monotonic() + cfg.timeout)
+    return _Job(Problem(pid, question.strip(), ""), spec, seed, deadline=time.monotonic() + cfg.timeout)
 
 
 def _reply(tree: Any, job: _Job, model_name: str, process: Any) -> dict[str, Any]:
@@ -549,7 +561,7 @@ def _reply(tree: Any, job: _Job, model_name: str, process: Any) -> dict[str, Any
         "usage": {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated,
                   "forward_tokens": prompt + generated + verifier, "verifier_tokens": verifier},
         "sharpen": {"answer": tree.answer, "votes": dict(votes.most_common()), "tree_id": tree_id,
-                    "algo": job.algo, "scorer": tree.scorer, "budget": job.budget, "seed": job.seed,
+                    "algo": job.spec.algorithm, "scorer": tree.scorer, "budget": job.spec.budget, "seed": job.seed,
                     "nodes": len(tree.nodes)},
     }
 
@@ -576,4 +588,7 @@ def serve(model: str = "smollm2-135m", task: str | None = None, host: str = "127
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    uvicorn.run(create_app(service.start(), model), host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(create_app(service.start(), model), host=host, port=port, log_level="warning")
+    finally:  # the backend and the scorers' own backends (a prover's server client, its thread)
+        service.close()

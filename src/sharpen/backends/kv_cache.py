@@ -1,15 +1,15 @@
 """KV caches for the HF backend's decode loop.
 
-`_GrowingLayer` appends into a buffer with room to spare instead of concatenating at every step.
+`GrowingLayer` appends into a buffer with room to spare instead of concatenating at every step.
 
 `SharedPrefixCache` keeps the prompt prefix that every row of a call shares (the system prompt and
 few-shot examples) once, not once per row, and only each row's own positions per row; attention
 over it (`shared_prefix_attention`, registered with transformers as `ATTENTION`) scores a query
 against the shared prefix and the row's own keys in one softmax, as cascade attention does (FlashInfer,
-vLLM's prefix sharing). At 256 rows of chain_sum prompts (115 shared tokens of ~128) a row's KV cache
-shrinks to its last ~15 prompt tokens and what it generates, so a decode step reads a fraction of
-the cache it read before, and dropping finished rows copies that fraction. Same attention as sdpa's
-up to float rounding (tests/test_backend.py compares logits and sampled tokens).
+vLLM's prefix sharing). A row's KV cache holds only the prompt tokens after the shared prefix and
+what it generates, so a decode step reads, and dropping finished rows copies, that much less
+(measured: docs/results/serving.md). Same attention as sdpa's up to float rounding
+(tests/test_backend.py compares logits and sampled tokens).
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 ATTENTION = "sharpen_shared_prefix"
 
 
-class _GrowingLayer(DynamicLayer):
+class GrowingLayer(DynamicLayer):
     """A `DynamicLayer` that appends into a buffer with room to spare (grown `chunk` positions at a
     time) instead of concatenating the whole cache at every step: `keys` and `values` are views of
-    the buffer's first positions. Decoding 256 rows, the concatenations took a sixth of the time.
-    Whatever replaces `keys` (cropping, a parent's reordering) is copied into a new buffer at the
-    next update."""
+    the buffer's first positions (what the concatenations cost: docs/results/serving.md). Whatever
+    replaces `keys` (cropping, a parent's reordering) is copied into a new buffer at the next update."""
 
     chunk = 64
 
@@ -58,7 +57,7 @@ class _GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
     @classmethod
-    def over(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> _GrowingLayer:
+    def over(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> GrowingLayer:
         """A layer whose cache is the first `length` positions of these buffers (the rest: room to grow)."""
         layer = cls()
         layer.lazy_initialization(keys, values)
@@ -82,21 +81,21 @@ class _GrowingLayer(DynamicLayer):
         self._view = self.keys
 
 
-class _GrowingCache(DynamicCache):
-    """A `DynamicCache` of `_GrowingLayer`s."""
+class GrowingCache(DynamicCache):
+    """A `DynamicCache` of `GrowingLayer`s."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.layer_class_to_replicate = _GrowingLayer
+        self.layer_class_to_replicate = GrowingLayer
 
 
 # The shared prefix of the layer whose `update` just ran, for the attention call that follows it in
 # the same attention module: (the keys `update` returned, prefix keys, prefix values). Attention
 # checks it is handed those very keys, so a cache of another kind never meets a stale prefix.
-_PENDING: ContextVar[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = ContextVar("_PENDING", default=None)
+PENDING: ContextVar[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = ContextVar("PENDING", default=None)
 
 
-class SharedPrefixLayer(_GrowingLayer):
+class SharedPrefixLayer(GrowingLayer):
     """One layer of `SharedPrefixCache`: the shared prefix's keys and values, (1, kv heads, P, dim),
     and each row's own positions after it, (rows, kv heads, S, dim). Its length is P + S, so masks
     and positions are those of the whole sequence; `update` returns the row's own keys only."""
@@ -110,7 +109,7 @@ class SharedPrefixLayer(_GrowingLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         keys, values = super().update(key_states, value_states, *args, **kwargs)
-        _PENDING.set((keys, self.prefix_keys, self.prefix_values))
+        PENDING.set((keys, self.prefix_keys, self.prefix_values))
         return keys, values
 
     def crop(self, max_length: int) -> None:  # transformers' cropping cuts whole sequences: not here
@@ -133,11 +132,11 @@ def shared_prefix_attention(module, query: torch.Tensor, key: torch.Tensor, valu
     """Attention of `query` (rows, heads, q, dim) over a shared prefix and each row's own `key` and
     `value` (rows, kv heads, S, dim), in one softmax; sdpa's for any other cache. The mask (sdpa's
     boolean mask over all P + S positions, or None) applies to both parts."""
-    pending = _PENDING.get()
+    pending = PENDING.get()
     if pending is None or pending[0] is not key:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    _PENDING.set(None)
+    PENDING.set(None)
     _, pk, pv = pending
     rows, heads, q, dim = query.shape
     if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or dropout:

@@ -249,7 +249,7 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
         raise ConfigError(f"{where}: build.trace_pairs adds pairs, but recipe {cfg.recipe} trains on "
                           f"{recipe.trains} (fix: build.trace_pairs: 0, or recipe mcts-dpo or step-dpo)")
     try:
-        get_algorithm(cfg.collect.algo).parse(cfg.collect.args)
+        get_algorithm(cfg.collect.algo).parse(cfg.collect.args, cfg.collect.budget)
         if cfg.collect.scorer != "none":
             parse_scorer(cfg.collect.scorer)
     except ConfigError as e:

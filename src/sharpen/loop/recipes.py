@@ -30,6 +30,7 @@ class Recipe:
     trains: ClassVar[str]
     trainer: ClassVar[str]
     online: ClassVar[bool] = False
+    unused: ClassVar[tuple[str, ...]] = ("train.prm_soft_labels",)  # config fields it never reads (the report leaves them out)
 
     def check(self, cfg: Any, trainer_cfg: Any, where: str) -> None:
         """Refuse a run config this recipe cannot run (`trainer_cfg`: its train section, built)."""
@@ -108,13 +109,13 @@ class PRMGuided(Recipe):
         if not rows.get("labels", 0):
             runner.say(f"round {r}: no step labels, no PRM trained; the next round uses the last PRM there is")
             return {}
-        from sharpen.train import make_config, options_for
-        from sharpen.train.prm import train_prm
+        from sharpen.train import get_trainer, make_config, options_for
 
         runner.say(f"round {r}: train PRM on {rows['labels']} step labels")
         shared = options_for("prm", opts)
-        path = train_prm(make_config("prm", "train", model=model, data=str(data_dir / "labels"),
-                                     output_dir=str(out / "prm"), soft=runner.cfg.train.prm_soft_labels, **shared))
+        path = get_trainer("prm").train(make_config("prm", "train", model=model, data=str(data_dir / "labels"),
+                                                    output_dir=str(out / "prm"), soft=runner.cfg.train.prm_soft_labels,
+                                                    **shared))
         return {"prm": str(path)}
 
 
@@ -127,6 +128,10 @@ class GRPO(Recipe):
 
     name, trains, trainer = "grpo", "prompts", "grpo"
     online = True
+    unused = ("collect.algo", "collect.scorer", "collect.args", "collect.temperature", "collect.temperature_step",
+              "collect.step_tokens", "collect.rollout_tokens", "collect.max_depth", "collect.merge_duplicates",
+              "collect.batch", "collect.parallel", "collect.reference_share", "collect.screen", "build",
+              "train.prm_soft_labels")
 
     @staticmethod
     def token_cap(cfg: Any) -> int:
@@ -161,11 +166,24 @@ class GRPO(Recipe):
         import json
 
         m = json.loads((policy_dir / "sharpen_train.json").read_text())["metrics"]
-        keys = ("generated_tokens", "token_budget", "usage", "steps", "stopped_by_budget_at", "completions", "verified")
+        keys = ("generated_tokens", "token_budget", "usage", "steps", "stopped_by_budget_at", "completions", "verified",
+                "advantage", "credit_tokens")
         return {k: m.get(k) for k in keys}
 
 
 RECIPES: dict[str, type[Recipe]] = {c.name: c for c in (MCTSDPO, StepDPO, RFT, PRMGuided, GRPO)}
+
+
+def unused_fields(run: Path) -> tuple[str, ...]:
+    """The config fields the recipe of run dir `run` never reads (none when its config.yaml names no
+    recipe sharpen knows)."""
+    import yaml
+
+    try:
+        name = (yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}).get("recipe")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ()
+    return RECIPES[name].unused if name in RECIPES else ()
 
 
 def get_recipe(name: str) -> Recipe:

@@ -86,7 +86,7 @@ class LoopRunner:
         atomic_write_json(self.run / "paired.json", paired)
         from sharpen.report.run import write_report
 
-        report = write_report(self.run)
+        report = write_report(self.run, self.recipe.unused)
         return {"paired": paired, "report": str(report), "model": model}
 
     def _stage(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -191,9 +191,9 @@ class LoopRunner:
     def collect(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.backends import load_backend
         from sharpen.backends.base import close_all
-        from sharpen.search.collect import search_metrics, search_problems
-        from sharpen.search.process import LMProcess
-        from sharpen.search.scorers import make_scorer
+        from sharpen.search.collect import search_metrics
+        from sharpen.search.process import SearchSettings
+        from sharpen.search.spec import SearchSpec, execute
 
         c, cluster = self.collect_settings(r), self.cfg.cluster
         d = self._dir(r, "collect")
@@ -214,15 +214,18 @@ class LoopRunner:
                 backend = policy()
                 problems, screened = self.screen(r, backend, d)
             spec = self.recipe.scorer_spec(self.cfg, self.run, r)
+            search = SearchSpec(algorithm=c.algo, scorer=spec, budget=c.budget, options=c.args, collect=True,
+                                settings=SearchSettings(**{k: getattr(c, k) for k in SearchSettings.model_fields}),
+                                strict_answers=c.strict_format)
             step_rows = None  # with collect.reference_share: step rows sampled by the policy and by the reference
             with self.progress(f"round {r}: collect ({c.algo}, {spec.split(':')[0]})", len(problems)) as advance:
                 if cluster is not None:
                     from sharpen.search.distributed import search_on_ray
 
                     trees = search_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args,
-                                          c, spec, True, c.algo, problems, c.budget, self.cfg.seed + r, c.args, "train",
-                                          d / "trees.jsonl", on_progress=advance, backend_seed=self.cfg.seed,
-                                          backend_options={"drop_finished": False}, strict_answers=c.strict_format)
+                                          search, problems, self.cfg.seed + r, "train", d / "trees.jsonl",
+                                          on_progress=advance, backend_seed=self.cfg.seed,
+                                          backend_options={"drop_finished": False})
                 else:
                     backend = backend if backend is not None else policy()
                     mixture = None
@@ -232,15 +235,12 @@ class LoopRunner:
                         backend = mixture = MixtureBackend(backend, load_backend(
                             self.cfg.model, seed=self.cfg.seed, max_batch=c.batch, drop_finished=False),
                             c.reference_share)
-                    process = LMProcess(backend, self.task, temperature=c.temperature, step_tokens=c.step_tokens,
-                                        rollout_tokens=c.rollout_tokens, max_depth=c.max_depth,
-                                        strict_answers=c.strict_format, merge_duplicates=c.merge_duplicates)
+                    process = search.process(backend, self.task)
                     if mixture is not None:
                         process.row_split = mixture.to_other
-                    scorer = make_scorer(spec, process, collect=True)
-                    trees = search_problems(process, scorer, c.algo, problems, c.budget, seed=self.cfg.seed + r,
-                                            out_jsonl=d / "trees.jsonl", algo_args=c.args, on_progress=advance,
-                                            parallel=c.parallel, split="train", scorer_spec=spec)
+                    scorer = search.make_scorer(process)
+                    trees = execute(search, process, problems, scorer, seed=self.cfg.seed + r,
+                                    out_jsonl=d / "trees.jsonl", on_progress=advance, split="train")
                     if mixture is not None:  # counted in the trees: those a resumed stage read too
                         step_rows = {k: sum(t.meta.get("step_rows", {}).get(k, 0) for t in trees)
                                      for k in ("policy", "reference")}
@@ -284,7 +284,7 @@ class LoopRunner:
 
     def train(self, r: int, model: str) -> dict[str, Any]:
         from sharpen.loop.config import trainer_options
-        from sharpen.train import config_class, data, make_config
+        from sharpen.train import data, get_trainer, make_config
         from sharpen.train.common import trainer_fields
 
         t = self.cfg.train
@@ -298,7 +298,7 @@ class LoopRunner:
             rows[kind] = len(data.load_dataset_dir(train_data))
         trainer = self.recipe.trainer
         opts = trainer_options(self.cfg, trainer)
-        defaults = trainer_fields(config_class(trainer))
+        defaults = trainer_fields(get_trainer(trainer).config)
         o = defaults | opts
         batch = o["per_device_train_batch_size"] * o["gradient_accumulation_steps"]  # rows an optimizer step takes
         samples = rows.get(kind, 0) * self.recipe.samples_per_row(opts, defaults)
@@ -314,13 +314,9 @@ class LoopRunner:
             self.say(f"round {r}: no {kind} to train on; the policy is unchanged")
             info["model"] = model
         else:
-            from sharpen.train.dpo import train_dpo
-            from sharpen.train.grpo import train_grpo
-            from sharpen.train.sft import train_sft
-
             cfg = make_config(trainer, "train", model=model, data=str(train_data), output_dir=str(d / "policy"), **opts)
             with self._status(f"round {r}: {self.recipe.describe(rows[kind], cfg)}, {steps} steps"):
-                info["model"] = str({"dpo": train_dpo, "sft": train_sft, "grpo": train_grpo}[trainer](cfg))
+                info["model"] = str(get_trainer(trainer).train(cfg))
             info |= self.recipe.train_record(d / "policy")
         atomic_write_json(d / "summary.json", info)
         return {"artifacts": {"model": str(Path(info["model"]).relative_to(self.run))} if info["model"] != model else {},

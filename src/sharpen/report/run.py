@@ -11,6 +11,7 @@ from typing import Any
 
 from sharpen.core.errors import ConfigError
 from sharpen.core.io import atomic_write_bytes, atomic_write_text, read_jsonl
+from sharpen.report.training import draw_training, round_logs, training_table
 from sharpen.search.credit import is_verifier_spec
 
 
@@ -28,13 +29,16 @@ def _json(path: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: not valid JSON ({why}) (fix: restore the file, or rerun the run into a new --out)") from None
 
 
-def collect_facts(run: Path) -> dict[str, Any]:
+def collect_facts(run: Path, unused: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What the report shows, read from the run dir; `unused`: dotted config fields the recipe never
+    reads (left out of the config shown)."""
     run = Path(run)
     if not (run / "manifest.json").exists():
         raise ConfigError(f"{run} is not a run directory: no manifest.json (fix: pass runs/<name>)")
     facts: dict[str, Any] = {"run": str(run), "rounds": []}
     cfg = run / "config.yaml"
-    facts["config"] = cfg.read_text() if cfg.exists() else ""
+    facts["config"] = without_fields(cfg.read_text(), unused) if cfg.exists() else ""
+    facts["unused"] = list(unused)
     for r in _rounds(run):
         rd = run / f"round-{r}"
         entry: dict[str, Any] = {"round": r, "eval": _json(rd / "eval" / "metrics.json")}
@@ -42,11 +46,34 @@ def collect_facts(run: Path) -> dict[str, Any]:
         entry["data"] = _json(rd / "data" / "summary.json")
         entry["train"] = _json(rd / "train" / "summary.json")
         facts["rounds"].append(entry)
+    facts["training"] = training_table(round_logs(run, _rounds(run)))
     facts["paired"] = _json(run / "paired.json")
     stages = (_json(run / "manifest.json") or {}).get("stages", {})
     facts["stage_seconds"] = {name: st["finished"] - st["started"] for name, st in stages.items()
                               if st.get("finished") and st.get("started")}
     return facts
+
+
+def without_fields(config_text: str, fields: tuple[str, ...]) -> str:
+    """The YAML config without the dotted `fields` (a whole section when every key is dropped)."""
+    if not fields:
+        return config_text
+    import yaml
+
+    try:
+        data = yaml.safe_load(config_text)
+    except yaml.YAMLError:
+        return config_text
+    if not isinstance(data, dict):
+        return config_text
+    for name in fields:
+        *path, last = name.split(".")
+        node = data
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return yaml.safe_dump({k: v for k, v in data.items() if v != {}}, sort_keys=False)
 
 
 def _collect_monitors(m: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -62,7 +89,8 @@ def _collect_monitors(m: dict[str, Any] | None) -> dict[str, Any] | None:
     return m
 
 
-def _plot_png(draw) -> bytes:
+def plot_png(draw) -> bytes:
+    """One matplotlib figure as PNG bytes: `draw(ax)` fills its axes."""
     import io
 
     import matplotlib
@@ -98,9 +126,11 @@ def _accuracy_vs_tokens(run: Path, r: int) -> tuple[list[float], list[float]] | 
     return (xs, ys) if xs else None
 
 
-def write_report(run: str | Path) -> Path:
+def write_report(run: str | Path, unused: tuple[str, ...] = ()) -> Path:
+    """report.md, report.html and plots/ of a run dir; `unused`: config fields its recipe never reads
+    (the recipe's `unused`), left out of the config shown."""
     run = Path(run)
-    facts = collect_facts(run)
+    facts = collect_facts(run, unused)
     rounds = [e for e in facts["rounds"] if e["eval"]]
     plots: dict[str, bytes] = {}
     if rounds:
@@ -119,7 +149,7 @@ def write_report(run: str | Path) -> Path:
             ax.set_xticks(xs)
             ax.legend()
 
-        plots["accuracy_per_round.png"] = _plot_png(acc)
+        plots["accuracy_per_round.png"] = plot_png(acc)
         first, last = rounds[0]["round"], rounds[-1]["round"]
         before, after = _accuracy_vs_tokens(run, first), _accuracy_vs_tokens(run, last)
         # a curve needs sampled points (pass@k): greedy alone is one dot per round, no trade-off
@@ -133,7 +163,7 @@ def write_report(run: str | Path) -> Path:
                 ax.set_ylabel("accuracy (greedy, then pass@k)")
                 ax.legend()
 
-            plots["accuracy_vs_tokens.png"] = _plot_png(avt)
+            plots["accuracy_vs_tokens.png"] = plot_png(avt)
     data_rounds = [e for e in facts["rounds"] if e["data"]]
     if data_rounds:
 
@@ -147,7 +177,10 @@ def write_report(run: str | Path) -> Path:
             ax.set_ylabel("rows")
             ax.legend()
 
-        plots["data_counts.png"] = _plot_png(counts)
+        plots["data_counts.png"] = plot_png(counts)
+    logs = round_logs(run, _rounds(run))
+    if logs:
+        plots["training_per_step.png"] = plot_png(draw_training(logs))
     for name, png in plots.items():
         atomic_write_bytes(run / "plots" / name, png)
     md = render_markdown(facts, list(plots))
@@ -214,6 +247,8 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
             if auroc:
                 cells.append(fmt(c.get("exploitation_auroc")) or "n/a")
             lines.append("| " + " | ".join(cells) + " |")
+    if len(facts.get("training") or []) > 1:
+        lines += ["", "## Training (TRL's log, mean over each round's steps)", "", *md_table(facts["training"])]
     times = facts.get("stage_seconds") or {}
     if times:
         lines += ["", "## Stage times (wall seconds of the attempt that finished each stage)", "",
@@ -222,7 +257,10 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
         lines.append(f"| all stages | {sum(times.values()):.0f} |")
     for name in plot_names:
         lines += ["", f"![{name}](plots/{name})"]
-    lines += ["", "## Config", "", "```yaml", facts["config"].rstrip(), "```", ""]
+    lines += ["", "## Config", ""]
+    if facts.get("unused"):
+        lines += [f"Left out (the recipe does not use them): {', '.join(facts['unused'])}.", ""]
+    lines += ["```yaml", facts["config"].rstrip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -233,6 +271,10 @@ def render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
         f"<figcaption>{html.escape(n)}</figcaption></figure>"
         for n, png in plots.items()
     )
+    training = (f"<h2>Training (TRL's log, mean over each round's steps)</h2>{html_table(facts['training'])}"
+                if len(facts.get("training") or []) > 1 else "")
+    left_out = (f"<p>Left out (the recipe does not use them): {html.escape(', '.join(facts['unused']))}.</p>"
+                if facts.get("unused") else "")
     p = facts.get("paired")
     paired = (
         f"<p>Greedy accuracy change, round {p['from_round']} &rarr; {p['to_round']}: <b>{p['delta']:+.3f}</b> "
@@ -245,7 +287,7 @@ def render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block;margin:8px}"
         "pre{background:#f6f6f6;padding:8px}</style></head><body>"
         f"<h1>sharpen run</h1><p>{html.escape(facts['run'])}</p><h2>Held-out results per round</h2>{table}{paired}"
-        f"<h2>Plots</h2>{imgs}<h2>Config</h2><pre>{html.escape(facts['config'])}</pre></body></html>"
+        f"{training}<h2>Plots</h2>{imgs}<h2>Config</h2>{left_out}<pre>{html.escape(facts['config'])}</pre></body></html>"
     )
 
 

@@ -252,7 +252,7 @@ class LockstepBatcher:
         """Sampling calls as one `backend.continuous` decode: a search whose rows are done goes on at
         once, and its next call (or a new search's first) joins the running decode; a call of another
         kind or other settings stops the joining and waits for the decode to end."""
-        from sharpen.backends.hf import RowJob
+        from sharpen.backends.hf_continuous import RowJob
 
         key = ("generate", params)
         open_jobs: dict[int, RowJob] = {}

@@ -28,6 +28,15 @@ def label_terminals(process: Any, tree: Tree) -> None:
     tree.correct = bool(process.verify(tree, tree.answer))
 
 
+def search_tree(entry: Any, options: Any, process: Any, scorer: Any, problem: Problem, budget: int, seed: int,
+                scorer_spec: str | None) -> Tree:
+    """One problem searched by the algorithm `entry` (a registry `AlgorithmEntry`) with its typed
+    `options`; the tree records `scorer_spec` when the algorithm uses a scorer. No ground truth is read."""
+    tree = entry.fn(process, scorer, problem, budget, seed=seed, **options.model_dump())
+    tree.scorer = scorer_spec if entry.needs_scorer else None
+    return tree
+
+
 def search_problems(
     process: Any,
     scorer: Any,
@@ -36,7 +45,7 @@ def search_problems(
     budget: int,
     seed: int = 0,
     out_jsonl: str | Path | None = None,
-    algo_args: dict[str, Any] | None = None,
+    algo_args: Any = None,
     on_progress: Callable[[int], None] | None = None,
     parallel: int = 1,
     split: str | None = None,
@@ -48,13 +57,17 @@ def search_problems(
     `parallel` > 1 searches that many problems at once with lockstep batching (LM processes
     only); a problem's tree does not depend on which problems share its batches. `batch_meter` (a
     `UsageMeter`) gets the batches' own usage: what sharing prefills saved, as `cached_tokens`,
-    counted once for a batch rather than in any tree."""
+    counted once for a batch rather than in any tree. `algo_args`: the algorithm's options, raw (a
+    dict) or typed (its `Options`, as a `SearchSpec` holds them)."""
     from sharpen.core.tasks import split_of
-    from sharpen.search.registry import get_algorithm
+    from sharpen.search.registry import Options, check_counts, get_algorithm
 
     entry = get_algorithm(algo)
-    options = entry.parse(algo_args, budget).model_dump()  # a typo or a count over the budget fails here, before any work
-    fn = entry.fn
+    if isinstance(algo_args, entry.options):
+        options: Options = algo_args
+        check_counts(options, f"algorithm {algo}", budget)
+    else:  # a typo or a count over the budget fails here, before any work
+        options = entry.parse(algo_args, budget)
     spec = scorer_spec if scorer_spec is not None else getattr(scorer, "name", None)
     done: dict[str, Tree] = {}
     if out_jsonl is not None and Path(out_jsonl).exists():
@@ -66,9 +79,7 @@ def search_problems(
         parallel = 1
 
     def search_one(p: Problem, proc: Any, sc: Any) -> Tree:
-        s = problem_seed(seed, p.id)
-        tree = fn(proc, sc, p, budget, seed=s, **options)
-        tree.scorer = spec if entry.needs_scorer else None
+        tree = search_tree(entry, options, proc, sc, p, budget, problem_seed(seed, p.id), spec)
         tree.split = split or split_of(p.question)
         label_terminals(proc, tree)
         return tree

@@ -53,23 +53,21 @@ class Worker:
         self.task = load_task(task, **task_args)
         self.searcher: tuple[Any, Any, Any] | None = None  # (its spec, process, scorer)
 
-    def search(self, problems: list[dict], settings: dict, scorer: str | None, collect: bool, strict_answers: bool,
-               algo: str, budget: int, seed: int, options: dict, split: str | None) -> tuple[list[dict], dict]:
+    def search(self, problems: list[dict], spec: dict, seed: int, split: str | None) -> tuple[list[dict], dict]:
+        """`execute` of the `SearchSpec` whose `model_dump()` is `spec` (validated again here) over
+        `problems`, searched together as one lockstep group."""
         from sharpen.core.tasks import Problem
-        from sharpen.search.collect import search_problems
-        from sharpen.search.process import SearchSettings
-        from sharpen.search.scorers import make_scorer
-        from sharpen.search.spec import make_process
+        from sharpen.search.spec import SearchSpec, execute
 
-        spec = (settings, scorer, collect, strict_answers)
-        if self.searcher is None or self.searcher[0] != spec:
-            process = make_process(self.backend, self.task, SearchSettings(**settings), strict_answers=strict_answers)
-            self.searcher = (spec, process, make_scorer(scorer, process, collect=collect))
+        the_spec = SearchSpec.model_validate(spec)
+        key = (the_spec.settings, the_spec.scorer, the_spec.collect, the_spec.strict_answers)
+        if self.searcher is None or self.searcher[0] != key:
+            process = the_spec.process(self.backend, self.task)
+            self.searcher = (key, process, the_spec.make_scorer(process))
         _, process, the_scorer = self.searcher
         group = [Problem(**p) for p in problems]
         before = self.backend.meter.snapshot()
-        trees = search_problems(process, the_scorer, algo, group, budget, seed=seed, algo_args=options,
-                                parallel=len(group), split=split, scorer_spec=scorer)
+        trees = execute(the_spec, process, group, the_scorer, seed=seed, parallel=len(group), split=split)
         return [t.to_dict() for t in trees], (self.backend.meter.snapshot() - before).to_dict()
 
     def evaluate(self, problems: list[dict], cfg: dict) -> tuple[list[dict], dict]:
@@ -215,27 +213,25 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def search_on_ray(address: str, actors: int, model: str, task: str, task_args: dict, settings: Any,
-                  scorer: str | None, collect: bool, algo: str, problems: list, budget: int, seed: int,
-                  options: dict, split: str | None, out_jsonl: str | Path | None,
+def search_on_ray(address: str, actors: int, model: str, task: str, task_args: dict, spec: Any, problems: list,
+                  seed: int, split: str | None, out_jsonl: str | Path | None,
                   on_progress: Callable[[int], None] | None = None, actor_cpus: float = 1.0, *,
-                  backend_seed: int | None = None, backend_options: dict | None = None,
-                  strict_answers: bool = False) -> list:
-    """Search `problems` on `actors` Ray actors (see the module docstring) in groups of
-    `settings.parallel`; returns the trees in problem order and appends them to `out_jsonl`
+                  backend_seed: int | None = None, backend_options: dict | None = None) -> list:
+    """`sharpen.search.spec.execute` of `spec` (a `SearchSpec`, sent to the actors as its
+    `model_dump()`) over `problems` on `actors` Ray actors (see the module docstring), in groups of
+    `spec.settings.parallel`; returns the trees in problem order and appends them to `out_jsonl`
     (problems already there are skipped). The backends are seeded with `backend_seed` (default
-    `seed`) and built with `max_batch=settings.batch` and `backend_options`."""
+    `seed`) and built with `max_batch=spec.settings.batch` and `backend_options`."""
     from sharpen.core.tree import Tree
-    from sharpen.search.process import SearchSettings
 
-    s = SearchSettings(**{k: getattr(settings, k) for k in SearchSettings.model_fields}).model_dump()
+    dump = spec.model_dump()
     worker = (model, seed if backend_seed is None else backend_seed,
-              {"max_batch": settings.batch, **(backend_options or {})}, task, task_args, _threads())
+              {"max_batch": spec.settings.batch, **(backend_options or {})}, task, task_args, _threads())
 
     def call(actor: Any, group: list[dict]) -> Any:
-        return actor.search.remote(group, s, scorer, collect, strict_answers, algo, budget, seed, options, split)
+        return actor.search.remote(group, dump, seed, split)
 
-    done, _ = run_groups(address, actors, worker, problems, settings.parallel, "problem_id", out_jsonl, call,
+    done, _ = run_groups(address, actors, worker, problems, spec.settings.parallel, "problem_id", out_jsonl, call,
                          on_progress, actor_cpus)
     return [Tree.from_dict(done[p.id]) for p in problems]
 

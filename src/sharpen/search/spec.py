@@ -1,10 +1,20 @@
-"""What a search is built from: a backend, a task and the language-model process over them."""
+"""What a search is built from (a backend, a task and the language-model process over them) and
+what it is asked to do: a `SearchSpec` (algorithm, scorer, budget, the algorithm's typed options,
+the process's settings), validated once, and `execute`, the one function that runs a spec over
+problems. `sharpen search`, `sharpen sweep`, a run's collect stage, the Ray workers and `sharpen
+serve` (one tree a request, `SearchSpec.tree`) all go through it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+
+from sharpen.core.errors import ConfigError
 from sharpen.search.process import SearchSettings
+from sharpen.search.registry import AlgorithmEntry, Options, check_counts, get_algorithm, parse_scorer
 
 
 def load_model(model: str = "smollm2-135m", seed: int = 0, **backend_options: Any):
@@ -29,3 +39,92 @@ def make_process(backend, task, settings: SearchSettings | None = None, strict_a
     return LMProcess(backend, task, temperature=s.temperature, step_tokens=s.step_tokens,
                      rollout_tokens=s.rollout_tokens, max_depth=s.max_depth, strict_answers=strict_answers,
                      merge_duplicates=s.merge_duplicates)
+
+
+class SearchSpec(BaseModel):
+    """One search, as every caller states it. Built from a dict (a caller's raw options, a YAML
+    section, an HTTP body, the `model_dump()` a Ray worker receives), `options` is validated into
+    the algorithm's own `Options` class, its row counts against `budget` (`AlgorithmEntry.parse`),
+    so options travel typed from here on. `SearchSpec.checked` adds the checks a request from a
+    user gets (budget, scorer grammar, a scorer that reads reference answers only with `collect`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str = Field(description="search algorithm (`sharpen algos` lists them)")
+    scorer: str | None = Field(None, description="the scorer as trees record it: a spec such as `rollout:2` "
+                               "(a server's: the name it was started with), None for none")
+    budget: int = Field(description="generated-token budget per problem")
+    options: SerializeAsAny[Options] = Field(default_factory=Options, description="the algorithm's options")
+    settings: SearchSettings = Field(default_factory=SearchSettings, description="how the process samples steps")
+    collect: bool = Field(False, description="training-data collection: scorers that read reference answers allowed")
+    strict_answers: bool = Field(False, description="only an `Answer:` line counts as an answer")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_options(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "algorithm" in data:
+            entry = get_algorithm(data["algorithm"])
+            raw = data.get("options")
+            if not isinstance(raw, entry.options):  # a typo or a count over the budget fails here, before any work
+                budget = data.get("budget")
+                data = {**data, "options": entry.parse(raw, budget if isinstance(budget, int) else None)}
+        return data
+
+    @classmethod
+    def checked(cls, algorithm: str, scorer: str | None, budget: int, options: dict[str, Any] | None = None,
+                settings: SearchSettings | None = None, collect: bool = False, strict_answers: bool = False,
+                drop_unused_scorer: bool = True) -> SearchSpec:
+        """A spec from a user's request, each problem a one-line ConfigError: the algorithm and its
+        options, the budget, the scorer (needed by the algorithm, well-formed, reference answers only
+        with `collect`). With `drop_unused_scorer`, an algorithm that needs no scorer gets none."""
+        entry = get_algorithm(algorithm)
+        typed = entry.parse(options, budget)
+        if budget < 1:
+            raise ConfigError("--budget must be >= 1 generated token (fix: e.g. --budget 512)")
+        if entry.needs_scorer and scorer in (None, "none"):
+            raise ConfigError(f"{algorithm} needs a scorer (fix: --scorer self, rollout, prm:<path>, or oracle with --collect)")
+        if scorer not in (None, "none"):
+            parsed = parse_scorer(scorer)
+            check_counts(parsed.options, f"scorer {parsed.name}", budget)
+            if parsed.entry.collect_only and not collect:
+                raise ConfigError(
+                    f"the {parsed.name} scorer reads reference answers, so it may only be used to collect training data "
+                    "(fix: pass --collect, which searches the training split, or choose another --scorer)")
+        if drop_unused_scorer and not entry.needs_scorer:
+            scorer = None
+        return cls(algorithm=algorithm, scorer=scorer, budget=budget, options=typed,
+                   settings=settings or SearchSettings(), collect=collect, strict_answers=strict_answers)
+
+    @property
+    def entry(self) -> AlgorithmEntry:
+        return get_algorithm(self.algorithm)
+
+    def process(self, backend: Any, task: Any) -> Any:
+        """The language-model process this spec searches: its settings and `strict_answers`."""
+        return make_process(backend, task, self.settings, strict_answers=self.strict_answers)
+
+    def make_scorer(self, process: Any) -> Any:
+        """This spec's scorer over `process` (None for none)."""
+        from sharpen.search.scorers import make_scorer
+
+        return make_scorer(self.scorer, process, collect=self.collect)
+
+    def tree(self, process: Any, scorer: Any, problem: Any, seed: int) -> Any:
+        """One problem searched (`sharpen.search.collect.search_tree`); no ground truth is read."""
+        from sharpen.search.collect import search_tree
+
+        return search_tree(self.entry, self.options, process, scorer, problem, self.budget, seed, self.scorer)
+
+
+def execute(spec: SearchSpec, process: Any, problems: list, scorer: Any = None, seed: int = 0,
+            out_jsonl: str | Path | None = None, on_progress: Callable[[int], None] | None = None,
+            split: str | None = None, batch_meter: Any = None, parallel: int | None = None) -> list:
+    """Search every problem with `spec` on `process` and `scorer` (`spec.make_scorer(process)`),
+    `parallel` problems at once (default `spec.settings.parallel`): `search_problems`, which labels
+    the trees, appends them to `out_jsonl` and resumes from it. Returns the trees in problem order."""
+    from sharpen.search.collect import search_problems
+
+    return search_problems(process, scorer, spec.algorithm, problems, spec.budget, seed=seed, out_jsonl=out_jsonl,
+                           algo_args=spec.options, on_progress=on_progress,
+                           parallel=spec.settings.parallel if parallel is None else parallel, split=split,
+                           scorer_spec=spec.scorer, batch_meter=batch_meter)

@@ -114,7 +114,8 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     from contextlib import nullcontext
 
     from sharpen.core.meter import UsageMeter
-    from sharpen.search.collect import search_metrics, search_problems
+    from sharpen.search.collect import search_metrics
+    from sharpen.search.spec import SearchSpec, execute
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,10 +151,9 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
             bar = progress(f"{algo}@{sc} {budget} tok" if sc else f"{algo} {budget} tok", len(problems)) if progress else nullcontext(None)
             batches = UsageMeter()  # the lockstep batches' own usage: what shared prefills saved
             with bar as advance:
-                trees = search_problems(process, scorers.get(sc), algo, problems, budget, seed=seed,
-                                        out_jsonl=d / "trees.jsonl", algo_args=(options or {}).get(algo, {}),
-                                        on_progress=advance, parallel=parallel, split=split, scorer_spec=sc,
-                                        batch_meter=batches)
+                spec = SearchSpec(algorithm=algo, scorer=sc, budget=budget, options=(options or {}).get(algo, {}))
+                trees = execute(spec, process, problems, scorers.get(sc), seed=seed, out_jsonl=d / "trees.jsonl",
+                                on_progress=advance, split=split, batch_meter=batches, parallel=parallel)
             m = search_metrics(trees, budget, batches.total) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl"),
                                                  "options": algo_options(algo, options)}
             right[_cell_key(m)] = [1.0 if t.correct else 0.0 for t in trees]

@@ -1,43 +1,66 @@
 """Trainers: thin translations of our configs into TRL / transformers `Trainer` (see common.py for
 the output layout).
 
-Each trainer's config is one dataclass, a subclass of TRL's or transformers' own
-(`dpo.DPOTrainConfig(DPOConfig)`, `sft.SFTTrainConfig(SFTConfig)`, `grpo.GRPOTrainConfig(GRPOConfig)`,
-`prm.PRMTrainConfig(TrainingArguments)`, each with `common.SharpenArgs` mixed in): the CLI's `--arg`, a run config's `train` section and the
-Python API all set its fields by their TRL names, and `make_config` checks them once.
+`TRAINERS` is the one table of trainers (name -> config class, train function) that the API, the
+CLI and the loop's recipes read. Each trainer's config is one dataclass, a subclass of TRL's or
+transformers' own (`dpo.DPOTrainConfig(DPOConfig)`, `sft.SFTTrainConfig(SFTConfig)`,
+`grpo.GRPOTrainConfig(GRPOConfig)`, `prm.PRMTrainConfig(TrainingArguments)`, each with
+`common.SharpenArgs` mixed in): the CLI's `--arg`, a run config's `train` section and the Python
+API all set its fields by their TRL names, and `make_config` checks them once.
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from sharpen.core.errors import ConfigError
 
-TRAINERS = ("dpo", "sft", "grpo", "prm")
+
+@dataclass(frozen=True)
+class Trainer:
+    """One trainer: its config class and its train function, both in `sharpen.train.<module>`,
+    which is imported on first use (it imports torch, transformers and TRL)."""
+
+    name: str
+    module: str
+    config_name: str
+    train_name: str
+    needs_data: bool = True
+    """False: trains without a built dataset (GRPO samples its own completions of a task's problems)."""
+
+    @property
+    def config(self) -> type:
+        return getattr(import_module(f"sharpen.train.{self.module}"), self.config_name)
+
+    def train(self, cfg: Any) -> Path:
+        """Train with `cfg` (an instance of `config`); returns the merged model dir."""
+        return getattr(import_module(f"sharpen.train.{self.module}"), self.train_name)(cfg)
+
+
+TRAINERS: dict[str, Trainer] = {t.name: t for t in (
+    Trainer("dpo", "dpo", "DPOTrainConfig", "train_dpo"),
+    Trainer("sft", "sft", "SFTTrainConfig", "train_sft"),
+    Trainer("grpo", "grpo", "GRPOTrainConfig", "train_grpo", needs_data=False),
+    Trainer("prm", "prm", "PRMTrainConfig", "train_prm"),
+)}
 # names people type for a TRL field (hints only: one name per option)
 HINTS = {"batch_size": "per_device_train_batch_size", "lr": "learning_rate", "epochs": "num_train_epochs",
          "precompute_ref": "precompute_ref_log_probs", "warmup": "warmup_steps", "full": "lora: false"}
 
 
-def config_class(kind: str) -> type:
+def get_trainer(kind: str) -> Trainer:
+    """The table's entry for `kind`; an unknown trainer is a one-line `ConfigError`."""
     if kind not in TRAINERS:
         raise ConfigError(f"unknown trainer {kind!r} (fix: one of {', '.join(TRAINERS)})")
-    if kind == "dpo":
-        from sharpen.train.dpo import DPOTrainConfig
+    return TRAINERS[kind]
 
-        return DPOTrainConfig
-    if kind == "sft":
-        from sharpen.train.sft import SFTTrainConfig
 
-        return SFTTrainConfig
-    if kind == "grpo":
-        from sharpen.train.grpo import GRPOTrainConfig
-
-        return GRPOTrainConfig
-    from sharpen.train.prm import PRMTrainConfig
-
-    return PRMTrainConfig
+def config_class(kind: str) -> type:
+    return get_trainer(kind).config
 
 
 def options_for(kind: str, options: dict[str, Any]) -> dict[str, Any]:

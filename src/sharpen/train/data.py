@@ -107,7 +107,7 @@ def render_prefix(tree: Tree, prefix_steps: Sequence[str]) -> str:
     return base_prompt(tree) + "".join(s + d for s in prefix_steps)
 
 
-def _to_dataset(rows: list[dict], features: Features) -> Dataset:
+def to_dataset(rows: list[dict], features: Features) -> Dataset:
     # column-wise, so an empty dataset still has its schema
     return Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
 
@@ -214,7 +214,7 @@ def step_pairs(
                         if key not in seen and _pairable(tree, vals, c, r, min_margin, key):
                             seen.add(key)
                             rows.append(_pair_row(tree, parent.id, c, r, vals, round, recipe))
-    return _to_dataset(rows, PAIR_FEATURES)
+    return to_dataset(rows, PAIR_FEATURES)
 
 
 def _correct_below(tree: Tree) -> tuple[dict[int, int], dict[int, int]]:
@@ -283,7 +283,7 @@ def step_dpo_pairs(
                 continue
             best = min(cands, key=lambda s: (-vals[s], -good[s], s))
             rows.append(_pair_row(tree, wrong.parent, best, wrong.id, vals, round, "step-dpo"))
-    return _to_dataset(rows, PAIR_FEATURES)
+    return to_dataset(rows, PAIR_FEATURES)
 
 
 def trace_completion(tree: Tree, node_id: int, rejected: bool = False) -> str:
@@ -339,7 +339,7 @@ def trace_pairs(trees: Iterable[Tree], per_problem: int = 1, round: int = 0) -> 
                 "round": round,
                 "recipe": "trace-pairs",
             })
-    return _to_dataset(rows, PAIR_FEATURES)
+    return to_dataset(rows, PAIR_FEATURES)
 
 
 def with_trace_pairs(pairs: Dataset, trees: Sequence[Tree], per_problem: int, round: int = 0) -> Dataset:
@@ -411,7 +411,7 @@ def step_labels(
                         "delimiter": delim,
                     }
                 )
-    return _to_dataset(rows, LABEL_FEATURES)
+    return to_dataset(rows, LABEL_FEATURES)
 
 
 def verified_traces(trees: Iterable[Tree], round: int = 0) -> Dataset:
@@ -440,7 +440,7 @@ def verified_traces(trees: Iterable[Tree], round: int = 0) -> Dataset:
                     "recipe": "verified-traces",
                 }
             )
-    return _to_dataset(rows, TRACE_FEATURES)
+    return to_dataset(rows, TRACE_FEATURES)
 
 
 def load_trees(path: str | os.PathLike) -> list[Tree]:

@@ -126,7 +126,7 @@ def auroc_with_ci(
 def score_last(prm_dir: str | Path, rows: list[dict], batch_size: int = 8) -> list[float]:
     """The PRM's score of each label row's step: its whole path (the prefix steps, then the step)
     scored in the row's context, the last value taken."""
-    from sharpen.search.prm import PRMModel
+    from sharpen.search.scorers.prm_model import PRMModel
 
     prm = PRMModel.load(prm_dir)
     scores = prm.score([prm.context_of(r["prompt"], r.get("question")) for r in rows],

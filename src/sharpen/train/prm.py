@@ -32,7 +32,7 @@ from transformers import TrainingArguments
 from sharpen.backends.models import resolve_model
 from sharpen.core.errors import ConfigError, TaskError
 from sharpen.core.io import atomic_write_json
-from sharpen.search.prm import (  # noqa: F401 - the format it trains in, re-exported
+from sharpen.search.scorers.prm_model import (  # noqa: F401 - the format it trains in, re-exported
     CONTEXTS,
     DELIMITER,
     PRM_FORMAT,

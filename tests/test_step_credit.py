@@ -1,0 +1,152 @@
+"""Per-token advantages of the grpo recipe's step-credit modes (sharpen.train.step_credit)."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from sharpen.train.step_credit import (
+    disagreement,
+    group_stats,
+    mc_step_advantages,
+    pav_step_advantages,
+    spread,
+    step_ends,
+    token_steps,
+)
+
+
+def test_tokens_are_cut_into_steps_at_the_delimiter():
+    pieces = ["2", "+", "3", "=5\n", "5", "+1=6", "\n", "Answer", ": 6"]
+    prefixes = ["".join(pieces[: j + 1]) for j in range(len(pieces))]
+    steps = token_steps(prefixes, "\n")
+    assert steps == [0, 0, 0, 0, 1, 1, 1, 2, 2]  # a token holding the delimiter ends its step
+    assert step_ends(steps) == [3, 6, 8]
+    # a token holding two delimiters ("\n\n") skips no step number
+    assert token_steps(["a", "a\n\n", "a\n\nb"], "\n") == [0, 0, 1]
+
+
+def test_mc_advantages_by_hand():
+    # V(s0) = 0.25 (the group's mean reward), V(s1) = 0.5, V(s2) not valued (cap), reward 1, scale 0.5
+    assert mc_step_advantages(0.25, [0.5, None], 1.0, 0.5) == [0.5, 1.0, 1.0]
+    # every inner state valued: the steps' advantages add up to the outcome advantage (r - mean) / scale
+    adv = mc_step_advantages(0.375, [0.75, 0.25, 0.5], 0.0, 0.5175)
+    assert adv == pytest.approx([(0.75 - 0.375) / 0.5175, -0.5 / 0.5175, 0.25 / 0.5175, -0.5 / 0.5175])
+    assert sum(adv) == pytest.approx((0.0 - 0.375) / 0.5175)
+    # one step: the outcome advantage itself
+    assert mc_step_advantages(0.5, [], 1.0, 0.5) == [1.0]
+
+
+def test_pav_advantages_by_hand():
+    # outcome 1.0, V_mu(s0) = 0.5, V_mu after each step 0.7, 0.2, 0.9; alpha 0.5, progress clipped to 0.3
+    assert pav_step_advantages(1.0, 0.5, [0.7, 0.2, 0.9], 0.5, 0.3) == pytest.approx([1.1, 0.85, 1.15])
+
+
+def test_tokens_get_their_steps_advantage():
+    assert spread([0.5, -1.0], [0, 0, 1, 1, 1], 7) == [0.5, 0.5, -1.0, -1.0, -1.0, 0.0, 0.0]
+
+
+def test_group_stats_follow_trl_and_leave_flat_groups_unscaled():
+    means, scales = group_stats([1, 0, 0, 0, 1, 1, 1, 1], 4)
+    assert means == [0.25] * 4 + [1.0] * 4
+    assert scales[0] == pytest.approx(0.5 + 1e-4) and scales[4] == 1.0  # stdev([1,0,0,0]) = 0.5
+    # a flat group still gets step credit: a step that lowered the chance of finishing right is negative
+    assert mc_step_advantages(1.0, [0.25], 1.0, 1.0) == [-0.75, 0.75]
+
+
+def test_disagreement_counts_steps_against_their_outcome():
+    assert disagreement([[0.5, -0.2], [0.0, -1.0], [0.3]], [1.0, -0.5, 0.0]) == pytest.approx(1 / 3)
+    assert disagreement([[0.0]], [1.0]) is None
+    assert not math.isnan(disagreement([[1.0]], [1.0]))
+
+
+TASK_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+
+
+def _cfg(tiny_model_dir, out, **kw):
+    """Two problems, two completions of at most 8 tokens each a step; a space ends a step, so the
+    tiny model's random text has several steps to credit."""
+    from sharpen.train.grpo import GRPOTrainConfig
+
+    base = dict(model=tiny_model_dir, output_dir=str(out), task="gym:chain_sum", task_args=TASK_ARGS, problems=2,
+                strict_answers=False, max_steps=2, save_steps=1, per_device_train_batch_size=4, num_generations=2,
+                max_completion_length=8, step_delimiter=" ", learning_rate=1e-3, logging_steps=1, seed=1)
+    return GRPOTrainConfig(**(base | kw))
+
+
+def _summary(out):
+    import json
+
+    return json.loads((out / "sharpen_train.json").read_text())["metrics"]
+
+
+def _logged(out, key):
+    import json
+
+    from sharpen.train.common import last_checkpoint
+
+    state = json.loads((Path(last_checkpoint(out)) / "trainer_state.json").read_text())
+    return [h[key] for h in state["log_history"] if key in h]
+
+
+def test_step_credit_settings_are_checked(tmp_path, tiny_model_dir):
+    from sharpen.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="advantage='vine' is not a mode"):
+        _cfg(tiny_model_dir, tmp_path / "a", advantage="vine")
+    with pytest.raises(ConfigError, match="credit_rollouts=0"):
+        _cfg(tiny_model_dir, tmp_path / "a", advantage="mc", credit_rollouts=0)
+    from sharpen.train.grpo import build_trainer
+
+    with pytest.raises(ConfigError, match="advantage=pav needs the prover"):
+        build_trainer(_cfg(tiny_model_dir, tmp_path / "a", advantage="pav"))
+    with pytest.raises(ConfigError, match="sampler=sharpen"):
+        build_trainer(_cfg(tiny_model_dir, tmp_path / "a", advantage="mc", sampler="trl"))
+
+
+def test_mc_round_meters_its_rollouts_and_stops_at_the_cap(tmp_path, tiny_model_dir):
+    """A real round of advantage=mc on the tiny model: the rollouts' tokens are generated tokens, the
+    cap covers completions and rollouts together, and a cap too small for every boundary's rollouts
+    leaves some boundaries unvalued instead of passing it."""
+    from sharpen.train.grpo import train_grpo
+
+    out = tmp_path / "free"
+    train_grpo(_cfg(tiny_model_dir, out, advantage="mc", credit_rollouts=2))
+    free = _summary(out)
+    assert free["advantage"] == "mc" and free["credit_tokens"] > 0
+    assert free["generated_tokens"] == free["usage"]["generated_tokens"] > free["credit_tokens"]
+    assert _logged(out, "step_credit/rollout_tokens") and all(v == 1.0 for v in _logged(out, "step_credit/valued"))
+
+    out = tmp_path / "capped"  # one generation's worst case (4 x 8) and one token more: no room for rollouts
+    train_grpo(_cfg(tiny_model_dir, out, advantage="mc", credit_rollouts=2, token_budget=33))
+    capped = _summary(out)
+    assert capped["steps"] == 1 and 0 < capped["generated_tokens"] <= 33
+    assert _logged(out, "step_credit/valued") == [0.0] and capped["credit_tokens"] == 0
+
+
+def test_pav_round_reads_the_prover(tmp_path, tiny_model_dir):
+    from conftest import changed_tensors, random_prm
+
+    from sharpen.train.grpo import train_grpo
+
+    prover = random_prm(tmp_path / "prover", tiny_model_dir)
+    out = tmp_path / "pav"
+    merged = train_grpo(_cfg(tiny_model_dir, out, advantage="pav", credit_prover=prover, credit_alpha=1.0))
+    s = _summary(out)
+    assert s["advantage"] == "pav" and s["credit_tokens"] == 0 and s["usage"]["verifier_tokens"] > 0
+    assert changed_tensors(tiny_model_dir, str(merged)), "pav credit moved nothing (a random prover differs by step)"
+
+
+def test_a_resumed_mc_round_equals_an_uninterrupted_one(tmp_path, tiny_model_dir):
+    from sharpen.train.grpo import train_grpo
+
+    whole = tmp_path / "whole"
+    train_grpo(_cfg(tiny_model_dir, whole, advantage="mc", credit_rollouts=2, max_steps=2))
+    cut = tmp_path / "cut"
+    train_grpo(_cfg(tiny_model_dir, cut, advantage="mc", credit_rollouts=2, max_steps=1))
+    train_grpo(_cfg(tiny_model_dir, cut, advantage="mc", credit_rollouts=2, max_steps=2))
+    a, b = _summary(whole), _summary(cut)
+    assert b["resumed_from"].endswith("checkpoint-1")
+    for key in ("generated_tokens", "credit_tokens", "completions", "steps"):
+        assert a[key] == b[key], key
+    assert _logged(whole, "step_credit/rollout_tokens") == _logged(cut, "step_credit/rollout_tokens")
