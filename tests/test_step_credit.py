@@ -124,6 +124,7 @@ def test_mc_round_meters_its_rollouts_and_stops_at_the_cap(tmp_path, tiny_model_
     assert _logged(out, "step_credit/valued") == [0.0] and capped["credit_tokens"] == 0
 
 
+@pytest.mark.slow  # a third tiny training run; `pytest -m slow` runs it
 def test_pav_round_reads_the_prover(tmp_path, tiny_model_dir):
     from conftest import changed_tensors, random_prm
 
@@ -137,6 +138,7 @@ def test_pav_round_reads_the_prover(tmp_path, tiny_model_dir):
     assert changed_tensors(tiny_model_dir, str(merged)), "pav credit moved nothing (a random prover differs by step)"
 
 
+@pytest.mark.slow  # three tiny training runs; `pytest -m slow` runs it
 def test_a_resumed_mc_round_equals_an_uninterrupted_one(tmp_path, tiny_model_dir):
     from sharpen.train.grpo import train_grpo
 

@@ -7,13 +7,13 @@ recorded in one `UsageMeter`. HF specifics stay in `hf.py`.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sharpen.core.meter import UsageMeter
+from sharpen.core.seeding import derive_seed
 
 FinishReason = Literal["step", "answer", "eos", "length"]
 
@@ -128,12 +128,8 @@ class LocalTokenizer:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (order matters): independent streams for (tree seed, call, row)."""
-    h = hashlib.blake2b(digest_size=8)
-    for p in parts:
-        h.update(int(p).to_bytes(16, "little", signed=True))
-    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
+mix_seed = derive_seed
+"""Independent streams for (tree seed, call, row): `sharpen.core.seeding.derive_seed`."""
 
 
 def prompt_seeds(params: SamplingParams, n_prompts: int, seeds: Sequence[int] | None,

@@ -10,11 +10,19 @@ a learned verifier (a PRM, an implicit PRM's two models), so no algorithm hides 
 `prompt_tokens` counts every row's prompt, what a call costs with nothing shared, so a search's
 count does not depend on what it shared a call with; `cached_tokens` is the part of them that was
 not computed (a prefix shared by a call's rows prefilled once, a server's prefix cache).
+
+A non-language process counts its own units beside them: `nfe`, denoiser forward passes of one row
+each (a diffusion process's compute unit), and `reward_calls`, reward-model evaluations of one sample.
+Both are left out of `Usage.to_dict()` while zero, so the usage a language-model search writes is
+unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
+OPTIONAL_FIELDS = ("nfe", "reward_calls")
+"""Fields `Usage.to_dict()` writes only when non-zero."""
 
 
 @dataclass
@@ -27,6 +35,10 @@ class Usage:
     cached_tokens: int = 0
     """The part of `prompt_tokens` not computed: a prefix shared by a call's rows prefilled once, or
     what a server says it served from its prefix cache."""
+    nfe: int = 0
+    """Denoiser forward passes, one per row (a diffusion process's compute unit)."""
+    reward_calls: int = 0
+    """Reward-model evaluations, one per sample scored."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Usage)))
@@ -40,7 +52,12 @@ class Usage:
         return self.prompt_tokens + self.generated_tokens
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, less `nfe` and `reward_calls` while they are zero."""
+        d = asdict(self)
+        for key in OPTIONAL_FIELDS:
+            if not d[key]:
+                del d[key]
+        return d
 
 
 class UsageMeter:
@@ -50,9 +67,9 @@ class UsageMeter:
         self.total = Usage()
 
     def record(self, prompt_tokens: int, generated_tokens: int, seconds: float, calls: int = 1,
-               verifier_tokens: int = 0, cached_tokens: int = 0) -> None:
+               verifier_tokens: int = 0, cached_tokens: int = 0, nfe: int = 0, reward_calls: int = 0) -> None:
         self.total = self.total + Usage(prompt_tokens, generated_tokens, calls, seconds, verifier_tokens,
-                                        cached_tokens)
+                                        cached_tokens, nfe, reward_calls)
 
     def snapshot(self) -> Usage:
         return Usage(**asdict(self.total))

@@ -35,6 +35,7 @@ from sharpen.search.scorers.prm import PRMOptions, PRMScorer, prm_text
 from sharpen.search.scorers.pav import ProgressOptions, ProgressScorer
 from sharpen.search.scorers.implicit import ImplicitOptions, ImplicitPRMScorer
 from sharpen.search.scorers.distance import DistanceOptions
+from sharpen.search.scorers import digits  # noqa: F401  (registers x0-reward and mc-reward)
 
 # isort: on
 from sharpen.search.process import Process
