@@ -51,6 +51,27 @@ def call_batched(process: Process, key, fn, items: list) -> list:
     return batched(key, fn, items) if batched else fn(items)
 
 
+class ForkableScorer:
+    """`bind(process)`: the same scorer on another process (one search's fork under lockstep batching)."""
+
+    process: Process
+
+    def bind(self, process: Process):
+        import copy
+
+        s = copy.copy(self)
+        s.process = process
+        return s
+
+
+def rollouts_cost(k: int, process: Process, terminal: bool, budget: Budget | None = None) -> float:
+    """What scoring a node by `k` rollouts to the end is expected to cost (nothing for a terminal)."""
+    if terminal:
+        return 0
+    row = process.rollout_tokens
+    return k * (budget.expected("answer", row) if budget is not None else row)
+
+
 def unscored(tree: Tree, node_ids: list[int]) -> list[int]:
     """The nodes of `node_ids` without a score yet, each once, in their first order."""
     return list(dict.fromkeys(n for n in node_ids if tree.nodes[n].score is None))

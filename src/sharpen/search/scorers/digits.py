@@ -12,7 +12,6 @@ Values are probabilities, in [0, 1]. Both work only on a `DenoiseProcess`.
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar
 
 from pydantic import Field
@@ -24,7 +23,7 @@ from sharpen.search.denoise import DenoiseProcess
 from sharpen.search.process import Process
 from sharpen.search.registry import MAX_ROWS, Options
 from sharpen.search.registry import scorer as register_scorer
-from sharpen.search.scorers.common import Scorer, unscored
+from sharpen.search.scorers.common import ForkableScorer, Scorer, rollouts_cost, unscored
 
 
 def _check(process: Process, name: str) -> DenoiseProcess:
@@ -37,18 +36,13 @@ def _clip(v: float) -> float:
     return min(1.0, max(0.0, float(v)))
 
 
-class X0RewardScorer:
+class X0RewardScorer(ForkableScorer):
     """The reward of the predicted x_0 (posterior mean) at each node: one NFE per inner node."""
 
     name = "x0-reward"
 
     def __init__(self, process: DenoiseProcess):
         self.process = process
-
-    def bind(self, process: DenoiseProcess) -> X0RewardScorer:
-        s = copy.copy(self)
-        s.process = process
-        return s
 
     def cost(self, terminal: bool, budget: Budget | None = None) -> float:
         if terminal:
@@ -65,7 +59,7 @@ class X0RewardScorer:
         return [tree.nodes[n].score for n in node_ids]
 
 
-class MCRewardScorer:
+class MCRewardScorer(ForkableScorer):
     """The mean reward of k denoisings of each node to x_0."""
 
     name = "mc-reward"
@@ -74,16 +68,8 @@ class MCRewardScorer:
         self.process = process
         self.k = k
 
-    def bind(self, process: DenoiseProcess) -> MCRewardScorer:
-        s = copy.copy(self)
-        s.process = process
-        return s
-
     def cost(self, terminal: bool, budget: Budget | None = None) -> float:
-        if terminal:
-            return 0
-        row = self.process.rollout_tokens
-        return self.k * (budget.expected("answer", row) if budget is not None else row)
+        return rollouts_cost(self.k, self.process, terminal, budget)
 
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = unscored(tree, node_ids)

@@ -13,7 +13,7 @@ from sharpen.core.tree import Tree
 from sharpen.search.process import Process
 from sharpen.search.registry import MAX_ROWS, Options
 from sharpen.search.registry import scorer as register_scorer
-from sharpen.search.scorers.common import Scorer, unscored
+from sharpen.search.scorers.common import ForkableScorer, Scorer, rollouts_cost, unscored
 
 
 def majority_share(keys: list[str | None]) -> float:
@@ -22,7 +22,7 @@ def majority_share(keys: list[str | None]) -> float:
     return counts.most_common(1)[0][1] / len(keys) if counts and keys else 0.0
 
 
-class RolloutScorer:
+class RolloutScorer(ForkableScorer):
     """Monte Carlo value without ground truth from k completions of the node.
 
     `pool=False`: value = share of the k completions agreeing with their own majority answer; a
@@ -40,19 +40,8 @@ class RolloutScorer:
         self.k = k
         self.pool = pool
 
-    def bind(self, process: Process) -> RolloutScorer:
-        """The same scorer on another process (one search's fork under lockstep batching)."""
-        import copy
-
-        s = copy.copy(self)
-        s.process = process
-        return s
-
     def cost(self, terminal: bool, budget: Budget | None = None) -> float:
-        if terminal:
-            return 0
-        row = self.process.rollout_tokens
-        return self.k * (budget.expected("answer", row) if budget is not None else row)
+        return rollouts_cost(self.k, self.process, terminal, budget)
 
     def score(self, tree: Tree, node_ids: list[int], budget: Budget | None = None) -> list[float | None]:
         todo = unscored(tree, node_ids)
