@@ -188,6 +188,7 @@ def test_mcts_with_policy_priors_on_a_server_without_logprobs_is_a_one_line_erro
     assert r.returncode == 2 and "priors=uniform" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # 35 s idle: a server started, killed and started again; `pytest -m slow` runs it
 def test_a_server_killed_mid_run_gives_an_error_and_the_run_resumes(tiny_model_dir, tmp_path):
     s = TransformersServer(tiny_model_dir, tmp_path / "serve.log").start()
     args = ["search", "--model", s.spec + ";retries=1;timeout=20", "--algo", "vote", *TASK, "--n", "30",

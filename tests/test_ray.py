@@ -27,6 +27,7 @@ def sharpen(args, cwd):
                           timeout=900)
 
 
+@pytest.mark.slow  # the longest tests of the suite (90 s / 45 s idle); `pytest -m slow` runs them
 def test_ray_actors_give_the_trees_of_one_process_byte_for_byte(tmp_path):
     common = ["search", "--model", "smollm2-135m", "--algo", "mcts", "--scorer", "rollout", "--arg", "k=2", *TASK,
               "--n", "4", "--budget", "24", "--step-tokens", "12", "--rollout-tokens", "16", "--max-depth", "4",
@@ -175,6 +176,7 @@ def test_run_config_cluster_section(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # the longest tests of the suite (90 s / 45 s idle); `pytest -m slow` runs them
 def test_run_on_ray_collects_and_evaluates_as_one_process(tmp_path, tiny_model_dir):
     import yaml
 
