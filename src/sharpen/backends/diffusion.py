@@ -21,12 +21,15 @@ chunks (so a row's output does not depend on which rows share its call) and the 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sharpen.core.errors import ModelError
 from sharpen.core.io import atomic_dir
+from sharpen.core.threads import torch_threads
 
 DIGITS_DDPM = "digits-ddpm"
 IMAGE_SHAPE = (1, 8, 8)
@@ -100,27 +103,21 @@ def build_unet(s: DigitsSettings) -> Any:
     )
 
 
-class _Deterministic:
+@contextmanager
+def _deterministic(threads: int) -> Iterator[None]:
     """Within: `threads` torch threads and deterministic algorithms; both restored on exit."""
+    import torch
 
-    def __init__(self, threads: int):
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
-        torch.set_num_threads(self.threads)
+    saved = torch.are_deterministic_algorithms_enabled()
+    with torch_threads(threads):
         try:
             torch.use_deterministic_algorithms(True)
         except RuntimeError:  # a build that refuses: the fixed seeds and thread count still hold
             pass
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        torch.set_num_threads(self.saved[0])
-        torch.use_deterministic_algorithms(self.saved[1])
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(saved)
 
 
 def train_denoiser(s: DigitsSettings, x: Any) -> tuple[Any, Any, float]:
@@ -131,7 +128,7 @@ def train_denoiser(s: DigitsSettings, x: Any) -> tuple[Any, Any, float]:
     import torch
     from diffusers import DDPMScheduler
 
-    with _Deterministic(s.threads), torch.random.fork_rng(devices=[]):
+    with _deterministic(s.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         unet = build_unet(s)
         ema = copy.deepcopy(unet).requires_grad_(False)
@@ -219,15 +216,8 @@ class DigitsDiffusion:
         """The predicted noise for images `x` (B, 1, 8, 8) at integer timesteps `t` (B,)."""
         import torch
 
-        out = []
-        saved = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.no_grad():
-                out = [self._chunk(x[i:i + self.chunk], t[i:i + self.chunk]) for i in range(0, len(x), self.chunk)]
-        finally:
-            torch.set_num_threads(saved)
+        with torch_threads(self.threads), torch.no_grad():
+            out = [self._chunk(x[i:i + self.chunk], t[i:i + self.chunk]) for i in range(0, len(x), self.chunk)]
         return torch.cat(out) if out else x.new_zeros((0, *IMAGE_SHAPE))
 
     def _chunk(self, xs: Any, ts: Any) -> Any:

@@ -60,17 +60,12 @@ class LoopRunner:
 
     # -- driver ----------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
-        import torch
+        from sharpen.core.threads import torch_threads
 
-        before = torch.get_num_threads()
-        if self.cfg.threads is not None:
-            torch.set_num_threads(self.cfg.threads)
-        try:
-            self.manifest.data.setdefault("threads", []).append(torch.get_num_threads())  # one entry per (re)start
+        with torch_threads(self.cfg.threads) as threads:
+            self.manifest.data.setdefault("threads", []).append(threads)  # one entry per (re)start
             self.manifest.save()
             return self._run_all()
-        finally:
-            torch.set_num_threads(before)
 
     def _run_all(self) -> dict[str, Any]:
         self._stage("round-0/eval", lambda: self.evaluate(0, self.cfg.model))

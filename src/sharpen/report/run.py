@@ -46,7 +46,8 @@ def collect_facts(run: Path, unused: tuple[str, ...] = ()) -> dict[str, Any]:
         entry["data"] = _json(rd / "data" / "summary.json")
         entry["train"] = _json(rd / "train" / "summary.json")
         facts["rounds"].append(entry)
-    facts["training"] = training_table(round_logs(run, _rounds(run)))
+    facts["training_logs"] = round_logs(run, _rounds(run))  # TRL's per-step log of each round that trained online
+    facts["training"] = training_table(facts["training_logs"])
     facts["paired"] = _json(run / "paired.json")
     stages = (_json(run / "manifest.json") or {}).get("stages", {})
     facts["stage_seconds"] = {name: st["finished"] - st["started"] for name, st in stages.items()
@@ -178,9 +179,8 @@ def write_report(run: str | Path, unused: tuple[str, ...] = ()) -> Path:
             ax.legend()
 
         plots["data_counts.png"] = plot_png(counts)
-    logs = round_logs(run, _rounds(run))
-    if logs:
-        plots["training_per_step.png"] = plot_png(draw_training(logs))
+    if facts["training_logs"]:
+        plots["training_per_step.png"] = plot_png(draw_training(facts["training_logs"]))
     for name, png in plots.items():
         atomic_write_bytes(run / "plots" / name, png)
     md = render_markdown(facts, list(plots))

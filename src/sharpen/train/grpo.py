@@ -407,11 +407,9 @@ class PRMReward:
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
         from sharpen.search.scorers import aggregate
+        from sharpen.train.step_credit import prm_contexts
 
-        rendered = [self.prm.context_of(p, None) if isinstance(p, str) else
-                    self.prm.context_of(self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
-                                        next((m["content"] for m in reversed(p) if m.get("role") == "user"), None))
-                    for p in prompts]
+        rendered = prm_contexts(self.prm, self.tokenizer, prompts)
         d = self.prm.delimiter
         steps = [[s for s in completion_text(c).split(d) if s.strip()] for c in completions]
         enc = self.prm.encode(rendered, steps)

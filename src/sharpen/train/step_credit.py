@@ -110,6 +110,20 @@ def group_stats(rewards: Sequence[float], size: int) -> tuple[list[float], list[
     return means, scales
 
 
+def prm_contexts(prm: Any, tokenizer: Any, prompts: list) -> list[str]:
+    """What `prm` reads before each completion's steps: a text prompt as it is, a chat prompt rendered
+    with the policy's template (its last user message as the question)."""
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append(prm.context_of(p, None))
+        else:
+            rendered = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            question = next((m["content"] for m in reversed(p) if m.get("role") == "user"), None)
+            out.append(prm.context_of(rendered, question))
+    return out
+
+
 def disagreement(step_advantages: Sequence[Sequence[float]], outcomes: Sequence[float]) -> float | None:
     """The share of steps whose advantage has the opposite sign of their completion's outcome
     (reward - group mean), over steps where both are nonzero; None when there are none."""
@@ -126,8 +140,6 @@ class StepCredit:
     """Computes a generation's per-token advantages for `StepCreditTrainer` (see the module)."""
 
     def __init__(self, cfg: Any, task: Any, tokenizer: Any, rollout: Any, budget: Any, verifier: Any):
-        if cfg.advantage not in MODES:
-            raise ConfigError(f"advantage={cfg.advantage!r} is not a mode (fix: one of {', '.join(MODES)})")
         if cfg.process_reward:
             raise ConfigError("advantage=mc|pav and process_reward both add process credit (fix: drop one of them)")
         if cfg.advantage == "mc" and rollout is None:
@@ -231,15 +243,7 @@ class StepCredit:
     def prover_values(self, inputs: list[dict], rows: list[list[int]], steps: list[list[int]]) -> list[list[float]]:
         """V_mu after each step of each completion: the prover PRM's score at each step's end."""
         prm = self.prover
-        contexts = []
-        for x in inputs:
-            p = x["prompt"]
-            if isinstance(p, str):
-                contexts.append(prm.context_of(p, None))
-            else:
-                rendered = self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                question = next((m["content"] for m in reversed(p) if m.get("role") == "user"), None)
-                contexts.append(prm.context_of(rendered, question))
+        contexts = prm_contexts(prm, self.tokenizer, [x["prompt"] for x in inputs])
         texts = []
         for r, s in zip(rows, steps, strict=True):
             starts = [0] + [e + 1 for e in step_ends(s)[:-1]]
