@@ -42,8 +42,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from sharpen.backends.models import resolve_model
-    from sharpen.train.common import load_tokenizer
+    from sharpen.backends.models import load_tokenizer, resolve_model
     from sharpen.train.data import save_dataset, step_pairs
     from sharpen.train.dpo import DPOTrainConfig, build_trainer
 

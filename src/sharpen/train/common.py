@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sharpen.backends.models import load_tokenizer  # noqa: F401 - re-exported
 from sharpen.core.io import atomic_write_json
 
 

@@ -41,7 +41,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from trl import GRPOConfig
 
-from sharpen.backends.models import resolve_model
+from sharpen.backends.models import load_tokenizer, resolve_model
 from sharpen.core.errors import ConfigError, TaskError
 from sharpen.core.meter import Usage
 from sharpen.core.seeding import derive_seed
@@ -49,7 +49,6 @@ from sharpen.train.common import (
     SharpenArgs,
     fit,
     last_checkpoint,
-    load_tokenizer,
     prepare_model,
     quiet,
     save_outputs,

@@ -66,8 +66,7 @@ def dpo_reward_accuracy(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sharpen.backends.models import resolve_model
-    from sharpen.train.common import load_tokenizer
+    from sharpen.backends.models import load_tokenizer, resolve_model
 
     rows = list(pairs)
     if not rows:

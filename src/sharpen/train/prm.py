@@ -29,7 +29,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from sharpen.backends.models import resolve_model
+from sharpen.backends.models import load_tokenizer, resolve_model
 from sharpen.core.errors import ConfigError, TaskError
 from sharpen.core.io import atomic_write_json
 from sharpen.search.scorers.prm_model import (  # noqa: F401 - the format it trains in, re-exported
@@ -44,7 +44,6 @@ from sharpen.search.scorers.prm_model import (  # noqa: F401 - the format it tra
 from sharpen.train.common import (
     SharpenArgs,
     fit,
-    load_tokenizer,
     quiet,
     save_outputs,
     write_summary,

@@ -10,12 +10,11 @@ from typing import Any
 
 from trl import SFTConfig
 
-from sharpen.backends.models import resolve_model
+from sharpen.backends.models import load_tokenizer, resolve_model
 from sharpen.core.errors import TaskError
 from sharpen.train.common import (
     SharpenArgs,
     fit,
-    load_tokenizer,
     prepare_model,
     prepare_trainer,
     quiet,
