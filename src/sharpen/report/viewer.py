@@ -5,6 +5,13 @@ inline script as nested lists: pick a problem, see its question, reference, fina
 correctness and tokens spent, and its tree of steps with each node's score, value (Q), visits,
 terminal answer and correctness; the chosen path (`tree.chosen`) is highlighted. The viewer is a
 pure function of the trees, so it can be rebuilt from any `trees.jsonl` at any time.
+
+Trees of the denoising process (`sharpen.search.denoise`, a DDPM after Ho et al. 2020, arXiv
+2006.11239) hold an 8x8 image state in a node's `meta["x"]`: each such node gets a thumbnail (a PNG
+data URI from `sharpen.report.images`, embedded once per node in a second JSON element, in place
+of the float16 state in the embedded tree), its reward as a badge, and the details panel shows the
+chosen x_0 large (the same PNG, scaled up in the browser without smoothing); clicking a thumbnail
+shows that node's image there instead. Trees without image states draw exactly as before.
 """
 
 from __future__ import annotations
@@ -39,10 +46,28 @@ def embed_json(obj: Any) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+def _without_states(tree: dict[str, Any], imaged: dict[int, str]) -> dict[str, Any]:
+    """The tree's dict with the image states of the nodes in `imaged` left out (their PNG replaces them)."""
+    if imaged:
+        for n in tree["nodes"]:
+            if n["id"] in imaged:
+                n["meta"] = {k: v for k, v in n["meta"].items() if k != "x"}
+    return tree
+
+
 def render_trees_html(trees: list[Tree], title: str) -> str:
-    """One static HTML page drawing `trees` (a problem picker and the chosen problem's tree)."""
-    fill = {"__TITLE__": html.escape(title), "__DATA__": embed_json([t.to_dict() for t in trees])}
-    return re.sub("__TITLE__|__DATA__", lambda m: fill[m.group(0)], _PAGE)  # one pass: no re-substitution
+    """One static HTML page drawing `trees` (a problem picker and the chosen problem's tree), with a
+    thumbnail at every node holding an image state (`sharpen.report.images.tree_images`)."""
+    from sharpen.report.images import tree_images
+
+    images = [tree_images(t) for t in trees]
+    data = [_without_states(t.to_dict(), imgs) for t, imgs in zip(trees, images, strict=True)]
+    pictures = ""
+    if any(images):  # a second data element only where there are pictures
+        pictures = '<script type="application/json" id="images-data">' + embed_json(
+            [{str(k): v for k, v in imgs.items()} for imgs in images]) + "</script>\n"
+    fill = {"__TITLE__": html.escape(title), "__DATA__": embed_json(data), "__IMAGES__\n": pictures}
+    return re.sub("__TITLE__|__DATA__|__IMAGES__\n", lambda m: fill[m.group(0)], _PAGE)  # one pass
 
 
 def write_viewer(trees_jsonl: str | Path, out_html: str | Path) -> Path:
@@ -96,6 +121,14 @@ ul.tree li { margin: 2px 0; }
 li.collapsed > ul { display: none; }
 #legend { font-size: 12px; color: #555; margin: 0 0 8px; }
 #empty { color: #888; }
+#info.pics { display: flex; gap: 20px; align-items: flex-start; }
+#info.pics dl { flex: 1; }
+#big { margin: 0; font-size: 12px; color: #555; text-align: center; max-width: 200px; }
+#big img { display: block; width: 160px; height: 160px; margin: 0 auto 4px; image-rendering: pixelated;
+           border: 1px solid #bbb; }
+#big figcaption { white-space: pre-line; }
+.node.pic { align-items: center; }
+.node img.thumb { width: 32px; height: 32px; image-rendering: pixelated; border: 1px solid #ccc; cursor: zoom-in; }
 </style>
 </head>
 <body>
@@ -108,14 +141,20 @@ li.collapsed > ul { display: none; }
 <div id="info"></div>
 <p id="legend">highlighted: chosen path &middot; double border: terminal &middot; s = scorer value,
 Q = mean backed-up value, n = visits &middot; &#10003;/&#10007; = verified answer &middot; click &#9656; to fold;
-hover a step for its full text</p>
+hover a step for its full text<span id="legend-pics" hidden> &middot; thumbnail: the node's image (pixels
+-1..1 drawn white..black, one scale for all), r = reward of x_0, pred = class of the predicted x_0; click a
+thumbnail to show it large</span></p>
 <ul class="tree" id="tree"></ul>
 </main>
 <script type="application/json" id="trees-data">__DATA__</script>
+__IMAGES__
 <script>
 (function () {
   "use strict";
   var trees = JSON.parse(document.getElementById("trees-data").textContent);
+  var picsEl = document.getElementById("images-data");
+  var images = picsEl ? JSON.parse(picsEl.textContent) : [];  // per tree: {node id: PNG data URI}
+  if (picsEl) document.getElementById("legend-pics").hidden = false;
   var pick = document.getElementById("pick"), only = document.getElementById("only");
   var MAX = 90;
 
@@ -147,13 +186,41 @@ hover a step for its full text</p>
     row("correct", t.correct === true ? "\\u2713 correct" : t.correct === false ? "\\u2717 wrong" : "not verified",
         t.correct === true ? "ok" : t.correct === false ? "bad" : null);
     var u = t.usage || {}, parts = [];
-    ["generated_tokens", "budget_tokens", "prompt_tokens", "calls", "seconds"].forEach(function (k) {
-      if (u[k] !== undefined) parts.push(k.replace("_", " ") + " " + (k === "seconds" ? (+u[k]).toFixed(2) : u[k]));
+    ["generated_tokens", "nfe", "reward_calls", "budget_tokens", "prompt_tokens", "calls", "seconds"].forEach(function (k) {
+      if (u[k] === undefined) return;
+      var name = k === "budget_tokens" && u.budget_unit ? "budget " + u.budget_unit : k.replace("_", " ");
+      parts.push(name + " " + (k === "seconds" ? (+u[k]).toFixed(2) : u[k]));
     });
     row("spent", parts.join(" \\u00b7 ") || "-");
     row("nodes", String(t.nodes.length) + " (" + t.nodes.filter(function (n) { return n.terminal; }).length +
         " terminal)");
     box.appendChild(dl);
+    var p = images[+pick.value] || {}, last = (t.chosen || []).length ? t.chosen[t.chosen.length - 1] : null;
+    box.classList.toggle("pics", Object.keys(p).length > 0);
+    if (Object.keys(p).length) {
+      var fig = el("figure");
+      fig.id = "big";
+      fig.appendChild(el("img"));
+      fig.appendChild(el("figcaption"));
+      box.appendChild(fig);
+      show(t, last, true);
+    }
+  }
+
+  function show(t, id, isChosen) {  // a node's image, large, in the details panel
+    var fig = document.getElementById("big"), p = images[+pick.value] || {};
+    if (!fig) return;
+    var img = fig.querySelector("img"), n = id === null ? null : t.nodes[id];
+    img.style.display = (n && p[id]) ? "" : "none";
+    if (n && p[id]) { img.src = p[id]; img.alt = "image of node #" + id; }
+    var m = (n && n.meta) || {}, lines = [];
+    lines.push((isChosen ? "chosen " + (n && n.terminal ? "x_0" : "node") : "node") + (n ? " #" + n.id : ": none"));
+    if (n && n.parent !== null && n.step) lines.push(n.step);
+    if (n && n.terminal) lines.push("class " + (n.answer === null ? "-" : n.answer) + (mark(n.correct) ? " " + mark(n.correct) : ""));
+    if (typeof m.reward === "number") lines.push("reward " + fmt(m.reward));
+    if (m.x0_class !== undefined && m.x0_class !== null) lines.push("predicted x_0 class " + m.x0_class);
+    if (n && !p[id]) lines.push("(no image stored)");
+    fig.querySelector("figcaption").textContent = lines.join("\\n");
   }
 
   function label(t, n, chosen) {
@@ -162,7 +229,19 @@ hover a step for its full text</p>
     var step = el("span", "step", n.parent === null ? "(root)" : trunc(n.step || "\\u2205"));
     step.title = n.parent === null ? (t.question || "") : (n.step || "");
     d.appendChild(step);
+    var src = (images[+pick.value] || {})[n.id], m = n.meta || {};
+    if (src) {
+      var im = el("img", "thumb");
+      im.src = src;
+      im.alt = "image of node #" + n.id;
+      im.title = "node #" + n.id + ": click to show large";
+      im.onclick = function (ev) { ev.stopPropagation(); show(t, n.id, false); };
+      d.insertBefore(im, step);
+      d.classList.add("pic");
+    }
     if (n.score !== null && n.score !== undefined) d.appendChild(el("span", "badge", "s " + fmt(n.score)));
+    if (typeof m.reward === "number") d.appendChild(el("span", "badge", "r " + fmt(m.reward)));
+    if (!n.terminal && m.x0_class !== undefined && m.x0_class !== null) d.appendChild(el("span", "badge", "pred " + m.x0_class));
     if (n.visits) {
       d.appendChild(el("span", "badge", "Q " + fmt(n.value_sum / n.visits)));
       d.appendChild(el("span", "badge", "n " + n.visits));
