@@ -21,6 +21,7 @@ from typing import Any
 
 from sharpen.core.errors import ConfigError
 from sharpen.core.io import atomic_write_json, atomic_write_text, read_jsonl
+from sharpen.core.seeding import derive_seed
 from sharpen.core.stats import auroc
 from sharpen.loop.config import LoopConfig, dump
 from sharpen.loop.manifest import Manifest
@@ -51,10 +52,10 @@ class LoopRunner:
             self.train_pool = self.task.problems("train", need, seed=cfg.seed)
         else:  # validated: pool >= need
             pool = self.task.problems("train", cfg.collect.pool, seed=cfg.seed)
-            self.train_pool = random.Random(cfg.seed).sample(pool, need)
+            self.train_pool = random.Random(derive_seed(cfg.seed, "train-pool")).sample(pool, need)
             picked = {p.id for p in self.train_pool}
             self.spare_pool = [p for p in pool if p.id not in picked]
-            random.Random(cfg.seed + 1).shuffle(self.spare_pool)
+            random.Random(derive_seed(cfg.seed, "spare-pool")).shuffle(self.spare_pool)
         self.manifest = Manifest(self.run)
         self.recipe = get_recipe(cfg.recipe)
 
@@ -131,6 +132,11 @@ class LoopRunner:
         n = self.cfg.collect.problems
         return self.train_pool[(r - 1) * n : r * n]
 
+    def round_seed(self, r: int) -> int:
+        """Round `r`'s seed (its search, screening and training draw from it): `derive_seed(seed, r)`
+        in 31 bits, so no round of one seed reuses a round of another."""
+        return derive_seed(self.cfg.seed, r, bits=31)
+
     def screen_candidates(self, r: int) -> list:
         """Round `r`'s candidates under collect.screen: its own problems, then its share of the spare pool."""
         share = len(self.spare_pool) // max(1, self.cfg.rounds - 1)
@@ -155,7 +161,7 @@ class LoopRunner:
             rows = list(read_jsonl(path))
         else:
             sampling = EvalConfig(samples=c.screen, temperature=c.temperature, max_tokens=c.step_tokens + c.rollout_tokens,
-                                  seed=self.cfg.seed + r, greedy=False)
+                                  seed=self.round_seed(r), greedy=False)
             rows, start = [], backend.meter.snapshot()
             with self.progress(f"round {r}: screen ({c.screen} samples)", len(candidates)) as advance:
                 for i in range(0, len(candidates), sampling.problems_per_call):
@@ -218,7 +224,7 @@ class LoopRunner:
                     from sharpen.search.distributed import search_on_ray
 
                     trees = search_on_ray(cluster.address, cluster.actors, model, self.cfg.task, self.cfg.task_args,
-                                          search, problems, self.cfg.seed + r, "train", d / "trees.jsonl",
+                                          search, problems, self.round_seed(r), "train", d / "trees.jsonl",
                                           on_progress=advance, backend_seed=self.cfg.seed,
                                           backend_options={"drop_finished": False})
                 else:
@@ -234,7 +240,7 @@ class LoopRunner:
                     if mixture is not None:
                         process.row_split = mixture.to_other
                     scorer = search.make_scorer(process)
-                    trees = execute(search, process, problems, scorer, seed=self.cfg.seed + r,
+                    trees = execute(search, process, problems, scorer, seed=self.round_seed(r),
                                     out_jsonl=d / "trees.jsonl", on_progress=advance, split="train")
                     if mixture is not None:  # counted in the trees: those a resumed stage read too
                         step_rows = {k: sum(t.meta.get("step_rows", {}).get(k, 0) for t in trees)
@@ -298,7 +304,7 @@ class LoopRunner:
         batch = o["per_device_train_batch_size"] * o["gradient_accumulation_steps"]  # rows an optimizer step takes
         samples = rows.get(kind, 0) * self.recipe.samples_per_row(opts, defaults)
         steps = train_steps(o["max_steps"], t.max_epochs, samples, batch)
-        opts |= {"max_steps": steps, "seed": self.cfg.seed + r, "save_steps": max(1, steps // 4)}
+        opts |= {"max_steps": steps, "seed": self.round_seed(r), "save_steps": max(1, steps // 4)}
         opts |= self.recipe.policy_options(self.cfg)
         if opts.get("precompute_ref_log_probs", "auto") == "auto" and trainer == "dpo":
             # precomputing costs one reference forward per pair; on the fly costs one per pair visit

@@ -25,7 +25,7 @@ from sharpen.core.io import refuse_changed_config
 from sharpen.report.seeds import seed_dir, seeds_facts, write_seeds_report
 
 SEEDS_FIX = "comma-separated distinct integers >= 0, e.g. --seeds 0,1,2"
-MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; the loop adds the round to the seed
+MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; the seeds derived from it are 31-bit too
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -3,20 +3,21 @@ flushed as each problem finishes; problems already in the file are skipped (resu
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sharpen.core.io import JsonlAppender, read_jsonl
+from sharpen.core.seeding import derive_seed
 from sharpen.core.stats import bootstrap_ci  # the one bootstrap, also importable from here
 from sharpen.core.tasks import Problem
 from sharpen.core.tree import Tree
 
 
 def problem_seed(seed: int, problem_id: str) -> int:
-    """Independent of order and of which problems were already done: resume gives the same trees."""
-    return (seed * 1_000_003 + int(hashlib.sha1(problem_id.encode()).hexdigest()[:8], 16)) % (2**31 - 1)
+    """A problem's tree seed, `derive_seed(seed, problem_id)` in 31 bits: independent of order and of
+    which problems were already done, so a resume gives the same trees."""
+    return derive_seed(seed, problem_id, bits=31)
 
 
 def label_terminals(process: Any, tree: Tree) -> None:

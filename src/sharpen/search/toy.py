@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 import random
 import time
-import zlib
 
 from sharpen.core.budget import Budget, allot, allowed_rows
 from sharpen.core.errors import ConfigError
 from sharpen.core.meter import UsageMeter
+from sharpen.core.seeding import derive_seed
 from sharpen.core.tasks import Problem
 from sharpen.core.tree import Tree
 from sharpen.search.process import Rollout, next_seed, set_priors
@@ -183,7 +183,7 @@ class DistanceScorer:
             pos, t = self.process.state(tree, n)
             d, left = abs(target - pos), self.process.horizon - t
             v = 0.0 if d > left else 1.0 / (1.0 + d)
-            rng = random.Random(zlib.crc32(f"{tree.problem_id}/{tree.meta.get('seed')}/{n}".encode()))
+            rng = random.Random(derive_seed(tree.problem_id, int(tree.meta.get("seed", 0)), n))
             tree.nodes[n].score = min(1.0, max(0.0, v + rng.gauss(0.0, self.noise)))
         if todo:
             self.process.meter.record(0, len(todo), time.perf_counter() - t0)
