@@ -1,6 +1,9 @@
 """The denoising process (`sharpen.search.denoise`) on a tiny DDPM trained here in seconds: the
-preparation is deterministic, the process obeys the protocol with NFE metered and budgeted, the
-reward scorers stay in [0, 1], and the existing algorithms search it deterministically per seed."""
+preparation is deterministic, the process obeys the protocol with NFE metered and budgeted (NFE is
+its budget unit; generated tokens stay 0), the rewards (class, realism, product) and the value
+scorers stay in [0, 1], the algorithms (SVDD too) search it deterministically per seed, and pf
+records its effective sample size. SVDD is also checked on the toy walk and, searched alone or
+lockstep-batched, on a tiny language model."""
 
 from __future__ import annotations
 
@@ -11,11 +14,20 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
-from sharpen.backends.diffusion import load_digits_model, prepare_digits  # noqa: E402
+from sharpen.backends.diffusion import REALISM_FILE, load_digits_model, prepare_digits  # noqa: E402
 from sharpen.core.budget import Budget  # noqa: E402
+from sharpen.core.errors import BudgetError, ConfigError  # noqa: E402
 from sharpen.core.meter import Usage, UsageMeter  # noqa: E402
-from sharpen.search.algorithms import ALGORITHMS  # noqa: E402
-from sharpen.search.denoise import DenoiseProcess, decode_state, problems, strip_states  # noqa: E402
+from sharpen.core.tree import Tree  # noqa: E402
+from sharpen.search.algorithms import ALGORITHMS, get_algorithm  # noqa: E402
+from sharpen.search.denoise import (  # noqa: E402
+    DenoiseProcess,
+    decode_state,
+    diversity,
+    encode_state,
+    problems,
+    strip_states,
+)
 from sharpen.search.scorers import make_scorer  # noqa: E402
 
 TINY = {"steps": 60, "batch": 32, "channels": (8, 16), "norm_groups": 4}
@@ -43,7 +55,7 @@ def test_usage_leaves_out_zero_nfe_and_reward_calls():
 
 def test_preparation_is_deterministic(model_dir, tmp_path):
     again = prepare_digits(tmp_path / "again", **TINY)
-    for f in ("unet/diffusion_pytorch_model.safetensors", "classifier.json", "sharpen_digits.json",
+    for f in ("unet/diffusion_pytorch_model.safetensors", "classifier.json", REALISM_FILE, "sharpen_digits.json",
               "scheduler/scheduler_config.json", "model_index.json"):
         assert (model_dir / f).read_bytes() == (again / f).read_bytes(), f
     before = (again / "classifier.json").stat().st_mtime_ns
@@ -75,7 +87,7 @@ def test_protocol_and_nfe(model):
     # from the root: 2 x STEPS; from a node one step down: 1 shared + 2 x (STEPS - 2)
     assert proc.meter.total.nfe == 2 + 2 * STEPS + 1 + 2 * (STEPS - 2)
     assert proc.meter.total.reward_calls == 4
-    assert proc.meter.total.generated_tokens == proc.meter.total.nfe  # what Budget bounds
+    assert proc.meter.total.generated_tokens == 0  # NFE is the unit (`budget_unit`), not tokens
     for d in done[0] + done[1]:
         node = tree.nodes[d]
         assert node.terminal and node.answer in [str(c) for c in range(10)] and 0 <= node.meta["reward"] <= 1
@@ -85,9 +97,14 @@ def test_protocol_and_nfe(model):
     rolls = proc.rollout(tree, [kids[0][0]], 3)[0]
     assert len(rolls) == 3 and all(r.num_tokens == STEPS - 1 and r.answer is not None for r in rolls)
     leaf = kids[0][0]
-    for _ in range(STEPS - 1):  # step by step to x_0
+    for _ in range(STEPS - 2):  # step by step to x_0: the step that reaches timestep 0 goes on to x_0
         (leaf,) = proc.expand(tree, [leaf], 1)[0]
     assert tree.nodes[leaf].terminal and tree.nodes[leaf].answer is not None
+    assert tree.nodes[leaf].num_tokens == 2 and tree.nodes[tree.nodes[leaf].parent].meta["t"] > 0
+    before = proc.meter.total.nfe
+    parent = tree.nodes[leaf].parent
+    assert len(proc.expand(tree, [parent], 3)[0]) == 3  # three more last steps: one forward each
+    assert proc.meter.total.nfe - before == 3  # the parent's forward is the tree's already
     assert proc.answer(tree, kids[0][0]) is None  # no predicted x_0 computed yet
     strip_states(tree)
     assert all("x" in n.meta for n in tree.terminals())
@@ -111,11 +128,47 @@ def test_rows_do_not_depend_on_their_batch(model):
 def test_budget_bounds_nfe(model):
     proc = DenoiseProcess(model, steps=STEPS)
     tree = proc.new_tree(problems("test", 1)[0], seed=0)
-    budget = Budget(proc.meter, 3 * STEPS)
+    budget = Budget(proc.meter, 3 * STEPS, unit=proc.budget_unit)
     assert len(proc.complete(tree, [0], 10, budget)[0]) == 3  # 3 rows of STEPS fit
     assert budget.spent == 3 * STEPS and budget.exhausted
     assert proc.complete(tree, [0], 1, budget) == [[]]
-    assert budget.report()["nfe"] == 3 * STEPS
+    report = budget.report()
+    assert report["nfe"] == 3 * STEPS and report["budget_unit"] == "nfe" and report["generated_tokens"] == 0
+    assert report["overshoot"] == 0
+    # a token budget on the same meter sees none of it spent: the unit decides what is counted
+    assert Budget(proc.meter, 5).spent == 0
+
+
+def test_budget_unit_errors_and_lm_report_unchanged():
+    with pytest.raises(BudgetError, match=r"denoiser forward passes \(NFE\), got 0 \(fix: --budget 400\)"):
+        Budget(UsageMeter(), 0, unit="nfe")
+    with pytest.raises(BudgetError, match=r"generated tokens, got -1 \(fix: --budget 1024\)"):
+        Budget(UsageMeter(), -1)
+    with pytest.raises(ConfigError, match="unknown budget unit 'flops'"):
+        Budget(UsageMeter(), 10, unit="flops")
+    meter = UsageMeter()
+    b = Budget(meter, 10)
+    meter.record(2, 12, 0.0)
+    assert list(b.report()) == ["budget_tokens", "prompt_tokens", "generated_tokens", "calls", "seconds",
+                                "verifier_tokens", "cached_tokens", "forward_tokens", "overshoot", "overshoot_bound"]
+    assert b.report()["overshoot"] == 2
+
+
+def test_a_valued_node_steps_on_with_the_same_forward(model):
+    """x0-reward's forward at a node is the one `expand` steps it with: valuing then stepping costs
+    one NFE, and gives the children a tree that never valued the node gets."""
+    problem = problems("test", 1)[0]
+    proc = DenoiseProcess(model, steps=STEPS)
+    valued, plain = proc.new_tree(problem, seed=3), proc.new_tree(problem, seed=3)
+    (a,) = proc.expand(valued, [0], 1)[0]
+    (b,) = proc.expand(plain, [0], 1)[0]
+    make_scorer("x0-reward", proc).score(valued, [a])
+    before = proc.meter.snapshot()
+    kids = proc.expand(valued, [a], 3)[0]
+    assert (proc.meter.snapshot() - before).nfe == 0
+    other = proc.expand(plain, [b], 3)[0]
+    assert (proc.meter.snapshot() - before).nfe == 1
+    assert [valued.nodes[c].meta["x"] for c in kids] == [plain.nodes[c].meta["x"] for c in other]
 
 
 def test_scorers(model):
@@ -151,18 +204,21 @@ def _reward(tree) -> float:
 
 
 SEARCHES = [("bon", "x0-reward", {"batch": 4}), ("pf", "x0-reward", {"n": 4}), ("pf", "mc-reward:1", {"n": 2}),
-            ("beam", "x0-reward", {"width": 2, "expansions": 2})]
+            ("beam", "x0-reward", {"width": 2, "expansions": 2}), ("svdd", "x0-reward", {"m": 3}),
+            ("svdd", "x0-reward", {"n": 2, "m": 2, "alpha": 0.1}), ("svdd", "mc-reward:1", {"m": 2, "fill": False})]
 
 
 @pytest.mark.parametrize("algo,spec,args", SEARCHES)
 def test_search_runs_within_budget_and_same_seed_same_tree(model, algo, spec, args):
     proc = DenoiseProcess(model, steps=STEPS)
     problem = problems("test", 1, seed=4)[0]
-    budget = 10 * STEPS + 8  # pf's 4 particles cost 8 NFE a step (4 steps, 4 values)
+    budget = 10 * STEPS + 8  # pf's 4 particles cost 4 NFE a step (each valued state is stepped on for free)
     tree = ALGORITHMS[algo](proc, make_scorer(spec, proc), problem, budget, seed=2, **args)
     assert tree.answer is not None and tree.nodes[tree.chosen[-1]].terminal
-    assert tree.usage["nfe"] == tree.usage["generated_tokens"] <= budget + tree.usage["overshoot_bound"]
-    assert tree.usage["reward_calls"] > 0
+    assert 0 < tree.usage["nfe"] <= budget + tree.usage["overshoot_bound"]
+    assert tree.usage["overshoot"] == max(0, tree.usage["nfe"] - budget)
+    assert tree.usage["generated_tokens"] == 0 and tree.usage["budget_unit"] == "nfe"
+    assert tree.usage["reward_calls"] > 0 and tree.meta["reward"] == "class"
     fresh = DenoiseProcess(model, steps=STEPS)
     again = ALGORITHMS[algo](fresh, make_scorer(spec, fresh), problem, budget, seed=2, **args)
     a, b = tree.to_dict(), again.to_dict()
@@ -187,3 +243,176 @@ def test_bon_and_pf_beat_a_random_sample(model):
         rewards = [_reward(ALGORITHMS[algo](proc, make_scorer("x0-reward", proc), p, 10 * STEPS + 8,
                                             seed=rng.randrange(1000), **args)) for p in probs]
         assert sum(rewards) / len(rewards) > baseline, (algo, rewards, base)
+
+
+def _candidates(tree, nid, m):
+    """The candidates drawn together with `nid`: its siblings, or at the root (whose children are the
+    x_T draws of every chain, m a chain) its m."""
+    kids = tree.nodes[tree.nodes[nid].parent].children
+    if tree.nodes[nid].parent != 0:
+        return kids
+    i = kids.index(nid)
+    return kids[i - i % m: i - i % m + m]
+
+
+def test_svdd_keeps_the_best_valued_candidate_and_answers_the_best_chain(model):
+    """alpha = 0: every node of a chain is the best-valued of the candidates drawn with it; the
+    answer is the best-valued finished chain; `fill` runs chains while the budget covers one."""
+    proc = DenoiseProcess(model, steps=STEPS)
+    problem = problems("test", 1, seed=5)[0]
+    m = 3
+    fixed = ALGORITHMS["svdd"](proc, make_scorer("x0-reward", proc), problem, 1000, seed=1, m=m, fill=False, n=1)
+    # a chain costs m NFE a step: m values of the x_T draws, m of each inner step's draws, m forwards
+    # of the draws that go on to x_0 (a kept state's forward is the one that steps it on)
+    assert len(fixed.meta["chains"]) == 1 and fixed.usage["nfe"] == m * STEPS
+    budget = 4 * m * STEPS
+    tree = ALGORITHMS["svdd"](proc, make_scorer("x0-reward", proc), problem, budget, seed=1, m=m)
+    chains = tree.meta["chains"]
+    assert len(chains) == 4 and all(tree.nodes[c].terminal for c in chains)
+    for end in chains:
+        path = [n.id for n in tree.path(end)]  # the root excluded
+        assert len(path) == STEPS  # x_T, STEPS - 2 inner states, x_0 (timestep 0 folded into the last step)
+        for nid in path:
+            cands = _candidates(tree, nid, m)
+            # every step draws m, but the very last of the budget: planned at expected costs, it keeps
+            # a row's margin for valuing
+            assert len(cands) == m or (end == chains[-1] and nid == end and len(cands) == m - 1)
+            assert tree.nodes[nid].score == max(tree.nodes[c].score for c in cands)
+    assert tree.chosen[-1] == max(chains, key=lambda c: tree.nodes[c].score)
+    assert budget - m < tree.usage["nfe"] <= budget
+
+
+def test_svdd_soft_selection_differs_from_argmax_and_options_are_checked(model):
+    proc = DenoiseProcess(model, steps=STEPS)
+    problem = problems("test", 1, seed=6)[0]
+    hard = ALGORITHMS["svdd"](proc, make_scorer("x0-reward", proc), problem, 6 * STEPS, seed=0, m=6, fill=False)
+    soft = [ALGORITHMS["svdd"](proc, make_scorer("x0-reward", proc), problem, 6 * STEPS, seed=0, m=6, fill=False,
+                               alpha=a) for a in (0.02, 1.0)]
+    assert all(t.nodes[t.root.children[0]].meta["x"] == hard.nodes[hard.root.children[0]].meta["x"] for t in soft)
+    assert any(t.chosen != hard.chosen for t in soft)  # the same draws, another one kept
+    entry = get_algorithm("svdd")
+    for bad in ({"alpha": -1}, {"alpha": "nan"}, {"m": 0}, {"n": 0}, {"k": 2}):
+        with pytest.raises(ConfigError, match=r"^algorithm svdd.*\(fix: .*\)$"):
+            entry.parse(bad)
+    with pytest.raises(ConfigError, match=r"n=8 x m=8 = 64 rows"):
+        entry.parse({"n": 8, "m": 8}, budget=50)
+
+
+def test_svdd_on_the_toy_walk_steers_towards_the_target():
+    """On a process with steps of text-like moves (the toy walk), SVDD is width-1 beam search per
+    chain: it beats one unguided walk, stays within a row of its budget and repeats per seed."""
+    from sharpen.search.toy import DistanceScorer, RandomWalkProcess, make_problems
+
+    proc = RandomWalkProcess(horizon=6)
+    probs = make_problems(40, seed=2, horizon=6)
+    base = sum(proc.verify(t, t.nodes[proc.complete(t, [0], 1)[0][0]].answer)
+               for t in (proc.new_tree(p, seed=i) for i, p in enumerate(probs))) / len(probs)
+    hits = 0
+    for i, p in enumerate(probs):
+        tree = ALGORITHMS["svdd"](proc, DistanceScorer(proc, noise=0.1), p, 80, seed=i, n=2, m=3, alpha=0.05)
+        assert tree.usage["generated_tokens"] <= 80 + proc.step_tokens and "budget_unit" not in tree.usage
+        hits += proc.verify(tree, tree.answer)
+        fresh = RandomWalkProcess(horizon=6)
+        again = ALGORITHMS["svdd"](fresh, DistanceScorer(fresh, noise=0.1), p, 80, seed=i,
+                                   n=2, m=3, alpha=0.05)
+        assert again.to_dict()["nodes"] == tree.to_dict()["nodes"]
+    assert hits / len(probs) > base + 0.2, (hits / len(probs), base)
+
+
+def test_svdd_tree_is_the_same_alone_or_lockstep_batched(tiny_model_dir):
+    """Four searches sharing the language model's batched calls get the trees they get one by one."""
+    from conftest import assert_same_tree
+
+    from sharpen.backends.hf import HFBackend
+    from sharpen.core.tasks import load_task
+    from sharpen.search.collect import search_problems
+    from sharpen.search.process import LMProcess
+
+    task = load_task("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
+    probs = task.problems("test", 4)
+
+    def run(parallel):
+        backend = HFBackend(tiny_model_dir, seed=0, max_batch=64)
+        process = LMProcess(backend, task, temperature=1.0, step_tokens=5, rollout_tokens=10, max_depth=3)
+        scorer = make_scorer("oracle:2", process, collect=True)
+        trees = search_problems(process, scorer, "svdd", probs, 60, seed=1, parallel=parallel,
+                                algo_args={"n": 2, "m": 2, "alpha": 0.5})
+        return [{**t.to_dict(), "usage": {k: v for k, v in t.usage.items() if k not in ("seconds", "cached_tokens")}}
+                for t in trees]
+
+    for a, b in zip(run(4), run(1), strict=True):
+        assert_same_tree(a, b)
+        assert a["usage"]["generated_tokens"] <= 60 + 10
+
+
+def test_pf_records_its_effective_sample_size(model):
+    proc = DenoiseProcess(model, steps=STEPS)
+    tree = ALGORITHMS["pf"](proc, make_scorer("x0-reward", proc), problems("test", 1)[0], 6 * STEPS, seed=0, n=4,
+                            temperature=0.05)
+    ess = tree.meta["ess"]
+    assert len(ess) == len(tree.meta["particles"]) == len(tree.meta["resampled"])
+    live = [e for e in ess if e is not None]
+    assert live and all(1.0 <= e <= 4.0 for e in live) and ess[-1] is None  # after the last step all are done
+    # resampled exactly where the ESS fell below half of the unfinished particles (all 4 until the end)
+    assert [r for r, e in zip(tree.meta["resampled"], ess, strict=True) if e is not None] == [e < 2.0 for e in live]
+
+
+def test_realism_and_product_rewards(model):
+    import torch
+
+    from sharpen.backends.diffusion import digits_data
+
+    x, _ = digits_data()
+    real = model.realism(x[:50])
+    noise = model.realism(torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert real.min() >= 0 and real.max() <= 1 and real.mean() > 0.3 > noise.max()
+    problem = problems("test", 1)[0]
+    trees = {}
+    for reward in ("class", "realism", "product"):
+        proc = DenoiseProcess(model, steps=STEPS, reward=reward)
+        tree = proc.new_tree(problem, seed=4)
+        trees[reward] = tree.nodes[proc.complete(tree, [0], 1)[0][0]]
+        assert tree.meta["reward"] == reward and 0 <= trees[reward].meta["reward"] <= 1
+        assert make_scorer("x0-reward", proc).score(tree, [0]) == [pytest.approx(proc.prior_reward)]
+    assert len({n.meta["x"] for n in trees.values()}) == 1  # the reward changes no sample
+    r = {k: n.meta["reward"] for k, n in trees.items()}
+    assert r["product"] == pytest.approx(r["class"] * r["realism"], abs=2e-6)
+    with pytest.raises(ConfigError, match=r"unknown reward 'pretty' \(fix: one of class, realism, product\)"):
+        DenoiseProcess(model, steps=STEPS, reward="pretty")
+
+
+def test_a_preparation_without_the_realism_model_loads_and_refuses_only_realism(model_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    (old / REALISM_FILE).unlink()
+    m = load_digits_model(old)
+    proc = DenoiseProcess(m, steps=STEPS)  # the class reward needs only the classifier
+    tree = proc.new_tree(problems("test", 1)[0], seed=0)
+    assert proc.complete(tree, [0], 1)[0]
+    for reward in ("realism", "product"):
+        with pytest.raises(ConfigError, match=r"prepared without the realism .*--force") as e:
+            DenoiseProcess(m, steps=STEPS, reward=reward)
+        assert "\n" not in str(e.value)
+    with pytest.raises(Exception, match="realism_components"):
+        prepare_digits(tmp_path / "bad", realism_components=64)
+
+
+def test_diversity_is_the_mean_pairwise_distance_within_a_class():
+    import torch
+
+    def tree(target, x):
+        t = Tree(f"p{target}", "q", reference=str(target))
+        if x is not None:
+            node = t.add(0, step="x0", terminal=True, answer=str(target), meta={"x": encode_state(x)})
+            t.chosen = [node.id]
+        return t
+
+    z, one = torch.zeros(1, 8, 8), torch.ones(1, 8, 8)
+    assert diversity([tree(3, z), tree(3, z)]) == 0  # collapse: one image per class
+    assert diversity([tree(3, z), tree(5, one)]) is None  # no class with two
+    # class 3: three images, pairwise distances 8, 8, 0 -> mean 16/3; class 5: one pair at 4
+    half = torch.full((1, 8, 8), 0.5)
+    d = diversity([tree(3, z), tree(3, one), tree(3, one), tree(5, z), tree(5, half), tree(5, None)])
+    assert d == pytest.approx((16 / 3 + 4) / 2)

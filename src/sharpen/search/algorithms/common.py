@@ -6,15 +6,19 @@ from collections import defaultdict
 
 from sharpen.core.budget import Budget, allot
 from sharpen.core.errors import ConfigError
+from sharpen.core.meter import DEFAULT_UNIT
 from sharpen.core.tasks import Problem
 from sharpen.core.tree import Tree
 from sharpen.search.process import Process
 
 
 def open_search(process: Process, problem: Problem, budget_tokens: int, seed: int, algo: str) -> tuple[Tree, Budget]:
+    """A fresh tree for `problem` and its budget of `budget_tokens` in the process's `budget_unit`
+    (generated tokens for a process that declares none; NFE for a denoising process)."""
     tree = process.new_tree(problem, seed=seed)
     tree.algo = algo
-    return tree, Budget(process.meter, budget_tokens, prior=tree.meta.get("row_prior"))
+    unit = getattr(process, "budget_unit", DEFAULT_UNIT)
+    return tree, Budget(process.meter, budget_tokens, prior=tree.meta.get("row_prior"), unit=unit)
 
 
 def need_scorer(scorer, algo: str):

@@ -20,7 +20,9 @@ Finished particles stay finished: they are never extended, never resampled away 
 into an unfinished slot (resampling draws only among the unfinished; its_hub issue #208 revived
 them). The PRM score of a partial solution judges the whole prefix, so weights are not multiplied
 across steps; Puri et al. resample every step (ess_threshold = 1 gives that).
-`tree.meta["particles"]` records the particle set after every step, `tree.meta["resampled"]` when.
+`tree.meta["particles"]` records the particle set after every step, `tree.meta["resampled"]` when,
+and `tree.meta["ess"]` the effective sample size of the unfinished particles' weights that decided
+it (rounded to 3 decimals; None at a step after which every particle has finished).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def particle_filter(process: Process, scorer, problem: Problem, budget_tokens: i
     rng = random.Random(seed)
     x = [tree.root.id] * n
     done: list[int] = []  # the finished particles of earlier sets (with `fill`)
-    tree.meta["particles"], tree.meta["resampled"] = [], []
+    tree.meta["particles"], tree.meta["resampled"], tree.meta["ess"] = [], [], []
     if o.fill:
         tree.meta["restarts"] = []  # how many steps had been taken when each fresh set started
 
@@ -97,13 +99,15 @@ def particle_filter(process: Process, scorer, problem: Problem, budget_tokens: i
         w = softmax([r(i) for i in range(n)], temperature)
         U = [i for i in unfinished if not tree.nodes[x[i]].terminal]  # just-finished ones are frozen too
         resampled = False
-        if U and effective_sample_size([w[i] for i in U]) < ess_threshold * len(U):
+        ess = effective_sample_size([w[i] for i in U]) if U else None
+        if ess is not None and ess < ess_threshold * len(U):
             draws = rng.choices([x[i] for i in U], weights=[w[i] for i in U], k=len(U))
             for i, d in zip(U, draws, strict=True):
                 x[i] = d
             resampled = True
         tree.meta["particles"].append(list(x))
         tree.meta["resampled"].append(resampled)
+        tree.meta["ess"].append(None if ess is None else round(ess, 3))
 
     finished = [p for p in done + x if tree.nodes[p].terminal]
     voters = finished or x

@@ -1,13 +1,16 @@
 """`x0-reward` and `mc-reward[:k]`: values of a denoising process's states (`sharpen.search.denoise`)
-from the reward classifier's probability of the target class.
+from its reward (the process's `reward`: the classifier's probability of the target class, the
+realism of the image, or their product).
 
 - `x0-reward`: the reward of the denoiser's predicted x_0 at the node, E[x_0 | x_t] (SVDD's
-  posterior-mean value, Li et al. 2024, arXiv 2408.08252): one denoiser forward (one NFE) and one
-  reward call per inner node; a terminal's value is its x_0's reward, free.
+  posterior-mean value, SVDD-PM, Li et al. 2024, arXiv 2408.08252): one denoiser forward (one NFE;
+  none when the tree has the node's noise prediction already, and the step from the node then
+  reuses this one) and one reward call per inner node; a terminal's value is its x_0's reward, free.
 - `mc-reward:k`: the mean reward of k denoisings of the node to x_0 (a Monte Carlo value; SVDD's
-  MC variant): up to k x the reverse steps left in NFE, k reward calls.
+  MC variant, SVDD-MC): up to k x the reverse steps left in NFE, k reward calls.
 
-Values are probabilities, in [0, 1]. Both work only on a `DenoiseProcess`.
+The root (no image yet) is valued at the process's `prior_reward`. Values are in [0, 1]. Both work
+only on a `DenoiseProcess`.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class MCRewardScorer(ForkableScorer):
             if node.terminal:
                 node.score = _clip(node.meta["reward"])
             elif "k" not in node.meta:
-                node.score = 1.0 / self.process.model.weight.shape[0]
+                node.score = self.process.prior_reward
         inner = [n for n in todo if tree.nodes[n].score is None]
         for n, rewards in zip(inner, self.process.rollout_rewards(tree, inner, self.k, budget), strict=True):
             if rewards:
