@@ -82,7 +82,7 @@ def search(
     model: str = "smollm2-135m",
     task: str = "gym:chain_sum",
     algo: str = "mcts",
-    scorer: str | None = "self",
+    scorer: str | None = None,
     budget: int = 512,
     n: int = 20,
     seed: int = 0,
@@ -97,7 +97,10 @@ def search(
     skip: int = 0,
 ) -> tuple[list, dict[str, Any]]:
     """Search `n` held-out problems (training problems with `collect`, which also allows the oracle
-    scorer), the first `n` after the split's first `skip`, under `budget` generated tokens each. Returns the trees and the metrics; with `out`, the
+    scorer; None: the task's default, `self`, or `x0-reward` on `digits`), the first `n` after the split's
+    first `skip`, under `budget` each (generated tokens; denoiser
+    forwards, NFE, on the `digits` task). Returns the trees and the metrics (on a denoising process also
+    the chosen x_0's reward, diversity and NFE); with `out`, the
     run directory gets config.json, trees.jsonl (appended per problem, resumable) and metrics.json;
     resuming a directory started with settings that change the trees is refused (`check_resume`).
     `ray` ("local", "auto" or a cluster address): shard the problems over `actors` Ray actors
@@ -106,7 +109,15 @@ def search(
     from sharpen.core.io import atomic_write_json
     from sharpen.core.meter import UsageMeter
     from sharpen.search.collect import search_metrics
+    from sharpen.search.denoise_task import denoise_metrics, is_digits_task
+    from sharpen.search.spec import check_pairing, default_scorer
 
+    check_pairing(model, task)  # a model and a task of different kinds, before anything loads
+    scorer = default_scorer(task) if scorer is None else scorer
+    denoise = is_digits_task(task)
+    if denoise and ray is not None:
+        raise ConfigError("--ray shards a language model's search; a denoising search runs in this process "
+                          "(fix: drop --ray)")
     settings = settings or SearchSettings()
     spec = SearchSpec.checked(algo, scorer, budget, options, settings, collect=collect)
     entry, scorer = spec.entry, spec.scorer
@@ -145,7 +156,8 @@ def search(
             atomic_write_json(out_dir / "config.json", record)
             jsonl = out_dir / "trees.jsonl"
         batches = UsageMeter()  # the lockstep batches' own usage: what shared prefills saved
-        with _bar(progress, f"{algo} ({scorer}) @ {budget} tokens", len(problems)) as advance:
+        unit = "NFE" if denoise else "tokens"
+        with _bar(progress, f"{algo} ({scorer}) @ {budget} {unit}", len(problems)) as advance:
             if ray is not None:
                 from sharpen.search.distributed import search_on_ray
 
@@ -157,6 +169,8 @@ def search(
     finally:
         close_all(the_scorer, backend)
     metrics = search_metrics(trees, budget, batches.total) | {"algo": algo, "scorer": scorer, "split": split}
+    if denoise:
+        metrics |= denoise_metrics(trees)
     if out_dir is not None:
         metrics["out"] = str(out_dir)
         atomic_write_json(out_dir / "metrics.json", metrics)
@@ -228,7 +242,7 @@ def evaluate(
 def sweep(
     algos: list[str],
     budgets: list[int],
-    scorer: str = "self",
+    scorer: str | None = None,
     model: str = "smollm2-135m",
     task: str = "gym:chain_sum",
     n: int = 100,
@@ -250,8 +264,11 @@ def sweep(
     from sharpen.backends.models import check_model
     from sharpen.search.registry import parse_algo_spec
     from sharpen.search.scorers import make_scorer
+    from sharpen.search.spec import check_pairing, default_scorer
     from sharpen.search.sweep import prior_cells, run_sweep
 
+    check_pairing(model, task)
+    scorer = default_scorer(task) if scorer is None else scorer
     settings = settings or SearchSettings()
     pairs = [parse_algo_spec(a, scorer) for a in algos if a.strip()]
     if not budgets or min(budgets) < 1 or not pairs:

@@ -31,13 +31,15 @@ def models_list() -> None:
 
 
 @models_app.command("prepare")
-def models_prepare(name: str) -> None:
-    """Convert a built-in model once into an HF directory in the cache."""
+@params(O.MODELS_PREPARE)
+def models_prepare(name: str, force: bool = False) -> None:
+    """Prepare a built-in model once in the cache: a language model converted into an HF directory,
+    digits-ddpm trained (a DDPM and its rewards, from scikit-learn's bundled digits)."""
     quiet_libraries()
-    from sharpen.backends.models import prepare
+    from sharpen.backends import prepare_model
 
     with err.status(f"preparing {name}"):
-        path = prepare(name)
+        path = prepare_model(name, force=force)
     out.print(f"{name}: {path}")
 
 
@@ -56,8 +58,9 @@ def eval_cmd(**o) -> None:
     """Greedy accuracy, pass@k, majority@K, tokens per solution and throughput on held-out problems."""
     quiet_libraries()
     from sharpen import api
-    from sharpen.search.evaluate import summary_rows
+    from sharpen.search.evaluate import check_language_model, summary_rows
 
+    check_language_model(o["model"], o["task"])
     cfg = EvalConfig.parse(O.fields_of(o, EvalConfig) | {"problems_per_call": 16}, "sharpen eval")
     metrics = api.evaluate(o["model"], o["task"], o["n"], cfg, task_args=O.kv(o["task_arg"]),
                            out=api.new_out_dir(o["out_dir"], "eval"), progress=progress_bar, batch=o["batch"],
@@ -77,11 +80,15 @@ def _settings(o: dict) -> SearchSettings:
 @app.command("search")
 @params(O.SEARCH)
 def search_cmd(**o) -> None:
-    """Search each problem under a token budget; trees.jsonl (one problem per line) and metrics.json."""
+    """Search each problem under a budget (generated tokens, or NFE for a denoising process);
+    trees.jsonl (one problem per line) and metrics.json."""
     quiet_libraries()
     from sharpen import api
     from sharpen.search.collect import summary_rows
+    from sharpen.search.denoise_task import is_digits_task
+    from sharpen.search.denoise_task import summary_rows as denoise_rows
 
+    denoise = is_digits_task(o["task"])
     trees, m = api.search(o["model"], o["task"], o["algo"], o["scorer"], o["budget"], o["n"], o["seed"], o["collect"],
                           O.kv(o["arg"]), _settings(o), O.kv(o["task_arg"]), out=api.new_out_dir(o["out_dir"], "search"),
                           progress=progress_bar, ray=o["ray"], actors=o["actors"], skip=o["skip"])
@@ -89,7 +96,7 @@ def search_cmd(**o) -> None:
         print(json.dumps(m))
         return
     out.print(O.rows_table(f"{o['algo']} with {m['scorer']} on {o['task']} ({m['split']} split), budget {o['budget']} "
-                           "tokens/problem", summary_rows(m)))
+                           f"{'NFE' if denoise else 'tokens'}/problem", (denoise_rows if denoise else summary_rows)(m)))
     out.print(f"trees: {m['out']}/trees.jsonl   view: sharpen view {m['out']}/trees.jsonl")
 
 
@@ -99,15 +106,13 @@ def sweep_cmd(**o) -> None:
     """Every algorithm at every budget on the same problems: sweep.json and accuracy_vs_tokens.png."""
     quiet_libraries()
     from sharpen import api
-    from sharpen.search.sweep import parse_algo_options, parse_budgets, sweep_rows
+    from sharpen.search.sweep import parse_algo_options, parse_budgets, sweep_rows, sweep_title
 
     budget_list, options = parse_budgets(o["budgets"]), parse_algo_options(O.kv(o["arg"]))
     results, sweep_dir = api.sweep(o["algos"].split(","), budget_list, o["scorer"], o["model"], o["task"], o["n"],
                                    o["seed"], options, _settings(o), O.kv(o["task_arg"]), out=o["out_dir"],
                                    progress=progress_bar, split=o["split"], skip=o["skip"])
-    out.print(O.rows_table(f"accuracy (generated / forward tokens per problem: policy + verifier; paired change vs the "
-                           f"first row, 95% CI), {o['split']} split, n={o['n']}",
-                           sweep_rows(results, sorted({r["budget"] for r in results}))))
+    out.print(O.rows_table(sweep_title(results, o["split"], o["n"]), sweep_rows(results)))
     out.print(f"sweep: {sweep_dir / 'sweep.json'}   plot: {sweep_dir / 'accuracy_vs_tokens.png'}")
 
 

@@ -15,6 +15,7 @@ import typer
 from pydantic import BaseModel
 from rich.table import Column, Table
 
+from sharpen.search.denoise import REWARDS
 from sharpen.search.evaluate import EvalConfig
 from sharpen.search.process import SearchSettings
 from sharpen.serve import ServeConfig
@@ -82,6 +83,17 @@ MODEL = opt("model", str, "smollm2-135m", "built-in name, HF id or local model d
 TASK_HELP = "gym:<dataset>, gsm8k:<file.jsonl> or math:<file.jsonl>"
 TASK = opt("task", str, "gym:chain_sum", TASK_HELP, "--task")
 TASK_ARG = opt("task_arg", list[str] | None, None, "key=value for a gym task config; repeatable", "--task-arg")
+# search and sweep also run a denoising process: digits-ddpm on the digits task
+SEARCH_MODEL = opt("model", str, "smollm2-135m", "built-in name (`sharpen models list`), HF id or local model "
+                   "directory; or digits-ddpm (or a prepared digits-ddpm directory), a denoising model searched on "
+                   "--task digits", "--model")
+SEARCH_TASK = opt("task", str, "gym:chain_sum", f"{TASK_HELP}; or digits (draw a digit, with a denoising --model)",
+                  "--task")
+SEARCH_TASK_ARG = opt("task_arg", list[str] | None, None, "key=value for a gym task config, or for digits: steps=50 "
+                      f"(reverse steps, one NFE each), classes=10, reward={'|'.join(REWARDS)}; repeatable", "--task-arg")
+UNIT = "in the process's unit: generated tokens for a language model, denoiser forwards (NFE) for a denoising process"
+SCORER_HELP = ("self, rollout[:k], oracle[:k] (only with --collect), prm:<path>; for a denoising process x0-reward or "
+               "mc-reward[:k] (default: self, x0-reward with --task digits)")
 SEED = opt("seed", int, 0)
 JSON = opt("as_json", bool, False, "print the metrics as one JSON object on stdout", "--json")
 RAY_HELP = ("shard the problems over Ray actors: local (a local cluster), auto (this machine's cluster) or "
@@ -103,9 +115,9 @@ SETTINGS = from_model(SearchSettings)
 
 SEARCH = [
     opt("algo", str, "mcts", "a registered algorithm (`sharpen algos`): bon, vote, weighted, beam, mcts, pf"),
-    opt("scorer", str, "self", "self, rollout[:k], oracle[:k] (only with --collect), prm:<path>"),
-    opt("budget", int, 512, "generated tokens per problem, scorer tokens included"),
-    MODEL, TASK, TASK_ARG, opt("n", int, 20, "problems"),
+    opt("scorer", str | None, None, SCORER_HELP),
+    opt("budget", int, 512, f"budget per problem, scorer's spend included, {UNIT}"),
+    SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, opt("n", int, 20, "problems"),
     opt("skip", int, 0, "skip the split's first SKIP problems (e.g. those a prover policy trained on)"), SEED,
     opt("collect", bool, False, "search the training split (allows the oracle scorer)", "--collect"),
     opt("arg", list[str] | None, None, "algorithm option key=value (e.g. k=4, c_puct=1.5; `sharpen algos` lists "
@@ -114,9 +126,10 @@ SEARCH = [
 
 SWEEP = [
     opt("algos", str, "vote,bon,beam,mcts,pf", "comma list: algo or algo@scorer, e.g. vote,bon@self,mcts@rollout"),
-    opt("budgets", str, "256,512,1024,2048,4096", "comma list of token budgets per problem"),
-    opt("scorer", str, "self", "default scorer for algorithms that need one"),
-    MODEL, TASK, TASK_ARG, opt("n", int, 100, "problems (held-out: the test split)"), SEED,
+    opt("budgets", str, "256,512,1024,2048,4096", f"comma list of budgets per problem, {UNIT}"),
+    opt("scorer", str | None, None, "default scorer for algorithms that need one (default: self, x0-reward with "
+        "--task digits)"),
+    SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, opt("n", int, 100, "problems (held-out: the test split)"), SEED,
     opt("split", str, "test", "test (held-out) or train: training-split problems, e.g. a validation set with "
         "--skip past those labels were collected on; the oracle scorer (reference answers) is allowed here only"),
     opt("skip", int, 0, "skip the split's first SKIP problems"),
@@ -147,6 +160,11 @@ SERVE = [
         "(faster on CPUs with AVX-512 BF16, but a request's answer can then depend on its batch-mates), float16"),
     *from_model(ServeConfig, ["continuous"], decls={"continuous": ("--continuous-batching/--no-continuous-batching",)}),
 ]
+
+MODELS_PREPARE = [
+    opt("name", str, ..., "a built-in model (`sharpen models list`)", argument=True),
+    opt("force", bool, False, "prepare it again, replacing the prepared one (e.g. one made by an older sharpen)",
+        "--force")]
 
 # -- the loop -----------------------------------------------------------------------------------
 TRACKER = opt("tracker", str | None, None, "also log per-round numbers: tensorboard or mlflow", "--tracker")
@@ -230,7 +248,7 @@ def log_tracker(run: Path, tracker: str | None) -> None:
 
 
 def models_table() -> Table:
-    """`sharpen models list`: the built-in models and whether they are prepared."""
+    """`sharpen models list`: the built-in models (language and denoising) and whether they are prepared."""
     from sharpen.backends.models import list_models
 
     table = Table("name", "prepared", "path", "description")

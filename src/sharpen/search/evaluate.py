@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field
 
 from sharpen.backends.base import Backend, SamplingParams
+from sharpen.core.errors import ConfigError
 from sharpen.core.io import JsonlAppender, atomic_write_json, read_jsonl
 from sharpen.core.meter import Usage
 from sharpen.core.tasks import Problem, Task
@@ -47,6 +48,17 @@ def majority_answer(task: Task, answers: list[str | None]) -> str | None:
     return next(a for k, a in keyed if counts[k] == best)
 
 
+def check_language_model(model: str, task: str) -> None:
+    """Refuse, before anything is loaded, an evaluation of a denoising model or the digits task: it
+    measures a language model's sampled solutions; a denoising process is measured by search."""
+    from sharpen.backends.models import is_diffusion
+    from sharpen.search.denoise_task import is_digits_task
+
+    if is_diffusion(model) or is_digits_task(task):
+        raise ConfigError("eval measures a language model on a text task; a denoising model is measured by search "
+                          "(fix: sharpen search --model digits-ddpm --task digits, e.g. --algo vote)")
+
+
 class EvalConfig(Options):
     """How `evaluate` runs; `sharpen eval` and a run config's `eval` section are built from these fields."""
 
@@ -69,6 +81,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate; per-problem rows are appended to `out_jsonl` as each batch finishes and problems
     already present there are skipped (resume). Returns the metrics dict."""
+    from sharpen.backends.diffusion import DigitsDiffusion
+    from sharpen.search.denoise_task import DigitsTask
+
+    if isinstance(task, DigitsTask) or isinstance(backend, DigitsDiffusion):
+        raise ConfigError("evaluate measures a language model backend on a text task (fix: search a denoising "
+                          "model instead: sharpen search --model digits-ddpm --task digits)")
     done: dict[str, dict] = {}
     if out_jsonl is not None and Path(out_jsonl).exists():
         done = {r["id"]: r for r in read_jsonl(out_jsonl)}

@@ -1,8 +1,14 @@
-"""What a search is built from (a backend, a task and the language-model process over them) and
-what it is asked to do: a `SearchSpec` (algorithm, scorer, budget, the algorithm's typed options,
-the process's settings), validated once, and `execute`, the one function that runs a spec over
-problems. `sharpen search`, `sharpen sweep`, a run's collect stage, the Ray workers and `sharpen
-serve` (one tree a request, `SearchSpec.tree`) all go through it."""
+"""What a search is built from (a model, a task and the process over them) and what it is asked to
+do: a `SearchSpec` (algorithm, scorer, budget, the algorithm's typed options, the process's
+settings), validated once, and `execute`, the one function that runs a spec over problems. `sharpen
+search`, `sharpen sweep`, a run's collect stage, the Ray workers and `sharpen serve` (one tree a
+request, `SearchSpec.tree`) all go through it.
+
+Two kinds of process: a language model (a backend) on a text task is an `LMProcess`, whose budget
+is generated tokens; `digits-ddpm` (or a prepared digits-ddpm directory) on the `digits` task is a
+`DenoiseProcess` (DDPM ancestral sampling searched step by step, `sharpen.search.denoise_task`),
+whose budget is denoiser forwards (NFE). A model of one kind with a task of the other is a one-line
+ConfigError (`check_pairing`)."""
 
 from __future__ import annotations
 
@@ -18,23 +24,70 @@ from sharpen.search.registry import AlgorithmEntry, Options, check_counts, get_a
 
 
 def load_model(model: str = "smollm2-135m", seed: int = 0, **backend_options: Any):
-    """A backend for a built-in model name, an HF id or a local model directory."""
+    """A backend for a built-in model name, an HF id or a local model directory; for `digits-ddpm`
+    or a prepared digits-ddpm directory, its denoiser and reward (`sharpen.backends.load_backend`)."""
     from sharpen.backends import load_backend
 
     return load_backend(model, seed=seed, **backend_options)
 
 
 def load_task(spec: str = "gym:chain_sum", **task_args: Any):
-    """`gym:<dataset>`, `gsm8k:<file.jsonl>` or `math:<file.jsonl>`, with the dataset's options."""
+    """`gym:<dataset>`, `gsm8k:<file.jsonl>` or `math:<file.jsonl>`, with the dataset's options; or
+    `digits` ("draw the digit c", for a denoising model; `sharpen.search.denoise_task`)."""
+    from sharpen.search.denoise_task import DigitsTask, is_digits_task
+
+    if is_digits_task(spec):
+        return DigitsTask(**task_args)
     from sharpen.core.tasks import load_task as _load
 
     return _load(spec, task_args)
 
 
+def _pairing_error(model_is_diffusion: bool) -> ConfigError:
+    if model_is_diffusion:
+        return ConfigError("a denoising model (digits-ddpm) searches the digits task only (fix: --task digits, "
+                           "or a language model with --model)")
+    return ConfigError("the digits task needs a denoising model (fix: --model digits-ddpm or a prepared "
+                       "digits-ddpm dir, or a text --task such as gym:chain_sum)")
+
+
+def check_pairing(model: str, task: str) -> None:
+    """Refuse, before anything is loaded, a `--model` and `--task` of different kinds: a denoising
+    model with a text task, or a language model (a name, HF id, HF model directory or server) with
+    `digits`; a directory that is neither an HF model nor a prepared digits-ddpm, with `digits`, is
+    refused naming the files a digits-ddpm directory lacks."""
+    from sharpen.backends.models import diffusion_path, is_diffusion
+    from sharpen.search.denoise_task import is_digits_task
+
+    diffusion = is_diffusion(model)
+    if is_digits_task(task) and not diffusion:
+        p = Path(model).expanduser()
+        if p.is_dir() and not (p / "config.json").is_file():
+            diffusion_path(model)  # raises: which files are missing
+    if diffusion != is_digits_task(task):
+        raise _pairing_error(diffusion)
+
+
+def default_scorer(task: str) -> str:
+    """The scorer a search uses when none is named: `x0-reward` for the digits task (the reward of
+    the predicted x_0), `self` (the policy's own judgement) for a text task."""
+    from sharpen.search.denoise_task import DEFAULT_SCORER, is_digits_task
+
+    return DEFAULT_SCORER if is_digits_task(task) else "self"
+
+
 def make_process(backend, task, settings: SearchSettings | None = None, strict_answers: bool = False):
-    """The language-model process that search algorithms talk to."""
+    """The process that search algorithms talk to: a `DenoiseProcess` for a denoising model with the
+    digits task (`sharpen.search.denoise_task.make_denoise_process`), else the language-model process.
+    A model of one kind with a task of the other is a one-line ConfigError."""
+    from sharpen.backends.diffusion import DigitsDiffusion
+    from sharpen.search.denoise_task import DigitsTask, make_denoise_process
     from sharpen.search.process import LMProcess
 
+    if isinstance(backend, DigitsDiffusion) != isinstance(task, DigitsTask):
+        raise _pairing_error(isinstance(backend, DigitsDiffusion))
+    if isinstance(task, DigitsTask):
+        return make_denoise_process(backend, task, settings, strict_answers=strict_answers)
     s = settings or SearchSettings()
     return LMProcess(backend, task, temperature=s.temperature, step_tokens=s.step_tokens,
                      rollout_tokens=s.rollout_tokens, max_depth=s.max_depth, strict_answers=strict_answers,
@@ -53,7 +106,8 @@ class SearchSpec(BaseModel):
     algorithm: str = Field(description="search algorithm (`sharpen algos` lists them)")
     scorer: str | None = Field(None, description="the scorer as trees record it: a spec such as `rollout:2` "
                                "(a server's: the name it was started with), None for none")
-    budget: int = Field(description="generated-token budget per problem")
+    budget: int = Field(description="budget per problem, in the process's unit: generated tokens for a language "
+                        "model, denoiser forwards (NFE) for a denoising process")
     options: SerializeAsAny[Options] = Field(default_factory=Options, description="the algorithm's options")
     settings: SearchSettings = Field(default_factory=SearchSettings, description="how the process samples steps")
     collect: bool = Field(False, description="training-data collection: scorers that read reference answers allowed")
@@ -80,7 +134,8 @@ class SearchSpec(BaseModel):
         entry = get_algorithm(algorithm)
         typed = entry.parse(options, budget)
         if budget < 1:
-            raise ConfigError("--budget must be >= 1 generated token (fix: e.g. --budget 512)")
+            raise ConfigError("--budget must be >= 1 (generated tokens, or NFE for a denoising process) "
+                              "(fix: e.g. --budget 512)")
         if entry.needs_scorer and scorer in (None, "none"):
             raise ConfigError(f"{algorithm} needs a scorer (fix: --scorer self, rollout, prm:<path>, or oracle with --collect)")
         if scorer not in (None, "none"):
@@ -100,7 +155,7 @@ class SearchSpec(BaseModel):
         return get_algorithm(self.algorithm)
 
     def process(self, backend: Any, task: Any) -> Any:
-        """The language-model process this spec searches: its settings and `strict_answers`."""
+        """The process this spec searches (`make_process`): its settings and `strict_answers`."""
         return make_process(backend, task, self.settings, strict_answers=self.strict_answers)
 
     def make_scorer(self, process: Any) -> Any:
@@ -121,10 +176,14 @@ def execute(spec: SearchSpec, process: Any, problems: list, scorer: Any = None, 
             split: str | None = None, batch_meter: Any = None, parallel: int | None = None) -> list:
     """Search every problem with `spec` on `process` and `scorer` (`spec.make_scorer(process)`),
     `parallel` problems at once (default `spec.settings.parallel`): `search_problems`, which labels
-    the trees, appends them to `out_jsonl` and resumes from it. Returns the trees in problem order."""
+    the trees, appends them to `out_jsonl` and resumes from it. A denoising process's finished trees
+    keep only their terminals' x_0 (`sharpen.search.denoise_task.compact`), in `out_jsonl` too.
+    Returns the trees in problem order."""
     from sharpen.search.collect import search_problems
+    from sharpen.search.denoise_task import compact, is_denoise_process
 
-    return search_problems(process, scorer, spec.algorithm, problems, spec.budget, seed=seed, out_jsonl=out_jsonl,
-                           algo_args=spec.options, on_progress=on_progress,
-                           parallel=spec.settings.parallel if parallel is None else parallel, split=split,
-                           scorer_spec=spec.scorer, batch_meter=batch_meter)
+    trees = search_problems(process, scorer, spec.algorithm, problems, spec.budget, seed=seed, out_jsonl=out_jsonl,
+                            algo_args=spec.options, on_progress=on_progress,
+                            parallel=spec.settings.parallel if parallel is None else parallel, split=split,
+                            scorer_spec=spec.scorer, batch_meter=batch_meter)
+    return compact(trees, out_jsonl) if is_denoise_process(process) else trees

@@ -1,5 +1,7 @@
 """`sharpen sweep`: every algorithm at every budget on the same problems, and the plot of accuracy
-against generated tokens and against forward tokens (policy + verifier).
+against generated tokens and against forward tokens (policy + verifier); for a denoising process
+(`sharpen.search.denoise_task`), of accuracy and of the mean reward of the chosen x_0 against the
+denoiser forwards spent (NFE), the budget's unit there.
 
 A sweep directory grows: sweeping again into it with the same problems and search settings (its
 `sweep.json` header) keeps the cells already there, reuses a cell's finished trees when it is asked
@@ -115,6 +117,7 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
 
     from sharpen.core.meter import UsageMeter
     from sharpen.search.collect import search_metrics
+    from sharpen.search.denoise_task import denoise_metrics, is_denoise_process
     from sharpen.search.spec import SearchSpec, execute
 
     out_dir = Path(out_dir)
@@ -145,10 +148,11 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
                 atomic_write_json(metrics, c)  # a cell's own record follows its baseline (searched later)
 
     results: list[dict[str, Any]] = []
+    unit = "NFE" if is_denoise_process(process) else "tok"
     for budget in budgets:
         for algo, sc in pairs:
             d = out_dir / cell_name(algo, sc) / f"budget-{budget}"
-            bar = progress(f"{algo}@{sc} {budget} tok" if sc else f"{algo} {budget} tok", len(problems)) if progress else nullcontext(None)
+            bar = progress(f"{algo}@{sc} {budget} {unit}" if sc else f"{algo} {budget} {unit}", len(problems)) if progress else nullcontext(None)
             batches = UsageMeter()  # the lockstep batches' own usage: what shared prefills saved
             with bar as advance:
                 spec = SearchSpec(algorithm=algo, scorer=sc, budget=budget, options=(options or {}).get(algo, {}))
@@ -156,6 +160,8 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
                                 on_progress=advance, split=split, batch_meter=batches, parallel=parallel)
             m = search_metrics(trees, budget, batches.total) | {"algo": algo, "scorer": sc, "trees": str(d / "trees.jsonl"),
                                                  "options": algo_options(algo, options)}
+            if is_denoise_process(process):  # the reward of the chosen x_0 and the NFE spent
+                m |= denoise_metrics(trees)
             right[_cell_key(m)] = [1.0 if t.correct else 0.0 for t in trees]
             results.append(m)
             compare(results, budget)
@@ -185,9 +191,19 @@ def _correct(cell: dict[str, Any], cache: dict[tuple[str, str | None, int], list
     return cache[key]
 
 
-def sweep_rows(results: list[dict[str, Any]], budgets: list[int]) -> list[list[str]]:
-    """The sweep as a header and one row per algorithm@scorer: each budget's accuracy, generated /
-    forward (policy + verifier) tokens per problem, and the paired change vs the first row."""
+def sweep_title(results: list[dict[str, Any]], split: str, n: int) -> str:
+    """The title of `sweep_rows`' table: what each cell shows."""
+    spend = ("mean reward of the chosen x_0, NFE per problem" if any("mean_nfe" in r for r in results) else
+             "generated / forward tokens per problem: policy + verifier")
+    return f"accuracy ({spend}; paired change vs the first row, 95% CI), {split} split, n={n}"
+
+
+def sweep_rows(results: list[dict[str, Any]], budgets: list[int] | None = None) -> list[list[str]]:
+    """The sweep as a header and one row per algorithm@scorer: each budget's accuracy (every budget
+    of `results` by default), generated / forward (policy + verifier) tokens per problem (for a
+    denoising process: the mean reward of the chosen x_0 and the NFE per problem), and the paired
+    change vs the first row."""
+    budgets = sorted({r["budget"] for r in results}) if budgets is None else budgets
     rows = [["algorithm", *[str(b) for b in budgets]]]
     for key in dict.fromkeys((r["algo"], r["scorer"]) for r in results):
         cells = {r["budget"]: r for r in results if (r["algo"], r["scorer"]) == key}
@@ -199,16 +215,21 @@ def sweep_rows(results: list[dict[str, Any]], budgets: list[int]) -> list[list[s
                 continue
             v = c.get("vs_first")
             vs = f" {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else ""
-            row.append(f"{c['accuracy']:.2f} ({c['mean_generated_tokens']:.0f} / "
-                       f"{c['mean_forward_tokens'] + c['mean_verifier_tokens']:.0f}){vs}")
+            if "mean_nfe" in c:
+                row.append(f"{c['accuracy']:.2f} ({c['mean_reward']:.3f}, {c['mean_nfe']:.0f}){vs}")
+            else:
+                row.append(f"{c['accuracy']:.2f} ({c['mean_generated_tokens']:.0f} / "
+                           f"{c['mean_forward_tokens'] + c['mean_verifier_tokens']:.0f}){vs}")
         rows.append(row)
     return rows
 
 
 def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """One line per algorithm@scorer, y = accuracy with its 95% bootstrap interval; on the left
-    x = mean generated tokens actually spent per problem, on the right the forward tokens the
-    models processed per problem (policy + verifier: a FLOP proxy); both log2."""
+    """One line per algorithm@scorer with 95% bootstrap intervals; for a language model y = accuracy,
+    on the left against the mean generated tokens actually spent per problem, on the right against
+    the forward tokens the models processed per problem (policy + verifier: a FLOP proxy); for a
+    denoising process (cells with `mean_nfe`) against the mean NFE per problem, y = accuracy on the
+    left and the mean reward of the chosen x_0 on the right. x is log2."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,25 +238,32 @@ def plot_sweep(results: list[dict[str, Any]], path: str | Path, title: str = "")
     keys = list(dict.fromkeys((r["algo"], r["scorer"]) for r in results))
     legend_in = 0.24 * -(-len(keys) // 3)  # inches below the panels: 3 legend entries a row
     height = 4.4 + legend_in
-    fig, axes = plt.subplots(1, 2, figsize=(11, height), dpi=120, sharey=True)
+    if results and all("mean_nfe" in r for r in results):  # a denoising process: both against NFE
+        panels = [(lambda r: r["mean_nfe"], "accuracy"), (lambda r: r["mean_nfe"], "mean_reward")]
+        xlabels = ("denoiser forwards (NFE) per problem",) * 2
+        ylabels = ("accuracy (target class)", "mean reward of the chosen x_0")
+    else:
+        panels = [(lambda r: r["mean_generated_tokens"], "accuracy"),
+                  (lambda r: r["mean_forward_tokens"] + r["mean_verifier_tokens"], "accuracy")]
+        xlabels = ("generated tokens per problem (actually spent)", "forward tokens per problem (policy + verifier)")
+        ylabels = ("accuracy", "")
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), dpi=120, sharey=len(set(y for _, y in panels)) == 1)
     colors = plt.get_cmap("tab10").colors
     for i, (algo, scorer) in enumerate(keys):
         # a style no other line has: ten colours, then other markers and dashes
         style = {"color": colors[i % 10], "marker": "osD^v"[i // 10 % 5], "linestyle": ("-", "--", ":")[i // 10 % 3]}
         rs = sorted((r for r in results if r["algo"] == algo and r["scorer"] == scorer), key=lambda r: r["budget"])
-        y = [r["accuracy"] for r in rs]
-        lo = [r["accuracy"] - r["accuracy_ci95"][0] for r in rs]
-        hi = [r["accuracy_ci95"][1] - r["accuracy"] for r in rs]
         label = algo if scorer in (None, "none") else f"{algo} ({scorer})"
-        for ax, x in ((axes[0], [r["mean_generated_tokens"] for r in rs]),
-                      (axes[1], [r["mean_forward_tokens"] + r["mean_verifier_tokens"] for r in rs])):
-            ax.errorbar([max(1.0, v) for v in x], y, yerr=[lo, hi], capsize=3, label=label, **style)
-    for ax, what in zip(axes, ("generated tokens per problem (actually spent)",
-                               "forward tokens per problem (policy + verifier)"), strict=True):
+        for ax, (x, y) in zip(axes, panels, strict=True):
+            ys = [r[y] for r in rs]
+            lo = [r[y] - r[f"{y}_ci95"][0] for r in rs]
+            hi = [r[f"{y}_ci95"][1] - r[y] for r in rs]
+            ax.errorbar([max(1.0, x(r)) for r in rs], ys, yerr=[lo, hi], capsize=3, label=label, **style)
+    for ax, what, ylabel in zip(axes, xlabels, ylabels, strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel(what)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
     # below both panels, where it hides no point
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(keys)), fontsize=8, frameon=False)
