@@ -321,6 +321,12 @@ class SearchService:
             self.trees.popitem(last=False)
 
 
+def _outcome_unread(fut: asyncio.Future) -> None:
+    """A request answered before its search ended (its client left, or it timed out): the search's
+    outcome, usually `SearchCancelled`, is read when it comes, so asyncio does not log it as lost."""
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
     from fastapi.responses import JSONResponse
 
@@ -467,10 +473,12 @@ def create_app(service: SearchService, model_name: str) -> Any:
             except TimeoutError:
                 if await request.is_disconnected():
                     job.cancelled = True
+                    _outcome_unread(wrapped)
                     requests.labels("499").inc()
                     return _error(499, "client disconnected")
                 if job.stop():
                     job.cancelled = True
+                    _outcome_unread(wrapped)
                     requests.labels("504").inc()
                     return _error(504, f"the search took longer than {cfg.timeout:g} s (fix: a smaller budget)",
                                   "timeout_error")

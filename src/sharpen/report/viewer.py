@@ -188,6 +188,7 @@ __IMAGES__
     var u = t.usage || {}, parts = [];
     ["generated_tokens", "nfe", "reward_calls", "budget_tokens", "prompt_tokens", "calls", "seconds"].forEach(function (k) {
       if (u[k] === undefined) return;
+      if (k === "generated_tokens" && u.nfe && !u[k]) return;  // a denoising process spends forwards, not tokens
       var name = k === "budget_tokens" && u.budget_unit ? "budget " + u.budget_unit : k.replace("_", " ");
       parts.push(name + " " + (k === "seconds" ? (+u[k]).toFixed(2) : u[k]));
     });
