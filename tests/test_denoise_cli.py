@@ -104,6 +104,12 @@ def test_sweep_reports_reward_and_nfe_per_cell(tmp_path, digits_dir):
         assert c["mean_reward"] == pytest.approx(sum(chosen_reward(t) for t in trees) / 3)
     assert {c["scorer"] for c in cells if c["algo"] != "vote"} == {"x0-reward"}
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 10_000
+    for b in (24, 48):  # the paired change vs the first row is of the mean reward, by which the search selects
+        at = {c["algo"]: c for c in cells if c["budget"] == b}
+        for algo in ("bon", "pf"):
+            v = at[algo]["vs_first"]
+            assert v["baseline"] == "vote" and v["of"] == "mean_reward"
+            assert v["delta"] == pytest.approx(at[algo]["mean_reward"] - at["vote"]["mean_reward"])
 
 
 def test_models_list_and_prepare_and_the_builtin_name(tmp_path, digits_dir):

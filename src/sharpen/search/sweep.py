@@ -108,8 +108,9 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
     """Search `problems` with each (algorithm, scorer) in `pairs` at each budget; every cell's trees
     and metrics under `out_dir/<cell_name(algo, scorer)>/budget-<b>/`, all of them in `out_dir/sweep.json`
     (rewritten after each cell), then `accuracy_vs_tokens.png`. Every cell after the first of a
-    budget carries `vs_first`: its accuracy minus the first pair's on the same problems, with a
-    paired bootstrap 95% interval (the first pair is the baseline, e.g. `vote`). `prior`: the cells of
+    budget carries `vs_first`: its accuracy minus the first pair's on the same problems (on a denoising
+    process, the chosen x_0's mean reward, by which it selects), with a paired bootstrap 95% interval
+    (the first pair is the baseline, e.g. `vote` or `bon`). `prior`: the cells of
     an earlier sweep into `out_dir` that are not asked for again (`prior_cells`), kept in the results;
     `prior_rows`, that sweep's rows in order, come first, so its first row stays the baseline.
     Returns every cell, ordered by budget."""
@@ -117,7 +118,7 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
 
     from sharpen.core.meter import UsageMeter
     from sharpen.search.collect import search_metrics
-    from sharpen.search.denoise_task import denoise_metrics, is_denoise_process
+    from sharpen.search.denoise_task import chosen_reward, denoise_metrics, is_denoise_process
     from sharpen.search.spec import SearchSpec, execute
 
     out_dir = Path(out_dir)
@@ -142,7 +143,8 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
             mine = _correct(c, right) if i else None
             if base is not None and mine is not None and len(mine) == len(base):  # (a kept cell's trees may be gone)
                 delta, (lo, hi) = paired_bootstrap(base, mine, seed=seed)
-                c["vs_first"] = {"baseline": label, "delta": delta, "ci95": [lo, hi]}
+                c["vs_first"] = {"baseline": label, "of": "mean_reward" if "mean_reward" in c else "accuracy",
+                                 "delta": delta, "ci95": [lo, hi]}
             metrics = Path(c["trees"]).parent / "metrics.json"
             if c.get("vs_first") != before and metrics.is_file():
                 atomic_write_json(metrics, c)  # a cell's own record follows its baseline (searched later)
@@ -162,7 +164,9 @@ def run_sweep(process: Any, scorers: dict[str | None, Any], pairs: list[tuple[st
                                                  "options": algo_options(algo, options)}
             if is_denoise_process(process):  # the reward of the chosen x_0 and the NFE spent
                 m |= denoise_metrics(trees)
-            right[_cell_key(m)] = [1.0 if t.correct else 0.0 for t in trees]
+                right[_cell_key(m)] = [chosen_reward(t) for t in trees]
+            else:
+                right[_cell_key(m)] = [1.0 if t.correct else 0.0 for t in trees]
             results.append(m)
             compare(results, budget)
             atomic_write_json(d / "metrics.json", m)
@@ -177,16 +181,21 @@ def _label(cell: dict[str, Any]) -> str:
 
 
 def _correct(cell: dict[str, Any], cache: dict[tuple[str, str | None, int], list[float]]) -> list[float] | None:
-    """A cell's per-problem correctness (1/0), from its trees.jsonl for a cell of an earlier sweep;
-    None when those trees are gone."""
+    """A cell's per-problem outcome, correctness (1/0) or, on a denoising process, the chosen x_0's
+    reward, from its trees.jsonl for a cell of an earlier sweep; None when those trees are gone."""
     import json
+
+    from sharpen.core.tree import Tree
+    from sharpen.search.denoise_task import chosen_reward
 
     key = _cell_key(cell)
     if key not in cache:
         try:
             with open(cell["trees"]) as f:
-                cache[key] = [1.0 if json.loads(line).get("correct") else 0.0 for line in f if line.strip()]
-        except (OSError, KeyError, ValueError):
+                rows = [json.loads(line) for line in f if line.strip()]
+            cache[key] = ([chosen_reward(Tree.from_dict(r)) for r in rows] if "mean_reward" in cell
+                          else [1.0 if r.get("correct") else 0.0 for r in rows])
+        except (OSError, KeyError, ValueError, TypeError):
             return None
     return cache[key]
 
@@ -195,7 +204,8 @@ def sweep_title(results: list[dict[str, Any]], split: str, n: int) -> str:
     """The title of `sweep_rows`' table: what each cell shows."""
     spend = ("mean reward of the chosen x_0, NFE per problem" if any("mean_nfe" in r for r in results) else
              "generated / forward tokens per problem: policy + verifier")
-    return f"accuracy ({spend}; paired change vs the first row, 95% CI), {split} split, n={n}"
+    change = "mean reward" if any("mean_nfe" in r for r in results) else "accuracy"
+    return f"accuracy ({spend}; paired change of the {change} vs the first row, 95% CI), {split} split, n={n}"
 
 
 def sweep_rows(results: list[dict[str, Any]], budgets: list[int] | None = None) -> list[list[str]]:
