@@ -142,7 +142,7 @@ def build_unet(s: DigitsSettings) -> Any:
 
 
 @contextmanager
-def _deterministic(threads: int) -> Iterator[None]:
+def deterministic_training(threads: int) -> Iterator[None]:
     """Within: `threads` torch threads and deterministic algorithms; both restored on exit."""
     import torch
 
@@ -166,7 +166,7 @@ def train_denoiser(s: DigitsSettings, x: Any) -> tuple[Any, Any, float]:
     import torch
     from diffusers import DDPMScheduler
 
-    with _deterministic(s.threads), torch.random.fork_rng(devices=[]):
+    with deterministic_training(s.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         unet = build_unet(s)
         ema = copy.deepcopy(unet).requires_grad_(False)
