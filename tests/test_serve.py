@@ -146,6 +146,8 @@ def test_a_request_gets_a_searched_answer_with_usage_and_its_tree(server):
     ({"messages": []}, "messages must be a non-empty list"),
     ({"messages": Q, "search": {"algo": "bon", "scorer": "oracle"}}, "one of rollout, quick or none"),
     ({"messages": Q, "search": {"algo": "mcts", "kk": 2, "scorer": "rollout"}}, "kk"),
+    ({"messages": Q, "search": {"budget": "lots"}}, "option budget='lots'"),
+    ({"messages": Q, "search": {"algo": ["vote"]}}, "option algo="),
 ])
 def test_bad_requests_get_a_400_with_one_line_and_the_server_keeps_serving(server, body, words):
     with pytest.raises(openai.BadRequestError) as e:

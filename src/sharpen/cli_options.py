@@ -18,6 +18,7 @@ from rich.table import Column, Table
 from sharpen.search.denoise import REWARDS
 from sharpen.search.evaluate import EvalConfig
 from sharpen.search.process import SearchSettings
+from sharpen.search.spec import BUDGET_UNIT, SearchRequest
 from sharpen.serve import ServeConfig
 
 Param = inspect.Parameter
@@ -91,9 +92,6 @@ SEARCH_TASK = opt("task", str, "gym:chain_sum", f"{TASK_HELP}; or digits (draw a
                   "--task")
 SEARCH_TASK_ARG = opt("task_arg", list[str] | None, None, "key=value for a gym task config, or for digits: steps=50 "
                       f"(reverse steps, one NFE each), classes=10, reward={'|'.join(REWARDS)}; repeatable", "--task-arg")
-UNIT = "in the process's unit: generated tokens for a language model, denoiser forwards (NFE) for a denoising process"
-SCORER_HELP = ("self, rollout[:k], oracle[:k] (only with --collect), prm:<path>; for a denoising process x0-reward or "
-               "mc-reward[:k] (default: self, x0-reward with --task digits)")
 SEED = opt("seed", int, 0)
 JSON = opt("as_json", bool, False, "print the metrics as one JSON object on stdout", "--json")
 RAY_HELP = ("shard the problems over Ray actors: local (a local cluster), auto (this machine's cluster) or "
@@ -114,9 +112,9 @@ EVAL = [MODEL, TASK, TASK_ARG, opt("n", int, 50, "held-out problems"),
 SETTINGS = from_model(SearchSettings)
 
 SEARCH = [
-    opt("algo", str, "mcts", "a registered algorithm (`sharpen algos`): bon, vote, weighted, beam, mcts, pf"),
-    opt("scorer", str | None, None, SCORER_HELP),
-    opt("budget", int, 512, f"budget per problem, scorer's spend included, {UNIT}"),
+    *from_model(SearchRequest, ["algo", "scorer", "budget"],
+                helps={"scorer": SearchRequest.model_fields["scorer"].description + " (default: self, x0-reward with "
+                                                                                   "--task digits)"}),
     SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, opt("n", int, 20, "problems"),
     opt("skip", int, 0, "skip the split's first SKIP problems (e.g. those a prover policy trained on)"), SEED,
     opt("collect", bool, False, "search the training split (allows the oracle scorer)", "--collect"),
@@ -126,7 +124,7 @@ SEARCH = [
 
 SWEEP = [
     opt("algos", str, "vote,bon,beam,mcts,pf", "comma list: algo or algo@scorer, e.g. vote,bon@self,mcts@rollout"),
-    opt("budgets", str, "256,512,1024,2048,4096", f"comma list of budgets per problem, {UNIT}"),
+    opt("budgets", str, "256,512,1024,2048,4096", f"comma list of budgets per problem, {BUDGET_UNIT}"),
     opt("scorer", str | None, None, "default scorer for algorithms that need one (default: self, x0-reward with "
         "--task digits)"),
     SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, opt("n", int, 100, "problems (held-out: the test split)"), SEED,

@@ -506,7 +506,7 @@ def create_app(service: SearchService, model_name: str) -> Any:
     return app
 
 
-SEARCH_KEYS = {"algo", "budget", "scorer", "seed"}
+SEARCH_KEYS = {"algo", "budget", "scorer", "seed"}  # SearchRequest's fields and the seed; the rest are options
 
 
 def _parse(body: Any, cfg: ServeConfig, service: SearchService) -> _Job:
@@ -528,15 +528,16 @@ def _parse(body: Any, cfg: ServeConfig, service: SearchService) -> _Job:
     search = body.get("search") or {}
     if not isinstance(search, dict):
         raise ConfigError("search must be an object (fix: {\"algo\": \"vote\", \"budget\": 256})")
-    algo = search.get("algo", cfg.algo)
+    from sharpen.search.spec import SearchRequest
+
     scorer = search.get("scorer")
-    scorer = cfg.default_scorer if scorer is None else scorer
-    budget = search.get("budget", cfg.budget)
-    seed = search.get("seed", body.get("seed"))
-    if not isinstance(algo, str) or not isinstance(budget, int) or isinstance(budget, bool):
-        raise ConfigError("search.algo must be a name and search.budget an integer (fix: e.g. {\"algo\": \"vote\", \"budget\": 256})")
-    if not isinstance(scorer, str):
+    if scorer is not None and not isinstance(scorer, str):  # a name the server started with; its own message
         raise ConfigError("search.scorer must be the name of one of the server's scorers (fix: e.g. \"rollout\", or none)")
+    asked = {k: search[k] for k in SearchRequest.model_fields if k in search}
+    req = SearchRequest.parse({"algo": cfg.algo, "budget": cfg.budget, **asked}, "search")
+    algo, budget = req.algo, req.budget
+    scorer = cfg.default_scorer if req.scorer is None else req.scorer
+    seed = search.get("seed", body.get("seed"))
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or abs(seed) >= 2**63):
         raise ConfigError("seed must be an integer below 2**63 in size (fix: e.g. \"seed\": 0)")
     options = {k: v for k, v in search.items() if k not in SEARCH_KEYS}

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sharpen.core.errors import ConfigError
 from sharpen.search.evaluate import EvalConfig
 from sharpen.search.process import SearchSettings
+from sharpen.search.spec import SearchRequest
 
 Recipe = str  # a name in sharpen.loop.recipes.RECIPES
 
@@ -28,8 +29,8 @@ class _Strict(BaseModel):
 
 
 class CollectConfig(SearchSettings):
-    algo: str = Field("mcts", description="search algorithm on training problems (`sharpen algos` lists them)")
-    scorer: str = Field("oracle", description="scorer spec: oracle[:k] | rollout[:k] | self | prm:<path> (`sharpen algos`)")
+    algo: str = Field("mcts", description=SearchRequest.model_fields["algo"].description)
+    scorer: str = Field("oracle", description=SearchRequest.model_fields["scorer"].description)
     problems: int = Field(64, ge=1, description="training problems searched per round")
     pool: int | None = Field(
         None, ge=1,
@@ -38,7 +39,7 @@ class CollectConfig(SearchSettings):
         "set reaches (about 4 x eval.n) so the few, often-repeated short problems do not dominate training "
         "while the held-out set, distinct by construction, holds mostly long ones",
     )
-    budget: int = Field(512, ge=1, description="generated-token budget per problem")
+    budget: int = Field(512, ge=1, description=SearchRequest.model_fields["budget"].description)
     temperature_step: float = Field(
         0.0, ge=0.0,
         description="added to `temperature` for each round after the first. A trained policy is sharper: at "

@@ -94,6 +94,22 @@ def make_process(backend, task, settings: SearchSettings | None = None, strict_a
                      merge_duplicates=s.merge_duplicates)
 
 
+BUDGET_UNIT = "in the process's unit: generated tokens for a language model, denoiser forwards (NFE) for a denoising process"
+
+
+class SearchRequest(Options):
+    """One search as a user asks for it, under the same names and descriptions everywhere:
+    `sharpen search --algo/--scorer/--budget`, a run config's `collect.algo/scorer/budget` and a
+    served request's `search` object (whose other keys are the algorithm's options). Each face
+    keeps its own defaults; `SearchSpec.checked` then validates the request as a whole."""
+
+    algo: str = Field("mcts", description="search algorithm (`sharpen algos` lists them)")
+    scorer: str | None = Field(None, description="the scorer: self, rollout[:k], oracle[:k] (training problems only), "
+                               "prm:<path>, implicit:<path>, pav:<path>; x0-reward or mc-reward[:k] on a denoising "
+                               "process (`sharpen algos` lists them; a server's: a name it was started with)")
+    budget: int = Field(512, ge=1, description=f"budget per problem, the scorer's spend included, {BUDGET_UNIT}")
+
+
 class SearchSpec(BaseModel):
     """One search, as every caller states it. Built from a dict (a caller's raw options, a YAML
     section, an HTTP body, the `model_dump()` a Ray worker receives), `options` is validated into
@@ -106,8 +122,7 @@ class SearchSpec(BaseModel):
     algorithm: str = Field(description="search algorithm (`sharpen algos` lists them)")
     scorer: str | None = Field(None, description="the scorer as trees record it: a spec such as `rollout:2` "
                                "(a server's: the name it was started with), None for none")
-    budget: int = Field(description="budget per problem, in the process's unit: generated tokens for a language "
-                        "model, denoiser forwards (NFE) for a denoising process")
+    budget: int = Field(description=f"budget per problem, {BUDGET_UNIT}")
     options: SerializeAsAny[Options] = Field(default_factory=Options, description="the algorithm's options")
     settings: SearchSettings = Field(default_factory=SearchSettings, description="how the process samples steps")
     collect: bool = Field(False, description="training-data collection: scorers that read reference answers allowed")
