@@ -126,3 +126,17 @@ def assert_same_tree(a, b, path="tree"):
             assert_same_tree(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+TINY_DIGITS = {"steps": 60, "batch": 32, "channels": (8, 16), "norm_groups": 4}
+"""A digits-ddpm small enough to train in seconds (`prepare_digits` settings)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_dir(tmp_path_factory):
+    """One tiny digits-ddpm for the whole session (tests copy it before changing it)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("sklearn")
+    from sharpen.backends.diffusion import prepare_digits
+
+    return prepare_digits(tmp_path_factory.mktemp("ddpm") / "digits-ddpm", **TINY_DIGITS)

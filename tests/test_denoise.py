@@ -14,6 +14,8 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
+from conftest import TINY_DIGITS as TINY  # noqa: E402
+
 from sharpen.backends.diffusion import REALISM_FILE, load_digits_model, prepare_digits  # noqa: E402
 from sharpen.core.budget import Budget  # noqa: E402
 from sharpen.core.errors import BudgetError, ConfigError  # noqa: E402
@@ -30,13 +32,12 @@ from sharpen.search.denoise import (  # noqa: E402
 )
 from sharpen.search.scorers import make_scorer  # noqa: E402
 
-TINY = {"steps": 60, "batch": 32, "channels": (8, 16), "norm_groups": 4}
 STEPS = 8  # reverse steps of the tests' sampler
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return prepare_digits(tmp_path_factory.mktemp("ddpm") / "digits-ddpm", **TINY)
+def model_dir(tiny_digits_dir):
+    return tiny_digits_dir
 
 
 @pytest.fixture(scope="module")

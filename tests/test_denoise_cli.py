@@ -18,15 +18,13 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
-from sharpen.backends.diffusion import prepare_digits  # noqa: E402
 
-TINY = {"steps": 60, "batch": 32, "channels": (8, 16), "norm_groups": 4}
 DIGITS = ["--task", "digits", "--task-arg", "steps=8"]  # 8 reverse steps: a whole sample costs 8 NFE
 
 
 @pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory) -> str:
-    return str(prepare_digits(tmp_path_factory.mktemp("ddpm") / "digits-ddpm", **TINY))
+def digits_dir(tiny_digits_dir) -> str:
+    return str(tiny_digits_dir)
 
 
 def run(args: list[str], cwd, home=None) -> subprocess.CompletedProcess:

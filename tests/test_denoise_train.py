@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
-from sharpen.backends.diffusion import load_digits_model, prepare_digits  # noqa: E402
+from sharpen.backends.diffusion import load_digits_model  # noqa: E402
 from sharpen.core.errors import ConfigError  # noqa: E402
 from sharpen.search.algorithms import ALGORITHMS  # noqa: E402
 from sharpen.search.denoise import DenoiseProcess, decode_state, problems  # noqa: E402
@@ -32,15 +32,14 @@ from sharpen.train.diffusion import (  # noqa: E402
     unguided_samples,
 )
 
-TINY = {"steps": 60, "batch": 32, "channels": (8, 16), "norm_groups": 4}
 STEPS = 8  # reverse steps of the tests' sampler
 TARGET = 3
 SEARCH = {"budget": 60, "steps": STEPS, "width": 2, "expansions": 3}
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return prepare_digits(tmp_path_factory.mktemp("ddpm") / "digits-ddpm", **TINY)
+def model_dir(tiny_digits_dir):
+    return tiny_digits_dir
 
 
 @pytest.fixture(scope="module")

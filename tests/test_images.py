@@ -18,7 +18,7 @@ pytest.importorskip("PIL")
 
 from PIL import Image  # noqa: E402
 
-from sharpen.backends.diffusion import load_digits_model, prepare_digits  # noqa: E402
+from sharpen.backends.diffusion import load_digits_model  # noqa: E402
 from sharpen.core.errors import ConfigError  # noqa: E402
 from sharpen.core.tree import Tree  # noqa: E402
 from sharpen.report.images import (  # noqa: E402
@@ -38,15 +38,14 @@ from sharpen.search.algorithms import ALGORITHMS  # noqa: E402
 from sharpen.search.denoise import DenoiseProcess, decode_state, encode_state, problems, strip_states  # noqa: E402
 from sharpen.search.scorers import make_scorer  # noqa: E402
 
-TINY = {"steps": 40, "batch": 32, "channels": (8, 16), "norm_groups": 4}
 STEPS = 6
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trees(tmp_path_factory) -> list[Tree]:
+def trees(tiny_digits_dir) -> list[Tree]:
     """A beam tree with every state kept, and a best-of-N tree stripped to its terminals' x_0."""
-    model = load_digits_model(prepare_digits(tmp_path_factory.mktemp("ddpm") / "digits-ddpm", **TINY))
+    model = load_digits_model(tiny_digits_dir)
     proc = DenoiseProcess(model, steps=STEPS)
     p = problems("test", 1, seed=1)[0]
     beam = ALGORITHMS["beam"](proc, make_scorer("x0-reward", proc), p, 20 * STEPS, seed=0, width=2, expansions=3)
