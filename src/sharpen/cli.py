@@ -267,7 +267,8 @@ def run_cmd(**o) -> None:
     out.print(O.rows_table(f"{cfg.name}: {cfg.recipe}, {cfg.rounds} rounds, held-out n={cfg.eval.n}",
                            summary_table(collect_facts(Path(result["run"])))))
     p = result["paired"]
-    out.print(f"greedy accuracy round {p['from_round']} -> {p['to_round']}: {p['before']:.3f} -> {p['after']:.3f} "
+    what = "mean reward" if p.get("metric") == "mean_reward" else "greedy accuracy"
+    out.print(f"{what} round {p['from_round']} -> {p['to_round']}: {p['before']:.3f} -> {p['after']:.3f} "
               f"({p['delta']:+.3f}, paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}])")
     out.print(f"report: {result['report']}")
     O.log_tracker(Path(result["run"]), tracker)

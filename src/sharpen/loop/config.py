@@ -4,7 +4,11 @@ Recipes: `mcts-dpo` (MCTS trees -> step pairs -> DPO, arXiv 2405.00451), `step-d
 step vs a correct continuation -> DPO, arXiv 2406.18629), `rft` (best-of-N -> verified traces ->
 SFT, rejection-sampling fine-tuning), `prm-guided` (train a PRM each round and search with it as
 the scorer in the next, as in ReST-MCTS* arXiv 2406.03816 / rStar-Math arXiv 2501.04519), `grpo`
-(online RL, TRL's GRPOTrainer with the task's verifier as reward, arXiv 2402.03300).
+(online RL, TRL's GRPOTrainer with the task's verifier as reward, arXiv 2402.03300); and for the
+`digits-ddpm` denoiser on the `digits` task, `diffusion-spo` (searched denoising steps -> sibling
+step pairs -> the Diffusion-DPO step loss, SPO arXiv 2406.04314) and `diffusion-rwr` (reward-weighted
+fine-tuning on unguided samples of equal NFE, arXiv 2302.12192). A language-model recipe with the
+digits task, or a denoiser's recipe with a text task, is a one-line error.
 """
 
 from __future__ import annotations
@@ -245,7 +249,13 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
         recipe = get_recipe(cfg.recipe)
     except ConfigError as e:
         raise ConfigError(f"{where}: recipe: {e}") from None
-    _check_train(cfg, recipe, where)
+    _check_kind(cfg, recipe, where)
+    if recipe.denoise:
+        if "task_args" not in cfg.model_fields_set:  # the default is a text task's: the digits task's own instead
+            cfg = cfg.model_copy(update={"task_args": {}})
+        recipe.check(cfg, None, where)
+    else:
+        _check_train(cfg, recipe, where)
     if cfg.build.trace_pairs and recipe.trains != "pairs":
         raise ConfigError(f"{where}: build.trace_pairs adds pairs, but recipe {cfg.recipe} trains on "
                           f"{recipe.trains} (fix: build.trace_pairs: 0, or recipe mcts-dpo or step-dpo)")
@@ -289,6 +299,25 @@ def with_cluster(cfg: LoopConfig, address: str | None, actors: int | None) -> Lo
         raise ConfigError("--actors needs a cluster (fix: add --ray local|auto|ray://HEAD:10001, or a cluster: "
                           "section in the config)")
     return validate(cfg.model_dump(mode="json") | {"cluster": raw}, "--ray/--actors")
+
+
+def _check_kind(cfg: LoopConfig, recipe: Any, where: str) -> None:
+    """A recipe that trains a denoiser runs on the digits task and a language model's recipe on a text
+    task; the model is of the task's kind (`sharpen.search.spec.check_pairing`)."""
+    from sharpen.search.denoise_task import is_digits_task
+    from sharpen.search.spec import check_pairing
+
+    digits = is_digits_task(cfg.task)
+    if recipe.denoise and not digits:
+        raise ConfigError(f"{where}: recipe {cfg.recipe} trains a denoiser on the digits task, not {cfg.task} "
+                          "(fix: task: digits and model: digits-ddpm, or a language-model recipe such as mcts-dpo)")
+    if digits and not recipe.denoise:
+        raise ConfigError(f"{where}: recipe {cfg.recipe} trains a language model; the digits task is a denoiser's "
+                          "(fix: recipe: diffusion-spo or diffusion-rwr, or a text task such as gym:chain_sum)")
+    try:
+        check_pairing(cfg.model, cfg.task)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _check_train(cfg: LoopConfig, recipe: Any, where: str) -> None:

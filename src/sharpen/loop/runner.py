@@ -5,7 +5,8 @@ model (the oracle scorer is allowed here: this is training-data collection), bui
 the trees, trains with TRL, and evaluates the new policy on the same held-out problems (an online
 recipe, `grpo`, searches nothing: collect writes the round's problems, build their prompts, and the
 trainer samples its own completions). Each stage is recorded in the manifest when finished; a stage
-that was interrupted restarts, and collection/evaluation skip problems already written to their JSONL."""
+that was interrupted restarts, and collection/evaluation skip problems already written to their JSONL.
+A recipe that trains the `digits-ddpm` denoiser runs the same stages in `DenoiseRunner` (`runner_for`)."""
 
 from __future__ import annotations
 
@@ -38,26 +39,34 @@ def _no_progress(description: str, total: int) -> AbstractContextManager[Callabl
 
 class LoopRunner:
     def __init__(self, cfg: LoopConfig, run_dir: Path, progress: ProgressFactory | None = None, say: Say | None = None):
-        from sharpen.core.tasks import load_task
-
         self.cfg = cfg
         self.run = Path(run_dir)
         self.progress = progress or _no_progress
         self.say = say or (lambda s: None)
-        self.task = load_task(cfg.task, cfg.task_args)
-        self.test = self.task.problems("test", cfg.eval.n, seed=cfg.seed)
+        self.recipe = get_recipe(cfg.recipe)
+        self.task = self.load_task()
+        self.test = self.draw("test", cfg.eval.n)
         need = cfg.collect.problems * cfg.rounds
         self.spare_pool: list = []  # collect.screen's extra candidates: the pool's unused problems, shuffled
         if cfg.collect.pool is None:
-            self.train_pool = self.task.problems("train", need, seed=cfg.seed)
+            self.train_pool = self.draw("train", need)
         else:  # validated: pool >= need
-            pool = self.task.problems("train", cfg.collect.pool, seed=cfg.seed)
+            pool = self.draw("train", cfg.collect.pool)
             self.train_pool = random.Random(derive_seed(cfg.seed, "train-pool")).sample(pool, need)
             picked = {p.id for p in self.train_pool}
             self.spare_pool = [p for p in pool if p.id not in picked]
             random.Random(derive_seed(cfg.seed, "spare-pool")).shuffle(self.spare_pool)
         self.manifest = Manifest(self.run)
-        self.recipe = get_recipe(cfg.recipe)
+
+    def load_task(self) -> Any:
+        """The run's task (`task`, `task_args`)."""
+        from sharpen.core.tasks import load_task
+
+        return load_task(self.cfg.task, self.cfg.task_args)
+
+    def draw(self, split: str, n: int) -> list:
+        """The first `n` problems of the task's `split`, seeded by the run's seed."""
+        return self.task.problems(split, n, seed=self.cfg.seed)
 
     # -- driver ----------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -362,6 +371,171 @@ class LoopRunner:
                 "after": float(np.mean(after)), "delta": delta, "ci95": [lo, hi]}
 
 
+class DenoiseRunner(LoopRunner):
+    """The loop for a recipe that trains the `digits-ddpm` denoiser (`sharpen.loop.recipes.DenoiseRecipe`),
+    with the stages, manifest and resuming of every run.
+
+    - evaluate: the unguided sampler of the round's denoiser, one sample per held-out problem (all of
+      the target class; `DenoiseProcess.complete` from the root), its noise seeded by the run's seed
+      and the problem, so every round draws from the same noise; each sample's reward (the
+      classifier's probability of the target), class and x_0 are appended to `eval/problems.jsonl`
+      as it is drawn (a resumed stage skips those there). Its metrics: the mean reward with a
+      bootstrap 95% interval, the share classified as the target, and the diversity (mean pairwise
+      L2 distance between the x_0; `class_diversity`), as `benchmarks/denoise_train.py` measures them.
+    - collect and build: the recipe's `collect_data` and `build_data`; the data is written to
+      `data/<kind>.pt`.
+    - train: one `train_round` from the last round's denoiser (resumed from its checkpoint when the
+      stage was killed), `train.max_epochs` capping its steps as for every recipe.
+    - `paired`: the change in mean reward (paired bootstrap by problem) instead of greedy accuracy."""
+
+    def load_task(self) -> Any:
+        from sharpen.search.spec import load_task
+
+        return load_task(self.cfg.task, **self.cfg.task_args)
+
+    def draw(self, split: str, n: int) -> list:
+        """The first `n` problems of `split` whose target is `train.target`."""
+        return self.recipe.problems(self.task, split, n, self.cfg)
+
+    def evaluate(self, r: int, model: str) -> dict[str, Any]:
+        from sharpen.backends.diffusion import load_digits_model
+        from sharpen.core.io import JsonlAppender
+        from sharpen.search.denoise import encode_state
+        from sharpen.train.diffusion import unguided_samples
+
+        d = self._dir(r, "eval")
+        path = d / "problems.jsonl"
+        target = self.recipe.target(self.cfg)
+        done = {row["id"]: row for row in read_jsonl(path)} if path.exists() else {}
+        todo = [(i, p) for i, p in enumerate(self.test) if p.id not in done]
+        with self.progress(f"round {r}: evaluate (unguided samples)", len(self.test)) as advance:
+            if done:
+                advance(len(self.test) - len(todo))
+            if todo:
+                # one row per forward (chunk 1): the same floats every round, 16x less padding than the default
+                denoiser = load_digits_model(denoiser_dir(model), chunk=1)
+                writer = JsonlAppender(path)
+                try:
+                    for i, p in todo:
+                        x0, rewards, classes, nfe = unguided_samples(denoiser, [p], 1, steps=self.task.options.steps,
+                                                                     seed=self.cfg.seed)
+                        row = {"id": p.id, "index": i, "reward": rewards[0], "class": classes[0],
+                               "correct": classes[0] == target, "nfe": nfe, "x": encode_state(x0[0])}
+                        writer.write(row)
+                        done[p.id] = row
+                        advance(1)
+                finally:
+                    writer.close()
+        metrics = unguided_metrics([done[p.id] for p in self.test], target, self.cfg.seed)
+        metrics["model"] = model
+        atomic_write_json(d / "metrics.json", metrics)
+        self.say(f"round {r}: mean reward {metrics['mean_reward']:.3f}, target share {metrics['target_share']:.3f} "
+                 f"(n={metrics['n']})")
+        return {"artifacts": {"problems": f"round-{r}/eval/problems.jsonl", "metrics": f"round-{r}/eval/metrics.json"}}
+
+    def collect(self, r: int, model: str) -> dict[str, Any]:
+        d = self._dir(r, "collect")
+        metrics, artifacts = self.recipe.collect_data(self, r, model, d)
+        metrics["model"] = model
+        atomic_write_json(d / "metrics.json", metrics)
+        return {"artifacts": artifacts, "model": model}
+
+    def build(self, r: int) -> dict[str, Any]:
+        from sharpen.loop.recipes import save_data
+
+        d = self._dir(r, "data")
+        kind = self.recipe.trains
+        data = self.recipe.build_data(self, r)
+        save_data(data, d / f"{kind}.pt")
+        record: dict[str, Any] = {"rows": {kind: len(data)}, "recipe": self.cfg.recipe, "nfe": data.nfe,
+                                  "steps": data.steps}
+        if kind == "pairs":
+            record |= {"trees": data.trees, "mean_gap": float(data.gap.mean()) if len(data) else None}
+        else:
+            record["mean_reward"] = float(data.reward.mean()) if len(data) else None
+        atomic_write_json(d / "summary.json", record)
+        self.say(f"round {r}: data {record['rows']}")
+        return {"artifacts": {kind: f"round-{r}/data/{kind}.pt"}, "rows": record["rows"]}
+
+    def train(self, r: int, model: str) -> dict[str, Any]:
+        import dataclasses
+
+        from sharpen.loop.recipes import load_data
+        from sharpen.train.diffusion import SUMMARY, train_round
+
+        d = self._dir(r, "train")
+        kind = self.recipe.trains
+        data = load_data(self.run / f"round-{r}" / "data" / f"{kind}.pt")
+        cfg = self.recipe.train_config(self.cfg, self.round_seed(r))
+        cfg = dataclasses.replace(cfg, max_steps=train_steps(cfg.max_steps, self.cfg.train.max_epochs, len(data),
+                                                             cfg.batch))
+        info: dict[str, Any] = {"kind": kind, "rows": len(data), "steps": cfg.max_steps, "start": model,
+                                "method": cfg.method}
+        if not len(data):
+            self.say(f"round {r}: no {kind} to train on; the denoiser is unchanged")
+            info["model"] = model
+        else:
+            text = f"round {r}: {self.recipe.describe(len(data), cfg)}, {cfg.max_steps} steps"
+            with self.progress(text, cfg.max_steps) as advance:
+                out = train_round(denoiser_dir(model), data, d / "policy", cfg, on_step=lambda step, loss: advance(1))
+            info["model"] = str(out)
+            info["metrics"] = json.loads((out / SUMMARY).read_text())["metrics"]
+        atomic_write_json(d / "summary.json", info)
+        return {"artifacts": {"model": str(Path(info["model"]).relative_to(self.run))} if info["model"] != model else {},
+                **info}
+
+    def paired(self, r0: int, r1: int, iters: int = 2000) -> dict[str, Any]:
+        """The change in the unguided sampler's mean reward between two rounds on the same held-out
+        problems (the same noise), with a paired-bootstrap 95% interval (resampling problems)."""
+        import numpy as np
+
+        from sharpen.core.stats import paired_bootstrap
+
+        a, b = reward_by_problem(self.run, r0), reward_by_problem(self.run, r1)
+        ids = [p.id for p in self.test if p.id in a and p.id in b]
+        before, after = [a[i] for i in ids], [b[i] for i in ids]
+        delta, (lo, hi) = paired_bootstrap(before, after, iters=iters, seed=self.cfg.seed)
+        return {"metric": "mean_reward", "from_round": r0, "to_round": r1, "n": len(ids),
+                "before": float(np.mean(before)), "after": float(np.mean(after)), "delta": delta, "ci95": [lo, hi]}
+
+
+def runner_for(cfg: LoopConfig) -> type[LoopRunner]:
+    """The runner class of the config's recipe: `DenoiseRunner` for a recipe that trains a denoiser."""
+    return DenoiseRunner if get_recipe(cfg.recipe).denoise else LoopRunner
+
+
+def denoiser_dir(model: str) -> Path:
+    """The directory of a denoising model: `digits-ddpm` prepared on first use, or a prepared directory."""
+    from sharpen.backends import prepare_model
+    from sharpen.backends.models import DIFFUSION_BUILTIN, diffusion_path
+
+    return prepare_model(model) if model in DIFFUSION_BUILTIN else diffusion_path(model)
+
+
+def unguided_metrics(rows: list[dict[str, Any]], target: int, seed: int = 0) -> dict[str, Any]:
+    """A denoising round's held-out metrics from its `eval/problems.jsonl` rows: the mean reward with
+    its bootstrap 95% interval, the share of samples classified as `target`, the diversity of the
+    x_0 (mean pairwise L2 distance; None with fewer than two) and the NFE spent."""
+    import torch
+
+    from sharpen.core.stats import bootstrap_ci
+    from sharpen.search.denoise import decode_state
+    from sharpen.train.diffusion import SHAPE, class_diversity
+
+    n = len(rows)
+    rewards = [float(row["reward"]) for row in rows]
+    lo, hi = bootstrap_ci(rewards, seed=seed)
+    x0 = torch.stack([decode_state(row["x"], SHAPE) for row in rows]) if rows else torch.zeros((0, *SHAPE))
+    return {"n": n, "target": target, "mean_reward": sum(rewards) / max(1, n), "mean_reward_ci95": [lo, hi],
+            "target_share": sum(bool(row["correct"]) for row in rows) / max(1, n),
+            "diversity": class_diversity(x0, [target] * n), "nfe": sum(int(row["nfe"]) for row in rows)}
+
+
+def reward_by_problem(run: Path, r: int) -> dict[str, float]:
+    """Round `r`'s held-out reward of the unguided sample (a denoising run), by problem id."""
+    return {row["id"]: float(row["reward"]) for row in read_jsonl(Path(run) / f"round-{r}" / "eval" / "problems.jsonl")}
+
+
 def greedy_by_problem(run: Path, r: int) -> dict[str, float]:
     """Round `r`'s held-out greedy correctness (0 or 1), by problem id."""
     rows = read_jsonl(Path(run) / f"round-{r}" / "eval" / "problems.jsonl")
@@ -443,6 +617,6 @@ def run(
 
             connect(cfg.cluster.address)
         cfg = prepare_run_dir(cfg, run_dir, resume)
-    result = LoopRunner(cfg, run_dir, progress=progress, say=say).run_all()
+    result = runner_for(cfg)(cfg, run_dir, progress=progress, say=say).run_all()
     return result | {"run": str(run_dir), "config": cfg}
 

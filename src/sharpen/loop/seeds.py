@@ -64,6 +64,7 @@ def run_seeds(
 
     from sharpen.backends.models import check_model
     from sharpen.loop.config import load_config, validate, with_cluster
+    from sharpen.loop.recipes import get_recipe
     from sharpen.loop.runner import run
 
     say = say or (lambda s: None)
@@ -72,6 +73,9 @@ def run_seeds(
         raise ConfigError("--set seed=... and --seeds both set the seed (fix: drop one of them)")
     seeds = parse_seeds(",".join(map(str, seeds)))
     cfg = load_config(config, overrides)
+    if getattr(get_recipe(cfg.recipe), "denoise", False):
+        raise ConfigError(f"--seeds combines held-out greedy accuracy; the {cfg.recipe} recipe measures a "
+                          "denoiser's mean reward, one seed a run (fix: sharpen run CONFIG --set seed=S per seed)")
     with_cluster(cfg, ray, actors)  # --actors without a cluster fails here, before any seed runs
     parent = Path(out) if out is not None else Path("runs") / cfg.name
     if parent.exists() and not parent.is_dir():

@@ -1,4 +1,11 @@
-"""`sharpen report RUN`: report.md, report.html and plots, rebuilt from the run directory alone."""
+"""`sharpen report RUN`: report.md, report.html and plots, rebuilt from the run directory alone.
+
+A run that trained the `digits-ddpm` denoiser (its eval metrics hold `mean_reward`: the recipes
+`diffusion-spo` / `diffusion-rwr`) is reported by what its rounds measured: the unguided sampler's
+mean reward with its interval, the share of samples of the target class and their diversity, the
+paired change in mean reward, and a grid of the samples (`sharpen.report.images.write_sample_grid`):
+a row per evaluated round, the same held-out problems (the same noise) in every row, each image
+captioned with its class and reward, so the before / after is seen as well as measured."""
 
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from sharpen.core.errors import ConfigError
 from sharpen.core.io import atomic_write_bytes, atomic_write_text, read_jsonl
 from sharpen.report.training import draw_training, round_logs, training_table
 from sharpen.search.credit import is_verifier_spec
+
+GRID_COLUMNS = 12  # held-out problems shown per round in a denoising run's sample grid
+GRID_CELL = 64  # pixels per sample (an 8x8 image at 8x): 12 of them and the row labels fit the page
 
 
 def _rounds(run: Path) -> list[int]:
@@ -127,6 +137,65 @@ def _accuracy_vs_tokens(run: Path, r: int) -> tuple[list[float], list[float]] | 
     return (xs, ys) if xs else None
 
 
+def is_denoising(facts: dict[str, Any]) -> bool:
+    """Whether the run's rounds evaluated a denoiser's unguided sampler (by mean reward)."""
+    return any(e["eval"] and "mean_reward" in e["eval"] for e in facts["rounds"])
+
+
+def write_sample_grid_of(run: Path, facts: dict[str, Any]) -> dict[str, Any] | None:
+    """A denoising run's sample grid, `plots/samples.png`: a row per evaluated round, its unguided
+    samples of the first `GRID_COLUMNS` held-out problems (the same problems and noise in every row),
+    each captioned with its class and reward. Returns the file, its PNG and a caption (None when no
+    round holds samples)."""
+    from sharpen.report.images import write_sample_grid
+
+    images, captions, labels, target = [], [], [], None
+    for e in facts["rounds"]:
+        path = run / f"round-{e['round']}" / "eval" / "problems.jsonl"
+        if not (e["eval"] and "mean_reward" in e["eval"] and path.exists()):
+            continue
+        rows = sorted((row for row in read_jsonl(path) if "x" in row), key=lambda row: row.get("index", 0))
+        if not rows:
+            continue
+        rows = rows[:GRID_COLUMNS]
+        images.append([row["x"] for row in rows])
+        captions.append([f"class {row['class']}\nr {float(row['reward']):.2f}" for row in rows])
+        labels.append(f"round {e['round']}")
+        target = e["eval"].get("target", target)
+    if not images:
+        return None
+    last = max(len(r) for r in images)
+    title = f"unguided samples, target {target}" if target is not None else "unguided samples"
+    path = write_sample_grid(images, run / "plots" / "samples.png", captions, labels, title, cell=GRID_CELL)
+    caption = (f"One unguided sample per held-out problem (the first {last}), a row per evaluated round: the same "
+               f"problems and the same noise in every row, so a column shows what training changed. Round "
+               f"{labels[0].split()[-1]} is the starting model. Each caption: the classifier's class of the sample "
+               f"and its reward (the classifier's probability of {'the target' if target is None else f'class {target}'}).")
+    return {"file": "plots/samples.png", "png": path.read_bytes(), "caption": caption}
+
+
+def _reward_plot(rounds: list[dict[str, Any]]):
+    """A `plot_png` drawer: the unguided sampler's mean reward per round with its 95% interval, and the
+    share of samples of the target class."""
+
+    def draw(ax):
+        xs = [e["round"] for e in rounds]
+        ys = [e["eval"]["mean_reward"] for e in rounds]
+        ci = [e["eval"].get("mean_reward_ci95") or [y, y] for e, y in zip(rounds, ys, strict=True)]
+        err = [[y - c[0] for y, c in zip(ys, ci, strict=True)], [c[1] - y for y, c in zip(ys, ci, strict=True)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label="mean reward (95% CI)")
+        share = [e["eval"].get("target_share") for e in rounds]
+        if all(v is not None for v in share):
+            ax.plot(xs, share, marker="s", linestyle="--", label="target share")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("round")
+        ax.set_ylabel("held-out, unguided sampler")
+        ax.set_xticks(xs)
+        ax.legend()
+
+    return draw
+
+
 def write_report(run: str | Path, unused: tuple[str, ...] = ()) -> Path:
     """report.md, report.html and plots/ of a run dir; `unused`: config fields its recipe never reads
     (the recipe's `unused`), left out of the config shown."""
@@ -134,7 +203,13 @@ def write_report(run: str | Path, unused: tuple[str, ...] = ()) -> Path:
     facts = collect_facts(run, unused)
     rounds = [e for e in facts["rounds"] if e["eval"]]
     plots: dict[str, bytes] = {}
-    if rounds:
+    grid = None
+    if rounds and is_denoising(facts):
+        plots["reward_per_round.png"] = plot_png(_reward_plot([e for e in rounds if "mean_reward" in e["eval"]]))
+        grid = write_sample_grid_of(run, facts)
+        if grid is not None:
+            facts["samples"] = {"file": grid["file"], "caption": grid["caption"]}
+    elif rounds:
         xs = [e["round"] for e in rounds]
 
         def acc(ax):
@@ -176,6 +251,9 @@ def write_report(run: str | Path, unused: tuple[str, ...] = ()) -> Path:
                        [e["data"]["rows"].get(kind, 0) for e in data_rounds], width=width, label=kind)
             ax.set_xlabel("round")
             ax.set_ylabel("rows")
+            if is_denoising(facts):  # whole rounds under the bars
+                ax.set_xticks([e["round"] + (len(kinds) - 1) * width / 2 for e in data_rounds],
+                              [str(e["round"]) for e in data_rounds])
             ax.legend()
 
         plots["data_counts.png"] = plot_png(counts)
@@ -185,13 +263,57 @@ def write_report(run: str | Path, unused: tuple[str, ...] = ()) -> Path:
         atomic_write_bytes(run / "plots" / name, png)
     md = render_markdown(facts, list(plots))
     atomic_write_text(run / "report.md", md)
-    atomic_write_text(run / "report.html", render_html(facts, plots))
+    atomic_write_text(run / "report.html", render_html(facts, plots, grid["png"] if grid else None))
     return run / "report.html"
+
+
+def denoise_summary_table(facts: dict[str, Any]) -> list[list[str]]:
+    """A denoising run's header and one row per round: the unguided sampler's mean reward, its
+    interval, the target share and diversity, the data the round trained on and the training loss
+    (first and last step); columns no round filled are left out."""
+    kinds = [k for k in ("pairs", "samples") if any(k in ((e["data"] or {}).get("rows") or {}) for e in facts["rounds"])]
+    rows = [["round", "mean reward", "95% CI", "target share", "diversity", *kinds, "train loss (first -> last)"]]
+    for e in facts["rounds"]:
+        ev, data = e["eval"] or {}, (e["data"] or {}).get("rows", {})
+        ci = ev.get("mean_reward_ci95")
+        loss = ((e["train"] or {}).get("metrics") or {})
+        rows.append([
+            str(e["round"]),
+            fmt(ev.get("mean_reward")),
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
+            fmt(ev.get("target_share")),
+            fmt(ev.get("diversity"), 2),
+            *(str(data.get(k, "")) for k in kinds),
+            f"{loss['loss_first']:.3f} -> {loss['loss_last']:.3f}" if "loss_last" in loss else "",
+        ])
+    keep = [i for i, name in enumerate(rows[0]) if name in ("round", "mean reward") or any(r[i] for r in rows[1:])]
+    return [[r[i] for i in keep] for r in rows]
+
+
+def denoise_collect_table(facts: dict[str, Any]) -> list[list[str]]:
+    """A denoising run's collection per round: problems, the mean reward of what it collected (each
+    search's chosen x_0, or the unguided samples) and the NFE spent per problem."""
+    mon = [e for e in facts["rounds"] if e["collect"]]
+    sampled = any("samples" in e["collect"] for e in mon)
+    rows = [["round", "problems", "mean reward of the " + ("samples" if sampled else "chosen x_0"), "NFE / problem"]]
+    for e in mon:
+        c = e["collect"]
+        rows.append([str(e["round"]), str(c.get("n", "")), fmt(c.get("mean_reward")), fmt(c.get("mean_nfe"), 0)])
+    return rows
+
+
+def paired_text(p: dict[str, Any], arrow: str = "->") -> str:
+    """The paired change's sentence: mean reward for a denoising run, greedy accuracy otherwise."""
+    what = "Mean reward change of the unguided sampler" if p.get("metric") == "mean_reward" else "Greedy accuracy change"
+    return (f"{what}, round {p['from_round']} {arrow} {p['to_round']}: ")
 
 
 def summary_table(facts: dict[str, Any]) -> list[list[str]]:
     """Header and one row per round. Columns no round measured (pass@1, majority and tokens per
-    sampled solution with `eval.samples: 0`; a kind of data no round built) are left out."""
+    sampled solution with `eval.samples: 0`; a kind of data no round built) are left out. A
+    denoising run's table is `denoise_summary_table`."""
+    if is_denoising(facts):
+        return denoise_summary_table(facts)
     rows = [["round", "greedy", "pass@1", "majority", "tokens/sol", "pairs", "labels", "traces"]]
     for e in facts["rounds"]:
         ev, data = e["eval"] or {}, (e["data"] or {}).get("rows", {})
@@ -232,10 +354,15 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
     lines = [f"# sharpen run: {facts['run']}", "", "## Held-out results per round", "", *md_table(summary_table(facts))]
     p = facts.get("paired")
     if p:
-        lines += ["", f"Greedy accuracy change, round {p['from_round']} -> {p['to_round']}: "
+        lines += ["", paired_text(p) +
                   f"{p['delta']:+.3f} (paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], n={p['n']})"]
     mon = [e for e in facts["rounds"] if e["collect"]]
-    if mon:
+    if facts.get("samples"):
+        lines += ["", "## Unguided samples", "", f"![samples]({facts['samples']['file']})", "",
+                  facts["samples"]["caption"]]
+    if mon and is_denoising(facts):
+        lines += ["", "## Collection (NFE: denoiser forwards)", "", *md_table(denoise_collect_table(facts))]
+    elif mon:
         # exploitation only where a round measured it: not with the oracle scorer (see _collect_monitors)
         auroc = any(e["collect"].get("exploitation_auroc") is not None for e in mon)
         head = ["round", "search accuracy", "tokens/problem", "exploration (distinct correct / problem)"]
@@ -264,7 +391,8 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
+def render_html(facts: dict[str, Any], plots: dict[str, bytes], grid: bytes | None = None) -> str:
+    """The report page; `grid`: a denoising run's sample grid (PNG), shown under the results."""
     table = html_table(summary_table(facts))
     imgs = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(n)}">'
@@ -277,10 +405,18 @@ def render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
                 if facts.get("unused") else "")
     p = facts.get("paired")
     paired = (
-        f"<p>Greedy accuracy change, round {p['from_round']} &rarr; {p['to_round']}: <b>{p['delta']:+.3f}</b> "
+        f"<p>{paired_text(p, '&rarr;')}<b>{p['delta']:+.3f}</b> "
         f"(paired bootstrap 95% CI [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], n={p['n']})</p>"
         if p else ""
     )
+    if is_denoising(facts):  # the sample grid and the collection's NFE
+        if grid is not None and facts.get("samples"):
+            training += (f"<h2>Unguided samples</h2><figure style='display:block;margin:8px 0'>"
+                         f"<img src=\"data:image/png;base64,{base64.b64encode(grid).decode()}\" alt=\"samples\" "
+                         f"style='max-width:100%'><figcaption>{html.escape(facts['samples']['caption'])}</figcaption>"
+                         "</figure>")
+        if any(e["collect"] for e in facts["rounds"]):
+            training += f"<h2>Collection (NFE: denoiser forwards)</h2>{html_table(denoise_collect_table(facts))}"
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>sharpen report</title>"
         "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"

@@ -177,10 +177,8 @@ def collect_step_pairs(model: Any, problems: Sequence[Problem], budget: int, *, 
                        **options: Any) -> StepPairs:
     """Search each problem (one target class) with `algo` and `scorer` under `budget` NFE, the tree
     seeded by (seed, "collect", problem id), and take every tree's `sibling_pairs`."""
-    import torch
-
     from sharpen.search.algorithms import ALGORITHMS
-    from sharpen.search.denoise import DenoiseProcess, decode_state
+    from sharpen.search.denoise import DenoiseProcess
     from sharpen.search.scorers import make_scorer
 
     _one_target(problems)
@@ -189,11 +187,22 @@ def collect_step_pairs(model: Any, problems: Sequence[Problem], budget: int, *, 
     if budget < 1:
         raise ConfigError(f"budget={budget} NFE (fix: budget >= 1)")
     proc = DenoiseProcess(model, steps=steps)
+    trees = [ALGORITHMS[algo](proc, make_scorer(scorer, proc), p, budget, seed=derive_seed(seed, "collect", p.id),
+                              **options) for p in problems]
+    return tree_step_pairs(proc, trees, min_gap)
+
+
+def tree_step_pairs(proc: Any, trees: Sequence[Tree], min_gap: float = 0.0) -> StepPairs:
+    """Every tree's `sibling_pairs` as `StepPairs`, the states decoded by `proc` (the `DenoiseProcess`
+    the trees were searched on, which maps a node's reverse steps to its timestep); `nfe` is what the
+    trees recorded. The trees must keep their inner states (not `strip_states`'d)."""
+    import torch
+
+    from sharpen.search.denoise import decode_state
+
     rows: list[tuple[Any, int, Any, Any, float]] = []
     nfe = 0
-    for p in problems:
-        tree = ALGORITHMS[algo](proc, make_scorer(scorer, proc), p, budget, seed=derive_seed(seed, "collect", p.id),
-                                **options)
+    for tree in trees:
         nfe += int(tree.usage.get("nfe", 0))
         for parent, w, lose, gap in sibling_pairs(tree, min_gap):
             x, k = proc.state(tree, parent)
@@ -206,7 +215,7 @@ def collect_step_pairs(model: Any, problems: Sequence[Problem], budget: int, *, 
         x_w=torch.stack([r[2] for r in rows]) if rows else empty,
         x_l=torch.stack([r[3] for r in rows]) if rows else empty,
         gap=torch.tensor([r[4] for r in rows], dtype=torch.float32),
-        steps=steps, nfe=nfe, trees=len(problems))
+        steps=proc.steps, nfe=nfe, trees=len(trees))
 
 
 def unguided_samples(model: Any, problems: Sequence[Problem], k: int = 1, *, steps: int = 50, seed: int = 0,
