@@ -320,6 +320,7 @@ def test_svdd_on_the_toy_walk_steers_towards_the_target():
     assert hits / len(probs) > base + 0.2, (hits / len(probs), base)
 
 
+@pytest.mark.slow
 def test_svdd_tree_is_the_same_alone_or_lockstep_batched(tiny_model_dir):
     """Four searches sharing the language model's batched calls get the trees they get one by one."""
     from conftest import assert_same_tree

@@ -71,6 +71,7 @@ def test_search_reports_reward_and_nfe_and_writes_compact_trees(tmp_path, digits
     assert on_disk["mean_reward"] == m["mean_reward"] and on_disk["mean_nfe"] == m["mean_nfe"]
 
 
+@pytest.mark.slow
 def test_stepwise_search_table_and_its_inner_states_dropped(tmp_path, digits_dir):
     out = tmp_path / "pf"
     r = run(["search", "--model", digits_dir, *DIGITS, "--algo", "pf", "--arg", "n=2", "--budget", "48", "--n", "2",
@@ -110,6 +111,7 @@ def test_sweep_reports_reward_and_nfe_per_cell(tmp_path, digits_dir):
             assert v["delta"] == pytest.approx(at[algo]["mean_reward"] - at["vote"]["mean_reward"])
 
 
+@pytest.mark.slow
 def test_models_list_and_prepare_and_the_builtin_name(tmp_path, digits_dir):
     home = tmp_path / "home"
 
@@ -163,7 +165,8 @@ def _lm_dir(t):
     ("search", lambda t, m: ["--model", m, "--task", "digits", "--task-arg", "steps=0"], "steps"),
     pytest.param("search", lambda t, m: ["--model", m, "--task", "digits", "--task-arg", "classes=11"], "classes", marks=pytest.mark.slow),
     pytest.param("search", lambda t, m: ["--model", m, "--task", "digits", "--task-arg", "colour=1"], "no option 'colour'", marks=pytest.mark.slow),
-    ("search", lambda t, m: ["--model", m, *DIGITS, "--task-arg", "reward=beauty"], "unknown reward"),
+    pytest.param("search", lambda t, m: ["--model", m, *DIGITS, "--task-arg", "reward=beauty"], "unknown reward",
+                 marks=pytest.mark.slow),
     ("search", lambda t, m: ["--model", m, *DIGITS, "--temperature", "1.0"], "does not apply"),
     pytest.param("search", lambda t, m: ["--model", m, *DIGITS, "--algo", "bon", "--scorer", "self"], "language-model process", marks=pytest.mark.slow),
     ("search", lambda t, m: ["--model", m, *DIGITS, "--ray", "local"], "drop --ray"),

@@ -181,9 +181,9 @@ class Interrupt(BaseException):
     """Stands for a kill: raised from the progress callback, past every `except Exception`."""
 
 
-@pytest.mark.parametrize("stage,after", [("round 1: collect", 1),
-                                         pytest.param("round 1: Diffusion-DPO", 3, marks=pytest.mark.slow),
-                                         pytest.param("round 2: evaluate", 2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,after", [("round 1: collect", 1), ("round 1: Diffusion-DPO", 3),
+                                         ("round 2: evaluate", 2)])
 def test_an_interrupted_run_resumes_to_the_same_results(cli_run, model_dir, tmp_path, stage, after):
     """Stopped after `after` units of `stage` (a problem searched, an optimizer step, a sample drawn), then
     resumed by the CLI: the finished stages are kept, and every result equals the uninterrupted run's."""

@@ -175,6 +175,7 @@ def test_pairs_without_usable_values_are_one_line_errors(tiny_model_dir, tmp_pat
     assert "\n" not in str(e.value) and "value_margin: 0" in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_bad_value_margin_and_valueless_pairs_exit_2(tiny_model_dir, tmp_path):
     from test_cli import run
 
