@@ -15,7 +15,7 @@ Requests from many clients are searched together: a worker thread runs one `Lock
 admits queued requests (up to `wave` searched at once), so their backend calls share batched forward
 passes: merged calls by default; with `--continuous-batching` a search's samples join the decode
 already running and are handed back as soon as they are done, so its next call joins the same
-decode too (`HFBackend.continuous`; on a 2-core CPU it was slower than merged calls: docs/results/serving.md). The queue is bounded
+decode too (`HFBackend.continuous`; its speed against merged calls: docs/results/serving.md). The queue is bounded
 (beyond it: 429 with Retry-After); a body over `max_body` bytes gets a 413 before it is parsed; a
 request over the budget cap, malformed, or whose prompt and the search's longest row would not fit
 the model's context window gets a 400 with a one-line message; a request past its timeout gets a
@@ -94,8 +94,8 @@ class ServeConfig(BaseModel):
     api_key: str | None = None
     keep_trees: int = 1000
     continuous: bool = Field(False, description="row-level continuous batching: a request's samples join the decode "
-                             "already running and leave it when done; slower than merged calls on a 2-core CPU so "
-                             "far (docs/results/serving.md)")
+                             "already running and leave it when done (its speed against merged calls: "
+                             "docs/results/serving.md)")
     max_body: int = Field(1_000_000, description="largest request body in bytes; beyond: 413")
 
     def checked(self) -> ServeConfig:

@@ -142,8 +142,8 @@ class LockstepBatcher:
         """Continuous admission: before every merged call, `take(block)` hands over new searches as
         (job, cancelled, done) triples, which join the searches already running (`block` is true
         when none is running: wait for one). `done(result, error)` receives each search's outcome.
-        A search that finishes early no longer waits for the slowest of its batch-mates before the
-        next one starts. Runs until `take` returns None with no search running."""
+        A search that finishes early frees its place at once: the next one need not wait for the slowest
+        of its batch-mates. Runs until `take` returns None with no search running."""
         self._loop(take)
 
     def _start(self, job: Callable[[ProxyBackend], Any], cancelled: Callable[[], bool] | None,

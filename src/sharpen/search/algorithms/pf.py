@@ -17,8 +17,8 @@ The token budget, rather than N, then sets the spend, as it does for vote (whose
 whatever the budget buys), so the two compare at equal generated tokens.
 
 Finished particles stay finished: they are never extended, never resampled away and never copied
-into an unfinished slot (resampling draws only among the unfinished; its_hub issue #208 revived
-them). The PRM score of a partial solution judges the whole prefix, so weights are not multiplied
+into an unfinished slot (resampling draws only among the unfinished, so a finished particle is never
+revived). The PRM score of a partial solution judges the whole prefix, so weights are not multiplied
 across steps; Puri et al. resample every step (ess_threshold = 1 gives that).
 `tree.meta["particles"]` records the particle set after every step, `tree.meta["resampled"]` when,
 and `tree.meta["ess"]` the effective sample size of the unfinished particles' weights that decided
