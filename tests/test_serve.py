@@ -358,3 +358,4 @@ def test_the_service_closes_its_scorers_and_its_backend():
     service.scorers["prover"] = Owned("prover")
     service.close()
     assert closed == ["prover", "backend"]
+

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from sharpen.backends.base import close_all
+from sharpen.backends.models import DEFAULT_MODEL
 from sharpen.core.errors import ConfigError
+from sharpen.core.tasks import DEFAULT_TASK
 from sharpen.loop.runner import run  # noqa: F401 - part of the API
 from sharpen.loop.seeds import run_seeds  # noqa: F401 - the API's `run` once per seed, with one combined report
 from sharpen.search.evaluate import EvalConfig
@@ -79,8 +81,8 @@ def _problems(task, collect: bool, n: int, seed: int, skip: int = 0):
 
 
 def search(
-    model: str = "smollm2-135m",
-    task: str = "gym:chain_sum",
+    model: str = DEFAULT_MODEL,
+    task: str = DEFAULT_TASK,
     algo: str = "mcts",
     scorer: str | None = None,
     budget: int = 512,
@@ -178,8 +180,8 @@ def search(
 
 
 def evaluate(
-    model: str = "smollm2-135m",
-    task: str = "gym:chain_sum",
+    model: str = DEFAULT_MODEL,
+    task: str = DEFAULT_TASK,
     n: int = 50,
     config: EvalConfig | None = None,
     task_args: dict[str, Any] | None = None,
@@ -243,8 +245,8 @@ def sweep(
     algos: list[str],
     budgets: list[int],
     scorer: str | None = None,
-    model: str = "smollm2-135m",
-    task: str = "gym:chain_sum",
+    model: str = DEFAULT_MODEL,
+    task: str = DEFAULT_TASK,
     n: int = 100,
     seed: int = 0,
     options: dict[str, dict[str, Any]] | None = None,

@@ -15,8 +15,8 @@ from sharpen import cli_options as O
 from sharpen.cli_options import params
 from sharpen.core.console import err, out, progress_bar, quiet_libraries
 from sharpen.core.errors import ConfigError, SharpenError
-from sharpen.search.evaluate import EvalConfig
-from sharpen.search.process import SearchSettings
+from sharpen.search.evaluate import EvalRequest
+from sharpen.search.spec import SearchCommand, SweepRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Search, score, train, repeat.")
 models_app = typer.Typer(no_args_is_help=True, help="Built-in models.")
@@ -61,9 +61,9 @@ def eval_cmd(**o) -> None:
     from sharpen.search.evaluate import check_language_model, summary_rows
 
     check_language_model(o["model"], o["task"])
-    cfg = EvalConfig.parse(O.fields_of(o, EvalConfig) | {"problems_per_call": 16}, "sharpen eval")
-    metrics = api.evaluate(o["model"], o["task"], o["n"], cfg, task_args=O.kv(o["task_arg"]),
-                           out=api.new_out_dir(o["out_dir"], "eval"), progress=progress_bar, batch=o["batch"],
+    req = EvalRequest.parse(O.fields_of(o, EvalRequest), "sharpen eval")
+    metrics = api.evaluate(o["model"], o["task"], req.n, req.config(), task_args=O.kv(o["task_arg"]),
+                           out=api.new_out_dir(o["out_dir"], "eval"), progress=progress_bar, batch=req.batch,
                            ray=o["ray"], actors=o["actors"])
     if o["as_json"]:
         print(json.dumps(metrics))
@@ -71,10 +71,6 @@ def eval_cmd(**o) -> None:
     out.print(O.rows_table(f"{o['model']} on {o['task']} (n={o['n']}, K={o['samples']}, T={o['temperature']})",
                            summary_rows(metrics)))
     out.print(f"run dir: {metrics['out']}")
-
-
-def _settings(o: dict) -> SearchSettings:
-    return SearchSettings.parse(O.fields_of(o, SearchSettings), "search settings")
 
 
 @app.command("search")
@@ -89,8 +85,9 @@ def search_cmd(**o) -> None:
     from sharpen.search.denoise_task import summary_rows as denoise_rows
 
     denoise = is_digits_task(o["task"])
+    SearchCommand.parse(O.fields_of(o, SearchCommand), "sharpen search")
     trees, m = api.search(o["model"], o["task"], o["algo"], o["scorer"], o["budget"], o["n"], o["seed"], o["collect"],
-                          O.kv(o["arg"]), _settings(o), O.kv(o["task_arg"]), out=api.new_out_dir(o["out_dir"], "search"),
+                          O.kv(o["arg"]), O.settings_of(o), O.kv(o["task_arg"]), out=api.new_out_dir(o["out_dir"], "search"),
                           progress=progress_bar, ray=o["ray"], actors=o["actors"], skip=o["skip"])
     if o["as_json"]:
         print(json.dumps(m))
@@ -108,9 +105,10 @@ def sweep_cmd(**o) -> None:
     from sharpen import api
     from sharpen.search.sweep import parse_algo_options, parse_budgets, sweep_rows, sweep_title
 
+    SweepRequest.parse(O.fields_of(o, SweepRequest), "sharpen sweep")
     budget_list, options = parse_budgets(o["budgets"]), parse_algo_options(O.kv(o["arg"]))
     results, sweep_dir = api.sweep(o["algos"].split(","), budget_list, o["scorer"], o["model"], o["task"], o["n"],
-                                   o["seed"], options, _settings(o), O.kv(o["task_arg"]), out=o["out_dir"],
+                                   o["seed"], options, O.settings_of(o), O.kv(o["task_arg"]), out=o["out_dir"],
                                    progress=progress_bar, split=o["split"], skip=o["skip"])
     out.print(O.rows_table(sweep_title(results, o["split"], o["n"]), sweep_rows(results)))
     out.print(f"sweep: {sweep_dir / 'sweep.json'}   plot: {sweep_dir / 'accuracy_vs_tokens.png'}")
@@ -126,7 +124,7 @@ def serve_cmd(**o) -> None:
     from sharpen.backends.hf import parse_dtype
     from sharpen.serve import ServeConfig, check_binding, parse_scorers, read_api_key, serve
 
-    cfg = ServeConfig(**O.fields_of(o, ServeConfig) | {"wave": o["queue"], "api_key": None}).checked()
+    cfg = ServeConfig.parse(O.fields_of(o, ServeConfig) | {"wave": o["queue"], "api_key": None}, "sharpen serve").checked()
     key = read_api_key(o["api_key"], o["api_key_file"], dict(os.environ))
     check_binding(o["host"], key, o["insecure"])
     scorers = parse_scorers(o["scorer"])
@@ -134,7 +132,7 @@ def serve_cmd(**o) -> None:
     cfg = cfg.model_copy(update={"scorers": scorers, "api_key": key})
     err.print(f"sharpen serve: {o['model']} on http://{o['host']}:{o['port']}/v1 (default search: {cfg.algo}, budget "
               f"{cfg.budget}; scorers: {', '.join(scorers) or 'none'})", highlight=False, soft_wrap=True)
-    serve(o["model"], o["task"], o["host"], o["port"], cfg, _settings(o), O.kv(o["task_arg"]), o["batch"], o["dtype"])
+    serve(o["model"], o["task"], o["host"], o["port"], cfg, O.settings_of(o), O.kv(o["task_arg"]), o["batch"], o["dtype"])
 
 
 @app.command("algos")

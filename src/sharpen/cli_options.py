@@ -15,11 +15,15 @@ import typer
 from pydantic import BaseModel
 from rich.table import Column, Table
 
+from sharpen.backends.models import DEFAULT_MODEL
+from sharpen.core.tasks import DEFAULT_TASK
+from sharpen.search.credit import LABEL_THRESHOLD
 from sharpen.search.denoise import REWARDS
-from sharpen.search.evaluate import EvalConfig
+from sharpen.search.evaluate import EvalRequest
 from sharpen.search.process import SearchSettings
-from sharpen.search.spec import BUDGET_UNIT, SearchRequest
+from sharpen.search.spec import SearchCommand, SweepRequest
 from sharpen.serve import ServeConfig
+from sharpen.train.common import SharpenArgs
 
 Param = inspect.Parameter
 
@@ -36,7 +40,8 @@ def opt(name: str, annotation: Any, default: Any = None, help: str | None = None
 def from_model(model: type[BaseModel], names: list[str] | None = None, defaults: dict[str, Any] | None = None,
                helps: dict[str, str] | None = None, decls: dict[str, tuple[str, ...]] | None = None) -> list[Param]:
     """An option per field of `model` (`names`, default: every described field, in order): its
-    type, default and description; a bool is a flag (`--name`) unless `decls` names it otherwise."""
+    type, default and description; a bool is a flag (`--name`) unless `decls` names it otherwise.
+    `defaults` and `helps` are for a field several commands share with their own defaults."""
     out = []
     for name in names or [n for n, f in model.model_fields.items() if f.description]:
         f = model.model_fields[name]
@@ -49,6 +54,11 @@ def from_model(model: type[BaseModel], names: list[str] | None = None, defaults:
 def fields_of(o: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     """The values in a command's options `o` that are fields of `model`."""
     return {k: v for k, v in o.items() if k in model.model_fields}
+
+
+def settings_of(o: dict[str, Any]) -> SearchSettings:
+    """The search settings among a command's options `o`, validated."""
+    return SearchSettings.parse(fields_of(o, SearchSettings), "search settings")
 
 
 def params(*groups: list[Param] | Param) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -80,15 +90,15 @@ def rows_table(title: str, rows: list[list[str]]) -> Table:
 
 
 # -- shared options ---------------------------------------------------------------------------
-MODEL = opt("model", str, "smollm2-135m", "built-in name, HF id or local model directory", "--model")
+MODEL = opt("model", str, DEFAULT_MODEL, "built-in name, HF id or local model directory", "--model")
 TASK_HELP = "gym:<dataset>, gsm8k:<file.jsonl> or math:<file.jsonl>"
-TASK = opt("task", str, "gym:chain_sum", TASK_HELP, "--task")
+TASK = opt("task", str, DEFAULT_TASK, TASK_HELP, "--task")
 TASK_ARG = opt("task_arg", list[str] | None, None, "key=value for a gym task config; repeatable", "--task-arg")
 # search and sweep also run a denoising process: digits-ddpm on the digits task
-SEARCH_MODEL = opt("model", str, "smollm2-135m", "built-in name (`sharpen models list`), HF id or local model "
+SEARCH_MODEL = opt("model", str, DEFAULT_MODEL, "built-in name (`sharpen models list`), HF id or local model "
                    "directory; or digits-ddpm (or a prepared digits-ddpm directory), a denoising model searched on "
                    "--task digits", "--model")
-SEARCH_TASK = opt("task", str, "gym:chain_sum", f"{TASK_HELP}; or digits (draw a digit, with a denoising --model)",
+SEARCH_TASK = opt("task", str, DEFAULT_TASK, f"{TASK_HELP}; or digits (draw a digit, with a denoising --model)",
                   "--task")
 SEARCH_TASK_ARG = opt("task_arg", list[str] | None, None, "key=value for a gym task config, or for digits: steps=50 "
                       f"(reverse steps, one NFE each), classes=10, reward={'|'.join(REWARDS)}; repeatable", "--task-arg")
@@ -105,32 +115,25 @@ def out_opt(what: str = "run directory", default: str = "runs/<command>-<time>")
 
 
 # -- eval, search, sweep, serve ----------------------------------------------------------------
-EVAL = [MODEL, TASK, TASK_ARG, opt("n", int, 50, "held-out problems"),
-        *from_model(EvalConfig, ["samples", "temperature", "max_tokens"]), SEED,
-        opt("batch", int, 32, "max rows per generate call"), out_opt(), RAY, ACTORS, JSON]
+EVAL = [MODEL, TASK, TASK_ARG, *from_model(EvalRequest, ["n", "samples", "temperature", "max_tokens"]), SEED,
+        *from_model(EvalRequest, ["batch"]), out_opt(), RAY, ACTORS, JSON]
 
 SETTINGS = from_model(SearchSettings)
 
 SEARCH = [
-    *from_model(SearchRequest, ["algo", "scorer", "budget"],
-                helps={"scorer": SearchRequest.model_fields["scorer"].description + " (default: self, x0-reward with "
+    *from_model(SearchCommand, ["algo", "scorer", "budget"],
+                helps={"scorer": SearchCommand.model_fields["scorer"].description + " (default: self, x0-reward with "
                                                                                    "--task digits)"}),
-    SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, opt("n", int, 20, "problems"),
-    opt("skip", int, 0, "skip the split's first SKIP problems (e.g. those a prover policy trained on)"), SEED,
-    opt("collect", bool, False, "search the training split (allows the oracle scorer)", "--collect"),
+    SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, *from_model(SearchCommand, ["n", "skip"]), SEED,
+    *from_model(SearchCommand, ["collect"]),
     opt("arg", list[str] | None, None, "algorithm option key=value (e.g. k=4, c_puct=1.5; `sharpen algos` lists "
         "them); repeatable", "--arg"),
     *SETTINGS, out_opt(), RAY, ACTORS, JSON]
 
 SWEEP = [
-    opt("algos", str, "vote,bon,beam,mcts,pf", "comma list: algo or algo@scorer, e.g. vote,bon@self,mcts@rollout"),
-    opt("budgets", str, "256,512,1024,2048,4096", f"comma list of budgets per problem, {BUDGET_UNIT}"),
-    opt("scorer", str | None, None, "default scorer for algorithms that need one (default: self, x0-reward with "
-        "--task digits)"),
-    SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, opt("n", int, 100, "problems (held-out: the test split)"), SEED,
-    opt("split", str, "test", "test (held-out) or train: training-split problems, e.g. a validation set with "
-        "--skip past those labels were collected on; the oracle scorer (reference answers) is allowed here only"),
-    opt("skip", int, 0, "skip the split's first SKIP problems"),
+    *from_model(SweepRequest, ["algos", "budgets", "scorer"]),
+    SEARCH_MODEL, SEARCH_TASK, SEARCH_TASK_ARG, *from_model(SweepRequest, ["n"]), SEED,
+    *from_model(SweepRequest, ["split", "skip"]),
     opt("arg", list[str] | None, None, "algo.key=value, e.g. mcts.k=4; repeatable", "--arg"),
     *SETTINGS, out_opt("sweep directory", "runs/sweep-<time>")]
 
@@ -142,21 +145,11 @@ SERVE = [
     opt("scorer", list[str] | None, None, "a scorer requests may name in search.scorer: NAME=SPEC (e.g. "
         "fast=rollout:k=2, prm=prm:<path>), or a bare SPEC named after its kind (rollout); repeatable; the first "
         "is the default; all are loaded before the port is bound"),
-    *from_model(ServeConfig, ["budget", "max_budget", "queue", "timeout"]),
-    opt("host", str, "127.0.0.1", "address to bind (127.0.0.1: this machine only; another needs an API key or "
-        "--insecure)"),
-    opt("port", int, 8000),
-    opt("api_key", str | None, None, "require Authorization: Bearer KEY (visible in ps: prefer --api-key-file or "
-        "the environment variable SHARPEN_API_KEY)"),
-    opt("api_key_file", Path | None, None, "a file whose first line is the API key"),
-    opt("insecure", bool, False, "serve on a non-loopback --host without an API key", "--insecure"),
-    *from_model(ServeConfig, ["max_body"]),
-    *from_model(SearchSettings, ["temperature", "step_tokens", "rollout_tokens", "max_depth", "batch"],
-                defaults={"batch": 256}, helps={"batch": "rows per forward pass of the backend: the merged requests' "
-                                                "samples (256, as vLLM's max_num_seqs: 32 vote requests of 8)"}),
-    opt("dtype", str, "auto", "weights' precision: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 "
-        "(faster on CPUs with AVX-512 BF16, but a request's answer can then depend on its batch-mates), float16"),
-    *from_model(ServeConfig, ["continuous"], decls={"continuous": ("--continuous-batching/--no-continuous-batching",)}),
+    *from_model(ServeConfig, ["budget", "max_budget", "queue", "timeout", "host", "port", "api_key", "api_key_file",
+                              "insecure", "max_body"]),
+    *from_model(SearchSettings, ["temperature", "step_tokens", "rollout_tokens", "max_depth"]),
+    *from_model(ServeConfig, ["batch", "dtype", "continuous"],
+                decls={"continuous": ("--continuous-batching/--no-continuous-batching",)}),
 ]
 
 MODELS_PREPARE = [
@@ -195,7 +188,7 @@ BUILD_PAIRS = [
     opt("trace_pairs", int, 0, "also add up to this many whole-solution pairs per problem, a correct solution "
         "against a wrong one (Iterative RPO)"), *BUILD_COMMON]
 BUILD_LABELS = [
-    TREES, DATA_OUT, opt("threshold", float, 0.5), opt("source", str, "mc"), *BUILD_COMMON,
+    TREES, DATA_OUT, opt("threshold", float, LABEL_THRESHOLD, "label = value >= threshold"), opt("source", str, "mc"), *BUILD_COMMON,
     opt("outcome_steps", bool, False, "split whole sampled solutions (vote, bon) into their steps, each labelled "
         "with the solution's outcome (an outcome-supervised value model)", "--outcome-steps")]
 BUILD_TRACES = [TREES, DATA_OUT, *BUILD_COMMON]
@@ -203,8 +196,8 @@ BUILD_TRACES = [TREES, DATA_OUT, *BUILD_COMMON]
 TRAIN_MODEL = opt("model", str, ..., "policy to train: built-in name, HF id or local dir", "--model")
 TRAIN_DATA = opt("data", Path, ..., "dataset dir from `sharpen build`", "--data")
 TRAIN_OUT = opt("out_dir", Path, ..., "output dir: checkpoint-N/, adapter/, merged/", "--out")
-MAX_STEPS = opt("max_steps", int, 100, None, "--max-steps")
-BATCH_SIZE, LR = opt("batch_size", int, 8), opt("lr", float, 5e-5)
+MAX_STEPS = opt("max_steps", int, SharpenArgs.max_steps, None, "--max-steps")
+BATCH_SIZE, LR = opt("batch_size", int, 8), opt("lr", float, SharpenArgs.learning_rate)
 FULL = opt("full", bool, False, "full fine-tuning instead of LoRA", "--full")
 TRAIN_ARGS = opt("arg", list[str] | None, None, "any trainer config field as key=value (TRL's names, e.g. "
                  "warmup_steps=0.1, lora_r=8); repeatable", "--arg")

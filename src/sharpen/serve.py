@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from sharpen.backends.base import LocalTokenizer
+from sharpen.backends.models import DEFAULT_MODEL
 from sharpen.core.errors import ConfigError, SharpenError
 from sharpen.core.tasks import Problem, Task
+from sharpen.search.registry import Options
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -80,7 +82,7 @@ def longest_row(process: Any) -> int:
     return max(depth * step, (depth - 1) * step + rollout) + depth
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(Options):
     """The server's search defaults and limits; `sharpen serve` has one option per described field
     (`sharpen.cli_options`)."""
 
@@ -91,7 +93,18 @@ class ServeConfig(BaseModel):
     queue: int = Field(64, description="requests queued or searched at once; beyond: 429")
     wave: int = 64
     timeout: float = Field(600.0, description="seconds a request may take; beyond: 504, search stopped")
-    api_key: str | None = None
+    host: str = Field("127.0.0.1", description="address to bind (127.0.0.1: this machine only; another needs an API "
+                      "key or --insecure)")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind")
+    api_key: str | None = Field(None, description="require Authorization: Bearer KEY (visible in ps: prefer "
+                                "--api-key-file or the environment variable SHARPEN_API_KEY)")
+    api_key_file: Path | None = Field(None, description="a file whose first line is the API key")
+    insecure: bool = Field(False, description="serve on a non-loopback --host without an API key")
+    batch: int = Field(256, ge=1, description="rows per forward pass of the backend: the merged requests' samples "
+                       "(256, as vLLM's max_num_seqs: 32 vote requests of 8)")
+    dtype: str = Field("auto", description="weights' precision: auto (float32 on CPU, bfloat16 on GPU), float32, "
+                       "bfloat16 (faster on CPUs with AVX-512 BF16, but a request's answer can then depend on its "
+                       "batch-mates), float16")
     keep_trees: int = 1000
     continuous: bool = Field(False, description="row-level continuous batching: a request's samples join the decode "
                              "already running and leave it when done (its speed against merged calls: "
@@ -575,7 +588,7 @@ def _reply(tree: Any, job: _Job, model_name: str, process: Any) -> dict[str, Any
     }
 
 
-def serve(model: str = "smollm2-135m", task: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+def serve(model: str = DEFAULT_MODEL, task: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           cfg: ServeConfig | None = None, settings: Any = None, task_args: dict[str, Any] | None = None,
           batch: int = 256, dtype: str = "auto") -> None:
     """Load the model, the task and every scorer of `cfg.scorers`, check the default search, then

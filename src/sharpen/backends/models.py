@@ -38,6 +38,8 @@ class BuiltinModel:
     description: str
 
 
+DEFAULT_MODEL = "smollm2-135m"  # the embedded model: every command's and config's default
+
 BUILTIN = {
     "smollm2-135m": BuiltinModel(
         "smollm2-135m",

@@ -24,6 +24,7 @@ from sharpen.core.io import jsonl_objects
 
 Split = Literal["train", "test"]
 TEST_FRACTION = 0.2
+DEFAULT_TASK = "gym:chain_sum"  # every command's and config's default task
 
 SYSTEM_PROMPT = "Solve step by step, one short step per line. The last line is 'Answer: <number>'."
 # worked examples in the format we parse: a 135M model follows a shown format far better than a described one

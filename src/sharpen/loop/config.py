@@ -20,7 +20,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sharpen.backends.models import DEFAULT_MODEL
 from sharpen.core.errors import ConfigError
+from sharpen.core.tasks import DEFAULT_TASK
+from sharpen.search.credit import LABEL_THRESHOLD
 from sharpen.search.evaluate import EvalConfig
 from sharpen.search.process import SearchSettings
 from sharpen.search.spec import SearchRequest
@@ -78,7 +81,7 @@ class CollectConfig(SearchSettings):
 class BuildConfig(_Strict):
     min_margin: float = Field(0.2, ge=0.0, description="min value gap between chosen and rejected step")
     pairing: Literal["best_worst", "all"] = Field("best_worst", description="mcts-dpo: best vs worst sibling, or every sibling pair over the margin")
-    label_threshold: float = Field(0.5, ge=0.0, le=1.0, description="PRM label = value >= threshold")
+    label_threshold: float = Field(LABEL_THRESHOLD, ge=0.0, le=1.0, description="PRM label = value >= threshold")
     trace_pairs: int = Field(
         0, ge=0,
         description="pair recipes (mcts-dpo, step-dpo): add up to this many outcome pairs per problem to the round's "
@@ -163,8 +166,8 @@ class ClusterConfig(_Strict):
 class LoopConfig(_Strict):
     name: str = "run"
     recipe: Recipe = "mcts-dpo"
-    model: str = "smollm2-135m"
-    task: str = "gym:chain_sum"
+    model: str = DEFAULT_MODEL
+    task: str = DEFAULT_TASK
     task_args: dict[str, Any] = Field(default_factory=lambda: {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1})
     rounds: int = Field(2, ge=1)
     seed: int = 0

@@ -313,16 +313,17 @@ class DiffusionSPO(DenoiseRecipe):
     def collect_data(self, runner: Any, r: int, model: str, d: Path) -> tuple[dict[str, Any], dict[str, str]]:
         """Search the round's problems with its settings; the trees, inner states kept for the
         pairs, go to `d/trees.jsonl` (a resumed stage skips the problems there)."""
-        from sharpen.search.collect import search_metrics, search_problems
+        from sharpen.search.collect import search_metrics
         from sharpen.search.denoise_task import denoise_metrics
+        from sharpen.search.spec import execute
 
         c = runner.cfg.collect
         spec, process = self._search(runner, model)
         problems = runner.round_problems(r)
         with runner.progress(f"round {r}: collect ({c.algo}, {c.scorer})", len(problems)) as advance:
-            trees = search_problems(process, spec.make_scorer(process), spec.algorithm, problems, spec.budget,
-                                    seed=runner.round_seed(r), out_jsonl=d / "trees.jsonl", algo_args=spec.options,
-                                    on_progress=advance, split="train", scorer_spec=spec.scorer)
+            trees = execute(spec, process, problems, spec.make_scorer(process), seed=runner.round_seed(r),
+                            out_jsonl=d / "trees.jsonl", on_progress=advance, split="train", parallel=1,
+                            compact_states=False)
         metrics = search_metrics(trees, c.budget) | denoise_metrics(trees)
         runner.say(f"round {r}: searched {len(trees)} problems, mean reward of the chosen x_0 "
                    f"{metrics['mean_reward']:.3f}, {metrics['mean_nfe']:.0f} NFE a problem")

@@ -21,6 +21,9 @@ from typing import Literal
 from sharpen.core.errors import ConfigError
 from sharpen.core.tree import Node, Tree
 
+LABEL_THRESHOLD = 0.5
+"""A step's label is value >= this (`sharpen build labels --threshold`, a run's build.label_threshold)."""
+
 ValueSource = Literal["mc", "q", "score", "value"]
 VALUE_SOURCES: tuple[str, ...] = ("mc", "q", "score", "value")
 

@@ -71,6 +71,18 @@ class EvalConfig(Options):
                                    "sampled row draws from its own random stream, so no row depends on it)")
 
 
+class EvalRequest(EvalConfig):
+    """`sharpen eval`'s options: how to evaluate (`EvalConfig`), on how many problems, in rows of
+    how many per generate call. `config()` is the `EvalConfig` part, which a run directory records."""
+
+    n: int = Field(50, ge=1, description="held-out problems")
+    batch: int = Field(32, ge=1, description="max rows per generate call")
+    problems_per_call: int = Field(16, ge=1)
+
+    def config(self) -> EvalConfig:
+        return EvalConfig(**self.model_dump(include=set(EvalConfig.model_fields)))
+
+
 def evaluate(
     backend: Backend,
     task: Task,

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
+from sharpen.backends.models import DEFAULT_MODEL
 from sharpen.core.errors import ConfigError
+from sharpen.core.tasks import DEFAULT_TASK
 from sharpen.search.process import SearchSettings
 from sharpen.search.registry import AlgorithmEntry, Options, check_counts, get_algorithm, parse_scorer
 
 
-def load_model(model: str = "smollm2-135m", seed: int = 0, **backend_options: Any):
+def load_model(model: str = DEFAULT_MODEL, seed: int = 0, **backend_options: Any):
     """A backend for a built-in model name, an HF id or a local model directory; for `digits-ddpm`
     or a prepared digits-ddpm directory, its denoiser and reward (`sharpen.backends.load_backend`)."""
     from sharpen.backends import load_backend
@@ -31,7 +33,7 @@ def load_model(model: str = "smollm2-135m", seed: int = 0, **backend_options: An
     return load_backend(model, seed=seed, **backend_options)
 
 
-def load_task(spec: str = "gym:chain_sum", **task_args: Any):
+def load_task(spec: str = DEFAULT_TASK, **task_args: Any):
     """`gym:<dataset>`, `gsm8k:<file.jsonl>` or `math:<file.jsonl>`, with the dataset's options; or
     `digits` ("draw the digit c", for a denoising model; `sharpen.search.denoise_task`)."""
     from sharpen.search.denoise_task import DigitsTask, is_digits_task
@@ -108,6 +110,31 @@ class SearchRequest(Options):
                                "prm:<path>, implicit:<path>, pav:<path>; x0-reward or mc-reward[:k] on a denoising "
                                "process (`sharpen algos` lists them; a server's: a name it was started with)")
     budget: int = Field(512, ge=1, description=f"budget per problem, the scorer's spend included, {BUDGET_UNIT}")
+
+
+class SearchCommand(SearchRequest):
+    """`sharpen search`'s options beyond the request: which problems are searched."""
+
+    n: int = Field(20, ge=1, description="problems")
+    skip: int = Field(0, ge=0, description="skip the split's first SKIP problems (e.g. those a prover policy "
+                      "trained on)")
+    collect: bool = Field(False, description="search the training split (allows the oracle scorer)")
+
+
+class SweepRequest(Options):
+    """`sharpen sweep`'s options: which searches at which budgets on which problems (`api.sweep`)."""
+
+    algos: str = Field("vote,bon,beam,mcts,pf", min_length=1,
+                       description="comma list: algo or algo@scorer, e.g. vote,bon@self,mcts@rollout")
+    budgets: str = Field("256,512,1024,2048,4096", min_length=1,
+                         description=f"comma list of budgets per problem, {BUDGET_UNIT}")
+    scorer: str | None = Field(None, description="default scorer for algorithms that need one (default: self, "
+                               "x0-reward with --task digits)")
+    n: int = Field(100, ge=1, description="problems (held-out: the test split)")
+    split: Literal["test", "train"] = Field(
+        "test", description="test (held-out) or train: training-split problems, e.g. a validation set with --skip "
+        "past those labels were collected on; the oracle scorer (reference answers) is allowed here only")
+    skip: int = Field(0, ge=0, description="skip the split's first SKIP problems")
 
 
 class SearchSpec(BaseModel):
@@ -188,12 +215,13 @@ class SearchSpec(BaseModel):
 
 def execute(spec: SearchSpec, process: Any, problems: list, scorer: Any = None, seed: int = 0,
             out_jsonl: str | Path | None = None, on_progress: Callable[[int], None] | None = None,
-            split: str | None = None, batch_meter: Any = None, parallel: int | None = None) -> list:
+            split: str | None = None, batch_meter: Any = None, parallel: int | None = None,
+            compact_states: bool = True) -> list:
     """Search every problem with `spec` on `process` and `scorer` (`spec.make_scorer(process)`),
     `parallel` problems at once (default `spec.settings.parallel`): `search_problems`, which labels
     the trees, appends them to `out_jsonl` and resumes from it. A denoising process's finished trees
-    keep only their terminals' x_0 (`sharpen.search.denoise_task.compact`), in `out_jsonl` too.
-    Returns the trees in problem order."""
+    keep only their terminals' x_0 (`sharpen.search.denoise_task.compact`), in `out_jsonl` too, unless
+    `compact_states` is false (step pairs need the inner states). Returns the trees in problem order."""
     from sharpen.search.collect import search_problems
     from sharpen.search.denoise_task import compact, is_denoise_process
 
@@ -201,4 +229,4 @@ def execute(spec: SearchSpec, process: Any, problems: list, scorer: Any = None, 
                             algo_args=spec.options, on_progress=on_progress,
                             parallel=spec.settings.parallel if parallel is None else parallel, split=split,
                             scorer_spec=spec.scorer, batch_meter=batch_meter)
-    return compact(trees, out_jsonl) if is_denoise_process(process) else trees
+    return compact(trees, out_jsonl) if compact_states and is_denoise_process(process) else trees

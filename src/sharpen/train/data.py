@@ -33,7 +33,7 @@ from sharpen.core.answer import extract_answer
 from sharpen.core.errors import ConfigError, TaskError
 from sharpen.core.io import atomic_dir, read_records
 from sharpen.core.tree import Tree
-from sharpen.search.credit import ValueSource, values
+from sharpen.search.credit import LABEL_THRESHOLD, ValueSource, values
 
 DELIMITER = "\n"
 """The step delimiter of a tree that does not record one in `tree.meta["delimiter"]`."""
@@ -353,7 +353,7 @@ def with_trace_pairs(pairs: Dataset, trees: Sequence[Tree], per_problem: int, ro
 
 def step_labels(
     trees: Iterable[Tree],
-    threshold: float = 0.5,
+    threshold: float = LABEL_THRESHOLD,
     round: int = 0,
     source: ValueSource = "mc",
     outcome_steps: bool = False,

@@ -175,20 +175,17 @@ def _value(tree: Tree, node_id: int) -> float | None:
 def collect_step_pairs(model: Any, problems: Sequence[Problem], budget: int, *, algo: str = "beam",
                        scorer: str = "x0-reward", steps: int = 50, seed: int = 0, min_gap: float = 0.0,
                        **options: Any) -> StepPairs:
-    """Search each problem (one target class) with `algo` and `scorer` under `budget` NFE, the tree
-    seeded by (seed, "collect", problem id), and take every tree's `sibling_pairs`."""
-    from sharpen.search.algorithms import ALGORITHMS
+    """Search each problem (one target class) with `algo` and `scorer` under `budget` NFE, checked as
+    every search is (`SearchSpec.checked`), the tree seeded by (seed, "collect", problem id), and take
+    every tree's `sibling_pairs`."""
     from sharpen.search.denoise import DenoiseProcess
-    from sharpen.search.scorers import make_scorer
+    from sharpen.search.spec import SearchSpec
 
     _one_target(problems)
-    if algo not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {algo!r} (fix: one of {', '.join(sorted(ALGORITHMS))}; beam gives siblings)")
-    if budget < 1:
-        raise ConfigError(f"budget={budget} NFE (fix: budget >= 1)")
+    spec = SearchSpec.checked(algo, scorer, budget, options, collect=True, drop_unused_scorer=False)
     proc = DenoiseProcess(model, steps=steps)
-    trees = [ALGORITHMS[algo](proc, make_scorer(scorer, proc), p, budget, seed=derive_seed(seed, "collect", p.id),
-                              **options) for p in problems]
+    value = spec.make_scorer(proc)
+    trees = [spec.tree(proc, value, p, derive_seed(seed, "collect", p.id)) for p in problems]
     return tree_step_pairs(proc, trees, min_gap)
 
 
