@@ -359,3 +359,31 @@ def test_the_service_closes_its_scorers_and_its_backend():
     service.close()
     assert closed == ["prover", "backend"]
 
+
+def test_the_worker_hands_free_memory_back_every_few_requests_and_when_idle(monkeypatch):
+    """Freed buffers stay in glibc's arenas, where RSS counts them; the worker trims them between
+    merged calls every TRIM_EVERY finished requests and when it falls idle (benchmarks/serve_soak.py
+    measures the effect)."""
+    from types import SimpleNamespace
+
+    import sharpen.serve as serve_mod
+    from sharpen.serve import TRIM_EVERY, SearchService, ServeConfig, release_free_memory
+
+    assert release_free_memory() is (sys.platform == "linux")
+    calls = []
+    monkeypatch.setattr(serve_mod, "release_free_memory", lambda: calls.append(1) or True)
+    service = SearchService(SimpleNamespace(backend=SimpleNamespace()), ServeConfig(), start=False)
+    service._take(False)
+    assert calls == []  # nothing finished yet
+    service.finished = TRIM_EVERY - 1
+    service._take(False)
+    assert calls == []  # busy, and fewer than TRIM_EVERY finished since the last trim
+    service.finished = TRIM_EVERY
+    service._take(False)
+    assert len(calls) == 1
+    service.finished += 1
+    service._queue.append(None)  # idle (`block`): one finished since the last trim is enough
+    monkeypatch.setattr(service, "_drop_if_stopped", lambda j: True)
+    monkeypatch.setattr(service, "_finished", lambda *a: None)
+    service._take(True)
+    assert len(calls) == 2
