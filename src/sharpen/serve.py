@@ -45,7 +45,7 @@ from pydantic import Field
 
 from sharpen.backends.base import LocalTokenizer
 from sharpen.backends.models import DEFAULT_MODEL
-from sharpen.core.errors import ConfigError, SharpenError
+from sharpen.core.errors import BackendError, ConfigError, SharpenError
 from sharpen.core.tasks import Problem, Task
 from sharpen.search.registry import Options
 
@@ -535,10 +535,10 @@ def create_app(service: SearchService, model_name: str) -> Any:
         if isinstance(exc, SearchCancelled):
             requests.labels("504").inc()
             return _error(504, f"the search took longer than {cfg.timeout:g} s (fix: a smaller budget)", "timeout_error")
-        if isinstance(exc, SharpenError):
+        if isinstance(exc, SharpenError) and not isinstance(exc, BackendError):  # the request's own fault
             requests.labels("400").inc()
             return _error(400, str(exc))
-        if exc is not None:
+        if exc is not None:  # the server's: a bug, or its model server failing (its address stays in the log)
             requests.labels("500").inc()
             return _internal_error(exc, f"the {job.spec.algorithm} search")
         tree = wrapped.result()
