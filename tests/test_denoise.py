@@ -359,6 +359,24 @@ def test_pf_records_its_effective_sample_size(model):
     assert [r for r, e in zip(tree.meta["resampled"], ess, strict=True) if e is not None] == [e < 2.0 for e in live]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pf_keeps_the_best_valued_x0_not_a_class_vote(model, seed):
+    """An image's answer is only the class the reward model sees; a weighted vote on a denoiser keeps
+    the heaviest x_0 (the best-valued), where summing weights by class could keep a worse one."""
+    proc = DenoiseProcess(model, steps=STEPS)
+    problem = problems("test", 1)[0]
+    tree = ALGORITHMS["pf"](proc, make_scorer("x0-reward", proc), problem, 8 * STEPS, seed=seed, n=4,
+                            temperature=0.5, fill=True)
+    finals = [i for i, n in enumerate(tree.nodes) if n.terminal]
+    assert len(finals) >= 4 and tree.chosen[-1] in finals
+    best = max(tree.nodes[i].meta["reward"] for i in finals)
+    assert tree.nodes[tree.chosen[-1]].meta["reward"] == best
+    with pytest.raises(ConfigError, match="images are selected by reward"):
+        from sharpen.search.spec import check_algorithm
+
+        check_algorithm("vote", "digits")
+
+
 def test_realism_and_product_rewards(model):
     import torch
 

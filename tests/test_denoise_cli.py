@@ -85,7 +85,7 @@ def test_stepwise_search_table_and_its_inner_states_dropped(tmp_path, digits_dir
 
 def test_sweep_reports_reward_and_nfe_per_cell(tmp_path, digits_dir):
     out = tmp_path / "sweep"
-    r = run(["sweep", "--model", digits_dir, *DIGITS, "--algos", "vote,bon,pf", "--budgets", "24,48", "--n", "3",
+    r = run(["sweep", "--model", digits_dir, *DIGITS, "--algos", "bon,pf,svdd", "--budgets", "24,48", "--n", "3",
              "--arg", "bon.batch=2", "--arg", "pf.n=2", "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "NFE per problem" in r.stdout
@@ -93,7 +93,7 @@ def test_sweep_reports_reward_and_nfe_per_cell(tmp_path, digits_dir):
     assert sweep["task"] == "digits" and sweep["task_args"] == {"steps": 8}
     cells = sweep["results"]
     assert sorted((c["algo"], c["budget"]) for c in cells) == sorted(
-        (a, b) for a in ("vote", "bon", "pf") for b in (24, 48))
+        (a, b) for a in ("bon", "pf", "svdd") for b in (24, 48))
     for c in cells:
         assert c["budget_unit"] == "nfe" and 0.0 <= c["mean_reward"] <= 1.0
         assert 0 < c["mean_nfe"] <= c["budget"] + 8  # at most one sample's overshoot
@@ -101,14 +101,19 @@ def test_sweep_reports_reward_and_nfe_per_cell(tmp_path, digits_dir):
         assert len(trees) == 3
         assert_compact(trees)
         assert c["mean_reward"] == pytest.approx(sum(chosen_reward(t) for t in trees) / 3)
-    assert {c["scorer"] for c in cells if c["algo"] != "vote"} == {"x0-reward"}
+    assert {c["scorer"] for c in cells} == {"x0-reward"}
+    assert all((c["mean_ess"] is not None) == (c["algo"] == "pf") for c in cells)  # pf's ESS, beside the reward
+    for c in cells:  # diversity beside the reward in the table ("-" with fewer than two samples of a class)
+        assert ("div -" if c["diversity"] is None else f"div {c['diversity']:.2f}") in r.stdout
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 10_000
     for b in (24, 48):  # the paired change vs the first row is of the mean reward, by which the search selects
         at = {c["algo"]: c for c in cells if c["budget"] == b}
-        for algo in ("bon", "pf"):
+        for algo in ("pf", "svdd"):
             v = at[algo]["vs_first"]
-            assert v["baseline"] == "vote" and v["of"] == "mean_reward"
-            assert v["delta"] == pytest.approx(at[algo]["mean_reward"] - at["vote"]["mean_reward"])
+            assert v["baseline"] == "bon@x0-reward" and v["of"] == "mean_reward"
+            assert v["delta"] == pytest.approx(at[algo]["mean_reward"] - at["bon"]["mean_reward"])
+    r = run(["sweep", "--model", digits_dir, *DIGITS, "--algos", "vote,bon", "--budgets", "24", "--n", "1"], tmp_path)
+    assert r.returncode == 2 and "images are selected by reward" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
@@ -128,7 +133,7 @@ def test_models_list_and_prepare_and_the_builtin_name(tmp_path, digits_dir):
     r = run(["models", "prepare", "digits-ddpm"], tmp_path, home)
     assert r.returncode == 0 and str(cached) in r.stdout.replace("\n", ""), r.stderr
     assert (cached / "classifier.json").stat().st_mtime_ns == before  # prepared: returned, not trained again
-    r = run(["search", "--model", "digits-ddpm", *DIGITS, "--algo", "vote", "--budget", "16", "--n", "1",
+    r = run(["search", "--model", "digits-ddpm", *DIGITS, "--algo", "bon", "--budget", "16", "--n", "1",
              "--out", str(tmp_path / "v"), "--json"], tmp_path, home)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["mean_nfe"] == 16

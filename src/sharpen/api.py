@@ -112,9 +112,10 @@ def search(
     from sharpen.core.meter import UsageMeter
     from sharpen.search.collect import search_metrics
     from sharpen.search.denoise_task import denoise_metrics, is_digits_task
-    from sharpen.search.spec import check_pairing, default_scorer
+    from sharpen.search.spec import check_algorithm, check_pairing, default_scorer
 
     check_pairing(model, task)  # a model and a task of different kinds, before anything loads
+    check_algorithm(algo, task)
     scorer = default_scorer(task) if scorer is None else scorer
     denoise = is_digits_task(task)
     if denoise and ray is not None:
@@ -242,7 +243,7 @@ def evaluate(
 
 
 def sweep(
-    algos: list[str],
+    algos: list[str] | None,
     budgets: list[int],
     scorer: str | None = None,
     model: str = DEFAULT_MODEL,
@@ -266,13 +267,15 @@ def sweep(
     from sharpen.backends.models import check_model
     from sharpen.search.registry import parse_algo_spec
     from sharpen.search.scorers import make_scorer
-    from sharpen.search.spec import check_pairing, default_scorer
+    from sharpen.search.spec import check_algorithm, check_pairing, default_algos, default_scorer
     from sharpen.search.sweep import prior_cells, run_sweep
 
     check_pairing(model, task)
     scorer = default_scorer(task) if scorer is None else scorer
     settings = settings or SearchSettings()
-    pairs = [parse_algo_spec(a, scorer) for a in algos if a.strip()]
+    pairs = [parse_algo_spec(a, scorer) for a in (algos or default_algos(task).split(",")) if a.strip()]
+    for algo, _ in pairs:
+        check_algorithm(algo, task)
     if not budgets or min(budgets) < 1 or not pairs:
         raise ConfigError("--budgets and --algos must be non-empty, budgets >= 1 (fix: e.g. --budgets 256,512)")
     options = options or {}

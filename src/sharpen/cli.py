@@ -107,7 +107,7 @@ def sweep_cmd(**o) -> None:
 
     SweepRequest.parse(O.fields_of(o, SweepRequest), "sharpen sweep")
     budget_list, options = parse_budgets(o["budgets"]), parse_algo_options(O.kv(o["arg"]))
-    results, sweep_dir = api.sweep(o["algos"].split(","), budget_list, o["scorer"], o["model"], o["task"], o["n"],
+    results, sweep_dir = api.sweep(o["algos"] and o["algos"].split(","), budget_list, o["scorer"], o["model"], o["task"], o["n"],
                                    o["seed"], options, O.settings_of(o), O.kv(o["task_arg"]), out=o["out_dir"],
                                    progress=progress_bar, split=o["split"], skip=o["skip"])
     out.print(O.rows_table(sweep_title(results, o["split"], o["n"]), sweep_rows(results)))

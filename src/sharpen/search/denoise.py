@@ -133,6 +133,9 @@ class DenoiseProcess:
     `reward` is one of `REWARDS`."""
 
     budget_unit = "nfe"
+    # an image has no answer to count: a weighted vote (pf, weighted) keeps the heaviest node, i.e.
+    # the best-valued x_0, instead of summing weights by class (`algorithms.common.weighted_vote`)
+    selects_by_value = True
 
     def __init__(self, model: Any, steps: int = 50, reward: str = "class"):
         if steps <= 0:

@@ -115,7 +115,8 @@ def denoise_metrics(trees: list[Tree]) -> dict[str, Any]:
     """What a denoising search is measured by beside accuracy: the mean reward of the chosen x_0 with
     its bootstrap 95% interval, the share of searches that chose an x_0 (`finished`), the diversity of
     the chosen x_0 within a target class (`sharpen.search.denoise.diversity`; None with fewer than
-    two per class), and the NFE (mean, max) and reward calls spent per problem."""
+    two per class), the NFE (mean, max) and reward calls spent per problem, and for particle filtering
+    the mean effective sample size over its resampling decisions (`mean_ess`; None for other algorithms)."""
     from sharpen.core.stats import bootstrap_ci
     from sharpen.search.denoise import diversity
 
@@ -123,7 +124,8 @@ def denoise_metrics(trees: list[Tree]) -> dict[str, Any]:
     rewards = [chosen_reward(t) for t in trees]
     nfe = [int(t.usage.get("nfe", 0)) for t in trees]
     lo, hi = bootstrap_ci(rewards)
-    return {"budget_unit": "nfe", "mean_reward": sum(rewards) / n, "mean_reward_ci95": [lo, hi],
+    ess = [e for t in trees for e in t.meta.get("ess", []) if e is not None]
+    return {"budget_unit": "nfe", "mean_ess": sum(ess) / len(ess) if ess else None, "mean_reward": sum(rewards) / n, "mean_reward_ci95": [lo, hi],
             "finished": sum(finished(t) for t in trees) / n, "diversity": diversity(trees),
             "mean_nfe": sum(nfe) / n, "max_nfe": max(nfe, default=0),
             "mean_reward_calls": sum(int(t.usage.get("reward_calls", 0)) for t in trees) / n}
@@ -138,6 +140,7 @@ def summary_rows(m: dict[str, Any]) -> list[list[str]]:
             ["mean reward of the chosen x_0", f"{m['mean_reward']:.3f} [{rlo:.3f}, {rhi:.3f}]"],
             ["chose an x_0 (finished)", f"{m['finished']:.3f}"],
             ["diversity (same-class L2)", "-" if div is None else f"{div:.3f}"],
+            *([["pf's mean effective sample size", f"{m['mean_ess']:.2f}"]] if m.get("mean_ess") is not None else []),
             ["mean NFE (denoiser forwards)", f"{m['mean_nfe']:.0f}"], ["max NFE", f"{m['max_nfe']}"],
             ["mean reward calls", f"{m['mean_reward_calls']:.0f}"], ["mean nodes / tree", f"{m['mean_nodes']:.1f}"]]
 

@@ -78,6 +78,24 @@ def default_scorer(task: str) -> str:
     return DEFAULT_SCORER if is_digits_task(task) else "self"
 
 
+def default_algos(task: str) -> str:
+    """The algorithms a sweep compares when none are named: on the digits task those that select by
+    reward (`check_algorithm`), best-of-N first as the baseline."""
+    from sharpen.search.denoise_task import is_digits_task
+
+    return "bon,pf,beam,svdd" if is_digits_task(task) else "vote,bon,beam,mcts,pf"
+
+
+def check_algorithm(algo: str, task: str) -> None:
+    """Refuse `vote` on the digits task: it keeps the most frequent answer, and an image's answer is
+    only the class the reward model sees in it, so it would not select by reward."""
+    from sharpen.search.denoise_task import is_digits_task
+
+    if algo == "vote" and is_digits_task(task):
+        raise ConfigError("vote keeps the most frequent answer, and images are selected by reward (fix: bon, "
+                          "which keeps the sample of highest reward, or pf, beam, svdd)")
+
+
 def make_process(backend, task, settings: SearchSettings | None = None, strict_answers: bool = False):
     """The process that search algorithms talk to: a `DenoiseProcess` for a denoising model with the
     digits task (`sharpen.search.denoise_task.make_denoise_process`), else the language-model process.
@@ -124,8 +142,9 @@ class SearchCommand(SearchRequest):
 class SweepRequest(Options):
     """`sharpen sweep`'s options: which searches at which budgets on which problems (`api.sweep`)."""
 
-    algos: str = Field("vote,bon,beam,mcts,pf", min_length=1,
-                       description="comma list: algo or algo@scorer, e.g. vote,bon@self,mcts@rollout")
+    algos: str | None = Field(None, min_length=1, description="comma list: algo or algo@scorer, e.g. "
+                              "vote,bon@self,mcts@rollout (default: vote,bon,beam,mcts,pf; bon,pf,beam,svdd with "
+                              "--task digits)")
     budgets: str = Field("256,512,1024,2048,4096", min_length=1,
                          description=f"comma list of budgets per problem, {BUDGET_UNIT}")
     scorer: str | None = Field(None, description="default scorer for algorithms that need one (default: self, "

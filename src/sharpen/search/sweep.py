@@ -226,7 +226,8 @@ def sweep_rows(results: list[dict[str, Any]], budgets: list[int] | None = None) 
             v = c.get("vs_first")
             vs = f" {v['delta']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else ""
             if "mean_nfe" in c:
-                row.append(f"{c['accuracy']:.2f} ({c['mean_reward']:.3f}, {c['mean_nfe']:.0f}){vs}")
+                div = "-" if c.get("diversity") is None else f"{c['diversity']:.2f}"
+                row.append(f"{c['accuracy']:.2f} ({c['mean_reward']:.3f}, div {div}, {c['mean_nfe']:.0f}){vs}")
             else:
                 row.append(f"{c['accuracy']:.2f} ({c['mean_generated_tokens']:.0f} / "
                            f"{c['mean_forward_tokens'] + c['mean_verifier_tokens']:.0f}){vs}")

@@ -47,7 +47,11 @@ def value(tree: Tree, node_id: int, default: float = 0.0) -> float:
 
 def weighted_vote(process: Process, tree: Tree, node_ids: list[int], weights: list[float]) -> int | None:
     """The node carrying the answer with the largest total weight (first seen wins ties; within the
-    winning answer, the heaviest node). Nodes without an answer do not vote."""
+    winning answer, the heaviest node). Nodes without an answer do not vote. On a process that
+    `selects_by_value` (a denoiser: its answers are classes of images, not what the reward ranks),
+    the heaviest node itself, first of equals."""
+    if getattr(process, "selects_by_value", False):
+        return node_ids[weights.index(max(weights))] if node_ids else None
     total: dict[str, float] = defaultdict(float)
     best: dict[str, int] = {}
     for n, w in zip(node_ids, weights, strict=True):
