@@ -229,6 +229,27 @@ def test_search_runs_within_budget_and_same_seed_same_tree(model, algo, spec, ar
     assert other.to_dict()["nodes"] != a["nodes"]
 
 
+@pytest.mark.parametrize("algo,spec,args", SEARCHES)
+def test_a_tree_is_the_same_alone_or_lockstep_batched(model, algo, spec, args):
+    """Four searches whose denoiser forwards and reward calls share batches (`search_problems` with
+    parallel=4) get exactly the trees and spend they get one by one."""
+    from sharpen.search.collect import search_problems
+
+    probs = problems("test", 4, seed=5)
+    budget = 10 * STEPS + 8
+
+    def run(parallel):
+        proc = DenoiseProcess(model, steps=STEPS)
+        trees = search_problems(proc, make_scorer(spec, proc), algo, probs, budget, seed=1, parallel=parallel,
+                                algo_args=args)
+        return [{**t.to_dict(), "usage": {k: v for k, v in t.usage.items() if k != "seconds"}} for t in trees], proc
+
+    alone, proc = run(1)
+    batched, _ = run(4)
+    assert batched == alone
+    assert all(t["usage"]["nfe"] > 0 for t in alone) and proc.meter.total.nfe == sum(t["usage"]["nfe"] for t in alone)
+
+
 def test_bon_and_pf_beat_a_random_sample(model):
     """A weak check on a handful of problems: the mean reward of the chosen sample beats one
     unguided sample's."""

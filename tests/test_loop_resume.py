@@ -77,7 +77,7 @@ def uninterrupted(ref_run):
     return _final(ref_run)
 
 
-@pytest.mark.parametrize("kill_when", ["collect", "train"])
+@pytest.mark.parametrize("kill_when", ["collect", pytest.param("train", marks=pytest.mark.slow)])
 def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_model_dir, uninterrupted, kill_when):
     cfg = _config(tmp_path, tiny_model_dir)
     expected = uninterrupted

@@ -153,6 +153,7 @@ def test_features_that_need_logprobs_refuse_without_them(tiny_server, problems):
     assert len(tree.nodes) > 1 and tree.usage["generated_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_sharpen_eval_and_mcts_search_through_the_server(server, tiny_server, tmp_path):
     r = sharpen(["eval", "--model", server.spec, *TASK, "--n", "2", "--samples", "0", "--out", "ev", "--json"], tmp_path)
     assert r.returncode == 0, r.stderr

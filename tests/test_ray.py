@@ -49,6 +49,7 @@ def test_ray_actors_give_the_trees_of_one_process_byte_for_byte(tmp_path):
     assert same_bytes(tmp_path / "part" / "trees.jsonl") == a
 
 
+@pytest.mark.slow
 def test_eval_on_ray_actors_gives_the_rows_of_one_process(tmp_path, tiny_model_dir):
     # 20 problems: two chunks (the CLI evaluates 16 problems per generate call), one per actor;
     # sampled rows (T=1.0) as well as greedy ones

@@ -165,7 +165,7 @@ def test_prm_guided_round_trains_a_prm_and_the_policy(tmp_path, tiny_model_dir):
     _trained_policy(run, 1, tiny_model_dir, "traces", "sft")
 
 
-@pytest.mark.parametrize("empty", [1, 2])
+@pytest.mark.parametrize("empty", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_prm_guided_round_without_labels_falls_back(tmp_path, tiny_model_dir, monkeypatch, empty):
     """A round that builds no step labels trains no PRM. The next round must not fail on the missing
     PRM: it searches with the last PRM there is (round 1's, when round 2 is empty) or, when no round

@@ -55,6 +55,7 @@ def sharpen(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_example_algorithm_runs_through_search_sweep_and_a_run_config(plugin_env, tiny_model_dir, tmp_path):
     r = sharpen(["algos"], plugin_env, tmp_path)
     assert r.returncode == 0 and "first" in r.stdout and "batch=2" in r.stdout, r.stderr

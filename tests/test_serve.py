@@ -331,7 +331,7 @@ def continuous_server(tmp_path_factory):
     s.stop()
 
 
-@pytest.mark.parametrize("which", ["server", "continuous_server"])
+@pytest.mark.parametrize("which", ["server", pytest.param("continuous_server", marks=pytest.mark.slow)])
 def test_concurrent_requests_answer_as_sequential_ones_for_the_same_seeds(which, request):
     server = request.getfixturevalue(which)
     seeds = list(range(6))

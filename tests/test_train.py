@@ -271,6 +271,7 @@ def test_dpo_with_sft_term_raises_chosen_likelihood(tiny_model_dir, data_dirs, t
     assert chosen_logp(merged) > chosen_logp(tiny_model_dir)
 
 
+@pytest.mark.slow
 def test_sft_under_a_two_process_distributed_launch(tiny_model_dir, data_dirs, tmp_path):
     """What `accelerate launch` or `torchrun` does on several GPUs, here on the CPU (gloo): two processes
     train one model with DDP, and only the first writes the outputs."""

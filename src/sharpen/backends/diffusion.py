@@ -253,6 +253,7 @@ class DigitsDiffusion:
         self.bias = bias  # (classes,)
         self.chunk = chunk
         self.path = path
+        self.name = str(path) if path is not None else DIGITS_DDPM
         self.threads = threads
         self.realism_params = realism_params
         self._density: tuple[Any, ...] | None = None

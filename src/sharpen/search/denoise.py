@@ -31,7 +31,10 @@ A node keeps its state compactly in `meta`: `x` (float16 bytes, base64; 64 value
 (reverse steps taken, 0 for x_T) and `t` (the timestep of x). `strip_states` drops the inner
 nodes' states from a finished tree. Randomness follows the protocol: each generating call takes
 `next_seed(tree)`, and row j of node position i its own torch generator seeded from that, i and j
-(`row_seed`), so the same seed gives the identical tree whatever shares the denoiser's batches.
+(`row_seed`), so the same seed gives the identical tree whatever shares the denoiser's batches. Many
+problems' searches share them under lockstep batching (`fork`; `search_problems` with `parallel`, as
+`sharpen search` and `sweep` run), which fills the denoiser's padded forward chunks with rows of
+several problems instead of one problem's few.
 
 `diversity(trees)` measures collapse beside reward: the mean pairwise L2 distance between the chosen
 x_0 of trees with the same target class, averaged over the classes.
@@ -154,6 +157,7 @@ class DenoiseProcess:
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
         self.shape = (1, 8, 8)
         self.meter = UsageMeter()
+        self.backend = model  # what the denoiser's forwards and the rewards run on (`fork`: one search's proxy)
         self.step_tokens = 2  # the most NFE one `expand` row costs (its parent's forward, the last step's)
         self.rollout_tokens = steps  # the most NFE one `complete`/`rollout` row costs (from the root)
         self._eps: dict[int, LRUDict] = {}  # id(tree) -> {node id: the denoiser's noise prediction}
@@ -205,12 +209,34 @@ class DenoiseProcess:
             out[nid] = cache[nid] = e
         return out, len(todo)
 
+    # -- what the lockstep batcher may ask of a denoising process ------------------------------
+    def fork(self, backend: Any) -> DenoiseProcess:
+        """The same process counting on `backend`'s meter, its denoiser forwards and reward calls
+        merged through `backend.batched` with the other searches' (one search's view under lockstep
+        batching, `sharpen.search.batching`): many problems' rows fill one padded forward chunk, and
+        a row's output does not depend on its chunk-mates (`DigitsDiffusion.eps`), so a tree is the
+        same searched alone or beside others."""
+        import copy
+
+        p = copy.copy(self)
+        p.backend, p.meter, p._eps = backend, backend.meter, {}
+        return p
+
+    def batched(self, key: Any, fn: Any, items: list) -> list:
+        """`fn(items)`; under lockstep batching, merged with the other searches' calls under `key`."""
+        if hasattr(self.backend, "batched"):
+            return self.backend.batched(key, fn, items)
+        return fn(items)
+
     def eps(self, states: list[tuple[Any, int]]) -> list[Any]:
         """The denoiser's noise prediction for each (x, k) state: one forward each (not metered here)."""
-        import torch
-
         if not states:
             return []
+        return self.batched(("eps", id(self.model), tuple(self.timesteps)), self._eps_rows, states)
+
+    def _eps_rows(self, states: list[tuple[Any, int]]) -> list[Any]:
+        import torch
+
         x = torch.stack([s[0] for s in states])
         t = torch.tensor([self.timesteps[s[1]] for s in states], dtype=torch.int64)
         return list(self.model.eps(x, t))
@@ -226,18 +252,24 @@ class DenoiseProcess:
     def rewards(self, tree: Tree, x0s: list[Any]) -> tuple[list[float], list[int]]:
         """The reward of each image (`self.reward`: the classifier's probability of the tree's target
         class, the realism, or their product) and the classifier's predicted class (not metered here)."""
-        import torch
-
         if not x0s:
             return [], []
-        x = torch.stack(x0s)
+        target = self.target(tree)
+        out = self.batched(("reward", id(self.model), self.reward), self._reward_rows, [(x, target) for x in x0s])
+        return [r for r, _ in out], [c for _, c in out]
+
+    def _reward_rows(self, rows: list[tuple[Any, int]]) -> list[tuple[float, int]]:
+        """(reward, predicted class) of each (x_0, target class)."""
+        import torch
+
+        x = torch.stack([x0 for x0, _ in rows])
         lp = self.model.log_probs(x)
-        reward = lp[:, self.target(tree)].exp()
+        reward = lp[torch.arange(len(rows)), torch.tensor([c for _, c in rows])].exp()
         if self.reward == "realism":
             reward = self.model.realism(x)
         elif self.reward == "product":
             reward = reward * self.model.realism(x)
-        return reward.tolist(), lp.argmax(-1).tolist()
+        return list(zip(reward.tolist(), lp.argmax(-1).tolist(), strict=True))
 
     def _denoise(self, rows: list[tuple[Any, int]], gens: list[Any], until: int) -> tuple[list[Any], int]:
         """Run each row's state (x, k) (x None: draw x_T from its generator first) to `until` reverse
