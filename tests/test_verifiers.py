@@ -304,3 +304,36 @@ def test_ranking_prm_learns_to_order_one_problems_own_paths(tiny_model_dir, tmp_
     with pytest.raises(ConfigError, match="ranking"):
         build_trainer(PRMTrainConfig(model=tiny_model_dir, data=str(train), output_dir=str(tmp_path / "x"),
                                      ranking=-1.0, **opts))
+
+
+def test_pav_and_implicit_remember_a_bounded_number_of_prompts(setup, tiny_model_dir, tmp_path, monkeypatch):
+    """A long-lived server's scorers see a new prompt with every request: each tokenizes a tree's prompt
+    once and keeps only the most recently used ones (`LRUDict`), so memory does not grow with the
+    requests; a prompt dropped from the cache is tokenized again and scores the same."""
+    from sharpen.core.tasks import Problem
+    from sharpen.search.scorers import common
+
+    monkeypatch.setattr(common, "PROMPTS_KEPT", 6)  # 256 by default: the same code, fewer prompts to score
+    proc, _, _, other = setup
+    random_prm(tmp_path, tiny_model_dir, seed=0)
+    pav = make_scorer(f"pav:{tmp_path}", proc)
+    implicit = make_scorer(f"implicit:{other}:ref={tiny_model_dir}", proc)
+    bound = 6
+    assert pav._prompt_lens.size == implicit._prompt_ids.size == bound
+
+    def scores(i: int) -> tuple[list, list, str]:
+        out = []
+        for scorer in (pav, implicit):  # a tree each: a scored node is not scored again
+            tree = proc.new_tree(Problem(f"q{i}", f"What is {i} + 1?", str(i + 1)), seed=0)
+            node = tree.add(0, step=f"{i} + 1 = {i + 1}", num_tokens=1, token_ids=[11])
+            out.append(scorer.score(tree, [node.id])[0])
+        return out[0], out[1], tree.prompt
+
+    first = scores(0)
+    for i in range(1, bound + 3):
+        scores(i)
+    assert len(pav._prompt_lens) == bound and len(implicit._prompt_ids) == bound
+    assert first[2] not in pav._prompt_lens and first[2] not in implicit._prompt_ids
+    again = scores(0)
+    assert again[0] == pytest.approx(first[0], abs=1e-6) and again[1] == pytest.approx(first[1], abs=1e-6)
+    assert first[0] != pytest.approx(first[1])  # two scorers, two values

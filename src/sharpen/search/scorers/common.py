@@ -25,6 +25,9 @@ class Scorer(Protocol):
 
 
 AGGREGATIONS = ("last", "min", "prod", "mean")
+PROMPTS_KEPT = 256
+"""Tokenized prompts a scorer keeps (least recently used dropped first): far more than the searches in
+flight, bounded for a server that sees a new prompt with every request."""
 
 
 Aggregation = Literal["last", "min", "prod", "mean"]

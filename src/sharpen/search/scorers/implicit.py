@@ -18,6 +18,7 @@ from sharpen.core.tree import Tree
 from sharpen.search.process import Process
 from sharpen.search.registry import MAX_ROWS, Options
 from sharpen.search.registry import scorer as register_scorer
+from sharpen.search.scorers import common
 from sharpen.search.scorers.common import (
     Aggregation,
     Scorer,
@@ -61,7 +62,7 @@ class ImplicitPRMScorer:
                                  "(fix: implicit:<policy dir from `sharpen train dpo`>[:ref=<model>])") from None
             self.models.append(m.to(self.device).eval())
         self.policy_path, self.ref_path = str(policy), str(ref)
-        self._prompt_ids = LRUDict(256)  # per tree's prompt; bounded for a long-lived server
+        self._prompt_ids = LRUDict(common.PROMPTS_KEPT)  # per tree's prompt; bounded for a long-lived server
 
     def cost(self, terminal: bool, budget: Budget | None = None) -> float:
         return 1

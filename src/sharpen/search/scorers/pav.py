@@ -15,6 +15,7 @@ from sharpen.core.tree import Tree
 from sharpen.search.process import Process
 from sharpen.search.registry import MAX_ROWS, Options
 from sharpen.search.registry import scorer as register_scorer
+from sharpen.search.scorers import common
 from sharpen.search.scorers.common import Scorer, unscored
 from sharpen.search.scorers.prm import PRMScorer
 
@@ -31,7 +32,7 @@ class ProgressScorer(PRMScorer):
     def __init__(self, path: str | Path, process: Process, alpha: float = 1.0, batch: int = 16):
         super().__init__(path, process, batch=batch)
         self.alpha = alpha
-        self._prompt_lens = LRUDict(256)  # every node of a tree shares its prompt: tokenized once
+        self._prompt_lens = LRUDict(common.PROMPTS_KEPT)  # every node of a tree shares its prompt: tokenized once
 
     def _prompt_len(self, prompt: str) -> int:
         if prompt not in self._prompt_lens:
