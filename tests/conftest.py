@@ -140,3 +140,31 @@ def tiny_digits_dir(tmp_path_factory):
     from sharpen.backends.diffusion import prepare_digits
 
     return prepare_digits(tmp_path_factory.mktemp("ddpm") / "digits-ddpm", **TINY_DIGITS)
+
+
+def user_pipeline(digits_dir, out, scheduler: str = "DDIMScheduler", **scheduler_changes):
+    """A user's own diffusers pipeline as `save_pretrained` writes it: the UNet of a prepared
+    digits-ddpm and its training schedule under another scheduler class (DDIM by default), without
+    the digits rewards (no classifier.json)."""
+    import json
+    from pathlib import Path
+
+    import diffusers
+
+    config = json.loads((Path(digits_dir) / "scheduler" / "scheduler_config.json").read_text())
+    sched = getattr(diffusers, scheduler).from_config({**config, **scheduler_changes})
+    unet = diffusers.UNet2DModel.from_pretrained(Path(digits_dir) / "unet")
+    pipe = diffusers.DDIMPipeline if scheduler == "DDIMScheduler" else diffusers.DDPMPipeline
+    pipe(unet=unet, scheduler=sched).save_pretrained(out)
+    return Path(out)
+
+
+def rgb_pipeline(out):
+    """A diffusers pipeline of 3x16x16 images (an untrained UNet): not one the digits rewards can read."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), norm_num_groups=4,
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(out)
+    return out

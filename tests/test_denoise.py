@@ -8,6 +8,7 @@ lockstep-batched, on a tiny language model."""
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
 
@@ -15,6 +16,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
 from conftest import TINY_DIGITS as TINY  # noqa: E402
+from conftest import rgb_pipeline, user_pipeline  # noqa: E402
 
 from sharpen.backends.diffusion import REALISM_FILE, load_digits_model, prepare_digits  # noqa: E402
 from sharpen.core.budget import Budget  # noqa: E402
@@ -248,6 +250,46 @@ def test_a_tree_is_the_same_alone_or_lockstep_batched(model, algo, spec, args):
     batched, _ = run(4)
     assert batched == alone
     assert all(t["usage"]["nfe"] > 0 for t in alone) and proc.meter.total.nfe == sum(t["usage"]["nfe"] for t in alone)
+
+
+def test_a_users_own_pipeline_searches_with_the_digits_rewards(model, model_dir, tmp_path, monkeypatch):
+    """A diffusers pipeline of the user's own (here the tiny UNet saved as a DDIMPipeline, no rewards in
+    its directory) loads with the digits rewards of a prepared digits-ddpm, by default the built-in one,
+    and searches as that model does: the same training schedule sampled with DDPM steps, the same trees."""
+    from sharpen.core.errors import ModelError
+
+    pipe = user_pipeline(model_dir, tmp_path / "pipe")
+    assert not (pipe / "classifier.json").exists()
+    monkeypatch.setenv("SHARPEN_HOME", str(tmp_path / "home"))
+    shutil.copytree(model_dir, tmp_path / "home" / "models" / "digits-ddpm")  # the built-in, prepared (tiny)
+    user = load_digits_model(pipe)
+    assert user.weight.equal(model.weight) and user.has_realism
+    assert load_digits_model(pipe, rewards=model_dir).weight.equal(model.weight)
+    problem = problems("test", 1, seed=3)[0]
+    trees = []
+    for m in (model, user):
+        proc = DenoiseProcess(m, steps=STEPS)
+        trees.append(ALGORITHMS["svdd"](proc, make_scorer("x0-reward", proc), problem, 40, seed=1, m=3).to_dict())
+    assert trees[0]["nodes"] == trees[1]["nodes"]
+    with pytest.raises(ModelError, match="holds no digits rewards"):
+        load_digits_model(pipe, rewards=pipe)
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d, out: user_pipeline(d, out, "DDPMScheduler", prediction_type="v_prediction"), "prediction_type"),
+    (lambda d, out: user_pipeline(d, out, "PNDMScheduler"), "scheduler PNDMScheduler"),
+    (lambda d, out: rgb_pipeline(out), "makes 3x16x16"),
+])
+def test_a_pipeline_the_digits_rewards_cannot_read_is_refused_in_one_line(model_dir, tmp_path, make, needle):
+    from sharpen.backends.models import check_pipeline
+    from sharpen.core.errors import ModelError
+
+    pipe = make(model_dir, tmp_path / "pipe")
+    with pytest.raises(ModelError, match=needle) as e:
+        check_pipeline(pipe)
+    assert "fix:" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ModelError, match=needle):
+        load_digits_model(pipe, rewards=model_dir)
 
 
 def test_bon_and_pf_beat_a_random_sample(model):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import rgb_pipeline, user_pipeline
 
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
@@ -137,6 +138,12 @@ def test_models_list_and_prepare_and_the_builtin_name(tmp_path, digits_dir):
              "--out", str(tmp_path / "v"), "--json"], tmp_path, home)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["mean_nfe"] == 16
+    # a user's own pipeline (a DDIMPipeline, no rewards in it) searches with the built-in's rewards
+    pipe = user_pipeline(digits_dir, tmp_path / "pipe")
+    u = run(["search", "--model", str(pipe), *DIGITS, "--algo", "bon", "--budget", "16", "--n", "1",
+             "--out", str(tmp_path / "u"), "--json"], tmp_path, home)
+    assert u.returncode == 0, u.stderr
+    assert json.loads(u.stdout)["mean_reward"] == json.loads(r.stdout)["mean_reward"]
 
 
 def _empty_dir(t):
@@ -166,6 +173,7 @@ def _lm_dir(t):
     pytest.param("search", lambda t, m: ["--model", _lm_dir(t), *DIGITS], "needs a denoising model", marks=pytest.mark.slow),
     ("sweep", lambda t, m: ["--model", _lm_dir(t), *DIGITS], "needs a denoising model"),
     ("search", lambda t, m: ["--model", _empty_dir(t), *DIGITS], "no model_index.json"),
+    ("search", lambda t, m: ["--model", str(rgb_pipeline(t / "rgb")), *DIGITS], "makes 3x16x16"),
     pytest.param("search", lambda t, m: ["--model", _pipeline_only(t), *DIGITS], "no unet/config.json", marks=pytest.mark.slow),
     ("search", lambda t, m: ["--model", m, "--task", "digits", "--task-arg", "steps=0"], "steps"),
     pytest.param("search", lambda t, m: ["--model", m, "--task", "digits", "--task-arg", "classes=11"], "classes", marks=pytest.mark.slow),

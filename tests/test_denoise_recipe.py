@@ -278,3 +278,25 @@ def test_task_args_default_to_the_digits_tasks_own(model_dir):
     del raw["task_args"]
     assert validate(raw).task_args == {}  # not the text task's default
     assert validate(_config(model_dir, recipe="diffusion-rwr", **{"train.tau": 0.2})).train.options["tau"] == 0.2
+
+
+@pytest.mark.slow
+def test_a_users_own_pipeline_runs_the_recipe_as_the_prepared_model_does(tmp_path, model_dir, cli_run):
+    """A diffusers pipeline of the user's own (the tiny UNet saved as a DDIMPipeline, no rewards in its
+    directory) runs the same recipe with the built-in digits-ddpm's rewards and measures what the
+    prepared model's run measures."""
+    import shutil
+
+    from conftest import user_pipeline
+
+    pipe = user_pipeline(model_dir, tmp_path / "pipe")
+    home = tmp_path / "home"
+    shutil.copytree(model_dir, home / "models" / "digits-ddpm")  # the built-in, prepared (tiny)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHARPEN_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-m", "sharpen", "run", str(_write(tmp_path, _config(pipe))), "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    mine, theirs = _results(tmp_path / "run"), _results(cli_run)
+    for key in ("paired", "eval-0", "eval-1", "eval-2", "rows-0", "rows-2"):
+        assert mine[key] == theirs[key], key
+    assert not (tmp_path / "run" / "round-2" / "train" / "policy" / "model" / "classifier.json").exists()

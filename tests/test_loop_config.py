@@ -102,7 +102,7 @@ def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
 
 
 
-@pytest.mark.parametrize("init", ["previous", "base"])
+@pytest.mark.parametrize("init", ["previous", pytest.param("base", marks=pytest.mark.slow)])
 def test_two_round_loop_trains_on_replayed_pairs(tmp_path, tiny_model_dir, init):
     import json
 

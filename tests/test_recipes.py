@@ -125,6 +125,7 @@ def test_rft_round_builds_verified_traces_and_trains(tmp_path, tiny_model_dir):
     _trained_policy(run, 1, tiny_model_dir, "traces", "sft")
 
 
+@pytest.mark.slow
 def test_reference_share_draws_round_two_steps_from_the_starting_model(tmp_path, tiny_model_dir):
     """`collect.reference_share`: from round 2 on, part of the sampled steps come from the run's model."""
     run = _run(tmp_path, tiny_model_dir, "mcts-dpo", {**MCTS, "reference_share": 0.5},
@@ -428,6 +429,7 @@ def test_grpo_resumes_with_its_token_count(tmp_path, tiny_model_dir):
     assert third["usage"] == second["usage"] and third["steps"] == 3
 
 
+@pytest.mark.slow
 def test_sharpen_train_grpo_from_the_command_line(tmp_path, tiny_model_dir):
     """`sharpen train grpo` without a dataset: the task's training problems, its verifier as the reward;
     a misspelt GRPO option is the one-line error and writes nothing."""

@@ -15,8 +15,9 @@ __all__ = ["Backend", "Completion", "SamplingParams", "load_backend", "prepare_m
 
 def load_backend(model: str, seed: int = 0, **kwargs: Any) -> Any:
     """`openai:URL#MODEL` -> a client of that OpenAI-compatible server (`backends/openai.py`);
-    `digits-ddpm` or a prepared digits-ddpm directory -> its `DigitsDiffusion` (the built-in one is
-    prepared on first use; `kwargs` do not apply to it: it runs in float32, rows padded to fixed
+    `digits-ddpm`, a prepared digits-ddpm directory or a user's diffusers pipeline for 1x8x8 images
+    -> its `DigitsDiffusion` (the built-in one is prepared on first use, and lends its rewards to a
+    pipeline that brings none; `kwargs` do not apply to it: it runs in float32, rows padded to fixed
     chunks, so the batch size never changes a row's floats); a model name, HF id or local directory
     -> the in-process HF backend."""
     from sharpen.backends.models import DIFFUSION_BUILTIN, diffusion_path, is_diffusion

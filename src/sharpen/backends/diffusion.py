@@ -19,7 +19,8 @@ whose log-density of an image, squashed to [0, 1], is the realism reward (no aes
                                           and the squashing's centre and scale
     sharpen_digits.json                   the settings it was trained with, its last loss, the classifier's accuracy
 
-`load_digits_model()` loads it as a `DigitsDiffusion`: the denoiser's noise prediction in fixed-size
+`load_digits_model()` loads it (or a user's own diffusers pipeline for 1x8x8 images, lent these rewards)
+as a `DigitsDiffusion`: the denoiser's noise prediction in fixed-size
 chunks (so a row's output does not depend on which rows share its call), the classifier and, when the
 preparation has it (one made before the realism reward existed has not), the density model.
 """
@@ -33,12 +34,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sharpen.backends.models import DIGITS_SHAPE, PREPARED_FILES, check_pipeline, missing_diffusion_files
 from sharpen.core.errors import ConfigError, ModelError
 from sharpen.core.io import atomic_dir
 from sharpen.core.threads import torch_threads
 
 DIGITS_DDPM = "digits-ddpm"
-IMAGE_SHAPE = (1, 8, 8)
+IMAGE_SHAPE = DIGITS_SHAPE
 CLASSES = 10
 REALISM_FILE = "realism.json"
 
@@ -69,8 +71,9 @@ def digits_path() -> Path:
 
 
 def is_digits_prepared(path: str | Path | None = None) -> bool:
+    """Whether `path` (default: the cache's `digits-ddpm`) holds a denoiser and the digits rewards."""
     p = Path(path) if path is not None else digits_path()
-    return (p / "model_index.json").exists() and (p / "classifier.json").exists()
+    return not missing_diffusion_files(p, PREPARED_FILES)
 
 
 def digits_data() -> tuple[Any, Any]:
@@ -332,20 +335,32 @@ class DigitsDiffusion:
             return torch.log_softmax(logits, dim=-1)
 
 
-def load_digits_model(path: str | Path | None = None, chunk: int = 16, threads: int | None = 1) -> DigitsDiffusion:
-    """The prepared `digits-ddpm` in `path` (default: the models cache dir); see `DigitsDiffusion`
-    for `chunk` and `threads`."""
+def load_digits_model(path: str | Path | None = None, chunk: int = 16, threads: int | None = 1,
+                      rewards: str | Path | None = None) -> DigitsDiffusion:
+    """The denoiser of the pipeline in `path` (default: the cache's `digits-ddpm`) and the digits
+    rewards: from `rewards`, a prepared digits-ddpm directory; by default from `path` itself when it
+    holds them (a prepared digits-ddpm, or a model trained from one), else from the built-in
+    `digits-ddpm` (prepared on first use). So a user's own diffusers pipeline (a `UNet2DModel` for
+    1x8x8 images and a DDPM or DDIM scheduler, `sharpen.backends.models.check_pipeline`) is searched and trained with the
+    same rewards as the built-in one. See `DigitsDiffusion` for `chunk` and `threads`."""
     import torch
     from diffusers import UNet2DModel
 
     p = Path(path) if path is not None else digits_path()
-    if not is_digits_prepared(p):
+    if path is None and not is_digits_prepared(p):
         raise ModelError(f"{p} holds no prepared digits-ddpm (fix: sharpen models prepare {DIGITS_DDPM}, "
                          "or sharpen.backends.diffusion.prepare_digits())")
+    check_pipeline(p)
+    if rewards is not None:
+        r = Path(rewards)
+        if not is_digits_prepared(r):
+            raise ModelError(f"{r} holds no digits rewards (no classifier.json) (fix: a prepared {DIGITS_DDPM} dir)")
+    else:
+        r = p if is_digits_prepared(p) else prepare_digits()
     unet = UNet2DModel.from_pretrained(p / "unet")
     config = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
-    clf = json.loads((p / "classifier.json").read_text())
+    clf = json.loads((r / "classifier.json").read_text())
     weight = torch.tensor(clf["weight"], dtype=torch.float64)
     bias = torch.tensor(clf["bias"], dtype=torch.float64)
-    realism = json.loads((p / REALISM_FILE).read_text()) if (p / REALISM_FILE).exists() else None
+    realism = json.loads((r / REALISM_FILE).read_text()) if (r / REALISM_FILE).exists() else None
     return DigitsDiffusion(unet, config, weight, bias, chunk=chunk, path=p, threads=threads, realism_params=realism)

@@ -72,8 +72,13 @@ DIFFUSION_BUILTIN = {
     "digits-ddpm": "a DDPM (diffusers UNet2DModel) and its rewards (a digits classifier, a density model), trained "
                    "once on scikit-learn's bundled 8x8 digits; searched as a denoising process (with --task digits)",
 }
-# what a prepared digits-ddpm directory holds: a diffusers DDPMPipeline and the reward classifier
-DIFFUSION_FILES = ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json", "classifier.json")
+# what a denoising model's directory holds: a diffusers pipeline (a user's own, or a prepared digits-ddpm,
+# which also holds the digits rewards: PREPARED_FILES)
+DIFFUSION_FILES = ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json")
+PREPARED_FILES = (*DIFFUSION_FILES, "classifier.json")
+DIGITS_SHAPE = (1, 8, 8)  # (channels, height, width) of the images the digits rewards read
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+"""Schedulers whose training schedule a pipeline may bring: the process samples it with DDPM ancestral steps."""
 
 
 def builtin_path(name: str) -> Path:
@@ -89,22 +94,49 @@ def is_diffusion(model: str | Path) -> bool:
     return p.is_dir() and (p / "model_index.json").is_file()
 
 
-def missing_diffusion_files(path: str | Path) -> list[str]:
-    """The files of `DIFFUSION_FILES` that directory `path` lacks (none: a prepared digits-ddpm)."""
-    return [f for f in DIFFUSION_FILES if not (Path(path) / f).is_file()]
+def missing_diffusion_files(path: str | Path, files: tuple[str, ...] = DIFFUSION_FILES) -> list[str]:
+    """The `files` that directory `path` lacks (none of `DIFFUSION_FILES`: a diffusers pipeline)."""
+    return [f for f in files if not (Path(path) / f).is_file()]
+
+
+def check_pipeline(path: str | Path) -> None:
+    """Refuse, in one line naming the fix, a directory the digits task cannot search: not a diffusers
+    pipeline, a UNet that is not a `UNet2DModel` making 1x8x8 images (what the digits rewards read), a
+    model that predicts something other than the noise, or a scheduler other than `SCHEDULERS`."""
+    import json
+
+    p = Path(path)
+    missing = missing_diffusion_files(p)
+    if missing:
+        raise ModelError(f"{path} is not a diffusers pipeline: no {', '.join(missing)} (fix: sharpen models prepare "
+                         "digits-ddpm, or a directory written by DDPMPipeline.save_pretrained)")
+    try:
+        unet = json.loads((p / "unet" / "config.json").read_text())
+        sched = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable pipeline config ({e}) (fix: save the pipeline again)") from None
+    size = unet.get("sample_size")
+    size = tuple(size) if isinstance(size, list) else (size, size)
+    shape = (unet.get("in_channels"), *size)
+    if unet.get("_class_name") != "UNet2DModel" or shape != DIGITS_SHAPE or unet.get("out_channels") != 1:
+        raise ModelError(f"{path}: the digits task's rewards read {'x'.join(map(str, DIGITS_SHAPE))} images, and this "
+                         f"pipeline's {unet.get('_class_name')} makes {'x'.join(map(str, shape))} (fix: a UNet2DModel "
+                         "with in_channels=out_channels=1 and sample_size=8)")
+    if sched.get("_class_name") not in SCHEDULERS:
+        raise ModelError(f"{path}: scheduler {sched.get('_class_name')} (fix: a pipeline with one of "
+                         f"{', '.join(SCHEDULERS)}; its training schedule is sampled with DDPM ancestral steps)")
+    if sched.get("prediction_type", "epsilon") != "epsilon":
+        raise ModelError(f"{path}: the UNet predicts {sched['prediction_type']!r} (fix: a model trained to predict "
+                         "the noise, prediction_type='epsilon')")
 
 
 def diffusion_path(model: str) -> Path:
     """The directory of a denoising model: a built-in name's cache path (prepared or not), or a local
-    directory that holds every file of a prepared digits-ddpm (a one-line ModelError naming the
-    missing ones otherwise)."""
+    diffusers pipeline the digits task can search (`check_pipeline`: a one-line ModelError otherwise)."""
     if model in DIFFUSION_BUILTIN:
         return builtin_path(model)
     p = Path(model).expanduser()
-    missing = missing_diffusion_files(p)
-    if missing:
-        raise ModelError(f"{model} is not a prepared digits-ddpm: no {', '.join(missing)} (fix: sharpen models "
-                         "prepare digits-ddpm, or sharpen.backends.diffusion.prepare_digits(out_dir))")
+    check_pipeline(p)
     return p
 
 
@@ -180,7 +212,7 @@ def list_models() -> list[dict]:
     """Every built-in model (language models, then denoising ones): name, prepared, path, description."""
     lms = [{"name": m.name, "prepared": is_prepared(m.name), "path": str(builtin_path(m.name)),
             "description": m.description} for m in BUILTIN.values()]
-    return lms + [{"name": name, "prepared": not missing_diffusion_files(builtin_path(name)),
+    return lms + [{"name": name, "prepared": not missing_diffusion_files(builtin_path(name), PREPARED_FILES),
                    "path": str(builtin_path(name)), "description": about} for name, about in DIFFUSION_BUILTIN.items()]
 
 

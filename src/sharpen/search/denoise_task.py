@@ -1,5 +1,5 @@
 """The `digits` task: what `sharpen search` and `sharpen sweep` run a denoising process on, with
-`--model digits-ddpm` (or a prepared digits-ddpm directory) and `--task digits`.
+`--model digits-ddpm` (or a diffusers pipeline directory, `sharpen.backends.models.check_pipeline`) and `--task digits`.
 
 A problem is "draw the digit c" (`sharpen.search.denoise.problems`: c uniform in 0..classes-1, by
 split, n and seed); the process is DDPM ancestral sampling (Ho et al. 2020, arXiv 2006.11239) searched

@@ -5,7 +5,7 @@ search`, `sharpen sweep`, a run's collect stage, the Ray workers and `sharpen se
 request, `SearchSpec.tree`) all go through it.
 
 Two kinds of process: a language model (a backend) on a text task is an `LMProcess`, whose budget
-is generated tokens; `digits-ddpm` (or a prepared digits-ddpm directory) on the `digits` task is a
+is generated tokens; `digits-ddpm` (or a diffusers pipeline directory) on the `digits` task is a
 `DenoiseProcess` (DDPM ancestral sampling searched step by step, `sharpen.search.denoise_task`),
 whose budget is denoiser forwards (NFE). A model of one kind with a task of the other is a one-line
 ConfigError (`check_pairing`)."""
@@ -27,7 +27,7 @@ from sharpen.search.registry import AlgorithmEntry, Options, check_counts, get_a
 
 def load_model(model: str = DEFAULT_MODEL, seed: int = 0, **backend_options: Any):
     """A backend for a built-in model name, an HF id or a local model directory; for `digits-ddpm`
-    or a prepared digits-ddpm directory, its denoiser and reward (`sharpen.backends.load_backend`)."""
+    or a diffusers pipeline directory, its denoiser and the digits rewards (`sharpen.backends.load_backend`)."""
     from sharpen.backends import load_backend
 
     return load_backend(model, seed=seed, **backend_options)
@@ -49,15 +49,15 @@ def _pairing_error(model_is_diffusion: bool) -> ConfigError:
     if model_is_diffusion:
         return ConfigError("a denoising model (digits-ddpm) searches the digits task only (fix: --task digits, "
                            "or a language model with --model)")
-    return ConfigError("the digits task needs a denoising model (fix: --model digits-ddpm or a prepared "
-                       "digits-ddpm dir, or a text --task such as gym:chain_sum)")
+    return ConfigError("the digits task needs a denoising model (fix: --model digits-ddpm or a diffusers "
+                       "pipeline dir, or a text --task such as gym:chain_sum)")
 
 
 def check_pairing(model: str, task: str) -> None:
     """Refuse, before anything is loaded, a `--model` and `--task` of different kinds: a denoising
     model with a text task, or a language model (a name, HF id, HF model directory or server) with
-    `digits`; a directory that is neither an HF model nor a prepared digits-ddpm, with `digits`, is
-    refused naming the files a digits-ddpm directory lacks."""
+    `digits`; a directory that is neither an HF model nor a diffusers pipeline, with `digits`, is
+    refused naming the files a pipeline directory lacks."""
     from sharpen.backends.models import diffusion_path, is_diffusion
     from sharpen.search.denoise_task import is_digits_task
 

@@ -434,15 +434,16 @@ def _unet_file(model_dir: Path) -> Path:
 
 def train_round(base_dir: str | Path, data: StepPairs | RewardSamples, out: str | Path, cfg: DenoiseTrainConfig,
                 on_step: Callable[[int, float], None] | None = None) -> Path:
-    """Train the denoiser of `base_dir` (a prepared digits-ddpm) on `data` by `cfg.method`; returns
+    """Train the denoiser of `base_dir` (a prepared digits-ddpm or a user's diffusers pipeline,
+    `check_pipeline`) on `data` by `cfg.method`; returns
     `out/model` (see the module for the layout, resuming and reruns). `on_step(step, loss)` is called
     after each optimizer step (after its checkpoint, when one is due)."""
-    from sharpen.backends.diffusion import deterministic_training, is_digits_prepared
+    from sharpen.backends.diffusion import deterministic_training
+    from sharpen.backends.models import check_pipeline
 
     cfg.check()
     base, out = Path(base_dir), Path(out)
-    if not is_digits_prepared(base):
-        raise TaskError(f"{base} holds no prepared digits-ddpm (fix: sharpen.backends.diffusion.prepare_digits())")
+    check_pipeline(base)  # a prepared digits-ddpm or a user's own pipeline (the rewards come with the model's loading)
     want = StepPairs if cfg.method == "dpo-step" else RewardSamples
     if not isinstance(data, want):
         raise ConfigError(f"method {cfg.method} trains on {want.__name__} (fix: the data that method takes)")
