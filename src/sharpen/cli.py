@@ -85,14 +85,14 @@ def search_cmd(**o) -> None:
     from sharpen.search.denoise_task import summary_rows as denoise_rows
 
     denoise = is_digits_task(o["task"])
-    SearchCommand.parse(O.fields_of(o, SearchCommand), "sharpen search")
-    trees, m = api.search(o["model"], o["task"], o["algo"], o["scorer"], o["budget"], o["n"], o["seed"], o["collect"],
+    c = SearchCommand.parse(O.fields_of(o, SearchCommand), "sharpen search")
+    trees, m = api.search(o["model"], o["task"], c.algo, c.scorer, c.budget, c.n, o["seed"], c.collect,
                           O.kv(o["arg"]), O.settings_of(o), O.kv(o["task_arg"]), out=api.new_out_dir(o["out_dir"], "search"),
-                          progress=progress_bar, ray=o["ray"], actors=o["actors"], skip=o["skip"])
+                          progress=progress_bar, ray=o["ray"], actors=o["actors"], skip=c.skip)
     if o["as_json"]:
         print(json.dumps(m))
         return
-    out.print(O.rows_table(f"{o['algo']} with {m['scorer']} on {o['task']} ({m['split']} split), budget {o['budget']} "
+    out.print(O.rows_table(f"{c.algo} with {m['scorer']} on {o['task']} ({m['split']} split), budget {c.budget} "
                            f"{'NFE' if denoise else 'tokens'}/problem", (denoise_rows if denoise else summary_rows)(m)))
     out.print(f"trees: {m['out']}/trees.jsonl   view: sharpen view {m['out']}/trees.jsonl")
 
@@ -105,12 +105,12 @@ def sweep_cmd(**o) -> None:
     from sharpen import api
     from sharpen.search.sweep import parse_algo_options, parse_budgets, sweep_rows, sweep_title
 
-    SweepRequest.parse(O.fields_of(o, SweepRequest), "sharpen sweep")
-    budget_list, options = parse_budgets(o["budgets"]), parse_algo_options(O.kv(o["arg"]))
-    results, sweep_dir = api.sweep(o["algos"] and o["algos"].split(","), budget_list, o["scorer"], o["model"], o["task"], o["n"],
+    r = SweepRequest.parse(O.fields_of(o, SweepRequest), "sharpen sweep")
+    budget_list, options = parse_budgets(r.budgets), parse_algo_options(O.kv(o["arg"]))
+    results, sweep_dir = api.sweep(r.algos and r.algos.split(","), budget_list, r.scorer, o["model"], o["task"], r.n,
                                    o["seed"], options, O.settings_of(o), O.kv(o["task_arg"]), out=o["out_dir"],
-                                   progress=progress_bar, split=o["split"], skip=o["skip"])
-    out.print(O.rows_table(sweep_title(results, o["split"], o["n"]), sweep_rows(results)))
+                                   progress=progress_bar, split=r.split, skip=r.skip)
+    out.print(O.rows_table(sweep_title(results, r.split, r.n), sweep_rows(results)))
     out.print(f"sweep: {sweep_dir / 'sweep.json'}   plot: {sweep_dir / 'accuracy_vs_tokens.png'}")
 
 
@@ -125,14 +125,14 @@ def serve_cmd(**o) -> None:
     from sharpen.serve import ServeConfig, check_binding, parse_scorers, read_api_key, serve
 
     cfg = ServeConfig.parse(O.fields_of(o, ServeConfig) | {"wave": o["queue"], "api_key": None}, "sharpen serve").checked()
-    key = read_api_key(o["api_key"], o["api_key_file"], dict(os.environ))
-    check_binding(o["host"], key, o["insecure"])
+    key = read_api_key(o["api_key"], cfg.api_key_file, dict(os.environ))
+    check_binding(cfg.host, key, cfg.insecure)
     scorers = parse_scorers(o["scorer"])
-    parse_dtype(o["dtype"])  # a bad --dtype fails before the model loads
+    parse_dtype(cfg.dtype)  # a bad --dtype fails before the model loads
     cfg = cfg.model_copy(update={"scorers": scorers, "api_key": key})
-    err.print(f"sharpen serve: {o['model']} on http://{o['host']}:{o['port']}/v1 (default search: {cfg.algo}, budget "
+    err.print(f"sharpen serve: {o['model']} on http://{cfg.host}:{cfg.port}/v1 (default search: {cfg.algo}, budget "
               f"{cfg.budget}; scorers: {', '.join(scorers) or 'none'})", highlight=False, soft_wrap=True)
-    serve(o["model"], o["task"], o["host"], o["port"], cfg, O.settings_of(o), O.kv(o["task_arg"]), o["batch"], o["dtype"])
+    serve(o["model"], o["task"], cfg, O.settings_of(o), O.kv(o["task_arg"]))
 
 
 @app.command("algos")

@@ -96,7 +96,7 @@ TASK = opt("task", str, DEFAULT_TASK, TASK_HELP, "--task")
 TASK_ARG = opt("task_arg", list[str] | None, None, "key=value for a gym task config; repeatable", "--task-arg")
 # search and sweep also run a denoising process: digits-ddpm on the digits task
 SEARCH_MODEL = opt("model", str, DEFAULT_MODEL, "built-in name (`sharpen models list`), HF id or local model "
-                   "directory; or digits-ddpm (or a prepared digits-ddpm directory), a denoising model searched on "
+                   "directory; or digits-ddpm (or a diffusers pipeline directory), a denoising model searched on "
                    "--task digits", "--model")
 SEARCH_TASK = opt("task", str, DEFAULT_TASK, f"{TASK_HELP}; or digits (draw a digit, with a denoising --model)",
                   "--task")

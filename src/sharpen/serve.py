@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hmac
 import ipaddress
 import json
@@ -208,22 +209,23 @@ def release_free_memory() -> bool:
     Rows of every length pass through torch and the tokenizer in a long-lived server, and glibc
     keeps what they freed in its per-thread arenas, where the resident set still counts it: without
     this a soak's RSS grows by a third of its in-use memory. False where there is no glibc."""
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if not _TRIM:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _TRIM(0)
+    trim(0)
     return True
 
 
-_TRIM: Any = None
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, looked up once; None where the C library has none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class SearchService:
@@ -622,11 +624,10 @@ def _reply(tree: Any, job: _Job, model_name: str, process: Any) -> dict[str, Any
     }
 
 
-def serve(model: str = DEFAULT_MODEL, task: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          cfg: ServeConfig | None = None, settings: Any = None, task_args: dict[str, Any] | None = None,
-          batch: int = 256, dtype: str = "auto") -> None:
-    """Load the model, the task and every scorer of `cfg.scorers`, check the default search, then
-    bind `host:port` and serve until interrupted."""
+def serve(model: str = DEFAULT_MODEL, task: str | None = None, cfg: ServeConfig | None = None, settings: Any = None,
+          task_args: dict[str, Any] | None = None) -> None:
+    """Load the model (`cfg.batch` rows a forward, weights in `cfg.dtype`), the task and every scorer of
+    `cfg.scorers`, check the default search, then bind `cfg.host:cfg.port` and serve until interrupted."""
     import uvicorn
 
     from sharpen.api import load_model, make_process
@@ -636,7 +637,7 @@ def serve(model: str = DEFAULT_MODEL, task: str | None = None, host: str = "127.
     cfg = cfg or ServeConfig()
     check_model(model)
     the_task = load_task(task, task_args or {}) if task else GenericMathTask()
-    process = make_process(load_model(model, max_batch=batch, dtype=dtype), the_task, settings)
+    process = make_process(load_model(model, max_batch=cfg.batch, dtype=cfg.dtype), the_task, settings)
     service = SearchService(process, cfg, start=False)
     service.check(cfg.algo, cfg.default_scorer, cfg.budget, {})  # the defaults, before the port is bound
     if not log.handlers:  # failures of requests, with their request ids, on stderr beside uvicorn's log
@@ -645,6 +646,6 @@ def serve(model: str = DEFAULT_MODEL, task: str | None = None, host: str = "127.
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
-        uvicorn.run(create_app(service.start(), model), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(service.start(), model), host=cfg.host, port=cfg.port, log_level="warning")
     finally:  # the backend and the scorers' own backends (a prover's server client, its thread)
         service.close()
