@@ -57,7 +57,7 @@ from sharpen.core.meter import UsageMeter
 from sharpen.core.seeding import derive_seed
 from sharpen.core.tasks import Problem
 from sharpen.core.tree import Tree
-from sharpen.search.process import Rollout, next_seed, set_priors
+from sharpen.search.process import Forkable, Rollout, next_seed, set_priors
 
 SPLIT_STREAMS = {"train": 0, "test": 1}
 REWARDS = ("class", "realism", "product")
@@ -131,7 +131,7 @@ def diversity(trees: list[Tree]) -> float | None:
     return sum(means) / len(means) if means else None
 
 
-class DenoiseProcess:
+class DenoiseProcess(Forkable):
     """DDPM ancestral sampling as a search process over a `DigitsDiffusion` model (see the module);
     `reward` is one of `REWARDS`."""
 
@@ -155,6 +155,8 @@ class DenoiseProcess:
         self.steps = steps
         self.scheduler = model.scheduler(steps)
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
+        # under lockstep batching, forwards and reward calls merge with other searches' of the same key
+        self._batch_keys = (("eps", id(model), tuple(self.timesteps)), ("reward", id(model), reward))
         self.shape = (1, 8, 8)
         self.meter = UsageMeter()
         self.backend = model  # what the denoiser's forwards and the rewards run on (`fork`: one search's proxy)
@@ -211,28 +213,19 @@ class DenoiseProcess:
 
     # -- what the lockstep batcher may ask of a denoising process ------------------------------
     def fork(self, backend: Any) -> DenoiseProcess:
-        """The same process counting on `backend`'s meter, its denoiser forwards and reward calls
-        merged through `backend.batched` with the other searches' (one search's view under lockstep
-        batching, `sharpen.search.batching`): many problems' rows fill one padded forward chunk, and
-        a row's output does not depend on its chunk-mates (`DigitsDiffusion.eps`), so a tree is the
-        same searched alone or beside others."""
-        import copy
-
-        p = copy.copy(self)
-        p.backend, p.meter, p._eps = backend, backend.meter, {}
+        """One search's view (`Forkable.fork`) with its own noise-prediction cache: its denoiser
+        forwards and reward calls merge with the other searches' (`batched`), so many problems' rows
+        fill one padded forward chunk; a row's output does not depend on its chunk-mates
+        (`DigitsDiffusion.eps`), so a tree is the same searched alone or beside others."""
+        p = super().fork(backend)
+        p._eps = {}
         return p
-
-    def batched(self, key: Any, fn: Any, items: list) -> list:
-        """`fn(items)`; under lockstep batching, merged with the other searches' calls under `key`."""
-        if hasattr(self.backend, "batched"):
-            return self.backend.batched(key, fn, items)
-        return fn(items)
 
     def eps(self, states: list[tuple[Any, int]]) -> list[Any]:
         """The denoiser's noise prediction for each (x, k) state: one forward each (not metered here)."""
         if not states:
             return []
-        return self.batched(("eps", id(self.model), tuple(self.timesteps)), self._eps_rows, states)
+        return self.batched(self._batch_keys[0], self._eps_rows, states)
 
     def _eps_rows(self, states: list[tuple[Any, int]]) -> list[Any]:
         import torch
@@ -255,7 +248,7 @@ class DenoiseProcess:
         if not x0s:
             return [], []
         target = self.target(tree)
-        out = self.batched(("reward", id(self.model), self.reward), self._reward_rows, [(x, target) for x in x0s])
+        out = self.batched(self._batch_keys[1], self._reward_rows, [(x, target) for x in x0s])
         return [r for r, _ in out], [c for _, c in out]
 
     def _reward_rows(self, rows: list[tuple[Any, int]]) -> list[tuple[float, int]]:
