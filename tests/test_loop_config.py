@@ -80,6 +80,28 @@ def test_training_pool(tmp_path):
     assert set(ids) <= pool
 
 
+@pytest.mark.parametrize("pool", [None, 60])
+def test_validation_split_is_training_problems_no_round_trains_on(tmp_path, pool):
+    """eval.split: validation evaluates on training-split problems outside the run's pool (with or
+    without collect.pool): none of them is held out, none is trained on, and a run of another seed
+    draws its own."""
+    from sharpen.loop.runner import LoopRunner
+
+    collect = {"problems": 10} | ({"pool": pool} if pool else {})
+    cfg = {"rounds": 2, "collect": collect, "eval": {"n": 30, "split": "validation"}}
+    runner = LoopRunner(validate(cfg), tmp_path / "v")
+    held_out = LoopRunner(validate({**cfg, "eval": {"n": 30}}), tmp_path / "t")
+    valid = [p.id for p in runner.test]
+    assert len(valid) == len(set(valid)) == 30
+    assert not set(valid) & {p.id for p in runner.train_pool}
+    assert not set(valid) & {p.id for p in held_out.test}
+    whole_pool = runner.task.problems("train", pool or 20, seed=0)
+    assert not set(valid) & {p.id for p in whole_pool}
+    assert all(runner.task.problems("train", 200, seed=0)[i].id == v for i, v in enumerate(valid, start=pool or 20))
+    with pytest.raises(ConfigError, match="eval.split"):
+        validate({**cfg, "eval": {"n": 30, "split": "train"}})
+
+
 def test_replay_joins_rounds_and_drops_duplicates(tmp_path):
     from datasets import Dataset
 

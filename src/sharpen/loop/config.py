@@ -147,6 +147,12 @@ class EvalSection(_Strict):
     """The loop's evaluation: `sharpen.search.evaluate.EvalConfig`'s fields and defaults, plus `n`."""
 
     n: int = Field(200, ge=1, description="held-out problems")
+    split: Literal["test", "validation"] = Field(
+        "test",
+        description="which problems every round is evaluated on: `test`, the task's held-out split; `validation`, "
+        "training-split problems that no round trains on (the n after the run's pool: collect.pool, else "
+        "collect.problems x rounds), for choosing a recipe's settings without looking at the held-out problems",
+    )
     samples: int = _E["samples"]
     temperature: float = _E["temperature"]
     max_tokens: int = _E["max_tokens"]

@@ -45,8 +45,8 @@ class LoopRunner:
         self.say = say or (lambda s: None)
         self.recipe = get_recipe(cfg.recipe)
         self.task = self.load_task()
-        self.test = self.draw("test", cfg.eval.n)
         need = cfg.collect.problems * cfg.rounds
+        self.test = self.evaluation_problems(need)
         self.spare_pool: list = []  # collect.screen's extra candidates: the pool's unused problems, shuffled
         if cfg.collect.pool is None:
             self.train_pool = self.draw("train", need)
@@ -63,6 +63,16 @@ class LoopRunner:
         from sharpen.core.tasks import load_task
 
         return load_task(self.cfg.task, self.cfg.task_args)
+
+    def evaluation_problems(self, need: int) -> list:
+        """The problems every round is evaluated on: the first `eval.n` of the test split, or with
+        `eval.split: validation` the `eval.n` training-split problems after the run's pool, which the
+        pool (a prefix of the same draw) never holds."""
+        n = self.cfg.eval.n
+        if self.cfg.eval.split == "test":
+            return self.draw("test", n)
+        pool = self.cfg.collect.pool or need
+        return self.draw("train", pool + n)[pool:]
 
     def draw(self, split: str, n: int) -> list:
         """The first `n` problems of the task's `split`, seeded by the run's seed."""
@@ -131,6 +141,7 @@ class LoopRunner:
                                        on_progress=advance)
         metrics["exploration"] = distinct_correct(d / "problems.jsonl")
         metrics["model"] = model
+        metrics["split"] = self.cfg.eval.split
         atomic_write_json(d / "metrics.json", metrics)
         shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("greedy", "pass@1") if k in metrics)
         self.say(f"round {r}: {shown} (n={metrics['n']})")

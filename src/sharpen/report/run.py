@@ -221,7 +221,8 @@ def write_report(run: str | Path, unused: tuple[str, ...] = ()) -> Path:
             if maj:
                 ax.plot(xs, [e["eval"].get(maj[0]) for e in rounds], marker="s", label=maj[0])
             ax.set_xlabel("round")
-            ax.set_ylabel("held-out accuracy")
+            split = rounds[0]["eval"].get("split", "test")
+            ax.set_ylabel("validation accuracy" if split == "validation" else "held-out accuracy")
             ax.set_xticks(xs)
             ax.legend()
 
