@@ -177,7 +177,7 @@ class GRPO(Recipe):
 
         m = json.loads((policy_dir / "sharpen_train.json").read_text())["metrics"]
         keys = ("generated_tokens", "token_budget", "usage", "steps", "stopped_by_budget_at", "completions", "verified",
-                "advantage", "credit_tokens")
+                "advantage", "credit_tokens", "dropped_tokens")
         return {k: m.get(k) for k in keys}
 
 
