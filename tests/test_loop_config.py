@@ -80,24 +80,29 @@ def test_training_pool(tmp_path):
     assert set(ids) <= pool
 
 
-@pytest.mark.parametrize("pool", [None, 60])
-def test_validation_split_is_training_problems_no_round_trains_on(tmp_path, pool):
-    """eval.split: validation evaluates on training-split problems outside the run's pool (with or
-    without collect.pool): none of them is held out, none is trained on, and a run of another seed
-    draws its own."""
+def test_validation_split_is_pool_problems_no_round_trains_on(tmp_path):
+    """eval.split: validation evaluates on problems of the training pool that no round trains on (the
+    training problems' mix, unlike the problems after the pool); collect.screen never takes them; a
+    pool without room for them is a one-line config error."""
     from sharpen.loop.runner import LoopRunner
 
-    collect = {"problems": 10} | ({"pool": pool} if pool else {})
-    cfg = {"rounds": 2, "collect": collect, "eval": {"n": 30, "split": "validation"}}
+    cfg = {"rounds": 2, "collect": {"problems": 10, "pool": 60}, "eval": {"n": 30, "split": "validation"}}
     runner = LoopRunner(validate(cfg), tmp_path / "v")
     held_out = LoopRunner(validate({**cfg, "eval": {"n": 30}}), tmp_path / "t")
     valid = [p.id for p in runner.test]
     assert len(valid) == len(set(valid)) == 30
-    assert not set(valid) & {p.id for p in runner.train_pool}
+    assert set(valid) <= {p.id for p in runner.task.problems("train", 60, seed=0)}
+    assert not set(valid) & {p.id for p in runner.train_pool} and not set(valid) & {p.id for p in runner.spare_pool}
     assert not set(valid) & {p.id for p in held_out.test}
-    whole_pool = runner.task.problems("train", pool or 20, seed=0)
-    assert not set(valid) & {p.id for p in whole_pool}
-    assert all(runner.task.problems("train", 200, seed=0)[i].id == v for i, v in enumerate(valid, start=pool or 20))
+    assert [p.id for p in runner.train_pool] == [p.id for p in held_out.train_pool]  # training is unchanged
+    assert len(runner.spare_pool) == 60 - 20 - 30
+    other = LoopRunner(validate({**cfg, "seed": 1}), tmp_path / "s1")
+    assert [p.id for p in other.test] != valid
+    for bad in ({**cfg, "collect": {"problems": 10, "pool": 49}}, {**cfg, "collect": {"problems": 10}}):
+        with pytest.raises(ConfigError, match=r"eval.split=validation .* needs collect.pool >= .* = 50 \(fix: collect.pool: 50"):
+            validate(bad)
+    with pytest.raises(ConfigError, match=r"above collect.problems x rounds \+ eval.n = 50"):
+        validate({**cfg, "collect": {"problems": 10, "pool": 50, "screen": 2}})
     with pytest.raises(ConfigError, match="eval.split"):
         validate({**cfg, "eval": {"n": 30, "split": "train"}})
 

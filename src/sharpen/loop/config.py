@@ -150,8 +150,9 @@ class EvalSection(_Strict):
     split: Literal["test", "validation"] = Field(
         "test",
         description="which problems every round is evaluated on: `test`, the task's held-out split; `validation`, "
-        "training-split problems that no round trains on (the n after the run's pool: collect.pool, else "
-        "collect.problems x rounds), for choosing a recipe's settings without looking at the held-out problems",
+        "n problems of the run's training pool (collect.pool) that no round trains on or screens, drawn with "
+        "the run's seed: the training problems' mix, for choosing a recipe's settings without looking at the "
+        "held-out problems (needs collect.pool >= collect.problems x rounds + n)",
     )
     samples: int = _E["samples"]
     temperature: float = _E["temperature"]
@@ -283,10 +284,19 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
             f"{where}: collect.pool={cfg.collect.pool} is smaller than collect.problems x rounds = {need} "
             f"(fix: collect.pool >= {need}, or leave it out)"
         )
+    if cfg.eval.split == "validation" and (cfg.collect.pool is None or cfg.collect.pool < need + cfg.eval.n):
+        raise ConfigError(
+            f"{where}: eval.split=validation evaluates on {cfg.eval.n} problems of collect.pool that no round trains "
+            f"on, so it needs collect.pool >= collect.problems x rounds + eval.n = {need + cfg.eval.n} "
+            f"(fix: collect.pool: {need + cfg.eval.n}, or a smaller eval.n)"
+        )
+    kept = cfg.eval.n if cfg.eval.split == "validation" else 0  # pool problems kept for validation
+    need += kept
     if cfg.collect.screen and (cfg.collect.pool is None or cfg.collect.pool <= need or cfg.rounds < 2):
+        taken = "collect.problems x rounds" + (" + eval.n" if kept else "")
         raise ConfigError(
             f"{where}: collect.screen picks each round's problems among more candidates than it searches, so it "
-            f"needs collect.pool above collect.problems x rounds = {need} and two rounds or more "
+            f"needs collect.pool above {taken} = {need} and two rounds or more "
             f"(fix: collect.pool: {2 * need - cfg.collect.problems}, or collect.screen: 0)"
         )
     if cfg.collect.screen and cfg.cluster is not None:

@@ -46,7 +46,6 @@ class LoopRunner:
         self.recipe = get_recipe(cfg.recipe)
         self.task = self.load_task()
         need = cfg.collect.problems * cfg.rounds
-        self.test = self.evaluation_problems(need)
         self.spare_pool: list = []  # collect.screen's extra candidates: the pool's unused problems, shuffled
         if cfg.collect.pool is None:
             self.train_pool = self.draw("train", need)
@@ -56,6 +55,10 @@ class LoopRunner:
             picked = {p.id for p in self.train_pool}
             self.spare_pool = [p for p in pool if p.id not in picked]
             random.Random(derive_seed(cfg.seed, "spare-pool")).shuffle(self.spare_pool)
+        if cfg.eval.split == "test":
+            self.test = self.draw("test", cfg.eval.n)
+        else:  # validated: the pool holds eval.n problems beyond what the rounds train on
+            self.test, self.spare_pool = self.spare_pool[: cfg.eval.n], self.spare_pool[cfg.eval.n :]
         self.manifest = Manifest(self.run)
 
     def load_task(self) -> Any:
@@ -63,16 +66,6 @@ class LoopRunner:
         from sharpen.core.tasks import load_task
 
         return load_task(self.cfg.task, self.cfg.task_args)
-
-    def evaluation_problems(self, need: int) -> list:
-        """The problems every round is evaluated on: the first `eval.n` of the test split, or with
-        `eval.split: validation` the `eval.n` training-split problems after the run's pool, which the
-        pool (a prefix of the same draw) never holds."""
-        n = self.cfg.eval.n
-        if self.cfg.eval.split == "test":
-            return self.draw("test", n)
-        pool = self.cfg.collect.pool or need
-        return self.draw("train", pool + n)[pool:]
 
     def draw(self, split: str, n: int) -> list:
         """The first `n` problems of the task's `split`, seeded by the run's seed."""
