@@ -16,7 +16,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
 from conftest import TINY_DIGITS as TINY  # noqa: E402
-from conftest import rgb_pipeline, user_pipeline  # noqa: E402
+from conftest import assert_same_tree, rgb_pipeline, user_pipeline  # noqa: E402
 
 from sharpen.backends.diffusion import REALISM_FILE, load_digits_model, prepare_digits  # noqa: E402
 from sharpen.core.budget import Budget  # noqa: E402
@@ -234,7 +234,9 @@ def test_search_runs_within_budget_and_same_seed_same_tree(model, algo, spec, ar
 @pytest.mark.parametrize("algo,spec,args", SEARCHES)
 def test_a_tree_is_the_same_alone_or_lockstep_batched(model, algo, spec, args):
     """Four searches whose denoiser forwards and reward calls share batches (`search_problems` with
-    parallel=4) get exactly the trees and spend they get one by one."""
+    parallel=4) get the trees, choices and spend they get one by one; values equal up to the rounding of
+    a batched forward (`assert_same_tree`: CPU kernels split their sums by shape, and a machine with
+    AVX-512/AMX kernels rounds a 16-row batch and a padded one differently in the last bits)."""
     from sharpen.search.collect import search_problems
 
     probs = problems("test", 4, seed=5)
@@ -248,7 +250,7 @@ def test_a_tree_is_the_same_alone_or_lockstep_batched(model, algo, spec, args):
 
     alone, proc = run(1)
     batched, _ = run(4)
-    assert batched == alone
+    assert_same_tree(batched, alone)
     assert all(t["usage"]["nfe"] > 0 for t in alone) and proc.meter.total.nfe == sum(t["usage"]["nfe"] for t in alone)
 
 
