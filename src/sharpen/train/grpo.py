@@ -197,26 +197,25 @@ class TokenBudget(TrainerCallback, ExportableState):
         now = time.perf_counter()
         seconds = self._sampled if self._sampled is not None else now - (self._t0 or now)
         self._t0, self._sampled = now, None
-        u = Usage(**self.usage) + Usage(prompt_tokens=prompt_tokens, generated_tokens=completion_tokens, calls=1,
-                                        seconds=seconds)
-        self.usage = u.to_dict()
+        self._add(prompt_tokens=prompt_tokens, generated_tokens=completion_tokens, calls=1, seconds=seconds)
         self.completions += completions
         self.correct += correct
 
     def add_credit(self, prompt_tokens: int, generated: int) -> None:
         """Tokens of step credit's rollouts: generated tokens like the completions' (the cap covers both)."""
-        self.usage = (Usage(**self.usage) + Usage(prompt_tokens=prompt_tokens, generated_tokens=generated,
-                                                  calls=1)).to_dict()
+        self._add(prompt_tokens=prompt_tokens, generated_tokens=generated, calls=1)
         self.credit_tokens += generated
 
     def add_dropped(self, prompt_tokens: int, generated: int) -> None:
         """Tokens of groups dynamic sampling replaced: generated tokens the cap covers, trained on by nothing."""
-        self.usage = (Usage(**self.usage) + Usage(prompt_tokens=prompt_tokens, generated_tokens=generated,
-                                                  calls=1)).to_dict()
+        self._add(prompt_tokens=prompt_tokens, generated_tokens=generated, calls=1)
         self.dropped_tokens += generated
 
     def add_verifier_tokens(self, n: int) -> None:
-        self.usage = (Usage(**self.usage) + Usage(verifier_tokens=n)).to_dict()
+        self._add(verifier_tokens=n)
+
+    def _add(self, **counts: Any) -> None:
+        self.usage = (Usage(**self.usage) + Usage(**counts)).to_dict()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
