@@ -5,8 +5,9 @@ on the same seeds and thread count. Reads finished run dirs only (no model run):
     .venv/bin/python benchmarks/credit_compare.py OUTCOME_SEEDS_DIR CANDIDATE_SEEDS_DIR [--round 3] \\
         [--plot accuracy_vs_tokens.png]
 
-Prints, for every seed both hold: greedy accuracy by round and the generated tokens (samples plus credit
-rollouts, `round-N/train/summary.json`) summed over rounds, for both; then
+Prints, for every seed both hold: greedy accuracy by round and the generated tokens summed over rounds
+(`sharpen.report.run.generated_per_round`: an online round's samples, credit rollouts and replaced groups; an
+offline round's search), for both; then
 - the median over seeds of the candidate's minus the baseline's round-R greedy accuracy, with a paired
   bootstrap 95% interval that resamples evaluation problems and keeps each problem's seeds together
   (a resample draws problem ids; every seed's difference on a drawn problem goes in);
@@ -26,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from sharpen.core.errors import ConfigError
+from sharpen.core.io import atomic_write_bytes
 from sharpen.core.stats import bootstrap_ci
 from sharpen.loop.runner import greedy_by_problem
-from sharpen.report.run import collect_facts, md_table
+from sharpen.report.run import collect_facts, generated_per_round, md_table, plot_png
 from sharpen.report.seeds import seed_dirs
 
 
@@ -37,8 +39,7 @@ def curve(run: Path) -> tuple[list[float], list[float]]:
     facts = collect_facts(run)
     tokens, acc, spent = [], [], 0.0
     for entry in facts["rounds"]:
-        train = entry.get("train") or {}
-        spent += float(train.get("generated_tokens") or 0)
+        spent += generated_per_round(entry) or 0.0
         if (entry.get("eval") or {}).get("greedy") is None:
             break
         tokens.append(spent)
@@ -113,24 +114,18 @@ def main() -> None:
         print(f"\nround {r}, candidate - baseline, median over seeds {done}: {med:+.3f} [{lo:+.3f}, {hi:+.3f}] "
               f"(paired bootstrap 95%, problems resampled with their seeds together, {len(set(groups))} problems)")
     if args.plot:
-        import matplotlib
+        def draw(ax):
+            for s in seeds:
+                (ta, aa), (tb, ab) = curves[s]
+                ax.plot(ta, aa, color="tab:blue", marker="o", alpha=0.7, label="baseline" if s == seeds[0] else None)
+                ax.plot(tb, ab, color="tab:orange", marker="s", alpha=0.7, label="candidate" if s == seeds[0] else None)
+            ax.set_xlabel("generated tokens for training data, cumulative")
+            ax.set_ylabel("greedy accuracy")
+            ax.set_title(f"{Path(args.baseline).name} vs {Path(args.candidate).name}: one line per seed")
+            ax.legend()
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for s in seeds:
-            (ta, aa), (tb, ab) = curves[s]
-            ax.plot(ta, aa, color="tab:blue", marker="o", alpha=0.7, label="baseline" if s == seeds[0] else None)
-            ax.plot(tb, ab, color="tab:orange", marker="s", alpha=0.7, label="candidate" if s == seeds[0] else None)
-        ax.set_xlabel("generated tokens, cumulative (samples + credit rollouts)")
-        ax.set_ylabel("greedy accuracy")
-        ax.set_title(f"{Path(args.baseline).name} vs {Path(args.candidate).name}: one line per seed")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        atomic_write_bytes(Path(args.plot), plot_png(draw))
         print(f"wrote {args.plot}")
-
 
 if __name__ == "__main__":
     main()

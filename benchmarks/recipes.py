@@ -18,17 +18,8 @@ from pathlib import Path
 from sharpen.core.errors import ConfigError
 from sharpen.core.stats import paired_bootstrap
 from sharpen.loop.runner import greedy_by_problem
-from sharpen.report.run import collect_facts, fmt, md_table
+from sharpen.report.run import collect_facts, fmt, generated_per_round, md_table
 from sharpen.report.seeds import config_dict, fmt_change
-
-
-def generated_per_round(entry: dict) -> float | None:
-    train, collect = entry.get("train") or {}, entry.get("collect") or {}
-    if train.get("generated_tokens") is not None:  # online: the trainer sampled its own data
-        return float(train["generated_tokens"])
-    if collect.get("mean_generated_tokens") is not None:
-        return float(collect["mean_generated_tokens"]) * int(collect.get("n", 0))
-    return None
 
 
 def main() -> None:

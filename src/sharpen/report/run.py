@@ -65,6 +65,18 @@ def collect_facts(run: Path, unused: tuple[str, ...] = ()) -> dict[str, Any]:
     return facts
 
 
+def generated_per_round(entry: dict[str, Any]) -> float | None:
+    """The tokens the policy generated to make a round's training data, from a round of
+    `collect_facts`: what an online recipe's trainer sampled (`train.generated_tokens`: samples,
+    credit rollouts and replaced groups), else the offline search's mean generated tokens x problems."""
+    train, collect = entry.get("train") or {}, entry.get("collect") or {}
+    if train.get("generated_tokens") is not None:
+        return float(train["generated_tokens"])
+    if collect.get("mean_generated_tokens") is not None:
+        return float(collect["mean_generated_tokens"]) * int(collect.get("n", 0))
+    return None
+
+
 def without_fields(config_text: str, fields: tuple[str, ...]) -> str:
     """The YAML config without the dotted `fields` (a whole section when every key is dropped)."""
     if not fields:
