@@ -284,20 +284,18 @@ def validate(data: dict[str, Any], where: str = "config") -> LoopConfig:
             f"{where}: collect.pool={cfg.collect.pool} is smaller than collect.problems x rounds = {need} "
             f"(fix: collect.pool >= {need}, or leave it out)"
         )
-    if cfg.eval.split == "validation" and (cfg.collect.pool is None or cfg.collect.pool < need + cfg.eval.n):
+    held = cfg.eval.n if cfg.eval.split == "validation" else 0  # pool problems kept for validation
+    taken = f"collect.problems x rounds{' + eval.n' if held else ''} = {need + held}"
+    if held and (cfg.collect.pool is None or cfg.collect.pool < need + held):
         raise ConfigError(
-            f"{where}: eval.split=validation evaluates on {cfg.eval.n} problems of collect.pool that no round trains "
-            f"on, so it needs collect.pool >= collect.problems x rounds + eval.n = {need + cfg.eval.n} "
-            f"(fix: collect.pool: {need + cfg.eval.n}, or a smaller eval.n)"
+            f"{where}: eval.split=validation evaluates on {held} problems of collect.pool that no round trains "
+            f"on, so it needs collect.pool >= {taken} (fix: collect.pool: {need + held}, or a smaller eval.n)"
         )
-    kept = cfg.eval.n if cfg.eval.split == "validation" else 0  # pool problems kept for validation
-    need += kept
-    if cfg.collect.screen and (cfg.collect.pool is None or cfg.collect.pool <= need or cfg.rounds < 2):
-        taken = "collect.problems x rounds" + (" + eval.n" if kept else "")
+    if cfg.collect.screen and (cfg.collect.pool is None or cfg.collect.pool <= need + held or cfg.rounds < 2):
         raise ConfigError(
             f"{where}: collect.screen picks each round's problems among more candidates than it searches, so it "
-            f"needs collect.pool above {taken} = {need} and two rounds or more "
-            f"(fix: collect.pool: {2 * need - cfg.collect.problems}, or collect.screen: 0)"
+            f"needs collect.pool above {taken} and two rounds or more "
+            f"(fix: collect.pool: {2 * (need + held) - cfg.collect.problems}, or collect.screen: 0)"
         )
     if cfg.collect.screen and cfg.cluster is not None:
         raise ConfigError(f"{where}: collect.screen does not run on a cluster yet (fix: remove the cluster "
