@@ -156,7 +156,8 @@ class DenoiseProcess(Forkable):
         self.scheduler = model.scheduler(steps)
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
         # under lockstep batching, forwards and reward calls merge with other searches' of the same key
-        self._batch_keys = (("eps", id(model), tuple(self.timesteps)), ("reward", id(model), reward))
+        self._eps_key = ("eps", id(model), tuple(self.timesteps))
+        self._reward_key = ("reward", id(model), reward)
         self.shape = (1, 8, 8)
         self.meter = UsageMeter()
         self.backend = model  # what the denoiser's forwards and the rewards run on (`fork`: one search's proxy)
@@ -225,7 +226,7 @@ class DenoiseProcess(Forkable):
         """The denoiser's noise prediction for each (x, k) state: one forward each (not metered here)."""
         if not states:
             return []
-        return self.batched(self._batch_keys[0], self._eps_rows, states)
+        return self.batched(self._eps_key, self._eps_rows, states)
 
     def _eps_rows(self, states: list[tuple[Any, int]]) -> list[Any]:
         import torch
@@ -248,7 +249,7 @@ class DenoiseProcess(Forkable):
         if not x0s:
             return [], []
         target = self.target(tree)
-        out = self.batched(self._batch_keys[1], self._reward_rows, [(x, target) for x in x0s])
+        out = self.batched(self._reward_key, self._reward_rows, [(x, target) for x in x0s])
         return [r for r, _ in out], [c for _, c in out]
 
     def _reward_rows(self, rows: list[tuple[Any, int]]) -> list[tuple[float, int]]:
