@@ -20,8 +20,8 @@ whose log-density of an image, squashed to [0, 1], is the realism reward (no aes
     sharpen_digits.json                   the settings it was trained with, its last loss, the classifier's accuracy
 
 `load_digits_model()` loads it (or a user's own diffusers pipeline for 1x8x8 images, lent these rewards)
-as a `DigitsDiffusion`: the denoiser's noise prediction in fixed-size
-chunks (so a row's output does not depend on which rows share its call), the classifier and, when the
+as a `DigitsDiffusion`: the denoiser's noise prediction and the classifier in fixed-size
+chunks (so a row's output does not depend on which rows share its call), and, when the
 preparation has it (one made before the realism reward existed has not), the density model.
 """
 
@@ -243,8 +243,8 @@ def prepare_digits(out_dir: str | Path | None = None, *, force: bool = False, **
 class DigitsDiffusion:
     """A loaded `digits-ddpm`: the denoiser's noise prediction, its training scheduler's config, the
     reward classifier and, when prepared (`realism_params`, realism.json), the realism reward's
-    density model (`realism`). `eps` runs rows in chunks of `chunk`, the last one padded, so every
-    forward has the same shape and a row's output does not depend on the rows beside it, on
+    density model (`realism`). `eps` and `log_probs` run rows in chunks of `chunk`, the last one padded,
+    so every call has the same shape and a row's output does not depend on the rows beside it, on
     `threads` torch CPU threads (restored after; None: torch's setting): one thread is the fastest
     for a model this small and gives the same floats whatever the machine's core count."""
 
@@ -312,27 +312,36 @@ class DigitsDiffusion:
         """The predicted noise for images `x` (B, 1, 8, 8) at integer timesteps `t` (B,)."""
         import torch
 
-        with torch_threads(self.threads), torch.no_grad():
-            out = [self._chunk(x[i:i + self.chunk], t[i:i + self.chunk]) for i in range(0, len(x), self.chunk)]
-        return torch.cat(out) if out else x.new_zeros((0, *IMAGE_SHAPE))
+        with torch.no_grad():
+            out = self._in_chunks(lambda xs, ts: self.unet(xs, ts).sample, x, t)
+        return out if out is not None else x.new_zeros((0, *IMAGE_SHAPE))
 
-    def _chunk(self, xs: Any, ts: Any) -> Any:
+    def _in_chunks(self, fn: Any, *rows: Any) -> Any:
+        """`fn` over `rows` (tensors of equal length) in chunks of `chunk` rows, the last one padded
+        (by repeating its last row), on `threads` threads: every call has the same shape, so a row's
+        output does not depend on the rows beside it (CPU kernels round a product by its shape)."""
         import torch
 
-        pad = self.chunk - len(xs)
-        if pad:
-            xs = torch.cat([xs, xs.new_zeros((pad, *xs.shape[1:]))])
-            ts = torch.cat([ts, ts[-1:].expand(pad)])
-        return self.unet(xs, ts).sample[: self.chunk - pad]
+        out = []
+        with torch_threads(self.threads):
+            for i in range(0, len(rows[0]), self.chunk):
+                part = [r[i:i + self.chunk] for r in rows]
+                n = len(part[0])
+                if n < self.chunk:
+                    part = [torch.cat([r, r[-1:].expand(self.chunk - n, *r.shape[1:])]) for r in part]
+                out.append(fn(*part)[:n])
+        return torch.cat(out) if out else None
 
     def log_probs(self, x0: Any) -> Any:
-        """The classifier's log-probabilities (B, 10) of images in [-1, 1] (on `threads` threads: a
-        pool of idle threads costs more than this small product)."""
+        """The classifier's log-probabilities (B, 10) of images in [-1, 1], in chunks as `eps` (on
+        `threads` threads: a pool of idle threads costs more than this small product)."""
         import torch
 
-        with torch_threads(self.threads):
-            logits = x0.reshape(len(x0), -1).to(self.weight.dtype) @ self.weight.T + self.bias
-            return torch.log_softmax(logits, dim=-1)
+        def classify(xs: Any) -> Any:
+            return torch.log_softmax(xs.reshape(len(xs), -1).to(self.weight.dtype) @ self.weight.T + self.bias, dim=-1)
+
+        out = self._in_chunks(classify, x0)
+        return out if out is not None else x0.new_zeros((0, len(self.bias)), dtype=self.weight.dtype)
 
 
 def load_digits_model(path: str | Path | None = None, chunk: int = 16, threads: int | None = 1,
