@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sharpen.core.errors import ConfigError
+from sharpen.loop.recipes import get_recipe
 from sharpen.loop.seeds import parse_seeds
 from sharpen.report.run import collect_facts
 from sharpen.report.seeds import seeds_facts
@@ -107,7 +108,8 @@ def test_two_seeds_run_resume_report_and_rerun_skips(tmp_path, tiny_model_dir):
     assert {"0", "1", "median", "min", "max"} <= set(table) and "report:" in r.stdout
 
     facts = json.loads((parent / "seeds.json").read_text())
-    assert facts == json.loads(json.dumps(seeds_facts(parent)))  # the file is the facts the report shows
+    unused = get_recipe("mcts-dpo").unused
+    assert facts == json.loads(json.dumps(seeds_facts(parent, unused)))  # the file is the facts the report shows
     assert [s["seed"] for s in facts["seeds"]] == [0, 1] and facts["finished"] == 2
     finals, deltas = [], []
     for s in facts["seeds"]:
@@ -121,6 +123,11 @@ def test_two_seeds_run_resume_report_and_rerun_skips(tmp_path, tiny_model_dir):
     assert facts["final"] == {"median": sum(finals) / 2, "min": min(finals), "max": max(finals)}
     assert facts["change"]["median"] == sum(deltas) / 2
     page = (parent / "report.html").read_text()
+    # the config shown leaves out what the recipe never reads, and says so (as each seed's own report does)
+    assert unused and facts["unused"] == list(unused)
+    config_md = (parent / "report.md").read_text().split("## Config")[1]
+    assert f"Left out (the recipe does not use them): {', '.join(unused)}." in config_md
+    assert all(f.rsplit(".", 1)[-1] + ":" not in config_md for f in unused)
     for s in facts["seeds"]:
         p = s["paired"]
         assert f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" in page
@@ -139,6 +146,7 @@ def test_two_seeds_run_resume_report_and_rerun_skips(tmp_path, tiny_model_dir):
     # `sharpen report` on the parent rebuilds the combined report from the directory alone
     (parent / "report.html").unlink()
     assert _sharpen(["report", str(parent)], tmp_path).returncode == 0 and (parent / "report.html").exists()
+    assert json.loads((parent / "seeds.json").read_text()) == facts
     # another config for a started seed is refused
     r3 = _sharpen(["run", str(cfg), "--seeds", "0,1", "--out", str(parent), "--set", "eval.n=5"], tmp_path)
     assert r3.returncode == 2 and "eval.n" in r3.stderr and "Traceback" not in r3.stderr

@@ -283,7 +283,8 @@ def report_cmd(run: Path, tracker: str | None = None) -> None:
 
     O.check_tracker(tracker)
     seeds = is_seeds_dir(run)
-    out.print(f"report: {write_seeds_report(run) if seeds else write_report(run, unused_fields(run))}")
+    first = next(iter(seed_dirs(run).values())) if seeds else run
+    out.print(f"report: {write_seeds_report(run, unused_fields(first)) if seeds else write_report(run, unused_fields(run))}")
     for d in seed_dirs(run).values() if seeds else [run]:
         O.log_tracker(d, tracker)
 

@@ -112,5 +112,6 @@ def run_seeds(
         say(f"seed {s}: {'resuming' if state == 'resume' else 'starting'} in {d}")
         run(config, out=d, resume=state == "resume", overrides=overrides | {"seed": s}, progress=progress,
             say=lambda msg, s=s: say(f"seed {s}: {msg}"), ray=ray, actors=actors)
-    report = write_seeds_report(parent)
-    return {"parent": str(parent), "report": str(report), "facts": seeds_facts(parent), "runs": runs}
+    unused = get_recipe(cfg.recipe).unused
+    report = write_seeds_report(parent, unused)
+    return {"parent": str(parent), "report": str(report), "facts": seeds_facts(parent, unused), "runs": runs}

@@ -88,17 +88,18 @@ def _round_rows(summary: dict[str, Any]) -> dict[str, int]:
     return {**summary["rows"], **({f"pairs: {k}": n for k, n in kinds.items()} if len(kinds) > 1 else {})}
 
 
-def seeds_facts(parent: str | Path) -> dict[str, Any]:
+def seeds_facts(parent: str | Path, unused: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every seed's held-out greedy accuracy by round, its paired change round 0 -> last (the run's
     own `paired.json`), its new training rows per round (the build stage's summary.json), and
-    across the finished seeds the median and min..max of the final accuracy and of the change."""
+    across the finished seeds the median and min..max of the final accuracy and of the change;
+    `unused`: config fields the recipe never reads, left out of the config shown."""
     parent = Path(parent)
     dirs = seed_dirs(parent)
     if not dirs:
         raise ConfigError(f"{parent} holds no seed-<s>/ runs (fix: pass the directory `sharpen run --seeds` wrote)")
     per_seed, task, config = [], "", ""
     for s, d in dirs.items():
-        f = collect_facts(d)
+        f = collect_facts(d, unused)
         rounds = [{"round": e["round"], "greedy": e["eval"]["greedy"]} for e in f["rounds"]
                   if e["eval"] and "greedy" in e["eval"]]
         rows = {e["round"]: _round_rows(e["data"]) for e in f["rounds"] if e["data"]}
@@ -130,7 +131,7 @@ def seeds_facts(parent: str | Path) -> dict[str, Any]:
         "final": _spread([s["paired"]["after"] for s in done]),
         "change": _spread(deltas) | {"ci_above_zero": sum(s["paired"]["ci95"][0] > 0 for s in done),
                                      "ci_below_zero": sum(s["paired"]["ci95"][1] < 0 for s in done)},
-        "config": config,
+        "config": config, "unused": list(unused),
     }
 
 
@@ -225,10 +226,11 @@ def _rows_table(facts: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-def write_seeds_report(parent: str | Path) -> Path:
-    """`parent/report.html` (and report.md, seeds.json, plots/greedy_by_seed.png) from the seed runs alone."""
+def write_seeds_report(parent: str | Path, unused: tuple[str, ...] = ()) -> Path:
+    """`parent/report.html` (and report.md, seeds.json, plots/greedy_by_seed.png) from the seed runs alone;
+    `unused`: config fields the recipe never reads (the recipe's `unused`), left out of the config shown."""
     parent = Path(parent)
-    facts = seeds_facts(parent)
+    facts = seeds_facts(parent, unused)
     png = _plot(facts)
     if png is not None:
         atomic_write_bytes(parent / "plots" / "greedy_by_seed.png", png)
@@ -240,8 +242,9 @@ def write_seeds_report(parent: str | Path) -> Path:
     md += ["", "![greedy_by_seed.png](plots/greedy_by_seed.png)"] if png else []
     md += ["", "## Runs", "", *[f"- seed {s['seed']}: [{s['run']}/report.html]({s['run']}/report.html)"
                                 + ("" if s["finished"] else " (unfinished)") for s in facts["seeds"]]]
-    md += ["", f"## Config (seed {first['seed']}; the others differ only in `seed`)", "", "```yaml",
-           facts["config"].rstrip(), "```", ""]
+    left_out = f"Left out (the recipe does not use them): {', '.join(unused)}." if unused else ""
+    md += ["", f"## Config (seed {first['seed']}; the others differ only in `seed`)", "",
+           *([left_out, ""] if left_out else []), "```yaml", facts["config"].rstrip(), "```", ""]
     atomic_write_text(parent / "report.md", "\n".join(md))
     img = (f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="greedy_by_seed.png">'
            "<figcaption>held-out greedy accuracy by round: one line per seed, the median dashed</figcaption></figure>"
@@ -258,6 +261,7 @@ def write_seeds_report(parent: str | Path) -> Path:
         f"<h2>New training rows per round (build stage)</h2>{html_table(rows)}"
         f"<h2>Plots</h2>{img}<h2>Runs</h2><ul>{links}</ul>"
         f"<h2>Config (seed {first['seed']}; the others differ only in <code>seed</code>)</h2>"
+        + (f"<p>{html.escape(left_out)}</p>" if left_out else "") +
         f"<pre>{html.escape(facts['config'])}</pre></body></html>"
     )
     atomic_write_text(parent / "report.html", page)
