@@ -23,7 +23,8 @@ from sharpen.report.training import step_log
 # TRL GRPOTrainer's log keys, and the short names printed
 KEYS = {"reward": "reward", "reward_std": "std", "frac_reward_zero_std": "zero-adv", "completions/mean_length": "len",
         "entropy": "entropy", "grad_norm": "gnorm", "kl": "kl", "clip_ratio/region_mean": "clip",
-        "step_credit/disagree": "disagree", "step_credit/valued": "valued"}
+        "step_credit/disagree": "disagree", "step_credit/valued": "valued",
+        "step_credit/shared": "shared"}
 
 
 def mean(xs: list[float]) -> float:

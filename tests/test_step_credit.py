@@ -116,6 +116,7 @@ def test_mc_round_meters_its_rollouts_and_stops_at_the_cap(tmp_path, tiny_model_
     assert free["advantage"] == "mc" and free["credit_tokens"] > 0
     assert free["generated_tokens"] == free["usage"]["generated_tokens"] > free["credit_tokens"]
     assert _logged(out, "step_credit/rollout_tokens") and all(v == 1.0 for v in _logged(out, "step_credit/valued"))
+    assert _logged(out, "step_credit/shared") and all(0.0 <= v < 1.0 for v in _logged(out, "step_credit/shared"))
 
     out = tmp_path / "capped"  # one generation's worst case (4 x 8) and one token more: no room for rollouts
     train_grpo(_cfg(tiny_model_dir, out, advantage="mc", credit_rollouts=2, token_budget=33))
@@ -152,3 +153,28 @@ def test_a_resumed_mc_round_equals_an_uninterrupted_one(tmp_path, tiny_model_dir
     for key in ("generated_tokens", "credit_tokens", "completions", "steps"):
         assert a[key] == b[key], key
     assert _logged(whole, "step_credit/rollout_tokens") == _logged(cut, "step_credit/rollout_tokens")
+
+
+def test_mc_values_a_state_several_completions_share_once():
+    """Completions of one prompt that start with the same step pass through one state: it is valued
+    once and every completion through it reads that value; the same tokens under another prompt, or a
+    state with nothing left to generate, are not shared or not valued."""
+    from sharpen.train.step_credit import mc_states
+
+    # three completions of prompt "p", one of "q"; steps by token: [0, 0, 1, 1, 2]-style cuts
+    rows = [[1, 2, 3, 4, 5], [1, 2, 3, 9, 9], [1, 7, 3, 4, 5], [1, 2, 3, 4, 5]]
+    steps = [[0, 0, 1, 1, 2], [0, 0, 1, 1, 2], [0, 0, 1, 1, 2], [0, 0, 1, 1, 2]]
+    prompts = ["p", "p", "p", "q"]
+    states = mc_states(prompts, rows, steps, max_len=8)
+    got = [(st.row, st.step, st.end, st.left, st.at) for st in states]
+    assert got == [
+        (0, 0, 1, 6, [(0, 0), (1, 0)]),  # "p" + [1, 2]: rows 0 and 1
+        (0, 1, 3, 4, [(0, 1)]),          # "p" + [1, 2, 3, 4]
+        (1, 1, 3, 4, [(1, 1)]),          # "p" + [1, 2, 3, 9]
+        (2, 0, 1, 6, [(2, 0)]),          # "p" + [1, 7]
+        (2, 1, 3, 4, [(2, 1)]),          # "p" + [1, 7, 3, 4]: the same tokens as row 0's after another first step
+        (3, 0, 1, 6, [(3, 0)]),          # row 0's tokens under prompt "q": another state
+        (3, 1, 3, 4, [(3, 1)]),
+    ]
+    # a boundary at the length limit has no token left to roll out and is not a state
+    assert [(st.row, st.step) for st in mc_states(["p"], [[1, 2, 3, 4, 5]], [[0, 0, 1, 1, 2]], max_len=4)] == [(0, 0)]

@@ -15,7 +15,8 @@ from typing import Any
 # TRL GRPOTrainer's log keys (and sharpen's step-credit ones), with the names a table prints
 KEYS = {"reward": "reward", "reward_std": "reward std", "frac_reward_zero_std": "zero-advantage groups",
         "kl": "KL", "completions/mean_length": "completion length", "entropy": "entropy", "grad_norm": "grad norm",
-        "step_credit/disagree": "step/outcome sign disagreement", "step_credit/valued": "boundaries valued"}
+        "step_credit/disagree": "step/outcome sign disagreement", "step_credit/valued": "boundaries valued",
+        "step_credit/shared": "boundaries shared"}
 
 
 WINDOW = 10  # training steps in the plotted running mean

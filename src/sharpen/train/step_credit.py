@@ -8,7 +8,8 @@ one search and the PRMs use, "\\n" by default) and each step's tokens get that s
 - `outcome`: TRL's advantage, unchanged.
 - `mc` (VinePPO, Kazemnejad et al., arXiv 2410.01679; SPO-chain, arXiv 2505.23564): the value of
   the state after step t, V(s_t), is the share of `credit_rollouts` continuations from it that
-  verify; V(s_0) is the group's mean reward (its G completions are G rollouts from the prompt) and
+  verify (a state that several completions of a prompt pass through is valued once, for all of
+  them); V(s_0) is the group's mean reward (its G completions are G rollouts from the prompt) and
   the last state's value is the completion's own reward. Step t gets
 
       A_t = (V(s_t) - V(s_{t-1})) / scale,   scale = the group's reward std (TRL's), or 1 where it is 0
@@ -31,12 +32,14 @@ one search and the PRMs use, "\\n" by default) and each step's tokens get that s
 the override is of `_generate_and_score_completions`, so the TRL range is pinned (pyproject).
 Per step it logs `step_credit/disagree` (the share of steps whose advantage has the opposite sign
 of their completion's outcome), `step_credit/valued` (the share of inner boundaries valued within
-the cap) and `step_credit/rollout_tokens`.
+the cap), `step_credit/shared` (the share of inner boundaries that another completion of the same
+prompt passed through too, valued once: `mc_states`) and `step_credit/rollout_tokens`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sharpen.core.errors import ConfigError
@@ -89,6 +92,34 @@ def pav_step_advantages(outcome: float, baseline: float, values: Sequence[float]
         out.append(outcome + alpha * max(-clip, min(clip, v - prev)))
         prev = v
     return out
+
+
+@dataclass
+class MCState:
+    """A state to value for `mc`: the prefix of completion `row` up to the end of its inner step `step`
+    (token `end`), `left` tokens from `max_completion_length`; `at`: every (row, inner step) that is this
+    state, the same prompt and the same prefix tokens."""
+
+    row: int
+    step: int
+    end: int
+    left: int
+    at: list[tuple[int, int]] = field(default_factory=list)
+
+
+def mc_states(prompts: Sequence[str], rows: Sequence[Sequence[int]], steps: Sequence[Sequence[int]],
+              max_len: int) -> list[MCState]:
+    """The distinct states after each inner step of each completion that can still generate a token, in
+    order of first appearance. Completions of one prompt often share their first steps (all the more as
+    the sampler sharpens); a shared state is valued once, by one set of rollouts, and every completion
+    that passes through it reads that value, so the rollouts' tokens are spent on distinct states only."""
+    found: dict[tuple[str, tuple[int, ...]], MCState] = {}
+    for i, (r, s) in enumerate(zip(rows, steps, strict=True)):
+        for t, end in enumerate(step_ends(s)[:-1]):
+            if max_len - (end + 1) > 0:
+                key = (prompts[i], tuple(r[: end + 1]))
+                found.setdefault(key, MCState(i, t, end, max_len - (end + 1))).at.append((i, t))
+    return list(found.values())
 
 
 def spread(step_advantages: Sequence[float], steps: Sequence[int], width: int) -> list[float]:
@@ -201,12 +232,7 @@ class StepCredit:
         cfg, k = self.cfg, self.cfg.credit_rollouts
         backend = self.rollout.backend
         prompts = [x["prompt"] if isinstance(x["prompt"], str) else backend.chat_prompt(x["prompt"]) for x in inputs]
-        states = []  # (row, inner step, prefix text, tokens it may still generate)
-        for i, (r, s) in enumerate(zip(rows, steps, strict=True)):
-            for t, end in enumerate(step_ends(s)[:-1]):
-                left = cfg.max_completion_length - (end + 1)
-                if left > 0:
-                    states.append((i, t, self.decode(r[: end + 1]), left))
+        states = mc_states(prompts, rows, steps, cfg.max_completion_length)
         inner: list[list[float | None]] = [[None] * (len(step_ends(s)) - 1) for s in steps]
         spent = valued = 0
         step = trainer.state.global_step
@@ -214,8 +240,8 @@ class StepCredit:
         training = model.training
         model.eval()
         try:
-            for left in sorted({st[3] for st in states}, reverse=True):
-                batch = [st for st in states if st[3] == left]
+            for left in sorted({st.left for st in states}, reverse=True):
+                batch = [st for st in states if st.left == left]
                 room = None if self.budget.limit is None else self.budget.limit - self.budget.generated
                 if room is not None:  # the rollouts' worst case must fit what the cap leaves
                     batch = batch[: max(0, room // (k * left))]
@@ -223,22 +249,25 @@ class StepCredit:
                     continue
                 params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=left,
                                         stop_at="answer")
-                groups = backend.generate([prompts[i] + prefix for i, _, prefix, _ in batch], params,
-                                          seeds=[derive_seed(cfg.seed, 2, step, i, t) for i, t, _, _ in batch])
+                prefixes = [self.decode(rows[st.row][: st.end + 1]) for st in batch]
+                groups = backend.generate([prompts[st.row] + x for st, x in zip(batch, prefixes, strict=True)], params,
+                                          seeds=[derive_seed(cfg.seed, 2, step, st.row, st.step) for st in batch])
                 tokens = sum(c.num_tokens for g in groups for c in g)
-                prompt_tokens = sum(len(self.tokenizer(prompts[i] + prefix, add_special_tokens=False)["input_ids"]) * k
-                                    for i, _, prefix, _ in batch)
+                prompt_tokens = sum(len(self.tokenizer(prompts[st.row] + x, add_special_tokens=False)["input_ids"]) * k
+                                    for st, x in zip(batch, prefixes, strict=True))
                 self.budget.add_credit(prompt_tokens, tokens)
                 spent += tokens
-                for (i, t, prefix, _), group in zip(batch, groups, strict=True):
-                    right = [self.task.verify(problems[i], self.task.extract(prefix + c.text, strict=cfg.strict_answers))
+                for st, prefix, group in zip(batch, prefixes, groups, strict=True):
+                    right = [self.task.verify(problems[st.row], self.task.extract(prefix + c.text, strict=cfg.strict_answers))
                              for c in group]
-                    inner[i][t] = sum(right) / len(right)
-                    valued += 1
+                    for i, t in st.at:
+                        inner[i][t] = sum(right) / len(right)
+                        valued += 1
         finally:
             model.train(training)
         n_inner = sum(len(v) for v in inner)
-        return inner, {"rollout_tokens": float(spent), "valued": valued / n_inner if n_inner else 1.0}
+        shared = 1.0 - len(states) / n_states if (n_states := sum(len(st.at) for st in states)) else 0.0
+        return inner, {"rollout_tokens": float(spent), "valued": valued / n_inner if n_inner else 1.0, "shared": shared}
 
     def prover_values(self, inputs: list[dict], rows: list[list[int]], steps: list[list[int]]) -> list[list[float]]:
         """V_mu after each step of each completion: the prover PRM's score at each step's end."""
