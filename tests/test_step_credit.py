@@ -124,6 +124,15 @@ def test_mc_round_meters_its_rollouts_and_stops_at_the_cap(tmp_path, tiny_model_
     assert capped["steps"] == 1 and 0 < capped["generated_tokens"] <= 33
     assert _logged(out, "step_credit/valued") == [0.0] and capped["credit_tokens"] == 0
 
+    # two micro-steps an optimizer step, each generating: the first one's rollouts may not take the room the
+    # step-end check kept for the second one's completions (2 x 4 x 8 = 64, a step's worst case, is the cap;
+    # spending what is left after the first micro-step's completions on rollouts made this round generate 69)
+    out = tmp_path / "accumulated"
+    train_grpo(_cfg(tiny_model_dir, out, advantage="mc", credit_rollouts=2, token_budget=64, max_steps=3, problems=8,
+                    gradient_accumulation_steps=2, steps_per_generation=1))
+    acc = _summary(out)
+    assert acc["steps"] == 1 and acc["completions"] == 8 and acc["generated_tokens"] <= 64, acc
+
 
 @pytest.mark.slow  # a third tiny training run; `pytest -m slow` runs it
 def test_pav_round_reads_the_prover(tmp_path, tiny_model_dir):
@@ -178,3 +187,27 @@ def test_mc_values_a_state_several_completions_share_once():
     ]
     # a boundary at the length limit has no token left to roll out and is not a state
     assert [(st.row, st.step) for st in mc_states(["p"], [[1, 2, 3, 4, 5]], [[0, 0, 1, 1, 2]], max_len=4)] == [(0, 0)]
+
+
+def test_rollouts_get_what_the_steps_later_generations_leave():
+    """TokenBudget.room by hand: a step of two generating micro-steps of at most 32 tokens each, cap 100."""
+    from types import SimpleNamespace
+
+    from sharpen.train.grpo import TokenBudget
+
+    b = TokenBudget(100, per_generation=32, generate_every=1, accumulation=2)
+    state = SimpleNamespace(global_step=0, stateful_callbacks={})
+    b.on_train_begin(None, state, None)
+    b.on_step_begin(None, state, None)
+    assert b.room() == 100 - 0 - 2 * 32
+    b.record(10, 30, 0, 4)  # the first micro-step's 30 tokens: the second's 32 still held back
+    assert b.room() == 100 - 30 - 32
+    b.add_credit(5, 20)
+    b.record(10, 25, 0, 4)
+    assert b.room() == 100 - 75 and b.generated == 75 and b.credit_tokens == 20
+    assert TokenBudget(None, 32).room() is None
+    # generating every second micro-step: a step of two micro-steps generates once
+    b = TokenBudget(100, per_generation=32, generate_every=2, accumulation=2)
+    b.on_train_begin(None, state, None)
+    b.on_step_begin(None, state, None)
+    assert b.room() == 100 - 32

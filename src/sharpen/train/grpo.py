@@ -171,6 +171,7 @@ class TokenBudget(TrainerCallback, ExportableState):
         self.dropped_tokens = 0  # generated for groups dynamic sampling replaced (also in generated_tokens)
         self.stopped_at: int | None = None
         self._first_step = 0
+        self._pending = 0  # the worst case of the generations the current optimizer step has still to make
         self._t0: float | None = None
         self._sampled: float | None = None
 
@@ -198,8 +199,15 @@ class TokenBudget(TrainerCallback, ExportableState):
         seconds = self._sampled if self._sampled is not None else now - (self._t0 or now)
         self._t0, self._sampled = now, None
         self._add(prompt_tokens=prompt_tokens, generated_tokens=completion_tokens, calls=1, seconds=seconds)
+        self._pending = max(0, self._pending - self.per_generation)
         self.completions += completions
         self.correct += correct
+
+    def room(self) -> int | None:
+        """Generated tokens that may be spent now, beside the worst case of the generations the current
+        optimizer step has still to make (its later micro-steps'): what step credit's rollouts may use
+        without taking the room the step-end check kept for those generations. None: no limit."""
+        return None if self.limit is None else self.limit - self.generated - self._pending
 
     def add_credit(self, prompt_tokens: int, generated: int) -> None:
         """Tokens of step credit's rollouts: generated tokens like the completions' (the cap covers both)."""
@@ -226,6 +234,7 @@ class TokenBudget(TrainerCallback, ExportableState):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._t0 = time.perf_counter()
+        self._pending = self.worst_case(state.global_step)
 
     def worst_case(self, step: int) -> int:
         """Tokens the optimizer step after `step` could generate."""
@@ -533,15 +542,15 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
     tok = load_tokenizer(path)
     # worst case of one generation: every completion, and each group's replacements, to max_completion_length
     per_generation = cfg.generation_batch_size * cfg.max_completion_length * (1 + cfg.dynamic_sampling)
-    if cfg.token_budget is not None and cfg.token_budget < per_generation:
-        raise ConfigError(
-            f"token_budget={cfg.token_budget} is below one generation's worst case, {cfg.generation_batch_size} "
-            f"completions x max_completion_length {cfg.max_completion_length} x (1 + dynamic_sampling "
-            f"{cfg.dynamic_sampling}) = {per_generation} "
-            "(fix: a larger budget, or fewer/shorter completions per step)")
-    prompt_tokens = _prompt_tokens(tok, dataset)
     budget = TokenBudget(cfg.token_budget, per_generation, cfg.steps_per_generation * cfg.num_iterations,
                          cfg.gradient_accumulation_steps)
+    if cfg.token_budget is not None and cfg.token_budget < (first := budget.worst_case(0)):
+        raise ConfigError(
+            f"token_budget={cfg.token_budget} is below one optimizer step's worst case, {first // per_generation} "
+            f"generation(s) of {cfg.generation_batch_size} completions x max_completion_length "
+            f"{cfg.max_completion_length} x (1 + dynamic_sampling {cfg.dynamic_sampling}) = {first} "
+            "(fix: a larger budget, or fewer/shorter completions per step)")
+    prompt_tokens = _prompt_tokens(tok, dataset)
     rewards: list[Any] = [VerifierReward(task, cfg.strict_answers, budget, prompt_tokens)]
     if cfg.process_reward:
         rewards.append(PRMReward(cfg.process_reward, tok, budget))

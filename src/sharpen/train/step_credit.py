@@ -242,7 +242,7 @@ class StepCredit:
         try:
             for left in sorted({st.left for st in states}, reverse=True):
                 batch = [st for st in states if st.left == left]
-                room = None if self.budget.limit is None else self.budget.limit - self.budget.generated
+                room = self.budget.room()
                 if room is not None:  # the rollouts' worst case must fit what the cap leaves
                     batch = batch[: max(0, room // (k * left))]
                 if not batch:
