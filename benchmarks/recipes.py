@@ -5,7 +5,7 @@ comparable generated tokens, with the tokens each spent"). Reads finished run di
 
 Per run: recipe and seed, held-out greedy accuracy after each round, the tokens the policy generated to make
 its training data in each round (an offline round's search: collect's mean generated tokens x problems; a grpo
-round: what GRPO sampled, `round-N/train/summary.json`), stage minutes, and the last round's paired change
+round: what GRPO sampled, `round-N/train/summary.json`), stage minutes, and the last evaluated round's paired change
 against round 0. Then every run's last round against the first run's, problem by problem on the same held-out
 problems (paired bootstrap 95% interval; runs evaluated on different problems are refused).
 """
@@ -20,6 +20,11 @@ from sharpen.core.stats import paired_bootstrap
 from sharpen.loop.runner import greedy_by_problem
 from sharpen.report.run import collect_facts, fmt, generated_per_round, md_table
 from sharpen.report.seeds import config_dict, fmt_change
+
+
+def last_evaluated(facts: dict) -> int:
+    """The last round of a run whose evaluation finished (a run still going has a later one started)."""
+    return max(e["round"] for e in facts["rounds"] if (e.get("eval") or {}).get("greedy") is not None)
 
 
 def main() -> None:
@@ -43,11 +48,11 @@ def main() -> None:
     print("\n".join(md_table(table)))
     if len(runs) < 2:
         return
-    base_run, base_last = runs[0], len(facts[0]["rounds"]) - 1
+    base_run, base_last = runs[0], last_evaluated(facts[0])
     base = greedy_by_problem(base_run, base_last)
     print(f"\nLast round against {base_run.name}'s round {base_last} (same held-out problems, paired):")
     for run, f in zip(runs[1:], facts[1:], strict=True):
-        last = len(f["rounds"]) - 1
+        last = last_evaluated(f)
         other = greedy_by_problem(run, last)
         if set(other) != set(base):
             sys.exit(f"{run} was evaluated on other problems than {base_run} (fix: runs with the same task, eval.n "
