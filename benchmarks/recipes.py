@@ -22,9 +22,12 @@ from sharpen.report.run import collect_facts, fmt, generated_per_round, md_table
 from sharpen.report.seeds import config_dict, fmt_change
 
 
-def last_evaluated(facts: dict) -> int:
+def last_evaluated(run: Path, facts: dict) -> int:
     """The last round of a run whose evaluation finished (a run still going has a later one started)."""
-    return max(e["round"] for e in facts["rounds"] if (e.get("eval") or {}).get("greedy") is not None)
+    done = [e["round"] for e in facts["rounds"] if (e.get("eval") or {}).get("greedy") is not None]
+    if not done:
+        sys.exit(f"{run} has no evaluated round yet (fix: wait for its round-0 evaluation, or pass another run)")
+    return max(done)
 
 
 def main() -> None:
@@ -48,11 +51,11 @@ def main() -> None:
     print("\n".join(md_table(table)))
     if len(runs) < 2:
         return
-    base_run, base_last = runs[0], last_evaluated(facts[0])
+    base_run, base_last = runs[0], last_evaluated(runs[0], facts[0])
     base = greedy_by_problem(base_run, base_last)
     print(f"\nLast round against {base_run.name}'s round {base_last} (same held-out problems, paired):")
     for run, f in zip(runs[1:], facts[1:], strict=True):
-        last = last_evaluated(f)
+        last = last_evaluated(run, f)
         other = greedy_by_problem(run, last)
         if set(other) != set(base):
             sys.exit(f"{run} was evaluated on other problems than {base_run} (fix: runs with the same task, eval.n "

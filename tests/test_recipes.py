@@ -382,6 +382,9 @@ def test_grpo_options_are_checked_at_load(tmp_path, tiny_model_dir):
         validate(_grpo_config(tiny_model_dir, num_generation=4))
     with pytest.raises(ConfigError, match="more than a round's budget.*96"):
         validate(_grpo_config(tiny_model_dir, max_completion_length=64))
+    # a generation fits (32) but an optimizer step of four generating micro-steps may not (the trainer refuses it too)
+    with pytest.raises(ConfigError, match=r"4 generation\(s\) of 4 completions .* = 128 tokens is more than a round's"):
+        validate(_grpo_config(tiny_model_dir, gradient_accumulation_steps=4, steps_per_generation=1))
     with pytest.raises(ConfigError, match="train.token_budget is not set in a run config"):
         validate(_grpo_config(tiny_model_dir, token_budget=10))
     # from the command line: one line, exit 2, no traceback

@@ -148,13 +148,13 @@ class GRPO(Recipe):
         return cfg.collect.budget * cfg.collect.problems
 
     def check(self, cfg: Any, trainer_cfg: Any, where: str) -> None:
-        worst = trainer_cfg.generation_batch_size * trainer_cfg.max_completion_length
-        if worst > self.token_cap(cfg):
+        from sharpen.train.grpo import step_worst_case, worst_case_text
+
+        if step_worst_case(trainer_cfg)[3] > self.token_cap(cfg):
             raise ConfigError(
-                f"{where}: one GRPO generation may produce {trainer_cfg.generation_batch_size} completions x "
-                f"max_completion_length {trainer_cfg.max_completion_length} = {worst} tokens, more than a round's "
-                f"budget collect.budget x collect.problems = {self.token_cap(cfg)} (fix: fewer or shorter completions "
-                "per step, or a larger collect.budget)")
+                f"{where}: {worst_case_text(trainer_cfg)} tokens is more than a round's budget collect.budget x "
+                f"collect.problems = {self.token_cap(cfg)} (fix: fewer or shorter completions per step, or a larger "
+                "collect.budget)")
 
     def samples_per_row(self, opts: dict[str, Any], defaults: dict[str, Any]) -> int:
         return opts.get("num_generations", defaults["num_generations"])

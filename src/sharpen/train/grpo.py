@@ -155,6 +155,23 @@ def completion_text(completion: Any) -> str:
     return "".join(m.get("content") or "" for m in completion)
 
 
+def step_worst_case(cfg: GRPOTrainConfig) -> tuple[int, int, int, int]:
+    """(a generation's worst case: every completion, and each group's replacements, to
+    `max_completion_length`; micro-steps between generations; micro-steps an optimizer step; the first
+    optimizer step's worst case, every generation it makes at that)."""
+    per_generation = cfg.generation_batch_size * cfg.max_completion_length * (1 + cfg.dynamic_sampling)
+    every, accumulation = cfg.steps_per_generation * cfg.num_iterations, cfg.gradient_accumulation_steps
+    return per_generation, every, accumulation, per_generation * sum(m % every == 0 for m in range(accumulation))
+
+
+def worst_case_text(cfg: GRPOTrainConfig) -> str:
+    """The first optimizer step's worst case, with how it is made, for an error message."""
+    per_generation, _, _, first = step_worst_case(cfg)
+    return (f"one optimizer step's worst case, {first // per_generation} generation(s) of {cfg.generation_batch_size} "
+            f"completions x max_completion_length {cfg.max_completion_length} x (1 + dynamic_sampling "
+            f"{cfg.dynamic_sampling}) = {first}")
+
+
 class TokenBudget(TrainerCallback, ExportableState):
     """Counts what the policy generates (the verifier reward reports every generation) and stops
     training before a step that could pass `limit` generated tokens: `per_generation` is a
@@ -541,15 +558,10 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
     dataset = _dataset(cfg, task) if dataset is None else dataset
     tok = load_tokenizer(path)
     # worst case of one generation: every completion, and each group's replacements, to max_completion_length
-    per_generation = cfg.generation_batch_size * cfg.max_completion_length * (1 + cfg.dynamic_sampling)
-    budget = TokenBudget(cfg.token_budget, per_generation, cfg.steps_per_generation * cfg.num_iterations,
-                         cfg.gradient_accumulation_steps)
-    if cfg.token_budget is not None and cfg.token_budget < (first := budget.worst_case(0)):
-        raise ConfigError(
-            f"token_budget={cfg.token_budget} is below one optimizer step's worst case, {first // per_generation} "
-            f"generation(s) of {cfg.generation_batch_size} completions x max_completion_length "
-            f"{cfg.max_completion_length} x (1 + dynamic_sampling {cfg.dynamic_sampling}) = {first} "
-            "(fix: a larger budget, or fewer/shorter completions per step)")
+    budget = TokenBudget(cfg.token_budget, *step_worst_case(cfg)[:3])
+    if cfg.token_budget is not None and cfg.token_budget < step_worst_case(cfg)[3]:
+        raise ConfigError(f"token_budget={cfg.token_budget} is below {worst_case_text(cfg)} "
+                          "(fix: a larger budget, or fewer/shorter completions per step)")
     prompt_tokens = _prompt_tokens(tok, dataset)
     rewards: list[Any] = [VerifierReward(task, cfg.strict_answers, budget, prompt_tokens)]
     if cfg.process_reward:

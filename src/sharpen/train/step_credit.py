@@ -32,13 +32,14 @@ one search and the PRMs use, "\\n" by default) and each step's tokens get that s
 the override is of `_generate_and_score_completions`, so the TRL range is pinned (pyproject).
 Per step it logs `step_credit/disagree` (the share of steps whose advantage has the opposite sign
 of their completion's outcome), `step_credit/valued` (the share of inner boundaries valued within
-the cap), `step_credit/shared` (the share of inner boundaries that another completion of the same
-prompt passed through too, valued once: `mc_states`) and `step_credit/rollout_tokens`.
+the cap), `step_credit/shared` (1 - distinct states / inner boundaries that can still generate: the
+share of those boundaries whose state an earlier completion of the same prompt already reached, so
+no rollouts of their own: `mc_states`) and `step_credit/rollout_tokens`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,17 +108,18 @@ class MCState:
     at: list[tuple[int, int]] = field(default_factory=list)
 
 
-def mc_states(prompts: Sequence[str], rows: Sequence[Sequence[int]], steps: Sequence[Sequence[int]],
+def mc_states(contexts: Sequence[Hashable], rows: Sequence[Sequence[int]], steps: Sequence[Sequence[int]],
               max_len: int) -> list[MCState]:
     """The distinct states after each inner step of each completion that can still generate a token, in
-    order of first appearance. Completions of one prompt often share their first steps (all the more as
+    order of first appearance; `contexts[i]`: what completion i continues (its prompt and problem), so a
+    state is a context and the prefix tokens. Completions of one prompt often share their first steps (all the more as
     the sampler sharpens); a shared state is valued once, by one set of rollouts, and every completion
     that passes through it reads that value, so the rollouts' tokens are spent on distinct states only."""
-    found: dict[tuple[str, tuple[int, ...]], MCState] = {}
+    found: dict[tuple[Hashable, tuple[int, ...]], MCState] = {}
     for i, (r, s) in enumerate(zip(rows, steps, strict=True)):
         for t, end in enumerate(step_ends(s)[:-1]):
             if max_len - (end + 1) > 0:
-                key = (prompts[i], tuple(r[: end + 1]))
+                key = (contexts[i], tuple(r[: end + 1]))
                 found.setdefault(key, MCState(i, t, end, max_len - (end + 1))).at.append((i, t))
     return list(found.values())
 
@@ -183,6 +185,7 @@ class StepCredit:
         self.cfg, self.task, self.tokenizer = cfg, task, tokenizer
         self.rollout, self.budget, self.verifier = rollout, budget, verifier
         self.prover = None
+        self._calls = (-1, 0)  # (optimizer step, mc generations in it): a resumed run restarts at a step's start
         if cfg.advantage == "pav":
             from sharpen.search.scorers.prm_model import PRMModel
 
@@ -232,10 +235,14 @@ class StepCredit:
         cfg, k = self.cfg, self.cfg.credit_rollouts
         backend = self.rollout.backend
         prompts = [x["prompt"] if isinstance(x["prompt"], str) else backend.chat_prompt(x["prompt"]) for x in inputs]
-        states = mc_states(prompts, rows, steps, cfg.max_completion_length)
+        states = mc_states([(p, x["problem"]) for p, x in zip(prompts, inputs, strict=True)], rows, steps,
+                           cfg.max_completion_length)
         inner: list[list[float | None]] = [[None] * (len(step_ends(s)) - 1) for s in steps]
         spent = valued = 0
         step = trainer.state.global_step
+        last, calls = self._calls  # generations in this optimizer step so far: each draws its own streams
+        call = calls if step == last else 0
+        self._calls = (step, call + 1)
         model = backend.model
         training = model.training
         model.eval()
@@ -251,7 +258,7 @@ class StepCredit:
                                         stop_at="answer")
                 prefixes = [self.decode(rows[st.row][: st.end + 1]) for st in batch]
                 groups = backend.generate([prompts[st.row] + x for st, x in zip(batch, prefixes, strict=True)], params,
-                                          seeds=[derive_seed(cfg.seed, 2, step, st.row, st.step) for st in batch])
+                                          seeds=[derive_seed(cfg.seed, 2, step, call, st.row, st.step) for st in batch])
                 tokens = sum(c.num_tokens for g in groups for c in g)
                 prompt_tokens = sum(len(self.tokenizer(prompts[st.row] + x, add_special_tokens=False)["input_ids"]) * k
                                     for st, x in zip(batch, prefixes, strict=True))
