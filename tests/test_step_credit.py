@@ -1,4 +1,5 @@
-"""Per-token advantages of the grpo recipe's step-credit modes (sharpen.train.step_credit)."""
+"""Per-token advantages of the grpo recipe's step-credit modes (sharpen.train.step_credit), and the token cap they
+share with outcome grpo (sharpen.train.grpo.TokenBudget), resumed runs included."""
 
 import math
 from pathlib import Path
@@ -211,3 +212,41 @@ def test_rollouts_get_what_the_steps_later_generations_leave():
     b.on_train_begin(None, state, None)
     b.on_step_begin(None, state, None)
     assert b.room() == 100 - 32
+
+
+def test_a_resumed_round_does_not_pass_the_cap_where_the_restart_generates(tmp_path, tiny_model_dir):
+    """num_iterations=2: the uninterrupted run generates every second step, so after step 1 the next step
+    reuses its batch and the step-end check lets it run; a run resumed from step 1's checkpoint generates at
+    once (TRL generates at a restart), so with no room for a second generation it ends at the checkpoint."""
+    from sharpen.train.grpo import train_grpo
+
+    out = tmp_path / "cut"
+    train_grpo(_cfg(tiny_model_dir, out, max_steps=1, num_iterations=2, token_budget=32))
+    first = _summary(out)
+    assert first["steps"] == 1 and first["stopped_by_budget_at"] is None and 0 < first["generated_tokens"] <= 32
+    train_grpo(_cfg(tiny_model_dir, out, max_steps=3, num_iterations=2, token_budget=32))
+    resumed = _summary(out)
+    assert resumed["resumed_from"].endswith("checkpoint-1")
+    assert resumed["generated_tokens"] == first["generated_tokens"] <= 32
+    assert resumed["steps"] == 1 and resumed["stopped_by_budget_at"] == 1
+
+
+def test_resuming_a_round_the_budget_ended_trains_no_step(tmp_path, tiny_model_dir):
+    """The budget stops a round inside its epoch; running it again (a loop resumed before the stage was
+    marked done) restores the stopped checkpoint: no step, no token, the same merged weights."""
+    from conftest import changed_tensors
+
+    from sharpen.train.grpo import train_grpo
+
+    out = tmp_path / "stopped"
+    merged = train_grpo(_cfg(tiny_model_dir, out, max_steps=6, token_budget=64, problems=8))
+    first = _summary(out)
+    assert first["stopped_by_budget_at"] == first["steps"] < 6 and first["generated_tokens"] <= 64
+    snapshot = tmp_path / "first-merged"
+    merged.rename(snapshot)
+    again = train_grpo(_cfg(tiny_model_dir, out, max_steps=6, token_budget=64, problems=8))
+    second = _summary(out)
+    for key in ("steps", "stopped_by_budget_at", "generated_tokens", "completions", "usage"):
+        assert second[key] == first[key], key
+    assert second["resumed_from"].endswith(f"checkpoint-{first['steps']}")
+    assert not changed_tensors(str(snapshot), str(again))

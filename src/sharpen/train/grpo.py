@@ -586,25 +586,49 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
     return trainer, budget
 
 
-def _stopped_at(out: Path) -> int | None:
-    """The step at which a checkpointed run of `out` was stopped by its token budget, if it was."""
+def _restore(trainer: Any, budget: TokenBudget, checkpoint: str) -> dict[str, Any]:
+    """A checkpoint's weights and trainer state without training a step: where the budget ended the run
+    at that checkpoint. (transformers' resume runs a step before it checks `max_steps` when the stop is
+    inside an epoch, and that step would generate past the budget.)"""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    budget.on_train_begin(trainer.args, trainer.state, trainer.control)  # the counts as of the checkpoint
+    return {"resumed_from": checkpoint, "wall_seconds": 0.0}
+
+
+def _stopped_at(out: Path, cfg: GRPOTrainConfig) -> int | None:
+    """The step at which the token budget ends a checkpointed run of `out`: where it stopped the run, or
+    the checkpoint's own step when the generations a resumed run makes at once (TRL generates at the
+    first micro-step after a restart, where the uninterrupted run might have reused a batch) could pass
+    the budget."""
     start = last_checkpoint(out)
     if start is None:
         return None
     state = json.loads((Path(start) / "trainer_state.json").read_text())
-    saved = (state.get("stateful_callbacks") or {}).get(TokenBudget.__name__) or {}
-    return saved.get("attributes", {}).get("stopped_at")
+    saved = ((state.get("stateful_callbacks") or {}).get(TokenBudget.__name__) or {}).get("attributes", {})
+    if saved.get("stopped_at") is not None:
+        return saved["stopped_at"]
+    generated = (saved.get("usage") or {}).get("generated_tokens", 0)
+    if cfg.token_budget is not None and generated + step_worst_case(cfg)[3] > cfg.token_budget:
+        return int(state.get("global_step", 0))
+    return None
 
 
 def train_grpo(cfg: GRPOTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.output_dir)
-    stopped = _stopped_at(out) if cfg.resume else None
-    if stopped is not None:  # the budget ended the run there: resume to that step, generate nothing more
+    stopped = _stopped_at(out, cfg) if cfg.resume else None
+    if stopped is not None:  # the budget ends the run at the checkpoint: its weights, no step, nothing generated
         cfg.max_steps = stopped
     trainer, budget = build_trainer(cfg)
     quiet(trainer)
-    metrics, _ = fit(trainer, out, cfg.resume)
+    if stopped is not None:
+        metrics = _restore(trainer, budget, str(last_checkpoint(out)))
+        budget.stopped_at = stopped
+    else:
+        metrics, _ = fit(trainer, out, cfg.resume)
     merged = save_outputs(trainer, out, cfg.lora)
     metrics |= {"prompts": len(trainer.train_dataset), "steps": trainer.state.global_step,
                 "usage": budget.usage, "generated_tokens": budget.generated, "token_budget": cfg.token_budget,
