@@ -135,6 +135,25 @@ def test_mc_round_meters_its_rollouts_and_stops_at_the_cap(tmp_path, tiny_model_
     assert acc["steps"] == 1 and acc["completions"] == 8 and acc["generated_tokens"] <= 64, acc
 
 
+def test_mc_counts_the_completions_through_a_state_as_its_rollouts(tmp_path, tiny_model_dir):
+    """credit_reuse: every state is reached by its own completion at least, so one rollout a state costs
+    nothing (each state valued by the outcomes of the completions through it); at two, each state lacks one
+    rollout at most, so the first step (the same completions in both runs) rolls out fewer tokens."""
+    from sharpen.train.grpo import train_grpo
+
+    one = tmp_path / "one"
+    train_grpo(_cfg(tiny_model_dir, one, advantage="mc", credit_rollouts=1, credit_reuse=True, max_steps=1))
+    assert _summary(one)["credit_tokens"] == 0 and _logged(one, "step_credit/valued") == [1.0]
+    assert _logged(one, "step_credit/rollout_tokens") == [0.0]
+    runs = {}
+    for reuse in (False, True):
+        runs[reuse] = tmp_path / f"two-{reuse}"
+        train_grpo(_cfg(tiny_model_dir, runs[reuse], advantage="mc", credit_rollouts=2, credit_reuse=reuse, max_steps=1))
+    fresh, reused = (_logged(runs[r], "step_credit/rollout_tokens")[0] for r in (False, True))
+    assert 0 < reused < fresh
+    assert _logged(runs[True], "step_credit/valued") == _logged(runs[False], "step_credit/valued") == [1.0]
+
+
 @pytest.mark.slow  # a third tiny training run; `pytest -m slow` runs it
 def test_pav_round_reads_the_prover(tmp_path, tiny_model_dir):
     from conftest import changed_tensors, random_prm

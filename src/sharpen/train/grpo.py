@@ -101,6 +101,11 @@ class GRPOTrainConfig(SharpenArgs, GRPOConfig):
     `pav` (outcome + `credit_alpha` x a prover PRM's clipped progress, PAV)."""
     credit_rollouts: int = 4
     """`mc`: continuations sampled from each inner step boundary to value it."""
+    credit_reuse: bool = False
+    """`mc`: the completions that pass through a state are samples of the policy from it too (what follows
+    the state in each is drawn from the policy there), so they count as that state's first rollouts and
+    only what `credit_rollouts` still lacks is sampled; a state `credit_rollouts` completions of the group
+    reach costs no rollout. False: every state gets `credit_rollouts` rollouts of its own."""
     credit_prover: str = ""
     """`pav`: the prover's value model, a PRM directory from `sharpen train prm`."""
     credit_alpha: float = 1.0

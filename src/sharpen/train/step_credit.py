@@ -9,7 +9,8 @@ one search and the PRMs use, "\\n" by default) and each step's tokens get that s
 - `mc` (VinePPO, Kazemnejad et al., arXiv 2410.01679; SPO-chain, arXiv 2505.23564): the value of
   the state after step t, V(s_t), is the share of `credit_rollouts` continuations from it that
   verify (a state that several completions of a prompt pass through is valued once, for all of
-  them); V(s_0) is the group's mean reward (its G completions are G rollouts from the prompt) and
+  them; with `credit_reuse` the completions that pass through a state count as its first rollouts, their
+  outcomes, a completion's own among them, averaged in as GRPO's group mean averages its own); V(s_0) is the group's mean reward (its G completions are G rollouts from the prompt) and
   the last state's value is the completion's own reward. Step t gets
 
       A_t = (V(s_t) - V(s_{t-1})) / scale,   scale = the group's reward std (TRL's), or 1 where it is 0
@@ -207,7 +208,7 @@ class StepCredit:
         problems = [self.verifier.problem(x["problem"]) for x in inputs]
         stats: dict[str, float] = {}
         if self.cfg.advantage == "mc":
-            inner, stats = self.mc_values(trainer, inputs, rows, steps, problems)
+            inner, stats = self.mc_values(trainer, inputs, rows, steps, problems, rewards)
             per_step = [mc_step_advantages(means[i], inner[i], rewards[i], scales[i]) for i in range(len(rows))]
         else:
             outcome = out["advantages"].tolist()
@@ -226,9 +227,10 @@ class StepCredit:
         return advantages, stats
 
     def mc_values(self, trainer: Any, inputs: list[dict], rows: list[list[int]], steps: list[list[int]],
-                  problems: list[Any]) -> tuple[list[list[float | None]], dict[str, float]]:
-        """V(s_t) after each inner step of each completion from `credit_rollouts` continuations,
-        within what the token cap leaves."""
+                  problems: list[Any], rewards: list[float]) -> tuple[list[list[float | None]], dict[str, float]]:
+        """V(s_t) after each inner step of each completion from `credit_rollouts` continuations (with
+        `credit_reuse`, the completions that pass through the state count as its first ones), within
+        what the token cap leaves."""
         from sharpen.backends.base import SamplingParams
         from sharpen.core.seeding import derive_seed
 
@@ -247,26 +249,33 @@ class StepCredit:
         training = model.training
         model.eval()
         try:
-            for left in sorted({st.left for st in states}, reverse=True):
-                batch = [st for st in states if st.left == left]
+            free = {id(st): [rewards[r] for r, _ in st.at] if cfg.credit_reuse else [] for st in states}
+            need = {id(st): max(0, k - len(free[id(st)])) for st in states}
+            for st in states:  # reached by credit_rollouts completions already: valued without a rollout
+                if need[id(st)] == 0:
+                    for i, t in st.at:
+                        inner[i][t] = sum(free[id(st)]) / len(free[id(st)])
+                        valued += 1
+            for left, n in sorted({(st.left, need[id(st)]) for st in states if need[id(st)]}, reverse=True):
+                batch = [st for st in states if st.left == left and need[id(st)] == n]
                 room = self.budget.room()
                 if room is not None:  # the rollouts' worst case must fit what the cap leaves
-                    batch = batch[: max(0, room // (k * left))]
+                    batch = batch[: max(0, room // (n * left))]
                 if not batch:
                     continue
-                params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=left,
+                params = SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=left,
                                         stop_at="answer")
                 prefixes = [self.decode(rows[st.row][: st.end + 1]) for st in batch]
                 groups = backend.generate([prompts[st.row] + x for st, x in zip(batch, prefixes, strict=True)], params,
                                           seeds=[derive_seed(cfg.seed, 2, step, call, st.row, st.step) for st in batch])
                 tokens = sum(c.num_tokens for g in groups for c in g)
-                prompt_tokens = sum(len(self.tokenizer(prompts[st.row] + x, add_special_tokens=False)["input_ids"]) * k
+                prompt_tokens = sum(len(self.tokenizer(prompts[st.row] + x, add_special_tokens=False)["input_ids"]) * n
                                     for st, x in zip(batch, prefixes, strict=True))
                 self.budget.add_credit(prompt_tokens, tokens)
                 spent += tokens
                 for st, prefix, group in zip(batch, prefixes, groups, strict=True):
                     right = [self.task.verify(problems[st.row], self.task.extract(prefix + c.text, strict=cfg.strict_answers))
-                             for c in group]
+                             for c in group] + free[id(st)]
                     for i, t in st.at:
                         inner[i][t] = sum(right) / len(right)
                         valued += 1
