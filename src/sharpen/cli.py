@@ -283,9 +283,10 @@ def report_cmd(run: Path, tracker: str | None = None) -> None:
 
     O.check_tracker(tracker)
     seeds = is_seeds_dir(run)
-    first = next(iter(seed_dirs(run).values())) if seeds else run
-    out.print(f"report: {write_seeds_report(run, unused_fields(first)) if seeds else write_report(run, unused_fields(run))}")
-    for d in seed_dirs(run).values() if seeds else [run]:
+    runs = list(seed_dirs(run).values()) if seeds else [run]
+    unused = unused_fields(runs[0])  # the seeds of one experiment share a recipe
+    out.print(f"report: {write_seeds_report(run, unused) if seeds else write_report(run, unused)}")
+    for d in runs:
         O.log_tracker(d, tracker)
 
 

@@ -148,9 +148,9 @@ class GRPO(Recipe):
         return cfg.collect.budget * cfg.collect.problems
 
     def check(self, cfg: Any, trainer_cfg: Any, where: str) -> None:
-        from sharpen.train.grpo import step_worst_case, worst_case_text
+        from sharpen.train.grpo import TokenBudget, worst_case_text
 
-        if step_worst_case(trainer_cfg)[3] > self.token_cap(cfg):
+        if TokenBudget.for_config(trainer_cfg).worst_case(0) > self.token_cap(cfg):
             raise ConfigError(
                 f"{where}: {worst_case_text(trainer_cfg)} tokens is more than a round's budget collect.budget x "
                 f"collect.problems = {self.token_cap(cfg)} (fix: fewer or shorter completions per step, or a larger "

@@ -77,6 +77,11 @@ def generated_per_round(entry: dict[str, Any]) -> float | None:
     return None
 
 
+def left_out(unused: list[str] | tuple[str, ...]) -> str:
+    """The line a report shows above a config whose unused fields it left out."""
+    return f"Left out (the recipe does not use them): {', '.join(unused)}."
+
+
 def without_fields(config_text: str, fields: tuple[str, ...]) -> str:
     """The YAML config without the dotted `fields` (a whole section when every key is dropped)."""
     if not fields:
@@ -399,7 +404,7 @@ def render_markdown(facts: dict[str, Any], plot_names: list[str]) -> str:
         lines += ["", f"![{name}](plots/{name})"]
     lines += ["", "## Config", ""]
     if facts.get("unused"):
-        lines += [f"Left out (the recipe does not use them): {', '.join(facts['unused'])}.", ""]
+        lines += [left_out(facts["unused"]), ""]
     lines += ["```yaml", facts["config"].rstrip(), "```", ""]
     return "\n".join(lines)
 

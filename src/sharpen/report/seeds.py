@@ -26,7 +26,7 @@ from typing import Any
 
 from sharpen.core.errors import ConfigError
 from sharpen.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
-from sharpen.report.run import collect_facts, fmt, html_table, md_table, plot_png
+from sharpen.report.run import collect_facts, fmt, html_table, left_out, md_table, plot_png
 
 
 def seed_dir(parent: str | Path, seed: int) -> Path:
@@ -242,9 +242,9 @@ def write_seeds_report(parent: str | Path, unused: tuple[str, ...] = ()) -> Path
     md += ["", "![greedy_by_seed.png](plots/greedy_by_seed.png)"] if png else []
     md += ["", "## Runs", "", *[f"- seed {s['seed']}: [{s['run']}/report.html]({s['run']}/report.html)"
                                 + ("" if s["finished"] else " (unfinished)") for s in facts["seeds"]]]
-    left_out = f"Left out (the recipe does not use them): {', '.join(unused)}." if unused else ""
+    note = left_out(unused) if unused else ""
     md += ["", f"## Config (seed {first['seed']}; the others differ only in `seed`)", "",
-           *([left_out, ""] if left_out else []), "```yaml", facts["config"].rstrip(), "```", ""]
+           *([note, ""] if note else []), "```yaml", facts["config"].rstrip(), "```", ""]
     atomic_write_text(parent / "report.md", "\n".join(md))
     img = (f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="greedy_by_seed.png">'
            "<figcaption>held-out greedy accuracy by round: one line per seed, the median dashed</figcaption></figure>"
@@ -261,7 +261,7 @@ def write_seeds_report(parent: str | Path, unused: tuple[str, ...] = ()) -> Path
         f"<h2>New training rows per round (build stage)</h2>{html_table(rows)}"
         f"<h2>Plots</h2>{img}<h2>Runs</h2><ul>{links}</ul>"
         f"<h2>Config (seed {first['seed']}; the others differ only in <code>seed</code>)</h2>"
-        + (f"<p>{html.escape(left_out)}</p>" if left_out else "") +
+        + (f"<p>{html.escape(note)}</p>" if note else "") +
         f"<pre>{html.escape(facts['config'])}</pre></body></html>"
     )
     atomic_write_text(parent / "report.html", page)

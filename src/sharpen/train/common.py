@@ -190,10 +190,33 @@ def fit(trainer: Any, out: Path, resume: bool) -> tuple[dict[str, Any], str | No
 
     start = last_checkpoint(out) if resume else None
     t0 = time.perf_counter()
+    if start is not None and 0 < trainer.args.max_steps <= _checkpoint_step(start):
+        restore(trainer, start)
+        return {"wall_seconds": time.perf_counter() - t0, "resumed_from": start}, start
     result = trainer.train(resume_from_checkpoint=start)
     metrics = dict(result.metrics)
     metrics.update(wall_seconds=time.perf_counter() - t0, resumed_from=start)
     return metrics, start
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    import json
+
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
+
+
+def restore(trainer: Any, checkpoint: str) -> None:
+    """A checkpoint at (or past) `max_steps`: its weights and trainer state, without training a step,
+    as a `train()` that has nothing left to do. transformers' resume, when the checkpoint lies inside an
+    epoch, trains one more step before it checks `max_steps` (and a GRPO step generates), so a resumed
+    stage would differ from the uninterrupted one. The callbacks see the train's begin and end, as in a
+    `train()` (sharpen's token budget restores its counts from the state at its begin)."""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.control = trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+    trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
 
 
 def save_outputs(trainer: Any, out: Path, lora: bool, extra: Callable[[Path], None] | None = None) -> Path:

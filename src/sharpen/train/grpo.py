@@ -160,18 +160,10 @@ def completion_text(completion: Any) -> str:
     return "".join(m.get("content") or "" for m in completion)
 
 
-def step_worst_case(cfg: GRPOTrainConfig) -> tuple[int, int, int, int]:
-    """(a generation's worst case: every completion, and each group's replacements, to
-    `max_completion_length`; micro-steps between generations; micro-steps an optimizer step; the first
-    optimizer step's worst case, every generation it makes at that)."""
-    per_generation = cfg.generation_batch_size * cfg.max_completion_length * (1 + cfg.dynamic_sampling)
-    every, accumulation = cfg.steps_per_generation * cfg.num_iterations, cfg.gradient_accumulation_steps
-    return per_generation, every, accumulation, per_generation * sum(m % every == 0 for m in range(accumulation))
-
-
 def worst_case_text(cfg: GRPOTrainConfig) -> str:
     """The first optimizer step's worst case, with how it is made, for an error message."""
-    per_generation, _, _, first = step_worst_case(cfg)
+    budget = TokenBudget.for_config(cfg)
+    per_generation, first = budget.per_generation, budget.worst_case(0)
     return (f"one optimizer step's worst case, {first // per_generation} generation(s) of {cfg.generation_batch_size} "
             f"completions x max_completion_length {cfg.max_completion_length} x (1 + dynamic_sampling "
             f"{cfg.dynamic_sampling}) = {first}")
@@ -196,6 +188,14 @@ class TokenBudget(TrainerCallback, ExportableState):
         self._pending = 0  # the worst case of the generations the current optimizer step has still to make
         self._t0: float | None = None
         self._sampled: float | None = None
+
+    @classmethod
+    def for_config(cls, cfg: GRPOTrainConfig) -> TokenBudget:
+        """The budget of a run of `cfg`: a generation's worst case is every completion, and each group's
+        replacements, to `max_completion_length`."""
+        per_generation = cfg.generation_batch_size * cfg.max_completion_length * (1 + cfg.dynamic_sampling)
+        return cls(cfg.token_budget, per_generation, cfg.steps_per_generation * cfg.num_iterations,
+                   cfg.gradient_accumulation_steps)
 
     def state(self) -> dict:
         return {"args": {"limit": self.limit, "per_generation": self.per_generation,
@@ -362,11 +362,17 @@ class SharpenRollout:
         return SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                               max_tokens=self.cfg.max_completion_length, stop_at="answer")
 
-    def seeds(self, mode: str, step: int, process: int, n: int) -> list[int]:
-        """The random stream of each of a call's `n` prompts."""
+    def call_in_step(self, mode: str, step: int) -> int:
+        """How many calls of `mode` optimizer step `step` made before this one (a resumed run restarts at
+        a step's start, so it counts as the uninterrupted run did)."""
         last, calls = self._calls.get(mode, (-1, 0))
         call = calls if step == last else 0
         self._calls[mode] = (step, call + 1)
+        return call
+
+    def seeds(self, mode: str, step: int, process: int, n: int) -> list[int]:
+        """The random stream of each of a call's `n` prompts."""
+        call = self.call_in_step(mode, step)
         return [derive_seed(self.cfg.seed, int(mode == "eval"), step, call, process, i) for i in range(n)]
 
     def sampling_model(self, policy: Any) -> Any:
@@ -562,9 +568,8 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
     path = resolve_model(cfg.model)
     dataset = _dataset(cfg, task) if dataset is None else dataset
     tok = load_tokenizer(path)
-    # worst case of one generation: every completion, and each group's replacements, to max_completion_length
-    budget = TokenBudget(cfg.token_budget, *step_worst_case(cfg)[:3])
-    if cfg.token_budget is not None and cfg.token_budget < step_worst_case(cfg)[3]:
+    budget = TokenBudget.for_config(cfg)
+    if cfg.token_budget is not None and cfg.token_budget < budget.worst_case(0):
         raise ConfigError(f"token_budget={cfg.token_budget} is below {worst_case_text(cfg)} "
                           "(fix: a larger budget, or fewer/shorter completions per step)")
     prompt_tokens = _prompt_tokens(tok, dataset)
@@ -591,18 +596,6 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
     return trainer, budget
 
 
-def _restore(trainer: Any, budget: TokenBudget, checkpoint: str) -> dict[str, Any]:
-    """A checkpoint's weights and trainer state without training a step: where the budget ended the run
-    at that checkpoint. (transformers' resume runs a step before it checks `max_steps` when the stop is
-    inside an epoch, and that step would generate past the budget.)"""
-    from transformers import TrainerState
-
-    trainer._load_from_checkpoint(checkpoint)
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    budget.on_train_begin(trainer.args, trainer.state, trainer.control)  # the counts as of the checkpoint
-    return {"resumed_from": checkpoint, "wall_seconds": 0.0}
-
-
 def _stopped_at(out: Path, cfg: GRPOTrainConfig) -> int | None:
     """The step at which the token budget ends a checkpointed run of `out`: where it stopped the run, or
     the checkpoint's own step when the generations a resumed run makes at once (TRL generates at the
@@ -616,7 +609,7 @@ def _stopped_at(out: Path, cfg: GRPOTrainConfig) -> int | None:
     if saved.get("stopped_at") is not None:
         return saved["stopped_at"]
     generated = (saved.get("usage") or {}).get("generated_tokens", 0)
-    if cfg.token_budget is not None and generated + step_worst_case(cfg)[3] > cfg.token_budget:
+    if cfg.token_budget is not None and generated + TokenBudget.for_config(cfg).worst_case(0) > cfg.token_budget:
         return int(state.get("global_step", 0))
     return None
 
@@ -625,15 +618,13 @@ def train_grpo(cfg: GRPOTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.output_dir)
     stopped = _stopped_at(out, cfg) if cfg.resume else None
-    if stopped is not None:  # the budget ends the run at the checkpoint: its weights, no step, nothing generated
+    if stopped is not None:  # the budget ends the run at the checkpoint: `fit` restores it, no step, nothing generated
         cfg.max_steps = stopped
     trainer, budget = build_trainer(cfg)
     quiet(trainer)
+    metrics, _ = fit(trainer, out, cfg.resume)
     if stopped is not None:
-        metrics = _restore(trainer, budget, str(last_checkpoint(out)))
         budget.stopped_at = stopped
-    else:
-        metrics, _ = fit(trainer, out, cfg.resume)
     merged = save_outputs(trainer, out, cfg.lora)
     metrics |= {"prompts": len(trainer.train_dataset), "steps": trainer.state.global_step,
                 "usage": budget.usage, "generated_tokens": budget.generated, "token_budget": cfg.token_budget,

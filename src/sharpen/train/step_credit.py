@@ -186,7 +186,6 @@ class StepCredit:
         self.cfg, self.task, self.tokenizer = cfg, task, tokenizer
         self.rollout, self.budget, self.verifier = rollout, budget, verifier
         self.prover = None
-        self._calls = (-1, 0)  # (optimizer step, mc generations in it): a resumed run restarts at a step's start
         if cfg.advantage == "pav":
             from sharpen.search.scorers.prm_model import PRMModel
 
@@ -240,24 +239,26 @@ class StepCredit:
         states = mc_states([(p, x["problem"]) for p, x in zip(prompts, inputs, strict=True)], rows, steps,
                            cfg.max_completion_length)
         inner: list[list[float | None]] = [[None] * (len(step_ends(s)) - 1) for s in steps]
-        spent = valued = 0
+        spent = 0
         step = trainer.state.global_step
-        last, calls = self._calls  # generations in this optimizer step so far: each draws its own streams
-        call = calls if step == last else 0
-        self._calls = (step, call + 1)
+        call = self.rollout.call_in_step("credit", step)  # each generation of the step draws its own streams
         model = backend.model
         training = model.training
         model.eval()
         try:
-            free = {id(st): [rewards[r] for r, _ in st.at] if cfg.credit_reuse else [] for st in states}
-            need = {id(st): max(0, k - len(free[id(st)])) for st in states}
-            for st in states:  # reached by credit_rollouts completions already: valued without a rollout
-                if need[id(st)] == 0:
-                    for i, t in st.at:
-                        inner[i][t] = sum(free[id(st)]) / len(free[id(st)])
-                        valued += 1
-            for left, n in sorted({(st.left, need[id(st)]) for st in states if need[id(st)]}, reverse=True):
-                batch = [st for st in states if st.left == left and need[id(st)] == n]
+            def known(st: MCState) -> list[float]:  # outcomes of the completions through st, when they count
+                return [rewards[r] for r, _ in st.at] if cfg.credit_reuse else []
+
+            def value(st: MCState, outcomes: list[float]) -> None:  # every boundary that is st gets their mean
+                for i, t in st.at:
+                    inner[i][t] = sum(outcomes) / len(outcomes)
+
+            need = [max(0, k - len(known(st))) for st in states]
+            for st, n in zip(states, need, strict=True):
+                if n == 0:  # reached by credit_rollouts completions already: valued without a rollout
+                    value(st, known(st))
+            for left, n in sorted({(st.left, n) for st, n in zip(states, need, strict=True) if n}, reverse=True):
+                batch = [st for st, m in zip(states, need, strict=True) if st.left == left and m == n]
                 room = self.budget.room()
                 if room is not None:  # the rollouts' worst case must fit what the cap leaves
                     batch = batch[: max(0, room // (n * left))]
@@ -275,13 +276,11 @@ class StepCredit:
                 spent += tokens
                 for st, prefix, group in zip(batch, prefixes, groups, strict=True):
                     right = [self.task.verify(problems[st.row], self.task.extract(prefix + c.text, strict=cfg.strict_answers))
-                             for c in group] + free[id(st)]
-                    for i, t in st.at:
-                        inner[i][t] = sum(right) / len(right)
-                        valued += 1
+                             for c in group]
+                    value(st, right + known(st))
         finally:
             model.train(training)
-        n_inner = sum(len(v) for v in inner)
+        n_inner, valued = sum(len(v) for v in inner), sum(v is not None for row in inner for v in row)
         shared = 1.0 - len(states) / n_states if (n_states := sum(len(st.at) for st in states)) else 0.0
         return inner, {"rollout_tokens": float(spent), "valued": valued / n_inner if n_inner else 1.0, "shared": shared}
 
