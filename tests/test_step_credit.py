@@ -233,6 +233,21 @@ def test_rollouts_get_what_the_steps_later_generations_leave():
     assert b.room() == 100 - 32
 
 
+def test_the_cap_holds_where_an_epoch_ends_inside_an_optimizer_step(tmp_path, tiny_model_dir):
+    """12 prompts x 2 completions, 4 a micro-step: an epoch of 6 micro-steps, so with 4 an optimizer step
+    its second step has 2, and the next epoch's steps start 2 micro-steps earlier than 4 x step. TRL
+    generates at every third micro-step it trains (0, 3 | 6, 9 | ...); a cap of three generations' worst
+    case (3 x 12 x 8 = 288) must stop the round before its third step, which generates twice (counting
+    4 x step, the check saw one generation there, and the round generated past the cap)."""
+    from sharpen.train.grpo import train_grpo
+
+    out = tmp_path / "epochs"
+    train_grpo(_cfg(tiny_model_dir, out, problems=12, max_steps=4, gradient_accumulation_steps=4,
+                    steps_per_generation=3, token_budget=288))
+    s = _summary(out)
+    assert s["generated_tokens"] <= 288 and s["stopped_by_budget_at"] == s["steps"] == 2, s
+
+
 def test_a_resumed_round_does_not_pass_the_cap_where_the_restart_generates(tmp_path, tiny_model_dir):
     """num_iterations=2: the uninterrupted run generates every second step, so after step 1 the next step
     reuses its batch and the step-end check lets it run; a run resumed from step 1's checkpoint generates at

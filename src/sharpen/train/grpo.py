@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,9 @@ class TokenBudget(TrainerCallback, ExportableState):
     """Counts what the policy generates (the verifier reward reports every generation) and stops
     training before a step that could pass `limit` generated tokens: `per_generation` is a
     generation's worst case (generation batch x max_completion_length), and TRL generates at every
-    `generate_every`-th micro-step counted from the (re)start, at the first always."""
+    `generate_every`-th micro-step counted from the (re)start, at the first always. `micro_step`, set
+    by `build_trainer`, reads that count from the trainer (TRL's own counter): an epoch whose micro-steps
+    do not fill its last optimizer step shifts where the next steps start."""
 
     def __init__(self, limit: int | None = None, per_generation: int = 0, generate_every: int = 1,
                  accumulation: int = 1):
@@ -185,6 +188,7 @@ class TokenBudget(TrainerCallback, ExportableState):
         self.dropped_tokens = 0  # generated for groups dynamic sampling replaced (also in generated_tokens)
         self.stopped_at: int | None = None
         self._first_step = 0
+        self.micro_step: Callable[[], int] | None = None  # micro-steps trained since the (re)start
         self._pending = 0  # the worst case of the generations the current optimizer step has still to make
         self._t0: float | None = None
         self._sampled: float | None = None
@@ -259,8 +263,9 @@ class TokenBudget(TrainerCallback, ExportableState):
         self._pending = self.worst_case(state.global_step)
 
     def worst_case(self, step: int) -> int:
-        """Tokens the optimizer step after `step` could generate."""
-        m0 = (step - self._first_step) * self.accumulation
+        """Tokens the optimizer step after `step` could generate (it has at most `accumulation` micro-steps;
+        without `micro_step`, every earlier step had that many)."""
+        m0 = self.micro_step() if self.micro_step is not None else (step - self._first_step) * self.accumulation
         return self.per_generation * sum(m % self.generate_every == 0 for m in range(m0, m0 + self.accumulation))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -588,6 +593,8 @@ def build_trainer(cfg: GRPOTrainConfig, dataset: Any | None = None) -> tuple[Any
         trainer = trainer_cls(model=model, reward_funcs=rewards, args=cfg, train_dataset=dataset,
                               processing_class=tok, peft_config=cfg.peft_config(), callbacks=[budget],
                               rollout_func=rollout)
+    budget.micro_step = lambda: trainer._step  # TRL's count of training micro-steps, whose multiples of
+    # steps_per_generation x num_iterations generate (GRPOTrainer._prepare_inputs; the TRL range is pinned)
     if cfg.advantage != "outcome":
         trainer.step_credit = StepCredit(cfg, task, tok, rollout, budget, rewards[0])
     if rollout is not None and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
