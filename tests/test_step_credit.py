@@ -1,6 +1,7 @@
 """Per-token advantages of the grpo recipe's step-credit modes (sharpen.train.step_credit), and the token cap they
 share with outcome grpo (sharpen.train.grpo.TokenBudget), resumed runs included."""
 
+import json
 import math
 from pathlib import Path
 
@@ -283,4 +284,5 @@ def test_resuming_a_round_the_budget_ended_trains_no_step(tmp_path, tiny_model_d
     for key in ("steps", "stopped_by_budget_at", "generated_tokens", "completions", "usage"):
         assert second[key] == first[key], key
     assert second["resumed_from"].endswith(f"checkpoint-{first['steps']}")
+    assert json.loads((out / "sharpen_train.json").read_text())["config"]["max_steps"] == 6
     assert not changed_tensors(str(snapshot), str(again))

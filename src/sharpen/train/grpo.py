@@ -625,6 +625,7 @@ def train_grpo(cfg: GRPOTrainConfig) -> Path:
     """Train, resuming from the newest checkpoint; returns out/merged."""
     out = Path(cfg.output_dir)
     stopped = _stopped_at(out, cfg) if cfg.resume else None
+    configured = cfg.max_steps
     if stopped is not None:  # the budget ends the run at the checkpoint: `fit` restores it, no step, nothing generated
         cfg.max_steps = stopped
     trainer, budget = build_trainer(cfg)
@@ -638,5 +639,6 @@ def train_grpo(cfg: GRPOTrainConfig) -> Path:
                 "stopped_by_budget_at": budget.stopped_at, "completions": budget.completions,
                 "verified": budget.correct, "advantage": cfg.advantage, "credit_tokens": budget.credit_tokens,
                 "dropped_tokens": budget.dropped_tokens}
+    cfg.max_steps = configured  # the summary's config is the one asked for; where the budget ended it: steps
     write_summary(out, "grpo", cfg, metrics)
     return merged
