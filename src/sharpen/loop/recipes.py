@@ -150,7 +150,7 @@ class GRPO(Recipe):
     def check(self, cfg: Any, trainer_cfg: Any, where: str) -> None:
         from sharpen.train.grpo import TokenBudget, worst_case_text
 
-        if TokenBudget.for_config(trainer_cfg).worst_case(0) > self.token_cap(cfg):
+        if TokenBudget.for_config(trainer_cfg).worst_case() > self.token_cap(cfg):
             raise ConfigError(
                 f"{where}: {worst_case_text(trainer_cfg)} tokens is more than a round's budget collect.budget x "
                 f"collect.problems = {self.token_cap(cfg)} (fix: fewer or shorter completions per step, or a larger "

@@ -183,14 +183,15 @@ def quiet(trainer: Any) -> Any:
     return trainer
 
 
-def fit(trainer: Any, out: Path, resume: bool) -> tuple[dict[str, Any], str | None]:
+def fit(trainer: Any, out: Path, resume: bool, stopped: bool = False) -> tuple[dict[str, Any], str | None]:
     """Train (from the newest checkpoint in out/checkpoints when `resume`); returns the trainer's
-    metrics with wall seconds, and the checkpoint it resumed from."""
+    metrics with wall seconds, and the checkpoint it resumed from. `stopped`: the run ended at that
+    checkpoint (its token budget), which is restored as one at `max_steps` is."""
     import time
 
     start = last_checkpoint(out) if resume else None
     t0 = time.perf_counter()
-    if start is not None and 0 < trainer.args.max_steps <= _checkpoint_step(start):
+    if start is not None and (stopped or 0 < trainer.args.max_steps <= _checkpoint_step(start)):
         restore(trainer, start)
         return {"wall_seconds": time.perf_counter() - t0, "resumed_from": start}, start
     result = trainer.train(resume_from_checkpoint=start)
